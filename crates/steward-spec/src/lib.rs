@@ -1,0 +1,71 @@
+//! The steward spec: one TOML file describing an application's operations.
+//!
+//! [`Spec::load`] parses and validates the whole file before anything runs and
+//! reports every problem at once with file, line and column ([`SpecErrors`]).
+//! Secret references (`${env:NAME}`, `${file:PATH}`) are checked for
+//! resolvability here but kept unresolved in the model; they are resolved late,
+//! right before use, into [`Secret`]s that never print their value.
+//!
+//! Each capability owns its top-level table (`[check.*]`, `[alert.*]`, ...).
+
+mod condition;
+mod diag;
+mod duration;
+mod model;
+mod raw;
+mod secret;
+mod validate;
+
+pub use condition::{Condition, ConditionError, Observed, Op, Operand, PathSeg, Placeholder, Selector, Verdict};
+pub use diag::{did_you_mean, SpecError, SpecErrors};
+pub use duration::Dur;
+pub use model::*;
+pub use raw::{AlertKind, CheckKind, SmtpTls};
+pub use secret::{OsResolver, Reference, Resolver, Secret, SecretError, Text};
+
+use std::path::Path;
+
+impl Spec {
+    /// Reads, parses and validates a spec file, resolving references from the
+    /// process environment and file system.
+    pub fn load(path: &Path) -> Result<Spec, LoadError> {
+        let src = std::fs::read_to_string(path).map_err(|e| LoadError::Read {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        let base = path
+            .parent()
+            .map(|p| if p.as_os_str().is_empty() { Path::new(".") } else { p })
+            .unwrap_or(Path::new("."));
+        Spec::parse(&path.display().to_string(), &src, base, &OsResolver).map_err(LoadError::Invalid)
+    }
+
+    /// Parses and validates spec text. `name` is used in diagnostics; relative paths
+    /// in the spec are taken relative to `base_dir`.
+    pub fn parse(
+        name: &str,
+        src: &str,
+        base_dir: &Path,
+        resolver: &dyn Resolver,
+    ) -> Result<Spec, SpecErrors> {
+        validate::parse(name, src, base_dir, resolver)
+    }
+}
+
+/// Why a spec could not be loaded.
+#[derive(Debug, thiserror::Error, miette::Diagnostic)]
+pub enum LoadError {
+    /// The file could not be read.
+    #[error("cannot read spec `{path}`: {reason}")]
+    #[diagnostic(code(steward::spec::read))]
+    Read {
+        /// The path given.
+        path: String,
+        /// The OS error.
+        reason: String,
+    },
+    /// The file has problems.
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Invalid(SpecErrors),
+}

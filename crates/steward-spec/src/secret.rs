@@ -1,0 +1,250 @@
+//! Secret references: `${env:NAME}` and `${file:/path}` inside spec strings.
+//!
+//! A spec string is kept as written ([`Text`]) and resolved late, right before use,
+//! into a [`Secret`] whose `Debug`/`Display` never show the value.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Deserializer};
+
+/// A spec string that may contain secret references.
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct Text {
+    raw: String,
+}
+
+/// One `${kind:arg}` reference inside a [`Text`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reference {
+    /// `${env:NAME}`
+    Env(String),
+    /// `${file:PATH}`: the file's content with one trailing newline removed.
+    File(PathBuf),
+}
+
+impl fmt::Display for Reference {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Reference::Env(n) => write!(f, "${{env:{n}}}"),
+            Reference::File(p) => write!(f, "${{file:{}}}", p.display()),
+        }
+    }
+}
+
+/// Why a reference could not be resolved.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum SecretError {
+    /// Syntax problem in the string.
+    #[error("{0}")]
+    Syntax(String),
+    /// Environment variable not set.
+    #[error("environment variable `{0}` is not set")]
+    MissingEnv(String),
+    /// File could not be read.
+    #[error("cannot read `{path}`: {reason}")]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        reason: String,
+    },
+}
+
+/// Where references are looked up; tests pass their own.
+pub trait Resolver: Send + Sync {
+    /// Value of an environment variable.
+    fn env(&self, name: &str) -> Option<String>;
+    /// Content of a file.
+    fn file(&self, path: &Path) -> Result<String, String>;
+}
+
+/// Resolves from the process environment and the file system.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct OsResolver;
+
+impl Resolver for OsResolver {
+    fn env(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok()
+    }
+    fn file(&self, path: &Path) -> Result<String, String> {
+        std::fs::read_to_string(path).map_err(|e| e.to_string())
+    }
+}
+
+enum Piece<'a> {
+    Lit(&'a str),
+    Ref(Reference),
+}
+
+fn pieces(raw: &str) -> Result<Vec<Piece<'_>>, SecretError> {
+    let mut out = Vec::new();
+    let mut rest = raw;
+    while let Some(i) = rest.find("${") {
+        if i > 0 {
+            out.push(Piece::Lit(&rest[..i]));
+        }
+        let after = &rest[i + 2..];
+        let end = after.find('}').ok_or_else(|| {
+            SecretError::Syntax("unterminated reference: `${` without a closing `}`".into())
+        })?;
+        let inner = &after[..end];
+        let r = match inner.split_once(':') {
+            Some(("env", name)) if is_env_name(name) => Reference::Env(name.to_string()),
+            Some(("env", name)) => {
+                return Err(SecretError::Syntax(format!(
+                    "`{name}` is not a valid environment variable name"
+                )))
+            }
+            Some(("file", path)) if !path.is_empty() => Reference::File(PathBuf::from(path)),
+            _ => {
+                return Err(SecretError::Syntax(format!(
+                    "unknown reference `${{{inner}}}`: use `${{env:NAME}}` or `${{file:/path}}`"
+                )))
+            }
+        };
+        out.push(Piece::Ref(r));
+        rest = &after[end + 1..];
+    }
+    if !rest.is_empty() {
+        out.push(Piece::Lit(rest));
+    }
+    Ok(out)
+}
+
+fn is_env_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && !s.starts_with(|c: char| c.is_ascii_digit())
+}
+
+impl Text {
+    /// A text without references (or with them, unresolved).
+    pub fn new(raw: impl Into<String>) -> Self {
+        Self { raw: raw.into() }
+    }
+
+    /// The string as written in the spec (references unresolved; safe to show).
+    pub fn as_written(&self) -> &str {
+        &self.raw
+    }
+
+    /// References in the text, or a syntax error.
+    pub fn references(&self) -> Result<Vec<Reference>, SecretError> {
+        Ok(pieces(&self.raw)?
+            .into_iter()
+            .filter_map(|p| match p {
+                Piece::Ref(r) => Some(r),
+                Piece::Lit(_) => None,
+            })
+            .collect())
+    }
+
+    /// True when the text contains at least one reference.
+    pub fn has_references(&self) -> bool {
+        self.references().map(|r| !r.is_empty()).unwrap_or(false)
+    }
+
+    /// Resolves every reference now.
+    pub fn resolve(&self, resolver: &dyn Resolver) -> Result<Secret, SecretError> {
+        let mut out = String::with_capacity(self.raw.len());
+        for p in pieces(&self.raw)? {
+            match p {
+                Piece::Lit(s) => out.push_str(s),
+                Piece::Ref(Reference::Env(n)) => {
+                    out.push_str(&resolver.env(&n).ok_or(SecretError::MissingEnv(n))?)
+                }
+                Piece::Ref(Reference::File(path)) => {
+                    let content = resolver.file(&path).map_err(|reason| SecretError::File {
+                        path: path.clone(),
+                        reason,
+                    })?;
+                    out.push_str(content.strip_suffix('\n').unwrap_or(&content));
+                }
+            }
+        }
+        Ok(Secret(out))
+    }
+}
+
+impl fmt::Debug for Text {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.raw)
+    }
+}
+
+impl<'de> Deserialize<'de> for Text {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = String::deserialize(d)?;
+        pieces(&raw).map_err(serde::de::Error::custom)?;
+        Ok(Text { raw })
+    }
+}
+
+/// A resolved value that must not leak: `Debug` and `Display` print `***`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a value.
+    pub fn new(v: impl Into<String>) -> Self {
+        Self(v.into())
+    }
+    /// The value; call only where it is handed to the peer that needs it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    struct Fake(HashMap<&'static str, &'static str>);
+    impl Resolver for Fake {
+        fn env(&self, name: &str) -> Option<String> {
+            self.0.get(name).map(|s| s.to_string())
+        }
+        fn file(&self, path: &Path) -> Result<String, String> {
+            Err(format!("no file {}", path.display()))
+        }
+    }
+
+    #[test]
+    fn resolves_env_inside_text() {
+        let t = Text::new("postgres://u:${env:PW}@h/db");
+        let r = Fake(HashMap::from([("PW", "s3cret")]));
+        assert_eq!(t.resolve(&r).unwrap().expose(), "postgres://u:s3cret@h/db");
+        assert_eq!(format!("{:?}", t.resolve(&r).unwrap()), "***");
+    }
+
+    #[test]
+    fn reports_missing_and_bad_references() {
+        let r = Fake(HashMap::new());
+        assert_eq!(
+            Text::new("${env:NOPE}").resolve(&r),
+            Err(SecretError::MissingEnv("NOPE".into()))
+        );
+        assert!(matches!(
+            Text::new("${vault:x}").references(),
+            Err(SecretError::Syntax(_))
+        ));
+        assert!(matches!(
+            Text::new("abc ${env:X").references(),
+            Err(SecretError::Syntax(_))
+        ));
+    }
+}

@@ -1,0 +1,129 @@
+//! The spec error corpus: every file in `tests/corpus/` is invalid; its rendered
+//! diagnostics are snapshots. Valid specs (including the shipped examples) must load.
+
+use std::path::Path;
+
+use steward_spec::{Resolver, Spec, SpecErrors};
+
+/// Resolves nothing from the real environment so snapshots do not depend on it.
+struct NoEnv;
+impl Resolver for NoEnv {
+    fn env(&self, name: &str) -> Option<String> {
+        (name == "DATABASE_URL").then(|| "postgres://127.0.0.1/app".to_string())
+    }
+    fn file(&self, path: &Path) -> Result<String, String> {
+        Err(format!("no such file: {}", path.display()))
+    }
+}
+
+/// Every environment variable is set: examples reference the user's secrets.
+struct AnyEnv;
+impl Resolver for AnyEnv {
+    fn env(&self, _: &str) -> Option<String> {
+        Some("set".into())
+    }
+    fn file(&self, _: &Path) -> Result<String, String> {
+        Ok("set".into())
+    }
+}
+
+fn render(e: &SpecErrors) -> String {
+    let handler = miette::GraphicalReportHandler::new_themed(miette::GraphicalTheme::unicode_nocolor())
+        .with_width(100)
+        .with_links(false);
+    let mut out = String::new();
+    handler.render_report(&mut out, e).unwrap();
+    out
+}
+
+fn load(name: &str) -> Result<Spec, SpecErrors> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus").join(name);
+    let src = std::fs::read_to_string(&path).unwrap();
+    Spec::parse(name, &src, Path::new("/nonexistent-base"), &NoEnv)
+}
+
+#[test]
+fn corpus_errors_are_precise() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus");
+    let mut names: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.ends_with(".toml"))
+        .collect();
+    names.sort();
+    assert!(names.len() >= 10);
+    for name in names {
+        let err = load(&name).expect_err(&format!("{name} must be rejected"));
+        insta::assert_snapshot!(name.trim_end_matches(".toml").to_string(), render(&err));
+    }
+}
+
+#[test]
+fn all_errors_are_reported_at_once() {
+    let err = load("many_errors.toml").unwrap_err();
+    let found: Vec<(usize, usize, &str)> = err
+        .errors
+        .iter()
+        .map(|e| (e.line, e.column, e.message.as_str()))
+        .collect();
+    // listen, unknown section, unknown type, wrong URL scheme, `query` on redis,
+    // [STATUS] on redis, dependency cycle, bad cron.
+    assert!(err.errors.len() >= 8, "{found:#?}");
+    assert_eq!((found[0].0, found[0].1), (2, 10), "{found:#?}");
+    assert!(found.iter().any(|f| f.2.contains("unknown section `chekc`")));
+    assert!(found.iter().any(|f| f.2.contains("dependency cycle: a → b → a") || f.2.contains("dependency cycle: b → a → b")));
+    assert!(found.iter().any(|f| f.2.contains("invalid cron expression")));
+    assert!(found.iter().any(|f| f.2.contains("`query` does not apply to a `redis` check")));
+}
+
+#[test]
+fn unknown_key_suggests_the_right_one() {
+    let err = load("unknown_key.toml").unwrap_err();
+    assert_eq!(err.errors.len(), 1);
+    let e = &err.errors[0];
+    assert_eq!((e.line, e.column), (4, 1));
+    assert_eq!(e.help.as_deref(), Some("did you mean `interval`?"));
+}
+
+#[test]
+fn a_valid_spec_loads_with_defaults() {
+    let src = r#"
+[check.api]
+type = "http"
+url = "http://127.0.0.1:8080/health"
+conditions = ["[STATUS] == 200", "[BODY].status == pass"]
+
+[check.db]
+type = "postgres"
+url = "${env:DATABASE_URL}"
+interval = "30s"
+"#;
+    let spec = Spec::parse("ok.toml", src, Path::new("/srv/app"), &NoEnv).unwrap();
+    let api = &spec.checks["api"];
+    assert_eq!(api.interval.0.as_secs(), 60);
+    assert_eq!(api.timeout.0.as_secs(), 10);
+    assert_eq!(api.failure_threshold, 3);
+    assert_eq!(api.conditions.len(), 2);
+    let db = &spec.checks["db"];
+    assert_eq!(db.interval.0.as_secs(), 30);
+    assert_eq!(db.conditions[0].text, "[CONNECTED] == true");
+    assert_eq!(spec.settings.listen.to_string(), "127.0.0.1:7070");
+    assert_eq!(spec.settings.state_dir, Path::new("/srv/app/.steward"));
+}
+
+#[test]
+fn shipped_examples_are_valid() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let p = entry.unwrap().path();
+        if p.extension().is_some_and(|e| e == "toml") {
+            let src = std::fs::read_to_string(&p).unwrap();
+            if let Err(e) = Spec::parse(&p.display().to_string(), &src, &dir, &AnyEnv) {
+                panic!("{}", render(&e));
+            }
+            n += 1;
+        }
+    }
+    assert!(n > 0, "no example specs found");
+}
