@@ -1,14 +1,703 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
+//! steward's state: one SQLite database in the state directory.
+//!
+//! Holds check results (raw, and rolled up per minute and per hour so long
+//! ranges stay cheap), the current state of every check, the event log that
+//! controllers use to talk to each other, and alert deliveries. Schema changes
+//! are numbered migrations applied at open (`PRAGMA user_version`).
+//!
+//! All times are Unix milliseconds (`i64`).
+
+mod schema;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::{Deserialize, Serialize};
+
+/// Failures of the state store.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// Creating or opening the state directory failed.
+    #[error("cannot use state directory `{path}`: {source}")]
+    Dir {
+        /// The directory.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// SQLite failed.
+    #[error("state database `{path}`: {source}")]
+    Sqlite {
+        /// The database file.
+        path: PathBuf,
+        /// The SQLite error.
+        source: rusqlite::Error,
+    },
+    /// The database was written by a newer steward.
+    #[error("state database `{path}` has schema version {found}, newer than this steward understands ({known}); upgrade steward")]
+    TooNew {
+        /// The database file.
+        path: PathBuf,
+        /// Version in the file.
+        found: i64,
+        /// Newest version known here.
+        known: i64,
+    },
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// Result of one check run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, PartialOrd, Ord, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// All conditions held.
+    Pass,
+    /// Conditions held, a warn condition did not (or the target said `warn`).
+    Warn,
+    /// A condition failed or the probe could not complete.
+    Fail,
+}
 
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
+impl Status {
+    /// Lowercase name, as in `application/health+json`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Pass => "pass",
+            Status::Warn => "warn",
+            Status::Fail => "fail",
+        }
     }
+    fn code(self) -> i64 {
+        match self {
+            Status::Pass => 0,
+            Status::Warn => 1,
+            Status::Fail => 2,
+        }
+    }
+    fn from_code(c: i64) -> Status {
+        match c {
+            0 => Status::Pass,
+            1 => Status::Warn,
+            _ => Status::Fail,
+        }
+    }
+}
+
+/// The state of a check after thresholds are applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum Health {
+    /// Not enough results yet.
+    Unknown,
+    /// Passing.
+    Up,
+    /// Passing with warnings.
+    Degraded,
+    /// Failing beyond the failure threshold.
+    Down,
+}
+
+impl Health {
+    /// Lowercase name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Health::Unknown => "unknown",
+            Health::Up => "up",
+            Health::Degraded => "degraded",
+            Health::Down => "down",
+        }
+    }
+    /// Parses the lowercase name.
+    pub fn parse(s: &str) -> Health {
+        match s {
+            "up" => Health::Up,
+            "degraded" => Health::Degraded,
+            "down" => Health::Down,
+            _ => Health::Unknown,
+        }
+    }
+}
+
+/// One stored check result.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ResultRow {
+    /// Check name.
+    pub check: String,
+    /// When the run started (Unix ms).
+    pub ts: i64,
+    /// Outcome.
+    pub status: Status,
+    /// Latency in microseconds.
+    pub duration_us: i64,
+    /// Why it failed, if it did.
+    pub error: Option<String>,
+    /// Observed values (JSON object), if any.
+    pub observed: Option<serde_json::Value>,
+}
+
+/// Persisted state-machine state of one check.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CheckStateRow {
+    /// Check name.
+    pub check: String,
+    /// Current health.
+    pub health: Health,
+    /// Since when (Unix ms).
+    pub since: i64,
+    /// Failures in a row.
+    pub consecutive_failures: u32,
+    /// Successes in a row.
+    pub consecutive_successes: u32,
+    /// Latest result, if any.
+    pub last: Option<ResultRow>,
+    /// When the last alert (or reminder) for the current health was sent.
+    pub last_alert: Option<i64>,
+}
+
+/// An event to append.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NewEvent {
+    /// When (Unix ms).
+    pub ts: i64,
+    /// Dotted kind, e.g. `check.down`, `alert.failed`, `serve.started`.
+    pub kind: String,
+    /// What it is about, e.g. a check name.
+    pub subject: String,
+    /// `info`, `warning` or `error`.
+    pub severity: String,
+    /// One line for people.
+    pub message: String,
+    /// Details for machines.
+    pub data: serde_json::Value,
+}
+
+/// A stored event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// Position in the log; increases monotonically.
+    pub id: i64,
+    /// The event.
+    #[serde(flatten)]
+    pub event: NewEvent,
+}
+
+/// Filter for reading the event log.
+#[derive(Debug, Clone, Default)]
+pub struct EventQuery {
+    /// Only events with a greater id (for followers).
+    pub after: Option<i64>,
+    /// Only events with a smaller id (for paging backwards).
+    pub before: Option<i64>,
+    /// Kind prefix, e.g. `check.`.
+    pub kind_prefix: Option<String>,
+    /// Exact subject.
+    pub subject: Option<String>,
+    /// At most this many (newest first unless `after` is set).
+    pub limit: usize,
+}
+
+/// An aggregated time bucket.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Bucket {
+    /// Bucket start (Unix ms).
+    pub ts: i64,
+    /// Runs.
+    pub n: i64,
+    /// Passing runs.
+    pub pass: i64,
+    /// Warning runs.
+    pub warn: i64,
+    /// Failing runs.
+    pub fail: i64,
+    /// Mean latency (ms).
+    pub avg_ms: f64,
+    /// Highest latency (ms).
+    pub max_ms: f64,
+}
+
+/// Uptime ratios (0..=1) over standard windows; `None` when no data.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Uptime {
+    /// Last hour.
+    pub h1: Option<f64>,
+    /// Last 24 hours.
+    pub h24: Option<f64>,
+    /// Last 7 days.
+    pub d7: Option<f64>,
+    /// Last 30 days.
+    pub d30: Option<f64>,
+}
+
+/// How long each kind of history is kept, in milliseconds.
+#[derive(Debug, Clone, Copy)]
+pub struct RetentionMs {
+    /// Raw results.
+    pub raw: i64,
+    /// Minute buckets.
+    pub minute: i64,
+    /// Hour buckets.
+    pub hour: i64,
+    /// Events.
+    pub events: i64,
+}
+
+/// One alert delivery attempt.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Delivery {
+    /// When (Unix ms).
+    pub ts: i64,
+    /// Alert channel name.
+    pub alert: String,
+    /// Check it was about.
+    pub check: String,
+    /// Event that caused it.
+    pub event_id: Option<i64>,
+    /// Attempt number, from 1.
+    pub attempt: u32,
+    /// Delivered?
+    pub ok: bool,
+    /// Why not.
+    pub error: Option<String>,
+}
+
+/// The state database.
+pub struct Store {
+    path: PathBuf,
+    write: Mutex<Connection>,
+    read: Mutex<Connection>,
+}
+
+const MINUTE: i64 = 60_000;
+const HOUR: i64 = 3_600_000;
+
+impl Store {
+    /// Opens (creating if needed) `state.db` in `dir`, applying migrations.
+    /// The directory is created with mode 0700 and the database 0600.
+    pub fn open(dir: &Path) -> Result<Store, StateError> {
+        create_private_dir(dir).map_err(|source| StateError::Dir {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let path = dir.join("state.db");
+        let sq = |source| StateError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let write = Connection::open(&path).map_err(sq)?;
+        restrict_file(&path).map_err(|source| StateError::Dir {
+            path: path.clone(),
+            source,
+        })?;
+        write
+            .execute_batch(
+                "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON; PRAGMA busy_timeout=5000;",
+            )
+            .map_err(sq)?;
+        schema::migrate(&write, &path)?;
+        let read = Connection::open(&path).map_err(sq)?;
+        read.execute_batch("PRAGMA busy_timeout=5000; PRAGMA query_only=ON;")
+            .map_err(sq)?;
+        Ok(Store {
+            path,
+            write: Mutex::new(write),
+            read: Mutex::new(read),
+        })
+    }
+
+    /// Path of the database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn err(&self, source: rusqlite::Error) -> StateError {
+        StateError::Sqlite {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    fn writer(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.write.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn reader(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.read.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Writes results (with their rollups), check states and events in one
+    /// transaction, so a crash never leaves a transition without its event.
+    /// Returns the ids of the appended events, in order.
+    pub fn write_batch(
+        &self,
+        results: &[ResultRow],
+        states: &[CheckStateRow],
+        events: &[NewEvent],
+    ) -> Result<Vec<i64>, StateError> {
+        let mut conn = self.writer();
+        let tx = conn.transaction().map_err(|e| self.err(e))?;
+        let ids = (|| -> rusqlite::Result<Vec<i64>> {
+            {
+                let mut ins = tx.prepare_cached(
+                    "INSERT INTO results (check_name, ts, status, duration_us, error, observed) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                )?;
+                let mut roll = tx.prepare_cached(
+                    "INSERT INTO rollups (check_name, res, bucket, n, n_pass, n_warn, n_fail, sum_ms, max_ms)
+                     VALUES (?1, ?2, ?3, 1, ?4, ?5, ?6, ?7, ?7)
+                     ON CONFLICT (check_name, res, bucket) DO UPDATE SET
+                       n = n + 1, n_pass = n_pass + excluded.n_pass, n_warn = n_warn + excluded.n_warn,
+                       n_fail = n_fail + excluded.n_fail, sum_ms = sum_ms + excluded.sum_ms,
+                       max_ms = max(max_ms, excluded.max_ms)",
+                )?;
+                for r in results {
+                    ins.execute(params![
+                        r.check,
+                        r.ts,
+                        r.status.code(),
+                        r.duration_us,
+                        r.error,
+                        r.observed.as_ref().map(|o| o.to_string())
+                    ])?;
+                    let ms = r.duration_us as f64 / 1000.0;
+                    let (p, w, f) = match r.status {
+                        Status::Pass => (1, 0, 0),
+                        Status::Warn => (0, 1, 0),
+                        Status::Fail => (0, 0, 1),
+                    };
+                    for res in [MINUTE, HOUR] {
+                        roll.execute(params![r.check, res / 1000, r.ts - r.ts.rem_euclid(res), p, w, f, ms])?;
+                    }
+                }
+                let mut st = tx.prepare_cached(
+                    "INSERT INTO check_state (check_name, health, since, consecutive_failures, consecutive_successes, last, last_alert)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                     ON CONFLICT (check_name) DO UPDATE SET health = excluded.health, since = excluded.since,
+                       consecutive_failures = excluded.consecutive_failures,
+                       consecutive_successes = excluded.consecutive_successes,
+                       last = excluded.last, last_alert = excluded.last_alert",
+                )?;
+                for s in states {
+                    st.execute(params![
+                        s.check,
+                        s.health.as_str(),
+                        s.since,
+                        s.consecutive_failures,
+                        s.consecutive_successes,
+                        s.last.as_ref().map(|l| serde_json::to_string(l).unwrap_or_default()),
+                        s.last_alert
+                    ])?;
+                }
+            }
+            let mut ids = Vec::with_capacity(events.len());
+            for e in events {
+                ids.push(insert_event(&tx, e)?);
+            }
+            Ok(ids)
+        })()
+        .map_err(|e| self.err(e))?;
+        tx.commit().map_err(|e| self.err(e))?;
+        Ok(ids)
+    }
+
+    /// Appends one event to the log and returns its id.
+    pub fn append_event(&self, e: &NewEvent) -> Result<i64, StateError> {
+        let conn = self.writer();
+        insert_event(&conn, e).map_err(|e| self.err(e))
+    }
+
+    /// Reads the event log.
+    pub fn events(&self, q: &EventQuery) -> Result<Vec<Event>, StateError> {
+        let conn = self.reader();
+        let mut sql = String::from("SELECT id, ts, kind, subject, severity, message, data FROM events WHERE 1=1");
+        let mut args: Vec<rusqlite::types::Value> = Vec::new();
+        if let Some(a) = q.after {
+            sql.push_str(" AND id > ?");
+            args.push(a.into());
+        }
+        if let Some(b) = q.before {
+            sql.push_str(" AND id < ?");
+            args.push(b.into());
+        }
+        if let Some(k) = &q.kind_prefix {
+            sql.push_str(" AND substr(kind, 1, ?) = ?");
+            args.push((k.len() as i64).into());
+            args.push(k.clone().into());
+        }
+        if let Some(s) = &q.subject {
+            sql.push_str(" AND subject = ?");
+            args.push(s.clone().into());
+        }
+        sql.push_str(if q.after.is_some() { " ORDER BY id ASC" } else { " ORDER BY id DESC" });
+        sql.push_str(" LIMIT ?");
+        args.push((q.limit.clamp(1, 10_000) as i64).into());
+        let mut stmt = conn.prepare_cached(&sql).map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map(rusqlite::params_from_iter(args), |r| {
+                let data: String = r.get(6)?;
+                Ok(Event {
+                    id: r.get(0)?,
+                    event: NewEvent {
+                        ts: r.get(1)?,
+                        kind: r.get(2)?,
+                        subject: r.get(3)?,
+                        severity: r.get(4)?,
+                        message: r.get(5)?,
+                        data: serde_json::from_str(&data).unwrap_or(serde_json::Value::Null),
+                    },
+                })
+            })
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+    }
+
+    /// Persisted state of every check.
+    pub fn check_states(&self) -> Result<BTreeMap<String, CheckStateRow>, StateError> {
+        let conn = self.reader();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT check_name, health, since, consecutive_failures, consecutive_successes, last, last_alert FROM check_state",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([], |r| {
+                let last: Option<String> = r.get(5)?;
+                Ok(CheckStateRow {
+                    check: r.get(0)?,
+                    health: Health::parse(&r.get::<_, String>(1)?),
+                    since: r.get(2)?,
+                    consecutive_failures: r.get(3)?,
+                    consecutive_successes: r.get(4)?,
+                    last: last.and_then(|l| serde_json::from_str(&l).ok()),
+                    last_alert: r.get(6)?,
+                })
+            })
+            .map_err(|e| self.err(e))?;
+        rows.map(|r| r.map(|s| (s.check.clone(), s)))
+            .collect::<Result<_, _>>()
+            .map_err(|e| self.err(e))
+    }
+
+    /// Raw results of a check in `[from, to)`, newest first, at most `limit`.
+    pub fn results(&self, check: &str, from: i64, to: i64, limit: usize) -> Result<Vec<ResultRow>, StateError> {
+        let conn = self.reader();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT check_name, ts, status, duration_us, error, observed FROM results
+                 WHERE check_name = ?1 AND ts >= ?2 AND ts < ?3 ORDER BY ts DESC LIMIT ?4",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map(params![check, from, to, limit.clamp(1, 10_000) as i64], |r| {
+                let observed: Option<String> = r.get(5)?;
+                Ok(ResultRow {
+                    check: r.get(0)?,
+                    ts: r.get(1)?,
+                    status: Status::from_code(r.get(2)?),
+                    duration_us: r.get(3)?,
+                    error: r.get(4)?,
+                    observed: observed.and_then(|o| serde_json::from_str(&o).ok()),
+                })
+            })
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+    }
+
+    /// Aggregated buckets of a check in `[from, to)`, oldest first; `hourly`
+    /// picks hour buckets instead of minute buckets.
+    pub fn series(&self, check: &str, from: i64, to: i64, hourly: bool) -> Result<Vec<Bucket>, StateError> {
+        let res = if hourly { HOUR } else { MINUTE };
+        let conn = self.reader();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT bucket, n, n_pass, n_warn, n_fail, sum_ms, max_ms FROM rollups
+                 WHERE check_name = ?1 AND res = ?2 AND bucket >= ?3 AND bucket < ?4 ORDER BY bucket",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map(params![check, res / 1000, from - from.rem_euclid(res), to], |r| {
+                let n: i64 = r.get(1)?;
+                let sum: f64 = r.get(5)?;
+                Ok(Bucket {
+                    ts: r.get(0)?,
+                    n,
+                    pass: r.get(2)?,
+                    warn: r.get(3)?,
+                    fail: r.get(4)?,
+                    avg_ms: if n > 0 { sum / n as f64 } else { 0.0 },
+                    max_ms: r.get(6)?,
+                })
+            })
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+    }
+
+    /// Uptime of every check over 1h (minute buckets) and 24h/7d/30d (hour buckets).
+    /// Warn counts as up.
+    pub fn uptime_all(&self, now: i64) -> Result<BTreeMap<String, Uptime>, StateError> {
+        let conn = self.reader();
+        let mut out: BTreeMap<String, Uptime> = BTreeMap::new();
+        let windows: [(i64, i64, u8); 4] = [
+            (MINUTE, HOUR, 0),
+            (HOUR, 24 * HOUR, 1),
+            (HOUR, 7 * 24 * HOUR, 2),
+            (HOUR, 30 * 24 * HOUR, 3),
+        ];
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT check_name, sum(n), sum(n_pass + n_warn) FROM rollups
+                 WHERE res = ?1 AND bucket >= ?2 GROUP BY check_name",
+            )
+            .map_err(|e| self.err(e))?;
+        for (res, span, slot) in windows {
+            let start = now - span;
+            let start = start - start.rem_euclid(res);
+            let rows = stmt
+                .query_map(params![res / 1000, start], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+                })
+                .map_err(|e| self.err(e))?;
+            for row in rows {
+                let (name, n, up) = row.map_err(|e| self.err(e))?;
+                let ratio = (n > 0).then(|| up as f64 / n as f64);
+                let u = out.entry(name).or_default();
+                match slot {
+                    0 => u.h1 = ratio,
+                    1 => u.h24 = ratio,
+                    2 => u.d7 = ratio,
+                    _ => u.d30 = ratio,
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Records an alert delivery attempt.
+    pub fn record_delivery(&self, d: &Delivery) -> Result<(), StateError> {
+        let conn = self.writer();
+        conn.prepare_cached(
+            "INSERT INTO deliveries (ts, alert, check_name, event_id, attempt, ok, error) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )
+        .and_then(|mut s| s.execute(params![d.ts, d.alert, d.check, d.event_id, d.attempt, d.ok, d.error]))
+        .map(|_| ())
+        .map_err(|e| self.err(e))
+    }
+
+    /// Delivery attempts, newest first.
+    pub fn deliveries(&self, limit: usize) -> Result<Vec<Delivery>, StateError> {
+        let conn = self.reader();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT ts, alert, check_name, event_id, attempt, ok, error FROM deliveries ORDER BY id DESC LIMIT ?1",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map(params![limit.clamp(1, 10_000) as i64], |r| {
+                Ok(Delivery {
+                    ts: r.get(0)?,
+                    alert: r.get(1)?,
+                    check: r.get(2)?,
+                    event_id: r.get(3)?,
+                    attempt: r.get(4)?,
+                    ok: r.get(5)?,
+                    error: r.get(6)?,
+                })
+            })
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+    }
+
+    /// Removes check state rows for checks no longer in the spec.
+    pub fn forget_checks_except(&self, keep: &[&str]) -> Result<usize, StateError> {
+        let conn = self.writer();
+        let names: Vec<String> = conn
+            .prepare("SELECT check_name FROM check_state")
+            .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
+            .map_err(|e| self.err(e))?;
+        let mut n = 0;
+        for name in names.iter().filter(|n| !keep.contains(&n.as_str())) {
+            n += conn
+                .execute("DELETE FROM check_state WHERE check_name = ?1", params![name])
+                .map_err(|e| self.err(e))?;
+        }
+        Ok(n)
+    }
+
+    /// Deletes history older than the retention allows. Returns rows removed.
+    pub fn prune(&self, now: i64, keep: RetentionMs) -> Result<usize, StateError> {
+        let conn = self.writer();
+        let mut n = 0;
+        let run = |sql: &str, p: &[&dyn rusqlite::ToSql]| conn.execute(sql, p);
+        n += run("DELETE FROM results WHERE ts < ?1", &[&(now - keep.raw)]).map_err(|e| self.err(e))?;
+        n += run("DELETE FROM rollups WHERE res = 60 AND bucket < ?1", &[&(now - keep.minute)])
+            .map_err(|e| self.err(e))?;
+        n += run("DELETE FROM rollups WHERE res = 3600 AND bucket < ?1", &[&(now - keep.hour)])
+            .map_err(|e| self.err(e))?;
+        n += run("DELETE FROM events WHERE ts < ?1", &[&(now - keep.events)]).map_err(|e| self.err(e))?;
+        n += run("DELETE FROM deliveries WHERE ts < ?1", &[&(now - keep.events)]).map_err(|e| self.err(e))?;
+        Ok(n)
+    }
+
+    /// A value from the key/value table.
+    pub fn meta(&self, key: &str) -> Result<Option<String>, StateError> {
+        let conn = self.reader();
+        conn.query_row("SELECT value FROM meta WHERE key = ?1", params![key], |r| r.get(0))
+            .optional()
+            .map_err(|e| self.err(e))
+    }
+
+    /// Sets a value in the key/value table.
+    pub fn set_meta(&self, key: &str, value: &str) -> Result<(), StateError> {
+        let conn = self.writer();
+        conn.execute(
+            "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            params![key, value],
+        )
+        .map(|_| ())
+        .map_err(|e| self.err(e))
+    }
+}
+
+fn insert_event(conn: &Connection, e: &NewEvent) -> rusqlite::Result<i64> {
+    conn.prepare_cached(
+        "INSERT INTO events (ts, kind, subject, severity, message, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?
+    .execute(params![e.ts, e.kind, e.subject, e.severity, e.message, e.data.to_string()])?;
+    Ok(conn.last_insert_rowid())
+}
+
+#[cfg(unix)]
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    if !dir.exists() {
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+    }
+    let meta = std::fs::metadata(dir)?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)
+}
+
+#[cfg(unix)]
+fn restrict_file(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+}
+
+#[cfg(not(unix))]
+fn restrict_file(_: &Path) -> std::io::Result<()> {
+    Ok(())
+}
+
+/// Current time in Unix milliseconds.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }

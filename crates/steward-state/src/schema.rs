@@ -1,0 +1,96 @@
+//! Numbered schema migrations. Append only: never edit a released step.
+
+use std::path::Path;
+
+use rusqlite::Connection;
+
+use crate::StateError;
+
+const MIGRATIONS: &[&str] = &[
+    // 1: health monitoring and the event log
+    "CREATE TABLE results (
+        check_name TEXT NOT NULL,
+        ts INTEGER NOT NULL,
+        status INTEGER NOT NULL,
+        duration_us INTEGER NOT NULL,
+        error TEXT,
+        observed TEXT
+     );
+     CREATE INDEX results_check_ts ON results (check_name, ts);
+     CREATE INDEX results_ts ON results (ts);
+     CREATE TABLE rollups (
+        check_name TEXT NOT NULL,
+        res INTEGER NOT NULL,
+        bucket INTEGER NOT NULL,
+        n INTEGER NOT NULL,
+        n_pass INTEGER NOT NULL,
+        n_warn INTEGER NOT NULL,
+        n_fail INTEGER NOT NULL,
+        sum_ms REAL NOT NULL,
+        max_ms REAL NOT NULL,
+        PRIMARY KEY (check_name, res, bucket)
+     ) WITHOUT ROWID;
+     CREATE INDEX rollups_res_bucket ON rollups (res, bucket);
+     CREATE TABLE check_state (
+        check_name TEXT PRIMARY KEY,
+        health TEXT NOT NULL,
+        since INTEGER NOT NULL,
+        consecutive_failures INTEGER NOT NULL,
+        consecutive_successes INTEGER NOT NULL,
+        last TEXT,
+        last_alert INTEGER
+     );
+     CREATE TABLE events (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        ts INTEGER NOT NULL,
+        kind TEXT NOT NULL,
+        subject TEXT NOT NULL,
+        severity TEXT NOT NULL,
+        message TEXT NOT NULL,
+        data TEXT NOT NULL
+     );
+     CREATE INDEX events_ts ON events (ts);
+     CREATE INDEX events_subject ON events (subject, id);
+     CREATE TABLE deliveries (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        ts INTEGER NOT NULL,
+        alert TEXT NOT NULL,
+        check_name TEXT NOT NULL,
+        event_id INTEGER,
+        attempt INTEGER NOT NULL,
+        ok INTEGER NOT NULL,
+        error TEXT
+     );
+     CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);",
+];
+
+/// Newest schema version this build knows.
+pub(crate) const VERSION: i64 = MIGRATIONS.len() as i64;
+
+pub(crate) fn migrate(conn: &Connection, path: &Path) -> Result<(), StateError> {
+    let sq = |source| StateError::Sqlite {
+        path: path.to_path_buf(),
+        source,
+    };
+    let current: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(sq)?;
+    if current > VERSION {
+        return Err(StateError::TooNew {
+            path: path.to_path_buf(),
+            found: current,
+            known: VERSION,
+        });
+    }
+    for (i, step) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+        let version = i as i64 + 1;
+        // Each step and its version bump commit together: a crash mid-way
+        // leaves the previous version intact.
+        let tx = conn.unchecked_transaction().map_err(sq)?;
+        tx.execute_batch(step).map_err(sq)?;
+        tx.pragma_update(None, "user_version", version).map_err(sq)?;
+        tx.commit().map_err(sq)?;
+        tracing::info!(version, "state database migrated");
+    }
+    Ok(())
+}
