@@ -1,14 +1,15 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
-}
+//! Health endpoint monitoring: probes (I/O at the edge), judging and the
+//! up/down/degraded state machine (pure), and the controller that schedules
+//! checks in `serve`.
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+mod dns;
+mod judge;
+mod machine;
+mod monitor;
+mod probe;
+mod tls;
 
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
-    }
-}
+pub use judge::{judge, Judgement};
+pub use machine::{advance, initial, Thresholds, Transition};
+pub use probe::{Outcome, Prober};
+pub use monitor::{run_once, summary, Board, CheckEvent, HealthMetrics, Monitor};
