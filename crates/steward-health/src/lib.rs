@@ -7,9 +7,9 @@ mod judge;
 mod machine;
 mod monitor;
 mod probe;
-mod tls;
+pub mod tls;
 
 pub use judge::{judge, Judgement};
 pub use machine::{advance, initial, Thresholds, Transition};
-pub use probe::{Outcome, Prober};
+pub use probe::{error_chain, Outcome, Prober};
 pub use monitor::{run_once, summary, Board, CheckEvent, HealthMetrics, Monitor};

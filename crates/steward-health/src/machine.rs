@@ -62,7 +62,6 @@ pub fn initial(check: &str, now: i64) -> CheckStateRow {
         consecutive_failures: 0,
         consecutive_successes: 0,
         last: None,
-        last_alert: None,
     }
 }
 

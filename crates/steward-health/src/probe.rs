@@ -70,7 +70,7 @@ impl Prober {
             .user_agent(concat!("steward/", env!("CARGO_PKG_VERSION")))
             .no_proxy()
             .build()
-            .map_err(|e| format!("cannot build HTTP client: {}", chain(&e)))?;
+            .map_err(|e| format!("cannot build HTTP client: {}", error_chain(&e)))?;
         cache.insert(key, client.clone());
         Ok(client)
     }
@@ -291,7 +291,7 @@ impl Prober {
             Err(e) => {
                 // Never echo the URL: it may carry credentials.
                 let e = e.without_url();
-                return Err(chain(&e));
+                return Err(error_chain(&e));
             }
         };
         out.observed.connected = true;
@@ -310,7 +310,7 @@ impl Prober {
         let mut body: Vec<u8> = Vec::new();
         let mut stream = resp.bytes_stream();
         while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| format!("reading body: {}", chain(&e.without_url())))?;
+            let chunk = chunk.map_err(|e| format!("reading body: {}", error_chain(&e.without_url())))?;
             if body.len() + chunk.len() > p.max_body as usize {
                 out.observed.response_time_ms = Some(ms(started));
                 return Err(format!("response body exceeds the {} byte limit (max_body)", p.max_body));
@@ -373,7 +373,7 @@ async fn read_capped<R: tokio::io::AsyncRead + Unpin>(mut r: R, cap: u64) -> (Ve
 }
 
 /// Joins an error with its sources: "error sending request: connection refused".
-pub(crate) fn chain(e: &dyn std::error::Error) -> String {
+pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(src) = cur {
@@ -390,7 +390,7 @@ pub(crate) fn chain(e: &dyn std::error::Error) -> String {
 fn pg_error(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => format!("{} ({})", db.message(), db.code().code()),
-        None => chain(e),
+        None => error_chain(e),
     }
 }
 

@@ -30,7 +30,7 @@ fn system_roots() -> Arc<RootCertStore> {
 }
 
 /// Builds a client config: system roots plus `ca_file`, or no verification at all.
-pub(crate) fn client_config(ca_file: Option<&Path>, insecure: bool) -> Result<ClientConfig, String> {
+pub fn client_config(ca_file: Option<&Path>, insecure: bool) -> Result<ClientConfig, String> {
     let builder = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?;
@@ -62,7 +62,7 @@ pub(crate) fn client_config(ca_file: Option<&Path>, insecure: bool) -> Result<Cl
 }
 
 /// Milliseconds until the certificate's notAfter (negative once expired).
-pub(crate) fn expires_in_ms(der: &[u8], now_ms: i64) -> Option<i64> {
+pub fn expires_in_ms(der: &[u8], now_ms: i64) -> Option<i64> {
     let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
     Some(cert.validity().not_after.timestamp() * 1000 - now_ms)
 }

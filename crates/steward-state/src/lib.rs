@@ -151,8 +151,6 @@ pub struct CheckStateRow {
     pub consecutive_successes: u32,
     /// Latest result, if any.
     pub last: Option<ResultRow>,
-    /// When the last alert (or reminder) for the current health was sent.
-    pub last_alert: Option<i64>,
 }
 
 /// An event to append.
@@ -369,12 +367,12 @@ impl Store {
                     }
                 }
                 let mut st = tx.prepare_cached(
-                    "INSERT INTO check_state (check_name, health, since, consecutive_failures, consecutive_successes, last, last_alert)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                    "INSERT INTO check_state (check_name, health, since, consecutive_failures, consecutive_successes, last)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)
                      ON CONFLICT (check_name) DO UPDATE SET health = excluded.health, since = excluded.since,
                        consecutive_failures = excluded.consecutive_failures,
                        consecutive_successes = excluded.consecutive_successes,
-                       last = excluded.last, last_alert = excluded.last_alert",
+                       last = excluded.last",
                 )?;
                 for s in states {
                     st.execute(params![
@@ -384,7 +382,6 @@ impl Store {
                         s.consecutive_failures,
                         s.consecutive_successes,
                         s.last.as_ref().map(|l| serde_json::to_string(l).unwrap_or_default()),
-                        s.last_alert
                     ])?;
                 }
             }
@@ -455,7 +452,7 @@ impl Store {
         let conn = self.reader();
         let mut stmt = conn
             .prepare_cached(
-                "SELECT check_name, health, since, consecutive_failures, consecutive_successes, last, last_alert FROM check_state",
+                "SELECT check_name, health, since, consecutive_failures, consecutive_successes, last FROM check_state",
             )
             .map_err(|e| self.err(e))?;
         let rows = stmt
@@ -468,7 +465,6 @@ impl Store {
                     consecutive_failures: r.get(3)?,
                     consecutive_successes: r.get(4)?,
                     last: last.and_then(|l| serde_json::from_str(&l).ok()),
-                    last_alert: r.get(6)?,
                 })
             })
             .map_err(|e| self.err(e))?;
@@ -580,6 +576,18 @@ impl Store {
         .and_then(|mut s| s.execute(params![d.ts, d.alert, d.check, d.event_id, d.attempt, d.ok, d.error]))
         .map(|_| ())
         .map_err(|e| self.err(e))
+    }
+
+    /// Time of the latest successful delivery per check (for reminders).
+    pub fn last_delivered(&self) -> Result<BTreeMap<String, i64>, StateError> {
+        let conn = self.reader();
+        let mut stmt = conn
+            .prepare_cached("SELECT check_name, max(ts) FROM deliveries WHERE ok = 1 GROUP BY check_name")
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
     }
 
     /// Delivery attempts, newest first.

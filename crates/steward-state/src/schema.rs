@@ -37,8 +37,7 @@ const MIGRATIONS: &[&str] = &[
         since INTEGER NOT NULL,
         consecutive_failures INTEGER NOT NULL,
         consecutive_successes INTEGER NOT NULL,
-        last TEXT,
-        last_alert INTEGER
+        last TEXT
      );
      CREATE TABLE events (
         id INTEGER PRIMARY KEY AUTOINCREMENT,

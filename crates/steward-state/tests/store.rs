@@ -69,7 +69,6 @@ fn state_and_events_survive_reopen() {
             consecutive_failures: 3,
             consecutive_successes: 0,
             last: Some(result("db", T0, Status::Fail, 5)),
-            last_alert: Some(T0),
         };
         let ids = store
             .write_batch(&[result("db", T0, Status::Fail, 5)], &[st], &[event(T0, "check.down", "db")])
