@@ -1,14 +1,124 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
+//! steward's HTTP surface for `serve`: its own health (`/health`, `/livez`,
+//! `/readyz`), Prometheus `/metrics`, the JSON API under `/api/v1`, and the
+//! status page for people at `/`.
+//!
+//! Handlers only read: the board (current states, in memory) and the state
+//! database (history, uptime, events). They never block the controllers.
+
+mod api;
+mod page;
+mod process;
+
+use std::sync::Arc;
+
+use axum::http::{header, HeaderValue};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use prometheus_client::registry::Registry;
+use steward_health::Board;
+use steward_health_endpoint::{HealthEndpoint, Observation};
+use steward_spec::Spec;
+use steward_state::{Health, Store};
+
+/// What the handlers read.
+#[derive(Clone)]
+pub struct AppState {
+    /// The validated spec.
+    pub spec: Arc<Spec>,
+    /// State database.
+    pub store: Arc<Store>,
+    /// Current check states.
+    pub board: Board,
+    /// Metrics of every controller.
+    pub registry: Arc<Registry>,
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// Builds the router.
+pub fn router(state: AppState) -> Router {
+    let health = own_health(&state);
+    Router::new()
+        .route("/", get(page::status_page))
+        .route("/static/status.css", get(page::css))
+        .route("/static/status.js", get(page::js))
+        .route("/metrics", get(metrics))
+        .nest("/api/v1", api::routes())
+        .merge(health.router())
+        .with_state(state)
+        .layer(axum::middleware::from_fn(security_headers))
+}
 
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
+/// steward's own health: can it read its database, and how many checks are down.
+fn own_health(state: &AppState) -> HealthEndpoint {
+    let store = state.store.clone();
+    let board = state.board.clone();
+    HealthEndpoint::builder()
+        .service_id("steward")
+        .version(env!("CARGO_PKG_VERSION"))
+        .description(format!("steward for {}", state.spec.settings.name))
+        .check("state:database", "datastore", move || {
+            let store = store.clone();
+            async move {
+                let started = std::time::Instant::now();
+                match tokio::task::spawn_blocking(move || store.meta("schema")).await {
+                    Ok(Ok(_)) => Observation::pass().observed(started.elapsed().as_secs_f64() * 1000.0, "ms"),
+                    Ok(Err(e)) => Observation::fail(e.to_string()),
+                    Err(e) => Observation::fail(e.to_string()),
+                }
+            }
+        })
+        .check("checks:down", "component", move || {
+            let down = board
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .values()
+                .filter(|s| s.health == Health::Down)
+                .count();
+            async move {
+                // Monitored services being down is their problem, not steward's: warn, not fail.
+                if down == 0 {
+                    Observation::pass().observed(0, "checks")
+                } else {
+                    Observation::warn(format!("{down} monitored check(s) down")).observed(down, "checks")
+                }
+            }
+        })
+        .liveness("process:uptime", {
+            let started = std::time::Instant::now();
+            move || {
+                let up = started.elapsed().as_secs_f64();
+                async move { Observation::pass().observed((up * 10.0).round() / 10.0, "s") }
+            }
+        })
+        .build()
+}
+
+async fn metrics(axum::extract::State(s): axum::extract::State<AppState>) -> impl IntoResponse {
+    let mut body = String::new();
+    if let Err(e) = prometheus_client::encoding::text::encode(&mut body, &s.registry) {
+        return (axum::http::StatusCode::INTERNAL_SERVER_ERROR, format!("encoding metrics: {e}")).into_response();
     }
+    (
+        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        body,
+    )
+        .into_response()
+}
+
+/// Registers steward's process metrics (CPU, memory, file descriptors, start time).
+pub fn register_process_metrics(r: &mut Registry) {
+    r.register_collector(Box::new(process::ProcessCollector::new()));
+}
+
+async fn security_headers(req: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
+    let mut res = next.run(req).await;
+    let h = res.headers_mut();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("default-src 'none'; style-src 'self'; script-src 'self'; img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"),
+    );
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    res
 }

@@ -527,6 +527,42 @@ impl Store {
         rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
     }
 
+    /// Buckets of every check since `from`, grouped by check, oldest first.
+    pub fn series_all(&self, from: i64, hourly: bool) -> Result<BTreeMap<String, Vec<Bucket>>, StateError> {
+        let res = if hourly { HOUR } else { MINUTE };
+        let conn = self.reader();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT check_name, bucket, n, n_pass, n_warn, n_fail, sum_ms, max_ms FROM rollups
+                 WHERE res = ?1 AND bucket >= ?2 ORDER BY check_name, bucket",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map(params![res / 1000, from - from.rem_euclid(res)], |r| {
+                let n: i64 = r.get(2)?;
+                let sum: f64 = r.get(6)?;
+                Ok((
+                    r.get::<_, String>(0)?,
+                    Bucket {
+                        ts: r.get(1)?,
+                        n,
+                        pass: r.get(3)?,
+                        warn: r.get(4)?,
+                        fail: r.get(5)?,
+                        avg_ms: if n > 0 { sum / n as f64 } else { 0.0 },
+                        max_ms: r.get(7)?,
+                    },
+                ))
+            })
+            .map_err(|e| self.err(e))?;
+        let mut out: BTreeMap<String, Vec<Bucket>> = BTreeMap::new();
+        for row in rows {
+            let (name, b) = row.map_err(|e| self.err(e))?;
+            out.entry(name).or_default().push(b);
+        }
+        Ok(out)
+    }
+
     /// Uptime of every check over 1h (minute buckets) and 24h/7d/30d (hour buckets).
     /// Warn counts as up.
     pub fn uptime_all(&self, now: i64) -> Result<BTreeMap<String, Uptime>, StateError> {

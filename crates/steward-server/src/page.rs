@@ -1,0 +1,156 @@
+//! The status page: rendered on the server (fast with thousands of checks, and
+//! readable without JavaScript); a small script only refreshes it.
+
+use std::collections::BTreeMap;
+use std::sync::OnceLock;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
+use minijinja::{context, Environment};
+use serde::Serialize;
+use steward_state::{now_ms, Bucket};
+
+use crate::api::{check_views, rfc3339};
+use crate::AppState;
+
+fn env() -> &'static Environment<'static> {
+    static ENV: OnceLock<Environment<'static>> = OnceLock::new();
+    ENV.get_or_init(|| {
+        let mut env = Environment::new();
+        // The `.html` name turns on HTML auto-escaping.
+        env.add_template("status.html", include_str!("../assets/status.html"))
+            .expect("status template parses");
+        env
+    })
+}
+
+#[derive(Serialize)]
+struct Row {
+    name: String,
+    kind: String,
+    description: Option<String>,
+    health: String,
+    uptime24: String,
+    uptime7: String,
+    uptime30: String,
+    points: String,
+    latency: String,
+    since: String,
+    since_text: String,
+    error: String,
+}
+
+#[derive(Serialize)]
+struct Group {
+    name: String,
+    checks: Vec<Row>,
+}
+
+fn pct(v: Option<f64>) -> String {
+    match v {
+        Some(v) if v >= 0.9999 => "100%".into(),
+        Some(v) => format!("{:.2}%", v * 100.0),
+        None => "–".into(),
+    }
+}
+
+/// Polyline points for the mean latency of each bucket, scaled to 240×40.
+fn sparkline(buckets: &[Bucket], from: i64, span: i64) -> String {
+    let max = buckets.iter().map(|b| b.avg_ms).fold(0.0_f64, f64::max).max(1.0);
+    buckets
+        .iter()
+        .map(|b| {
+            let x = ((b.ts - from) as f64 / span as f64 * 240.0).clamp(0.0, 240.0);
+            let y = 38.0 - b.avg_ms / max * 36.0;
+            format!("{x:.1},{y:.1}")
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn ago(ms: i64, now: i64) -> String {
+    let s = (now - ms).max(0) / 1000;
+    match s {
+        0..=59 => format!("{s} s ago"),
+        60..=3599 => format!("{} min ago", s / 60),
+        3600..=172_799 => format!("{} h ago", s / 3600),
+        _ => format!("{} days ago", s / 86400),
+    }
+}
+
+pub(crate) async fn status_page(State(s): State<AppState>) -> Response {
+    let now = now_ms();
+    let day = 86_400_000;
+    let store = s.store.clone();
+    let data = tokio::task::spawn_blocking(move || -> Result<_, steward_state::StateError> {
+        Ok((store.uptime_all(now)?, store.series_all(now - day, true)?))
+    })
+    .await;
+    let (uptime, series) = match data {
+        Ok(Ok(v)) => v,
+        Ok(Err(e)) => return (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+        Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    };
+    let views = check_views(&s, &uptime);
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut groups: BTreeMap<String, Vec<Row>> = BTreeMap::new();
+    for v in views {
+        *counts.entry(match v.health.as_str() {
+            "up" => "up",
+            "down" => "down",
+            "degraded" => "degraded",
+            _ => "unknown",
+        })
+        .or_insert(0) += 1;
+        let buckets = series.get(&v.name).map(Vec::as_slice).unwrap_or(&[]);
+        let since_ms = chrono::DateTime::parse_from_rfc3339(&v.since).map(|t| t.timestamp_millis()).unwrap_or(now);
+        let row = Row {
+            kind: v.kind.clone(),
+            description: v.description.clone(),
+            health: v.health.clone(),
+            uptime24: pct(v.uptime.h24),
+            uptime7: pct(v.uptime.d7),
+            uptime30: pct(v.uptime.d30),
+            points: sparkline(buckets, now - day, day),
+            latency: v.last.as_ref().map(|l| format!("{:.0} ms", l.duration_ms)).unwrap_or_default(),
+            since: v.since.clone(),
+            since_text: ago(since_ms, now),
+            error: v.last.as_ref().and_then(|l| l.error.clone()).unwrap_or_default(),
+            name: v.name,
+        };
+        groups.entry(v.group.unwrap_or_else(|| "checks".into())).or_default().push(row);
+    }
+    let total: usize = counts.values().sum();
+    let overall = if counts.get("down").copied().unwrap_or(0) > 0 {
+        "down"
+    } else if counts.get("degraded").copied().unwrap_or(0) > 0 {
+        "degraded"
+    } else if counts.get("up").copied().unwrap_or(0) > 0 {
+        "up"
+    } else {
+        "unknown"
+    };
+    let groups: Vec<Group> = groups.into_iter().map(|(name, checks)| Group { name, checks }).collect();
+    let tmpl = env().get_template("status.html").expect("template registered");
+    match tmpl.render(context! {
+        app => s.spec.settings.name.clone(),
+        now => rfc3339(now),
+        overall,
+        counts,
+        total,
+        groups => minijinja::Value::from(minijinja::value::Serde(&groups)),
+        version => env!("CARGO_PKG_VERSION"),
+    }) {
+        Ok(html) => Html(html).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("rendering status page: {e}")).into_response(),
+    }
+}
+
+pub(crate) async fn css() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "text/css; charset=utf-8")], include_str!("../assets/status.css"))
+}
+
+pub(crate) async fn js() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "text/javascript; charset=utf-8")], include_str!("../assets/status.js"))
+}
