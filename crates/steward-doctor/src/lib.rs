@@ -1,14 +1,333 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
+//! `steward doctor`: the seed's advice for developers new to operations, as
+//! rules over the spec and a few facts from the state database. Pure: the
+//! caller gathers the facts; rules never touch the network or the disk.
+//!
+//! Each capability adds its own rules here as it lands.
+
+use serde::Serialize;
+use steward_spec::{Channel, Probe, Spec, Text};
+
+/// How bad a gap is. `error` makes `steward doctor` exit 1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    /// Worth knowing.
+    Info,
+    /// Should be fixed.
+    Warning,
+    /// Will hurt.
+    Error,
+}
+
+/// One gap, with a one-line fix.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Finding {
+    /// How bad.
+    pub severity: Severity,
+    /// Stable rule id, e.g. `inline-secret`.
+    pub rule: &'static str,
+    /// What it is about, e.g. `check.api`.
+    pub subject: String,
+    /// What is wrong.
+    pub message: String,
+    /// How to fix it.
+    pub fix: String,
+}
+
+/// What the state database knows that the spec does not.
+#[derive(Debug, Clone, Default)]
+pub struct Facts {
+    /// Now (Unix ms).
+    pub now: i64,
+    /// Last heartbeat of `steward serve` on this state directory (Unix ms).
+    pub serve_heartbeat: Option<i64>,
+}
+
+/// All rules, in a stable order: errors first, then by rule and subject.
+pub fn diagnose(spec: &Spec, facts: &Facts) -> Vec<Finding> {
+    let mut out = Vec::new();
+    no_alert_channel(spec, &mut out);
+    checks_without_alerts(spec, &mut out);
+    inline_secrets(spec, &mut out);
+    tls_gaps(spec, &mut out);
+    flapping(spec, &mut out);
+    nothing_watching(spec, facts, &mut out);
+    exposed_listener(spec, &mut out);
+    out.sort_by(|a, b| b.severity.cmp(&a.severity).then(a.rule.cmp(b.rule)).then(a.subject.cmp(&b.subject)));
+    out
+}
+
+fn finding(severity: Severity, rule: &'static str, subject: String, message: String, fix: impl Into<String>) -> Finding {
+    Finding { severity, rule, subject, message, fix: fix.into() }
+}
+
+fn no_alert_channel(spec: &Spec, out: &mut Vec<Finding>) {
+    if !spec.checks.is_empty() && spec.alerts.is_empty() {
+        out.push(finding(
+            Severity::Error,
+            "no-alert-channel",
+            "alert".into(),
+            format!("{} check(s) but no alert channel: a failure at night reaches nobody", spec.checks.len()),
+            "add an [alert.ops] (type = \"webhook\", \"slack\" or \"email\") and list it in each check's `alerts`",
+        ));
+    }
+}
+
+fn checks_without_alerts(spec: &Spec, out: &mut Vec<Finding>) {
+    if spec.alerts.is_empty() {
+        return; // reported once by no-alert-channel
+    }
+    for c in spec.checks.values().filter(|c| c.alerts.is_empty()) {
+        out.push(finding(
+            Severity::Warning,
+            "check-without-alert",
+            format!("check.{}", c.name),
+            format!("check `{}` alerts nobody when it goes down", c.name),
+            format!("add `alerts = [\"{}\"]` to [check.{}]", spec.alerts.keys().next().map(String::as_str).unwrap_or("ops"), c.name),
+        ));
+    }
+}
+
+/// A URL with `user:password@` written literally.
+fn url_has_inline_password(t: &Text) -> bool {
+    let w = t.as_written();
+    if t.has_references() {
+        return false;
+    }
+    let Some(rest) = w.split_once("://").map(|x| x.1) else { return false };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    authority
+        .rsplit_once('@')
+        .is_some_and(|(userinfo, _)| userinfo.split_once(':').is_some_and(|(_, p)| !p.is_empty()))
+}
+
+fn sensitive_header(name: &str) -> bool {
+    let n = name.to_ascii_lowercase();
+    n == "authorization" || n.contains("token") || n.contains("key") || n.contains("secret") || n == "cookie"
+}
+
+fn inline_secrets(spec: &Spec, out: &mut Vec<Finding>) {
+    let fix = "move the value into the environment or a file and write `${env:NAME}` or `${file:/path}` instead";
+    let mut flag = |subject: String, what: &str| {
+        out.push(finding(Severity::Error, "inline-secret", subject, format!("{what} is written inline in the spec"), fix));
+    };
+    for c in spec.checks.values() {
+        let subject = format!("check.{}", c.name);
+        match &c.probe {
+            Probe::Postgres { url, .. } | Probe::Redis { url, .. } | Probe::Amqp { url, .. } if url_has_inline_password(url) => {
+                flag(subject.clone(), "a password in the connection URL")
+            }
+            Probe::Http(h) => {
+                if url_has_inline_password(&h.url) {
+                    flag(subject.clone(), "a password in the URL");
+                }
+                for (k, v) in &h.headers {
+                    if sensitive_header(k) && !v.has_references() {
+                        flag(subject.clone(), &format!("header `{k}`"));
+                    }
+                }
+            }
+            Probe::Exec { env, .. } => {
+                for (k, v) in env {
+                    if sensitive_header(k) && !v.has_references() {
+                        flag(subject.clone(), &format!("environment variable `{k}`"));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    for a in spec.alerts.values() {
+        let subject = format!("alert.{}", a.name);
+        match &a.channel {
+            Channel::Slack { url } if !url.has_references() => flag(subject, "the Slack webhook URL (it is the credential)"),
+            Channel::Webhook { url, headers } => {
+                if url_has_inline_password(url) {
+                    flag(subject.clone(), "a password in the webhook URL");
+                }
+                for (k, v) in headers {
+                    if sensitive_header(k) && !v.has_references() {
+                        flag(subject.clone(), &format!("header `{k}`"));
+                    }
+                }
+            }
+            Channel::Email { password: Some(p), .. } if !p.has_references() => flag(subject, "the SMTP password"),
+            _ => {}
+        }
+    }
+}
+
+fn tls_gaps(spec: &Spec, out: &mut Vec<Finding>) {
+    for c in spec.checks.values() {
+        let subject = format!("check.{}", c.name);
+        let (https, insecure) = match &c.probe {
+            Probe::Http(h) => (h.url.as_written().starts_with("https://"), h.insecure_skip_verify),
+            Probe::Tls { insecure_skip_verify, .. } => (true, *insecure_skip_verify),
+            _ => (false, false),
+        };
+        if insecure {
+            out.push(finding(
+                Severity::Warning,
+                "tls-verification-off",
+                subject.clone(),
+                format!("check `{}` accepts any certificate", c.name),
+                "set `ca_file` to the CA that signed the certificate instead of `insecure_skip_verify = true`",
+            ));
+        }
+        let watches_expiry = c
+            .conditions
+            .iter()
+            .chain(c.warn.iter())
+            .any(|k| k.placeholders().contains(&steward_spec::Placeholder::CertificateExpiration));
+        if https && !watches_expiry {
+            out.push(finding(
+                Severity::Info,
+                "certificate-expiry-unwatched",
+                subject,
+                format!("check `{}` talks TLS but nothing warns before its certificate expires", c.name),
+                "add `warn = [\"[CERTIFICATE_EXPIRATION] > 14d\"]` (and a failing condition at 48h)",
+            ));
+        }
+    }
+}
+
+fn flapping(spec: &Spec, out: &mut Vec<Finding>) {
+    for c in spec.checks.values().filter(|c| c.failure_threshold == 1 && !c.alerts.is_empty()) {
+        out.push(finding(
+            Severity::Info,
+            "unconfirmed-failures",
+            format!("check.{}", c.name),
+            format!("check `{}` alerts on a single failed run; one dropped packet pages someone", c.name),
+            "use failure_threshold = 2 or 3 (the default) to confirm a failure first",
+        ));
+    }
+}
+
+fn nothing_watching(spec: &Spec, facts: &Facts, out: &mut Vec<Finding>) {
+    if spec.checks.is_empty() {
+        out.push(finding(
+            Severity::Error,
+            "no-checks",
+            "check".into(),
+            "the spec has no health checks: nothing will notice an outage".into(),
+            "add a [check.NAME] for each service's health endpoint and for each database",
+        ));
+        return;
+    }
+    let stale = match facts.serve_heartbeat {
+        None => Some("has never run".to_string()),
+        Some(t) if facts.now - t > 5 * 60_000 => Some(format!("last ran {} minutes ago", (facts.now - t) / 60_000)),
+        Some(_) => None,
+    };
+    if let Some(when) = stale {
+        out.push(finding(
+            Severity::Warning,
+            "not-monitoring",
+            "serve".into(),
+            format!("`steward serve` {when} on this state directory: the checks are not being run"),
+            "run `steward serve` under a supervisor (systemd, runit) so it restarts with the machine",
+        ));
+    }
+}
+
+fn exposed_listener(spec: &Spec, out: &mut Vec<Finding>) {
+    if !spec.settings.listen.ip().is_loopback() {
+        out.push(finding(
+            Severity::Warning,
+            "exposed-listener",
+            "steward.listen".into(),
+            format!("steward serves its API on {}, reachable from other machines", spec.settings.listen),
+            "listen on 127.0.0.1 and put an authenticating reverse proxy in front",
+        ));
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
+
+    struct AnyEnv;
+    impl steward_spec::Resolver for AnyEnv {
+        fn env(&self, _: &str) -> Option<String> {
+            Some("x".into())
+        }
+        fn file(&self, _: &Path) -> Result<String, String> {
+            Ok("x".into())
+        }
+    }
+
+    fn spec(src: &str) -> Spec {
+        Spec::parse("t.toml", src, Path::new("/"), &AnyEnv).unwrap()
+    }
+
+    fn rules(src: &str, facts: &Facts) -> Vec<(&'static str, String)> {
+        diagnose(&spec(src), facts).into_iter().map(|f| (f.rule, f.subject)).collect()
+    }
+
+    const WATCHED: Facts = Facts { now: 1_000_000, serve_heartbeat: Some(999_000) };
 
     #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
+    fn inline_secrets_are_found_and_references_are_not() {
+        let r = rules(
+            r#"
+[alert.ops]
+type = "slack"
+url = "https://hooks.example/T000/B000/XXXX"
+[check.db]
+type = "postgres"
+url = "postgres://app:hunter2@127.0.0.1/app"
+alerts = ["ops"]
+[check.db2]
+type = "postgres"
+url = "postgres://app:${env:PGPASSWORD}@127.0.0.1/app"
+alerts = ["ops"]
+[check.api]
+type = "http"
+url = "http://127.0.0.1/"
+headers = { Authorization = "Bearer abc" }
+alerts = ["ops"]
+"#,
+            &WATCHED,
+        );
+        assert!(r.contains(&("inline-secret", "alert.ops".into())));
+        assert!(r.contains(&("inline-secret", "check.db".into())));
+        assert!(r.contains(&("inline-secret", "check.api".into())));
+        assert!(!r.contains(&("inline-secret", "check.db2".into())));
+    }
+
+    #[test]
+    fn missing_alerts_and_idle_serve() {
+        let src = "[check.a]\ntype = \"tcp\"\naddress = \"127.0.0.1:1\"\n";
+        let r = rules(src, &Facts { now: 10 * 60_000, serve_heartbeat: None });
+        assert_eq!(r[0].0, "no-alert-channel", "errors sort first: {r:?}");
+        assert!(r.iter().any(|x| x.0 == "not-monitoring"));
+        let r = rules(src, &WATCHED);
+        assert!(!r.iter().any(|x| x.0 == "not-monitoring"));
+    }
+
+    #[test]
+    fn tls_rules() {
+        let r = rules(
+            r#"
+[alert.ops]
+type = "webhook"
+url = "${env:HOOK}"
+[check.site]
+type = "http"
+url = "https://127.0.0.1/"
+insecure_skip_verify = true
+alerts = ["ops"]
+[check.cert]
+type = "tls"
+address = "127.0.0.1:443"
+conditions = ["[CERTIFICATE_EXPIRATION] > 48h"]
+alerts = ["ops"]
+"#,
+            &WATCHED,
+        );
+        assert!(r.contains(&("tls-verification-off", "check.site".into())));
+        assert!(r.contains(&("certificate-expiry-unwatched", "check.site".into())));
+        assert!(!r.contains(&("certificate-expiry-unwatched", "check.cert".into())));
     }
 }

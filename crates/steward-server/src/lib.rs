@@ -6,6 +6,7 @@
 //! database (history, uptime, events). They never block the controllers.
 
 mod api;
+pub use api::{CheckView, ResultView};
 mod page;
 mod process;
 
