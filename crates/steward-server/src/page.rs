@@ -58,6 +58,11 @@ fn pct(v: Option<f64>) -> String {
 /// Polyline points for the mean latency of each bucket, scaled to 240×40.
 fn sparkline(buckets: &[Bucket], from: i64, span: i64) -> String {
     let max = buckets.iter().map(|b| b.avg_ms).fold(0.0_f64, f64::max).max(1.0);
+    if let [only] = buckets {
+        // One bucket so far: a flat line at its level reads better than a dot.
+        let y = 38.0 - only.avg_ms / max * 36.0;
+        return format!("0,{y:.1} 240,{y:.1}");
+    }
     buckets
         .iter()
         .map(|b| {

@@ -1,3 +1,139 @@
-fn main() {
-    println!("Hello, world!");
+//! The `steward` command: argument parsing, output and wiring. The work lives
+//! in the `steward-*` library crates.
+
+mod check;
+mod doctor;
+mod serve;
+mod table;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use steward_spec::{LoadError, Spec};
+
+/// Exit codes (stable, documented in the README).
+pub(crate) mod exit {
+    /// Success.
+    pub(crate) const OK: u8 = 0;
+    /// The thing checked is unhealthy or failed.
+    pub(crate) const FAILED: u8 = 1;
+    /// Usage or spec error; nothing was started.
+    pub(crate) const USAGE: u8 = 2;
+}
+
+#[derive(Parser)]
+#[command(name = "steward", version, about = "Operations for cloud applications, in one binary")]
+struct Cli {
+    /// The spec file.
+    #[arg(short = 'f', long, global = true, env = "STEWARD_SPEC", default_value = "steward.toml")]
+    spec: PathBuf,
+    /// Log format on standard error.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human)]
+    log_format: LogFormat,
+    /// More log output (repeat for more).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Check the whole spec; report every problem with file:line:col. Starts nothing.
+    Validate {
+        /// Spec file (overrides --spec).
+        file: Option<PathBuf>,
+    },
+    /// Run health checks once and print the results; exit 1 if any fails.
+    Check {
+        /// Only these checks (default: all).
+        names: Vec<String>,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run every controller until SIGTERM/SIGINT, with the HTTP API and status page.
+    Serve {
+        /// Listen address (overrides `[steward] listen`).
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+    },
+    /// Report operational gaps in the spec and state, each with a fix; exit 1 on errors.
+    Doctor {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn init_logging(format: LogFormat, verbose: u8) {
+    let default = match verbose {
+        0 => "info",
+        1 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("STEWARD_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{default},hyper=warn,h2=warn,rustls=warn,tokio_postgres=warn,amqprs=warn,lettre=warn,hickory=warn")));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+/// Loads the spec or prints every problem and returns the exit code.
+pub(crate) fn load_spec(path: &Path) -> Result<Spec, u8> {
+    match Spec::load(path) {
+        Ok(s) => Ok(s),
+        Err(e) => {
+            report(e);
+            Err(exit::USAGE)
+        }
+    }
+}
+
+fn report(e: LoadError) {
+    eprintln!("{:?}", miette::Report::new(e));
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format, cli.verbose);
+    let code = match cli.command {
+        Command::Validate { file } => {
+            let path = file.unwrap_or(cli.spec);
+            match load_spec(&path) {
+                Ok(spec) => {
+                    println!(
+                        "{}: valid ({} checks, {} alert channels, {} maintenance windows)",
+                        path.display(),
+                        spec.checks.len(),
+                        spec.alerts.len(),
+                        spec.maintenance.len()
+                    );
+                    exit::OK
+                }
+                Err(code) => code,
+            }
+        }
+        Command::Check { names, json } => runtime().block_on(check::run(&cli.spec, &names, json)),
+        Command::Serve { listen } => runtime().block_on(serve::run(&cli.spec, listen)),
+        Command::Doctor { json } => doctor::run(&cli.spec, json),
+    };
+    ExitCode::from(code)
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("steward")
+        .build()
+        .expect("tokio runtime")
 }

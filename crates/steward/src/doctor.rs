@@ -1,0 +1,47 @@
+//! `steward doctor`: operational gaps, each with a fix.
+
+use std::path::Path;
+
+use steward_doctor::{diagnose, Facts, Severity};
+
+use crate::{exit, load_spec};
+
+pub(crate) fn run(spec_path: &Path, json: bool) -> u8 {
+    let spec = match load_spec(spec_path) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let now = steward_state::now_ms();
+    // Facts come from the state database when one exists; doctor never creates it.
+    let serve_heartbeat = if spec.settings.state_dir.join("state.db").exists() {
+        match steward_state::Store::open(&spec.settings.state_dir) {
+            Ok(store) => store.meta(crate::serve::HEARTBEAT_KEY).ok().flatten().and_then(|v| v.parse().ok()),
+            Err(e) => {
+                eprintln!("warning: cannot read state database: {e}");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let findings = diagnose(&spec, &Facts { now, serve_heartbeat });
+    if json {
+        println!("{}", serde_json::to_string_pretty(&findings).expect("JSON"));
+    } else if findings.is_empty() {
+        println!("No gaps found.");
+    } else {
+        for f in &findings {
+            let severity = match f.severity {
+                Severity::Error => "error",
+                Severity::Warning => "warning",
+                Severity::Info => "info",
+            };
+            println!("{severity:<8} {:<30} {}", f.rule, f.subject);
+            println!("         {}", f.message);
+            println!("         fix: {}", f.fix);
+        }
+        let errors = findings.iter().filter(|f| f.severity == Severity::Error).count();
+        println!("\n{} finding(s), {} error(s)", findings.len(), errors);
+    }
+    if findings.iter().any(|f| f.severity == Severity::Error) { exit::FAILED } else { exit::OK }
+}

@@ -1,0 +1,168 @@
+//! `steward serve`: every controller in one process, until SIGTERM/SIGINT.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::registry::Registry;
+use steward_alert::Alerter;
+use steward_health::{HealthMetrics, Monitor, Prober};
+use steward_spec::{OsResolver, Resolver};
+use steward_state::{now_ms, NewEvent, Store};
+use tokio_util::sync::CancellationToken;
+
+use crate::{exit, load_spec};
+
+/// Meta key holding the last heartbeat of `serve` (read by `doctor`).
+pub(crate) const HEARTBEAT_KEY: &str = "serve.heartbeat";
+
+fn event(kind: &str, severity: &str, message: String, data: serde_json::Value) -> NewEvent {
+    NewEvent {
+        ts: now_ms(),
+        kind: kind.into(),
+        subject: "steward".into(),
+        severity: severity.into(),
+        message,
+        data,
+    }
+}
+
+pub(crate) async fn run(spec_path: &Path, listen: Option<SocketAddr>) -> u8 {
+    let spec = match load_spec(spec_path) {
+        Ok(s) => Arc::new(s),
+        Err(code) => return code,
+    };
+    let listen = listen.unwrap_or(spec.settings.listen);
+    let store = match Store::open(&spec.settings.state_dir) {
+        Ok(s) => Arc::new(s),
+        Err(e) => {
+            eprintln!("error: {e}");
+            return exit::USAGE;
+        }
+    };
+    // Bind before starting anything: a taken port is a start-up error, not a half-running daemon.
+    let listener = match tokio::net::TcpListener::bind(listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: cannot listen on {listen}: {e}");
+            return exit::USAGE;
+        }
+    };
+    let addr = listener.local_addr().unwrap_or(listen);
+
+    let mut registry = Registry::default();
+    steward_server::register_process_metrics(&mut registry);
+    let health_metrics = HealthMetrics::default();
+    health_metrics.register(&mut registry);
+
+    let cancel = CancellationToken::new();
+    let resolver: Arc<dyn Resolver> = Arc::new(OsResolver);
+    let monitor = match Monitor::start(
+        spec.checks.values().cloned().collect(),
+        Prober::new(resolver.clone()),
+        store.clone(),
+        spec.settings.retention,
+        health_metrics,
+        cancel.clone(),
+    ) {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return exit::USAGE;
+        }
+    };
+
+    let alerting = {
+        let (spec, store, board, resolver, cancel, events) =
+            (spec.clone(), store.clone(), monitor.board.clone(), resolver.clone(), cancel.clone(), monitor.events.clone());
+        tokio::spawn(async move {
+            // A panic in alerting must not end it for good: record it and start again.
+            loop {
+                let alerter = Alerter::new(&spec, store.clone(), board.clone(), resolver.clone());
+                let task = tokio::spawn(alerter.run(events.subscribe(), cancel.clone()));
+                match task.await {
+                    Err(e) if e.is_panic() && !cancel.is_cancelled() => {
+                        tracing::error!("alerting controller panicked; restarting it");
+                        let _ = store.append_event(&event(
+                            "controller.panicked",
+                            "error",
+                            "alerting controller panicked and was restarted".into(),
+                            serde_json::json!({"controller": "alert"}),
+                        ));
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                    _ => break,
+                }
+            }
+        })
+    };
+
+    let heartbeat = {
+        let (store, cancel) = (store.clone(), cancel.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(30));
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {
+                        let store = store.clone();
+                        let _ = tokio::task::spawn_blocking(move || store.set_meta(HEARTBEAT_KEY, &now_ms().to_string())).await;
+                    }
+                    _ = cancel.cancelled() => break,
+                }
+            }
+        })
+    };
+
+    let _ = store.append_event(&event(
+        "serve.started",
+        "info",
+        format!("steward {} serving on http://{addr} with {} checks", env!("CARGO_PKG_VERSION"), spec.checks.len()),
+        serde_json::json!({"listen": addr.to_string(), "checks": spec.checks.len()}),
+    ));
+    tracing::info!(%addr, checks = spec.checks.len(), "serving; status page at http://{addr}/");
+
+    let app = steward_server::router(steward_server::AppState {
+        spec: spec.clone(),
+        store: store.clone(),
+        board: monitor.board.clone(),
+        registry: Arc::new(registry),
+    });
+    let shutdown = {
+        let cancel = cancel.clone();
+        async move {
+            wait_for_signal().await;
+            tracing::info!("shutting down");
+            cancel.cancel();
+        }
+    };
+    let served = axum::serve(listener, app).with_graceful_shutdown(shutdown).await;
+    cancel.cancel();
+    monitor.join().await;
+    let _ = alerting.await;
+    let _ = heartbeat.await;
+    let _ = store.append_event(&event("serve.stopped", "info", "steward stopped".into(), serde_json::json!({})));
+    match served {
+        Ok(()) => exit::OK,
+        Err(e) => {
+            eprintln!("error: HTTP server failed: {e}");
+            exit::FAILED
+        }
+    }
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
