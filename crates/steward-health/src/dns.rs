@@ -47,15 +47,34 @@ pub(crate) async fn lookup(
         }
         Err(NetError::Dns(DnsError::NoRecordsFound(nr))) => {
             obs.connected = true;
-            obs.dns_rcode = Some(nr.response_code.to_string().to_ascii_uppercase().replace(' ', ""));
+            obs.dns_rcode = Some(rcode_name(nr.response_code.into()));
             obs.body = Some(String::new());
             Ok(())
         }
         Err(NetError::Dns(DnsError::ResponseCode(code))) => {
             obs.connected = true;
-            obs.dns_rcode = Some(code.to_string().to_ascii_uppercase());
+            obs.dns_rcode = Some(rcode_name(code.into()));
             Ok(())
         }
         Err(e) => Err(format!("lookup of {name} failed: {e}")),
+    }
+}
+
+/// The mnemonic of an rcode as dig prints it (RFC 1035, RFC 2136, RFC 6895).
+fn rcode_name(code: u16) -> String {
+    match code {
+        0 => "NOERROR".into(),
+        1 => "FORMERR".into(),
+        2 => "SERVFAIL".into(),
+        3 => "NXDOMAIN".into(),
+        4 => "NOTIMP".into(),
+        5 => "REFUSED".into(),
+        6 => "YXDOMAIN".into(),
+        7 => "YXRRSET".into(),
+        8 => "NXRRSET".into(),
+        9 => "NOTAUTH".into(),
+        10 => "NOTZONE".into(),
+        16 => "BADVERS".into(),
+        other => format!("RCODE{other}"),
     }
 }

@@ -240,10 +240,9 @@ impl Prober {
             }
             Probe::Amqp { url, queue } => {
                 use amqprs::channel::QueueDeclareArguments;
-                use amqprs::connection::{Connection, OpenConnectionArguments};
+                use amqprs::connection::Connection;
                 let url = url.resolve(r).map_err(|e| e.to_string())?;
-                let args = OpenConnectionArguments::try_from(url.expose())
-                    .map_err(|_| "bad AMQP URL".to_string())?;
+                let args = amqp_arguments(url.expose())?;
                 let conn = Connection::open(&args)
                     .await
                     .map_err(|e| format!("cannot connect: {e}"))?;
@@ -257,7 +256,7 @@ impl Prober {
                         let declared = ch
                             .queue_declare(QueueDeclareArguments::new(q).passive(true).finish())
                             .await
-                            .map_err(|e| format!("queue `{q}`: {e}"))?;
+                            .map_err(|e| format!("queue `{q}` is missing or not accessible ({e})"))?;
                         if let Some((_, messages, consumers)) = declared {
                             out.observed.messages = Some(u64::from(messages));
                             out.observed.consumers = Some(u64::from(consumers));
@@ -330,6 +329,28 @@ impl Prober {
         out.observed.body = Some(String::from_utf8_lossy(&body).into_owned());
         Ok(())
     }
+}
+
+/// Connection arguments from an AMQP URI (rabbitmq.com/uri-spec): unlike
+/// amqprs's own parser this percent-decodes the vhost, so `%2f` means `/`.
+fn amqp_arguments(uri: &str) -> Result<amqprs::connection::OpenConnectionArguments, String> {
+    let u = url::Url::parse(uri).map_err(|e| format!("bad AMQP URL: {e}"))?;
+    match u.scheme() {
+        "amqp" => {}
+        "amqps" => return Err("amqps:// (TLS) is not supported by the amqp check yet".into()),
+        other => return Err(format!("bad AMQP URL scheme `{other}`")),
+    }
+    let decode = |s: &str| percent_encoding::percent_decode_str(s).decode_utf8_lossy().into_owned();
+    let host = u.host_str().ok_or("AMQP URL has no host")?;
+    let user = if u.username().is_empty() { "guest".to_string() } else { decode(u.username()) };
+    let pass = u.password().map(decode).unwrap_or_else(|| "guest".into());
+    let vhost = match u.path() {
+        "" | "/" => "/".to_string(),
+        p => decode(&p[1..]),
+    };
+    let mut args = amqprs::connection::OpenConnectionArguments::new(host, u.port().unwrap_or(5672), &user, &pass);
+    args.virtual_host(&vhost);
+    Ok(args.finish())
 }
 
 fn ms(started: Instant) -> f64 {
