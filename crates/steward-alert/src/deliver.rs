@@ -23,7 +23,8 @@ pub struct Sender {
 impl Sender {
     /// A sender resolving secret references with `resolver`.
     pub fn new(resolver: Arc<dyn Resolver>) -> Self {
-        let tls = steward_health::tls::client_config(None, false).expect("default TLS configuration");
+        let tls =
+            steward_health::tls::client_config(None, false).expect("default TLS configuration");
         let http = reqwest::Client::builder()
             .tls_backend_preconfigured(tls)
             .timeout(DELIVERY_TIMEOUT)
@@ -78,16 +79,21 @@ pub(crate) fn slack_body(n: &Notice) -> serde_json::Value {
         NoticeKind::Recovered => ":large_green_circle:",
     };
     let mut text = format!("{emoji} *[{}] {}* since {}", n.app, headline(n), since(n));
-    if let Some(e) = &n.error {
-        if n.kind != NoticeKind::Recovered {
-            text.push_str(&format!("\n```{e}```"));
-        }
+    if let Some(e) = &n.error
+        && n.kind != NoticeKind::Recovered
+    {
+        text.push_str(&format!("\n```{e}```"));
     }
     serde_json::json!({ "text": text })
 }
 
 /// Delivers with a given client (exposed for tests and benchmarks).
-pub async fn deliver(http: &reqwest::Client, r: &dyn Resolver, channel: &Channel, n: &Notice) -> Result<(), String> {
+pub async fn deliver(
+    http: &reqwest::Client,
+    r: &dyn Resolver,
+    channel: &Channel,
+    n: &Notice,
+) -> Result<(), String> {
     match channel {
         Channel::Webhook { url, headers } => {
             let url = url.resolve(r).map_err(|e| e.to_string())?;
@@ -113,28 +119,45 @@ pub async fn deliver(http: &reqwest::Client, r: &dyn Resolver, channel: &Channel
             from,
             to,
         } => {
-            let from: Mailbox = from.parse().map_err(|e| format!("bad sender address: {e}"))?;
-            let mut msg = Message::builder()
-                .from(from)
-                .subject(format!("[steward] [{}] {}", n.app, headline(n)));
+            let from: Mailbox = from
+                .parse()
+                .map_err(|e| format!("bad sender address: {e}"))?;
+            let mut msg = Message::builder().from(from).subject(format!(
+                "[steward] [{}] {}",
+                n.app,
+                headline(n)
+            ));
             for t in to {
                 msg = msg.to(t.parse().map_err(|e| format!("bad recipient `{t}`: {e}"))?);
             }
-            let mut body = format!("{}\n\nCheck: {}\nStatus: {}\nSince: {}\n", headline(n), n.check, n.health.as_str(), since(n));
+            let mut body = format!(
+                "{}\n\nCheck: {}\nStatus: {}\nSince: {}\n",
+                headline(n),
+                n.check,
+                n.health.as_str(),
+                since(n)
+            );
             if let Some(e) = &n.error {
                 body.push_str(&format!("Last error: {e}\n"));
             }
-            let msg = msg.body(body).map_err(|e| format!("cannot build message: {e}"))?;
+            let msg = msg
+                .body(body)
+                .map_err(|e| format!("cannot build message: {e}"))?;
             let builder = match tls {
                 SmtpTls::None => AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host),
-                SmtpTls::Starttls => AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(host).map_err(|e| format!("SMTP TLS setup: {e}"))?,
-                SmtpTls::Tls => AsyncSmtpTransport::<Tokio1Executor>::relay(host).map_err(|e| format!("SMTP TLS setup: {e}"))?,
+                SmtpTls::Starttls => AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(host)
+                    .map_err(|e| format!("SMTP TLS setup: {e}"))?,
+                SmtpTls::Tls => AsyncSmtpTransport::<Tokio1Executor>::relay(host)
+                    .map_err(|e| format!("SMTP TLS setup: {e}"))?,
             };
             let mut builder = builder.port(*port).timeout(Some(DELIVERY_TIMEOUT));
             if let (Some(u), Some(p)) = (username, password) {
                 let u = u.resolve(r).map_err(|e| e.to_string())?;
                 let p = p.resolve(r).map_err(|e| e.to_string())?;
-                builder = builder.credentials(Credentials::new(u.expose().to_string(), p.expose().to_string()));
+                builder = builder.credentials(Credentials::new(
+                    u.expose().to_string(),
+                    p.expose().to_string(),
+                ));
             }
             let transport = builder.build();
             tokio::time::timeout(DELIVERY_TIMEOUT, transport.send(msg))
@@ -151,6 +174,9 @@ async fn post(req: reqwest::RequestBuilder) -> Result<(), String> {
         Ok(resp) if resp.status().is_success() => Ok(()),
         Ok(resp) => Err(format!("webhook answered HTTP {}", resp.status().as_u16())),
         // The URL is a secret (webhook tokens live in it): never echo it.
-        Err(e) => Err(format!("webhook request failed: {}", steward_health::error_chain(&e.without_url()))),
+        Err(e) => Err(format!(
+            "webhook request failed: {}",
+            steward_health::error_chain(&e.without_url())
+        )),
     }
 }

@@ -11,11 +11,11 @@ use std::time::Duration;
 
 use steward_health::{Board, CheckEvent};
 use steward_spec::{Alert, Check, Maintenance, Resolver};
-use steward_state::{now_ms, Delivery, Health, NewEvent, Store};
+use steward_state::{Delivery, Health, NewEvent, Store, now_ms};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
-pub use deliver::{deliver, Sender};
+pub use deliver::{Sender, deliver};
 
 /// What a notice says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,9 +76,15 @@ pub enum Suppressed {
 pub fn decide(from: Health, to: Health, alert: &Alert) -> Option<NoticeKind> {
     match (from, to) {
         (_, Health::Down) => Some(NoticeKind::Down),
-        (Health::Down, Health::Up | Health::Degraded) if alert.send_recovered => Some(NoticeKind::Recovered),
-        (Health::Up | Health::Unknown, Health::Degraded) if alert.send_warn => Some(NoticeKind::Degraded),
-        (Health::Degraded, Health::Up) if alert.send_warn && alert.send_recovered => Some(NoticeKind::Recovered),
+        (Health::Down, Health::Up | Health::Degraded) if alert.send_recovered => {
+            Some(NoticeKind::Recovered)
+        }
+        (Health::Up | Health::Unknown, Health::Degraded) if alert.send_warn => {
+            Some(NoticeKind::Degraded)
+        }
+        (Health::Degraded, Health::Up) if alert.send_warn && alert.send_recovered => {
+            Some(NoticeKind::Recovered)
+        }
         _ => None,
     }
 }
@@ -90,7 +96,10 @@ pub fn suppression(
     maintenance: &[Maintenance],
     health_of: &dyn Fn(&str) -> Option<Health>,
 ) -> Option<Suppressed> {
-    if let Some(m) = maintenance.iter().find(|m| m.covers(&check.name) && m.active_at(now)) {
+    if let Some(m) = maintenance
+        .iter()
+        .find(|m| m.covers(&check.name) && m.active_at(now))
+    {
         return Some(Suppressed::Maintenance(m.name.clone()));
     }
     check
@@ -124,7 +133,12 @@ pub struct Alerter {
 
 impl Alerter {
     /// Builds the alerting controller for a spec.
-    pub fn new(spec: &steward_spec::Spec, store: Arc<Store>, board: Board, resolver: Arc<dyn Resolver>) -> Self {
+    pub fn new(
+        spec: &steward_spec::Spec,
+        store: Arc<Store>,
+        board: Board,
+        resolver: Arc<dyn Resolver>,
+    ) -> Self {
         Alerter {
             app: spec.settings.name.clone(),
             alerts: spec.alerts.clone(),
@@ -133,13 +147,21 @@ impl Alerter {
             store,
             board,
             sender: Sender::new(resolver),
-            retry_delays: vec![Duration::from_secs(2), Duration::from_secs(10), Duration::from_secs(60)],
+            retry_delays: vec![
+                Duration::from_secs(2),
+                Duration::from_secs(10),
+                Duration::from_secs(60),
+            ],
             reminder_tick: Duration::from_secs(15),
         }
     }
 
     fn health_of(&self, name: &str) -> Option<Health> {
-        self.board.read().unwrap_or_else(|e| e.into_inner()).get(name).map(|s| s.health)
+        self.board
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .map(|s| s.health)
     }
 
     /// Runs until cancelled: transitions become notices, reminders go out on time.
@@ -183,11 +205,16 @@ impl Alerter {
             }
         }
         // Give deliveries in flight a moment to finish on shutdown.
-        let _ = tokio::time::timeout(Duration::from_secs(5), async { while inflight.join_next().await.is_some() {} }).await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), async {
+            while inflight.join_next().await.is_some() {}
+        })
+        .await;
     }
 
     fn suppressed(&self, check: &Check) -> Option<Suppressed> {
-        suppression(check, chrono::Utc::now(), &self.maintenance, &|n| self.health_of(n))
+        suppression(check, chrono::Utc::now(), &self.maintenance, &|n| {
+            self.health_of(n)
+        })
     }
 
     fn record_suppressed(&self, check: &str, why: &Suppressed, event_id: Option<i64>) {
@@ -207,11 +234,17 @@ impl Alerter {
 
     /// Notices for one transition, one per channel that wants it.
     fn on_transition(&self, ev: &CheckEvent) -> Vec<(String, Notice)> {
-        let Some(check) = self.checks.get(&ev.check) else { return Vec::new() };
+        let Some(check) = self.checks.get(&ev.check) else {
+            return Vec::new();
+        };
         let mut out = Vec::new();
         for name in &check.alerts {
-            let Some(alert) = self.alerts.get(name) else { continue };
-            let Some(kind) = decide(ev.transition.from, ev.transition.to, alert) else { continue };
+            let Some(alert) = self.alerts.get(name) else {
+                continue;
+            };
+            let Some(kind) = decide(ev.transition.from, ev.transition.to, alert) else {
+                continue;
+            };
             if let Some(why) = self.suppressed(check) {
                 self.record_suppressed(&check.name, &why, Some(ev.event_id));
                 continue;
@@ -241,11 +274,21 @@ impl Alerter {
             if state.health != Health::Down {
                 continue;
             }
-            let Some(check) = self.checks.get(name) else { continue };
+            let Some(check) = self.checks.get(name) else {
+                continue;
+            };
             for a in &check.alerts {
-                let Some(alert) = self.alerts.get(a) else { continue };
-                let Some(every) = alert.reminder else { continue };
-                let last = last_sent.get(name).copied().unwrap_or(state.since).max(state.since);
+                let Some(alert) = self.alerts.get(a) else {
+                    continue;
+                };
+                let Some(every) = alert.reminder else {
+                    continue;
+                };
+                let last = last_sent
+                    .get(name)
+                    .copied()
+                    .unwrap_or(state.since)
+                    .max(state.since);
                 if now - last < every.as_millis_i64() || self.suppressed(check).is_some() {
                     continue;
                 }
@@ -267,8 +310,15 @@ impl Alerter {
         out
     }
 
-    async fn send_with_retries(&self, alert_name: String, notice: Notice, cancel: CancellationToken) {
-        let Some(alert) = self.alerts.get(&alert_name) else { return };
+    async fn send_with_retries(
+        &self,
+        alert_name: String,
+        notice: Notice,
+        cancel: CancellationToken,
+    ) {
+        let Some(alert) = self.alerts.get(&alert_name) else {
+            return;
+        };
         let mut attempt = 0u32;
         loop {
             attempt += 1;
@@ -327,7 +377,9 @@ mod tests {
     fn alert(send_recovered: bool, send_warn: bool) -> Alert {
         Alert {
             name: "a".into(),
-            channel: Channel::Slack { url: Text::new("http://x") },
+            channel: Channel::Slack {
+                url: Text::new("http://x"),
+            },
             reminder: None,
             send_recovered,
             send_warn,

@@ -53,12 +53,29 @@ pub fn diagnose(spec: &Spec, facts: &Facts) -> Vec<Finding> {
     flapping(spec, &mut out);
     nothing_watching(spec, facts, &mut out);
     exposed_listener(spec, &mut out);
-    out.sort_by(|a, b| b.severity.cmp(&a.severity).then(a.rule.cmp(b.rule)).then(a.subject.cmp(&b.subject)));
+    out.sort_by(|a, b| {
+        b.severity
+            .cmp(&a.severity)
+            .then(a.rule.cmp(b.rule))
+            .then(a.subject.cmp(&b.subject))
+    });
     out
 }
 
-fn finding(severity: Severity, rule: &'static str, subject: String, message: String, fix: impl Into<String>) -> Finding {
-    Finding { severity, rule, subject, message, fix: fix.into() }
+fn finding(
+    severity: Severity,
+    rule: &'static str,
+    subject: String,
+    message: String,
+    fix: impl Into<String>,
+) -> Finding {
+    Finding {
+        severity,
+        rule,
+        subject,
+        message,
+        fix: fix.into(),
+    }
 }
 
 fn no_alert_channel(spec: &Spec, out: &mut Vec<Finding>) {
@@ -83,7 +100,15 @@ fn checks_without_alerts(spec: &Spec, out: &mut Vec<Finding>) {
             "check-without-alert",
             format!("check.{}", c.name),
             format!("check `{}` alerts nobody when it goes down", c.name),
-            format!("add `alerts = [\"{}\"]` to [check.{}]", spec.alerts.keys().next().map(String::as_str).unwrap_or("ops"), c.name),
+            format!(
+                "add `alerts = [\"{}\"]` to [check.{}]",
+                spec.alerts
+                    .keys()
+                    .next()
+                    .map(String::as_str)
+                    .unwrap_or("ops"),
+                c.name
+            ),
         ));
     }
 }
@@ -94,7 +119,9 @@ fn url_has_inline_password(t: &Text) -> bool {
     if t.has_references() {
         return false;
     }
-    let Some(rest) = w.split_once("://").map(|x| x.1) else { return false };
+    let Some(rest) = w.split_once("://").map(|x| x.1) else {
+        return false;
+    };
     let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
     authority
         .rsplit_once('@')
@@ -103,18 +130,30 @@ fn url_has_inline_password(t: &Text) -> bool {
 
 fn sensitive_header(name: &str) -> bool {
     let n = name.to_ascii_lowercase();
-    n == "authorization" || n.contains("token") || n.contains("key") || n.contains("secret") || n == "cookie"
+    n == "authorization"
+        || n.contains("token")
+        || n.contains("key")
+        || n.contains("secret")
+        || n == "cookie"
 }
 
 fn inline_secrets(spec: &Spec, out: &mut Vec<Finding>) {
     let fix = "move the value into the environment or a file and write `${env:NAME}` or `${file:/path}` instead";
     let mut flag = |subject: String, what: &str| {
-        out.push(finding(Severity::Error, "inline-secret", subject, format!("{what} is written inline in the spec"), fix));
+        out.push(finding(
+            Severity::Error,
+            "inline-secret",
+            subject,
+            format!("{what} is written inline in the spec"),
+            fix,
+        ));
     };
     for c in spec.checks.values() {
         let subject = format!("check.{}", c.name);
         match &c.probe {
-            Probe::Postgres { url, .. } | Probe::Redis { url, .. } | Probe::Amqp { url, .. } if url_has_inline_password(url) => {
+            Probe::Postgres { url, .. } | Probe::Redis { url, .. } | Probe::Amqp { url, .. }
+                if url_has_inline_password(url) =>
+            {
                 flag(subject.clone(), "a password in the connection URL")
             }
             Probe::Http(h) => {
@@ -140,7 +179,9 @@ fn inline_secrets(spec: &Spec, out: &mut Vec<Finding>) {
     for a in spec.alerts.values() {
         let subject = format!("alert.{}", a.name);
         match &a.channel {
-            Channel::Slack { url } if !url.has_references() => flag(subject, "the Slack webhook URL (it is the credential)"),
+            Channel::Slack { url } if !url.has_references() => {
+                flag(subject, "the Slack webhook URL (it is the credential)")
+            }
             Channel::Webhook { url, headers } => {
                 if url_has_inline_password(url) {
                     flag(subject.clone(), "a password in the webhook URL");
@@ -151,7 +192,9 @@ fn inline_secrets(spec: &Spec, out: &mut Vec<Finding>) {
                     }
                 }
             }
-            Channel::Email { password: Some(p), .. } if !p.has_references() => flag(subject, "the SMTP password"),
+            Channel::Email {
+                password: Some(p), ..
+            } if !p.has_references() => flag(subject, "the SMTP password"),
             _ => {}
         }
     }
@@ -161,8 +204,14 @@ fn tls_gaps(spec: &Spec, out: &mut Vec<Finding>) {
     for c in spec.checks.values() {
         let subject = format!("check.{}", c.name);
         let (https, insecure) = match &c.probe {
-            Probe::Http(h) => (h.url.as_written().starts_with("https://"), h.insecure_skip_verify),
-            Probe::Tls { insecure_skip_verify, .. } => (true, *insecure_skip_verify),
+            Probe::Http(h) => (
+                h.url.as_written().starts_with("https://"),
+                h.insecure_skip_verify,
+            ),
+            Probe::Tls {
+                insecure_skip_verify,
+                ..
+            } => (true, *insecure_skip_verify),
             _ => (false, false),
         };
         if insecure {
@@ -174,11 +223,10 @@ fn tls_gaps(spec: &Spec, out: &mut Vec<Finding>) {
                 "set `ca_file` to the CA that signed the certificate instead of `insecure_skip_verify = true`",
             ));
         }
-        let watches_expiry = c
-            .conditions
-            .iter()
-            .chain(c.warn.iter())
-            .any(|k| k.placeholders().contains(&steward_spec::Placeholder::CertificateExpiration));
+        let watches_expiry = c.conditions.iter().chain(c.warn.iter()).any(|k| {
+            k.placeholders()
+                .contains(&steward_spec::Placeholder::CertificateExpiration)
+        });
         if https && !watches_expiry {
             out.push(finding(
                 Severity::Info,
@@ -192,12 +240,19 @@ fn tls_gaps(spec: &Spec, out: &mut Vec<Finding>) {
 }
 
 fn flapping(spec: &Spec, out: &mut Vec<Finding>) {
-    for c in spec.checks.values().filter(|c| c.failure_threshold == 1 && !c.alerts.is_empty()) {
+    for c in spec
+        .checks
+        .values()
+        .filter(|c| c.failure_threshold == 1 && !c.alerts.is_empty())
+    {
         out.push(finding(
             Severity::Info,
             "unconfirmed-failures",
             format!("check.{}", c.name),
-            format!("check `{}` alerts on a single failed run; one dropped packet pages someone", c.name),
+            format!(
+                "check `{}` alerts on a single failed run; one dropped packet pages someone",
+                c.name
+            ),
             "use failure_threshold = 2 or 3 (the default) to confirm a failure first",
         ));
     }
@@ -216,7 +271,9 @@ fn nothing_watching(spec: &Spec, facts: &Facts, out: &mut Vec<Finding>) {
     }
     let stale = match facts.serve_heartbeat {
         None => Some("has never run".to_string()),
-        Some(t) if facts.now - t > 5 * 60_000 => Some(format!("last ran {} minutes ago", (facts.now - t) / 60_000)),
+        Some(t) if facts.now - t > 5 * 60_000 => {
+            Some(format!("last ran {} minutes ago", (facts.now - t) / 60_000))
+        }
         Some(_) => None,
     };
     if let Some(when) = stale {
@@ -236,7 +293,10 @@ fn exposed_listener(spec: &Spec, out: &mut Vec<Finding>) {
             Severity::Warning,
             "exposed-listener",
             "steward.listen".into(),
-            format!("steward serves its API on {}, reachable from other machines", spec.settings.listen),
+            format!(
+                "steward serves its API on {}, reachable from other machines",
+                spec.settings.listen
+            ),
             "listen on 127.0.0.1 and put an authenticating reverse proxy in front",
         ));
     }
@@ -262,10 +322,16 @@ mod tests {
     }
 
     fn rules(src: &str, facts: &Facts) -> Vec<(&'static str, String)> {
-        diagnose(&spec(src), facts).into_iter().map(|f| (f.rule, f.subject)).collect()
+        diagnose(&spec(src), facts)
+            .into_iter()
+            .map(|f| (f.rule, f.subject))
+            .collect()
     }
 
-    const WATCHED: Facts = Facts { now: 1_000_000, serve_heartbeat: Some(999_000) };
+    const WATCHED: Facts = Facts {
+        now: 1_000_000,
+        serve_heartbeat: Some(999_000),
+    };
 
     #[test]
     fn inline_secrets_are_found_and_references_are_not() {
@@ -299,7 +365,13 @@ alerts = ["ops"]
     #[test]
     fn missing_alerts_and_idle_serve() {
         let src = "[check.a]\ntype = \"tcp\"\naddress = \"127.0.0.1:1\"\n";
-        let r = rules(src, &Facts { now: 10 * 60_000, serve_heartbeat: None });
+        let r = rules(
+            src,
+            &Facts {
+                now: 10 * 60_000,
+                serve_heartbeat: None,
+            },
+        );
         assert_eq!(r[0].0, "no-alert-channel", "errors sort first: {r:?}");
         assert!(r.iter().any(|x| x.0 == "not-monitoring"));
         let r = rules(src, &WATCHED);

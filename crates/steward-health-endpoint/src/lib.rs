@@ -16,10 +16,10 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::Router;
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::Router;
 use serde::{Deserialize, Serialize};
 
 /// The media type of a health document.
@@ -42,7 +42,9 @@ impl<'de> Deserialize<'de> for HealthStatus {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
         HealthStatus::parse(&s).ok_or_else(|| {
-            serde::de::Error::custom(format!("unknown health status `{s}` (expected pass, warn or fail)"))
+            serde::de::Error::custom(format!(
+                "unknown health status `{s}` (expected pass, warn or fail)"
+            ))
         })
     }
 }
@@ -178,18 +180,37 @@ pub struct Observation {
 impl Observation {
     /// Passing, no value.
     pub fn pass() -> Self {
-        Self { status: HealthStatus::Pass, value: None, unit: None, output: None }
+        Self {
+            status: HealthStatus::Pass,
+            value: None,
+            unit: None,
+            output: None,
+        }
     }
     /// Warning with a reason.
     pub fn warn(output: impl Into<String>) -> Self {
-        Self { status: HealthStatus::Warn, value: None, unit: None, output: Some(output.into()) }
+        Self {
+            status: HealthStatus::Warn,
+            value: None,
+            unit: None,
+            output: Some(output.into()),
+        }
     }
     /// Failing with a reason.
     pub fn fail(output: impl Into<String>) -> Self {
-        Self { status: HealthStatus::Fail, value: None, unit: None, output: Some(output.into()) }
+        Self {
+            status: HealthStatus::Fail,
+            value: None,
+            unit: None,
+            output: Some(output.into()),
+        }
     }
     /// Adds a measured value and unit.
-    pub fn observed(mut self, value: impl Into<serde_json::Value>, unit: impl Into<String>) -> Self {
+    pub fn observed(
+        mut self,
+        value: impl Into<serde_json::Value>,
+        unit: impl Into<String>,
+    ) -> Self {
         self.value = Some(value.into());
         self.unit = Some(unit.into());
         self
@@ -293,7 +314,10 @@ impl HealthEndpoint {
         let ready = self.clone();
         let live = self.clone();
         Router::new()
-            .route("/health", get(move || async move { full.evaluate(false).await }))
+            .route(
+                "/health",
+                get(move || async move { full.evaluate(false).await }),
+            )
             .route(
                 "/readyz",
                 get(move || async move {
@@ -373,7 +397,9 @@ impl Builder {
 
     /// Finishes.
     pub fn build(self) -> HealthEndpoint {
-        HealthEndpoint { inner: Arc::new(self.inner) }
+        HealthEndpoint {
+            inner: Arc::new(self.inner),
+        }
     }
 }
 
@@ -405,7 +431,10 @@ mod tests {
         let r = HealthResponse::parse(DRAFT_EXAMPLE.as_bytes()).unwrap();
         assert_eq!(r.status, HealthStatus::Pass);
         assert_eq!(r.worst(), HealthStatus::Warn);
-        assert_eq!(r.checks["cassandra:responseTime"][0].observed_value, Some(250.into()));
+        assert_eq!(
+            r.checks["cassandra:responseTime"][0].observed_value,
+            Some(250.into())
+        );
     }
 
     #[test]

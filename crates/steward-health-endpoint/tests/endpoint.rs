@@ -1,7 +1,7 @@
 //! The endpoint served by a real axum server on a loopback port, read with a raw client.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use steward_health_endpoint::{HealthEndpoint, HealthResponse, HealthStatus, Observation};
@@ -41,7 +41,9 @@ async fn readiness_fails_while_liveness_passes() {
             tokio::time::sleep(Duration::from_secs(5)).await;
             Observation::pass()
         })
-        .liveness("uptime", || async { Observation::pass().observed(12.5, "s") })
+        .liveness("uptime", || async {
+            Observation::pass().observed(12.5, "s")
+        })
         .build();
     let app: axum::Router = endpoint.router();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -67,7 +69,10 @@ async fn readiness_fails_while_liveness_passes() {
     db_up.store(false, Ordering::SeqCst);
     let (_, _, body) = get(addr, "/health").await;
     let doc = HealthResponse::parse(body.as_bytes()).unwrap();
-    assert_eq!(doc.checks["postgres:connections"][0].output.as_deref(), Some("connection refused"));
+    assert_eq!(
+        doc.checks["postgres:connections"][0].output.as_deref(),
+        Some("connection refused")
+    );
     let (code, _, _) = get(addr, "/readyz").await;
     assert_eq!(code, 503);
 }

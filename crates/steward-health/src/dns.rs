@@ -3,11 +3,11 @@
 use std::net::SocketAddr;
 use std::str::FromStr;
 
+use hickory_resolver::Resolver;
 use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::net::{DnsError, NetError};
 use hickory_resolver::proto::rr::RecordType;
-use hickory_resolver::Resolver;
 use steward_spec::Observed;
 
 pub(crate) async fn lookup(
@@ -16,7 +16,8 @@ pub(crate) async fn lookup(
     server: Option<SocketAddr>,
     obs: &mut Observed,
 ) -> Result<(), String> {
-    let rtype = RecordType::from_str(record_type).map_err(|_| format!("unsupported record type {record_type}"))?;
+    let rtype = RecordType::from_str(record_type)
+        .map_err(|_| format!("unsupported record type {record_type}"))?;
     let mut builder = match server {
         Some(addr) => {
             let mut udp = ConnectionConfig::udp();
@@ -24,19 +25,29 @@ pub(crate) async fn lookup(
             let mut tcp = ConnectionConfig::tcp();
             tcp.port = addr.port();
             let ns = NameServerConfig::new(addr.ip(), true, vec![udp, tcp]);
-            Resolver::builder_with_config(ResolverConfig::from_name_servers(vec![ns]), TokioRuntimeProvider::default())
+            Resolver::builder_with_config(
+                ResolverConfig::from_name_servers(vec![ns]),
+                TokioRuntimeProvider::default(),
+            )
         }
-        None => Resolver::builder_tokio().map_err(|e| format!("cannot read the system resolver configuration: {e}"))?,
+        None => Resolver::builder_tokio()
+            .map_err(|e| format!("cannot read the system resolver configuration: {e}"))?,
     };
     // A health check wants the server's answer now, not a cached one.
     builder.options_mut().cache_size = 0;
     builder.options_mut().attempts = 1;
-    let resolver = builder.build().map_err(|e| format!("cannot build resolver: {e}"))?;
+    let resolver = builder
+        .build()
+        .map_err(|e| format!("cannot build resolver: {e}"))?;
     match resolver.lookup(name, rtype).await {
         Ok(lookup) => {
             obs.connected = true;
             obs.dns_rcode = Some("NOERROR".into());
-            let answers: Vec<String> = lookup.answers().iter().map(|r| r.data.to_string()).collect();
+            let answers: Vec<String> = lookup
+                .answers()
+                .iter()
+                .map(|r| r.data.to_string())
+                .collect();
             obs.ip = lookup
                 .answers()
                 .iter()

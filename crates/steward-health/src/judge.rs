@@ -21,7 +21,11 @@ pub struct Judgement {
 /// document, and the warn conditions, in that order.
 pub fn judge(check: &Check, out: &Outcome) -> Judgement {
     let observed = observed_json(out);
-    let fail = |msg: String| Judgement { status: Status::Fail, error: Some(msg), observed: observed.clone() };
+    let fail = |msg: String| Judgement {
+        status: Status::Fail,
+        error: Some(msg),
+        observed: observed.clone(),
+    };
     if let Some(e) = &out.error {
         return fail(e.clone());
     }
@@ -61,7 +65,11 @@ pub fn judge(check: &Check, out: &Outcome) -> Judgement {
             if worst == HealthStatus::Fail {
                 return fail(msg);
             }
-            return Judgement { status: Status::Warn, error: Some(msg), observed };
+            return Judgement {
+                status: Status::Warn,
+                error: Some(msg),
+                observed,
+            };
         }
     }
     let warned: Vec<String> = check
@@ -78,7 +86,11 @@ pub fn judge(check: &Check, out: &Outcome) -> Judgement {
             observed,
         };
     }
-    Judgement { status: Status::Pass, error: None, observed }
+    Judgement {
+        status: Status::Pass,
+        error: None,
+        observed,
+    }
 }
 
 fn observed_json(out: &Outcome) -> serde_json::Value {
@@ -91,12 +103,26 @@ fn observed_json(out: &Outcome) -> serde_json::Value {
     };
     put("connected", o.connected.into());
     put("status", o.status.into());
-    put("response_time_ms", o.response_time_ms.map(|v| (v * 1000.0).round() / 1000.0).into());
+    put(
+        "response_time_ms",
+        o.response_time_ms
+            .map(|v| (v * 1000.0).round() / 1000.0)
+            .into(),
+    );
     put("ip", o.ip.clone().into());
-    put("certificate_expires_in_s", o.certificate_expiration_ms.map(|v| v / 1000).into());
+    put(
+        "certificate_expires_in_s",
+        o.certificate_expiration_ms.map(|v| v / 1000).into(),
+    );
     put("dns_rcode", o.dns_rcode.clone().into());
     put("exit_code", o.exit_code.into());
-    put("value", o.value.clone().map(|v| v.chars().take(256).collect::<String>()).into());
+    put(
+        "value",
+        o.value
+            .clone()
+            .map(|v| v.chars().take(256).collect::<String>())
+            .into(),
+    );
     put("messages", o.messages.into());
     put("consumers", o.consumers.into());
     if let Some(doc) = &out.health {
@@ -105,7 +131,11 @@ fn observed_json(out: &Outcome) -> serde_json::Value {
             .checks
             .iter()
             .map(|(k, v)| {
-                let worst = v.iter().filter_map(|e| e.status).max().unwrap_or(doc.status);
+                let worst = v
+                    .iter()
+                    .filter_map(|e| e.status)
+                    .max()
+                    .unwrap_or(doc.status);
                 (k.clone(), worst.as_str().into())
             })
             .collect();

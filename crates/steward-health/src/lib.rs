@@ -9,7 +9,7 @@ mod monitor;
 mod probe;
 pub mod tls;
 
-pub use judge::{judge, Judgement};
-pub use machine::{advance, initial, Thresholds, Transition};
-pub use probe::{error_chain, Outcome, Prober};
-pub use monitor::{run_once, summary, Board, CheckEvent, HealthMetrics, Monitor};
+pub use judge::{Judgement, judge};
+pub use machine::{Thresholds, Transition, advance, initial};
+pub use monitor::{Board, CheckEvent, HealthMetrics, Monitor, run_once, summary};
+pub use probe::{Outcome, Prober, error_chain};

@@ -22,7 +22,11 @@ pub struct Transition {
 
 /// Applies one result to a check's state; returns the new state and the
 /// transition, if the health changed.
-pub fn advance(prev: &CheckStateRow, result: ResultRow, th: Thresholds) -> (CheckStateRow, Option<Transition>) {
+pub fn advance(
+    prev: &CheckStateRow,
+    result: ResultRow,
+    th: Thresholds,
+) -> (CheckStateRow, Option<Transition>) {
     let mut next = prev.clone();
     let ts = result.ts;
     let target = match result.status {
@@ -34,7 +38,11 @@ pub fn advance(prev: &CheckStateRow, result: ResultRow, th: Thresholds) -> (Chec
         Status::Pass | Status::Warn => {
             next.consecutive_successes = next.consecutive_successes.saturating_add(1);
             next.consecutive_failures = 0;
-            let healthy = if result.status == Status::Pass { Health::Up } else { Health::Degraded };
+            let healthy = if result.status == Status::Pass {
+                Health::Up
+            } else {
+                Health::Degraded
+            };
             match prev.health {
                 Health::Down if next.consecutive_successes < th.success => None,
                 _ => Some(healthy),
@@ -46,7 +54,10 @@ pub fn advance(prev: &CheckStateRow, result: ResultRow, th: Thresholds) -> (Chec
         Some(to) if to != prev.health => {
             next.health = to;
             next.since = ts;
-            Some(Transition { from: prev.health, to })
+            Some(Transition {
+                from: prev.health,
+                to,
+            })
         }
         _ => None,
     };
@@ -70,7 +81,14 @@ mod tests {
     use super::*;
 
     fn r(status: Status, ts: i64) -> ResultRow {
-        ResultRow { check: "c".into(), ts, status, duration_us: 1, error: None, observed: None }
+        ResultRow {
+            check: "c".into(),
+            ts,
+            status,
+            duration_us: 1,
+            error: None,
+            observed: None,
+        }
     }
 
     fn run(th: Thresholds, seq: &[Status]) -> (Health, Vec<(Health, Health)>) {
@@ -86,7 +104,10 @@ mod tests {
         (s.health, ts)
     }
 
-    const TH: Thresholds = Thresholds { failure: 3, success: 2 };
+    const TH: Thresholds = Thresholds {
+        failure: 3,
+        success: 2,
+    };
     use Status::*;
 
     #[test]
@@ -94,7 +115,10 @@ mod tests {
         assert_eq!(run(TH, &[Pass, Fail, Fail]).0, Health::Up);
         let (h, t) = run(TH, &[Pass, Fail, Fail, Fail]);
         assert_eq!(h, Health::Down);
-        assert_eq!(t, vec![(Health::Unknown, Health::Up), (Health::Up, Health::Down)]);
+        assert_eq!(
+            t,
+            vec![(Health::Unknown, Health::Up), (Health::Up, Health::Down)]
+        );
         // A pass in between resets the count.
         assert_eq!(run(TH, &[Pass, Fail, Fail, Pass, Fail, Fail]).0, Health::Up);
     }
@@ -112,7 +136,14 @@ mod tests {
     fn warn_is_degraded_and_flips_immediately() {
         let (h, t) = run(TH, &[Pass, Warn, Pass]);
         assert_eq!(h, Health::Up);
-        assert_eq!(t, vec![(Health::Unknown, Health::Up), (Health::Up, Health::Degraded), (Health::Degraded, Health::Up)]);
+        assert_eq!(
+            t,
+            vec![
+                (Health::Unknown, Health::Up),
+                (Health::Up, Health::Degraded),
+                (Health::Degraded, Health::Up)
+            ]
+        );
     }
 
     #[test]

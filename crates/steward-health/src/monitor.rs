@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::AtomicU64;
-use std::sync::{mpsc, Arc, RwLock};
+use std::sync::{Arc, RwLock, mpsc};
 use std::time::{Duration, Instant};
 
 use prometheus_client::metrics::counter::Counter;
@@ -12,12 +12,14 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use steward_spec::{Check, Retention};
-use steward_state::{now_ms, CheckStateRow, Health, NewEvent, ResultRow, RetentionMs, Status, Store};
-use tokio::sync::{broadcast, Semaphore};
+use steward_state::{
+    CheckStateRow, Health, NewEvent, ResultRow, RetentionMs, Status, Store, now_ms,
+};
+use tokio::sync::{Semaphore, broadcast};
 use tokio_util::sync::CancellationToken;
 
-use crate::machine::{advance, initial, Thresholds, Transition};
-use crate::{judge, Prober};
+use crate::machine::{Thresholds, Transition, advance, initial};
+use crate::{Prober, judge};
 
 /// Current state of every check, shared read-mostly.
 pub type Board = Arc<RwLock<BTreeMap<String, CheckStateRow>>>;
@@ -52,21 +54,41 @@ pub struct HealthMetrics {
 impl HealthMetrics {
     /// Registers every metric (names follow `steward_<controller>_...`).
     pub fn register(&self, r: &mut Registry) {
-        r.register("steward_check_up", "1 when the check is up or degraded, 0 when down", self.up.clone());
-        r.register("steward_check_results", "Check results by status", self.results.clone());
+        r.register(
+            "steward_check_up",
+            "1 when the check is up or degraded, 0 when down",
+            self.up.clone(),
+        );
+        r.register(
+            "steward_check_results",
+            "Check results by status",
+            self.results.clone(),
+        );
         r.register(
             "steward_check_last_duration_milliseconds",
             "Latency of the latest run",
             self.duration_ms.clone(),
         );
-        r.register("steward_health_runs", "Probe runs of the health controller", self.runs.clone());
-        r.register("steward_health_errors", "Health controller errors by stage", self.errors.clone());
+        r.register(
+            "steward_health_runs",
+            "Probe runs of the health controller",
+            self.runs.clone(),
+        );
+        r.register(
+            "steward_health_errors",
+            "Health controller errors by stage",
+            self.errors.clone(),
+        );
         r.register(
             "steward_health_late_runs",
             "Runs that started more than half an interval after their schedule",
             self.late.clone(),
         );
-        r.register("steward_health_write_batches", "Result batches written to the state database", self.write_batches.clone());
+        r.register(
+            "steward_health_write_batches",
+            "Result batches written to the state database",
+            self.write_batches.clone(),
+        );
     }
 }
 
@@ -107,11 +129,21 @@ impl Monitor {
         let board: Board = Arc::new(RwLock::new(
             checks
                 .iter()
-                .map(|c| (c.name.clone(), saved.remove(&c.name).unwrap_or_else(|| initial(&c.name, now))))
+                .map(|c| {
+                    (
+                        c.name.clone(),
+                        saved
+                            .remove(&c.name)
+                            .unwrap_or_else(|| initial(&c.name, now)),
+                    )
+                })
                 .collect(),
         ));
         for (name, s) in board.read().unwrap_or_else(|e| e.into_inner()).iter() {
-            metrics.up.get_or_create(&vec![("check".into(), name.clone())]).set(i64::from(s.health != Health::Down));
+            metrics
+                .up
+                .get_or_create(&vec![("check".into(), name.clone())])
+                .set(i64::from(s.health != Health::Down));
         }
         let (events, _) = broadcast::channel(4096);
         let (tx, rx) = mpsc::channel::<Record>();
@@ -171,7 +203,9 @@ struct TaskCtx {
 
 /// Spreads first runs over the interval so thousands of checks do not fire at once.
 fn initial_delay(name: &str, interval: Duration) -> Duration {
-    let h = name.bytes().fold(0xcbf29ce484222325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100000001b3));
+    let h = name.bytes().fold(0xcbf29ce484222325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100000001b3)
+    });
     let ms = interval.as_millis().max(1) as u64;
     Duration::from_millis(h % ms.min(5_000))
 }
@@ -190,7 +224,9 @@ async fn check_loop(check: Check, ctx: TaskCtx) {
             _ = tokio::time::sleep_until(next) => {}
             _ = ctx.cancel.cancelled() => return,
         }
-        let Ok(_permit) = ctx.limit.acquire().await else { return };
+        let Ok(_permit) = ctx.limit.acquire().await else {
+            return;
+        };
         let started = tokio::time::Instant::now();
         if started.saturating_duration_since(next) > interval / 2 {
             ctx.metrics.late.inc();
@@ -210,18 +246,31 @@ async fn check_loop(check: Check, ctx: TaskCtx) {
         let (elapsed, j) = match outcome {
             Ok(v) => v,
             Err(e) => {
-                ctx.metrics.errors.get_or_create(&vec![("stage".into(), "probe".into())]).inc();
+                ctx.metrics
+                    .errors
+                    .get_or_create(&vec![("stage".into(), "probe".into())])
+                    .inc();
                 tracing::error!(check = %check.name, error = %e, "probe task failed");
                 (
                     started.elapsed(),
-                    crate::Judgement { status: Status::Fail, error: Some("internal error: probe task failed".into()), observed: serde_json::Value::Null },
+                    crate::Judgement {
+                        status: Status::Fail,
+                        error: Some("internal error: probe task failed".into()),
+                        observed: serde_json::Value::Null,
+                    },
                 )
             }
         };
         ctx.metrics.runs.inc();
-        let status_label = vec![("check".into(), check.name.clone()), ("status".into(), j.status.as_str().into())];
+        let status_label = vec![
+            ("check".into(), check.name.clone()),
+            ("status".into(), j.status.as_str().into()),
+        ];
         ctx.metrics.results.get_or_create(&status_label).inc();
-        ctx.metrics.duration_ms.get_or_create(&labels).set(elapsed.as_secs_f64() * 1000.0);
+        ctx.metrics
+            .duration_ms
+            .get_or_create(&labels)
+            .set(elapsed.as_secs_f64() * 1000.0);
         let result = ResultRow {
             check: check.name.clone(),
             ts,
@@ -232,16 +281,30 @@ async fn check_loop(check: Check, ctx: TaskCtx) {
         };
         let (state, transition) = {
             let mut board = ctx.board.write().unwrap_or_else(|e| e.into_inner());
-            let prev = board.get(&check.name).cloned().unwrap_or_else(|| initial(&check.name, ts));
+            let prev = board
+                .get(&check.name)
+                .cloned()
+                .unwrap_or_else(|| initial(&check.name, ts));
             let (state, transition) = advance(&prev, result.clone(), th);
             board.insert(check.name.clone(), state.clone());
             (state, transition)
         };
-        ctx.metrics.up.get_or_create(&labels).set(i64::from(state.health != Health::Down));
+        ctx.metrics
+            .up
+            .get_or_create(&labels)
+            .set(i64::from(state.health != Health::Down));
         if let Some(t) = transition {
             tracing::info!(check = %check.name, from = t.from.as_str(), to = t.to.as_str(), error = ?result.error, "health changed");
         }
-        if ctx.tx.send(Record { result, state, transition }).is_err() {
+        if ctx
+            .tx
+            .send(Record {
+                result,
+                state,
+                transition,
+            })
+            .is_err()
+        {
             return;
         }
         next += interval;
@@ -312,8 +375,14 @@ fn write_loop(
             }
             let states: Vec<CheckStateRow> = latest.into_values().cloned().collect();
             let results: Vec<ResultRow> = batch.iter().map(|r| r.result.clone()).collect();
-            let with_t: Vec<(&Record, Transition)> = batch.iter().filter_map(|r| r.transition.map(|t| (r, t))).collect();
-            let new_events: Vec<NewEvent> = with_t.iter().map(|(r, t)| transition_event(&r.result.check, *t, &r.state)).collect();
+            let with_t: Vec<(&Record, Transition)> = batch
+                .iter()
+                .filter_map(|r| r.transition.map(|t| (r, t)))
+                .collect();
+            let new_events: Vec<NewEvent> = with_t
+                .iter()
+                .map(|(r, t)| transition_event(&r.result.check, *t, &r.state))
+                .collect();
             match store.write_batch(&results, &states, &new_events) {
                 Ok(ids) => {
                     metrics.write_batches.inc();
@@ -327,7 +396,10 @@ fn write_loop(
                     }
                 }
                 Err(e) => {
-                    metrics.errors.get_or_create(&vec![("stage".into(), "store".into())]).inc();
+                    metrics
+                        .errors
+                        .get_or_create(&vec![("stage".into(), "store".into())])
+                        .inc();
                     tracing::error!(error = %e, results = results.len(), "cannot write check results");
                 }
             }
@@ -345,7 +417,10 @@ fn write_loop(
 }
 
 /// Runs each check once, concurrently, and judges it (for `steward check`).
-pub async fn run_once(checks: &[Check], prober: &Prober) -> Vec<(String, crate::Judgement, Duration)> {
+pub async fn run_once(
+    checks: &[Check],
+    prober: &Prober,
+) -> Vec<(String, crate::Judgement, Duration)> {
     let runs = checks.iter().map(|c| {
         let p = prober.clone();
         let c = c.clone();
@@ -359,7 +434,11 @@ pub async fn run_once(checks: &[Check], prober: &Prober) -> Vec<(String, crate::
                 Ok((j, d)) => (name, j, d),
                 Err(_) => (
                     name,
-                    crate::Judgement { status: Status::Fail, error: Some("internal error: probe task failed".into()), observed: serde_json::Value::Null },
+                    crate::Judgement {
+                        status: Status::Fail,
+                        error: Some("internal error: probe task failed".into()),
+                        observed: serde_json::Value::Null,
+                    },
                     Duration::ZERO,
                 ),
             }

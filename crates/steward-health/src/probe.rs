@@ -51,7 +51,11 @@ impl Prober {
     }
 
     fn http_client(&self, p: &HttpProbe) -> Result<reqwest::Client, String> {
-        let key = (p.ca_file.clone(), p.insecure_skip_verify, p.follow_redirects);
+        let key = (
+            p.ca_file.clone(),
+            p.insecure_skip_verify,
+            p.follow_redirects,
+        );
         let mut cache = self.clients.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(c) = cache.get(&key) {
             return Ok(c.clone());
@@ -93,7 +97,12 @@ impl Prober {
         out
     }
 
-    async fn dispatch(&self, check: &Check, out: &mut Outcome, started: Instant) -> Result<(), String> {
+    async fn dispatch(
+        &self,
+        check: &Check,
+        out: &mut Outcome,
+        started: Instant,
+    ) -> Result<(), String> {
         let r = self.resolver.as_ref();
         match &check.probe {
             Probe::Http(p) => self.http(p, out, started).await,
@@ -113,9 +122,14 @@ impl Prober {
                 let cfg = tls::client_config(ca_file.as_deref(), *insecure_skip_verify)?;
                 let s = tcp_connect(address).await?;
                 out.observed.ip = s.peer_addr().ok().map(|a| a.ip().to_string());
-                let host = server_name
-                    .clone()
-                    .unwrap_or_else(|| address.rsplit_once(':').map(|(h, _)| h).unwrap_or(address).trim_matches(['[', ']']).to_string());
+                let host = server_name.clone().unwrap_or_else(|| {
+                    address
+                        .rsplit_once(':')
+                        .map(|(h, _)| h)
+                        .unwrap_or(address)
+                        .trim_matches(['[', ']'])
+                        .to_string()
+                });
                 let name = rustls::pki_types::ServerName::try_from(host.clone())
                     .map_err(|_| format!("`{host}` is not a valid TLS server name"))?;
                 let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
@@ -126,7 +140,8 @@ impl Prober {
                 out.observed.response_time_ms = Some(ms(started));
                 let (_, conn) = tls.get_ref();
                 if let Some(cert) = conn.peer_certificates().and_then(|c| c.first()) {
-                    out.observed.certificate_expiration_ms = tls::expires_in_ms(cert, steward_state::now_ms());
+                    out.observed.certificate_expiration_ms =
+                        tls::expires_in_ms(cert, steward_state::now_ms());
                 }
                 Ok(())
             }
@@ -195,7 +210,9 @@ impl Prober {
                 drop(client);
                 task.abort();
                 let value = rows?.into_iter().find_map(|m| match m {
-                    tokio_postgres::SimpleQueryMessage::Row(row) => Some(row.get(0).map(str::to_string)),
+                    tokio_postgres::SimpleQueryMessage::Row(row) => {
+                        Some(row.get(0).map(str::to_string))
+                    }
                     _ => None,
                 });
                 out.observed.response_time_ms = Some(ms(started));
@@ -205,7 +222,8 @@ impl Prober {
                     if got.as_deref() != Some(want.as_str()) {
                         return Err(format!(
                             "query returned {}, expected {want}",
-                            got.map(|g| format!("`{g}`")).unwrap_or_else(|| "no value".into())
+                            got.map(|g| format!("`{g}`"))
+                                .unwrap_or_else(|| "no value".into())
                         ));
                     }
                 }
@@ -228,11 +246,12 @@ impl Prober {
                     return Err(format!("PING answered `{pong}`"));
                 }
                 if let Some(k) = key {
-                    let v: Option<String> = redis::cmd("GET")
-                        .arg(k)
-                        .query_async(&mut conn)
-                        .await
-                        .map_err(|e| format!("GET {k} failed: {}", redis_error(&e)))?;
+                    let v: Option<String> =
+                        redis::cmd("GET")
+                            .arg(k)
+                            .query_async(&mut conn)
+                            .await
+                            .map_err(|e| format!("GET {k} failed: {}", redis_error(&e)))?;
                     out.observed.value = v;
                 }
                 out.observed.response_time_ms = Some(ms(started));
@@ -256,7 +275,9 @@ impl Prober {
                         let declared = ch
                             .queue_declare(QueueDeclareArguments::new(q).passive(true).finish())
                             .await
-                            .map_err(|e| format!("queue `{q}` is missing or not accessible ({e})"))?;
+                            .map_err(|e| {
+                                format!("queue `{q}` is missing or not accessible ({e})")
+                            })?;
                         if let Some((_, messages, consumers)) = declared {
                             out.observed.messages = Some(u64::from(messages));
                             out.observed.consumers = Some(u64::from(consumers));
@@ -277,13 +298,19 @@ impl Prober {
         let r = self.resolver.as_ref();
         let client = self.http_client(p)?;
         let url = p.url.resolve(r).map_err(|e| e.to_string())?;
-        let method = reqwest::Method::from_bytes(p.method.as_bytes()).map_err(|_| format!("bad method {}", p.method))?;
+        let method = reqwest::Method::from_bytes(p.method.as_bytes())
+            .map_err(|_| format!("bad method {}", p.method))?;
         let mut req = client.request(method, url.expose());
         for (k, v) in &p.headers {
             req = req.header(k, v.resolve(r).map_err(|e| e.to_string())?.expose());
         }
         if let Some(b) = &p.body {
-            req = req.body(b.resolve(r).map_err(|e| e.to_string())?.expose().to_string());
+            req = req.body(
+                b.resolve(r)
+                    .map_err(|e| e.to_string())?
+                    .expose()
+                    .to_string(),
+            );
         }
         let resp = match req.send().await {
             Ok(resp) => resp,
@@ -296,10 +323,11 @@ impl Prober {
         out.observed.connected = true;
         out.observed.status = Some(resp.status().as_u16());
         out.observed.ip = resp.remote_addr().map(|a| a.ip().to_string());
-        if let Some(info) = resp.extensions().get::<reqwest::tls::TlsInfo>() {
-            if let Some(der) = info.peer_certificate() {
-                out.observed.certificate_expiration_ms = tls::expires_in_ms(der, steward_state::now_ms());
-            }
+        if let Some(info) = resp.extensions().get::<reqwest::tls::TlsInfo>()
+            && let Some(der) = info.peer_certificate()
+        {
+            out.observed.certificate_expiration_ms =
+                tls::expires_in_ms(der, steward_state::now_ms());
         }
         let is_health = resp
             .headers()
@@ -309,10 +337,14 @@ impl Prober {
         let mut body: Vec<u8> = Vec::new();
         let mut stream = resp.bytes_stream();
         while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| format!("reading body: {}", error_chain(&e.without_url())))?;
+            let chunk =
+                chunk.map_err(|e| format!("reading body: {}", error_chain(&e.without_url())))?;
             if body.len() + chunk.len() > p.max_body as usize {
                 out.observed.response_time_ms = Some(ms(started));
-                return Err(format!("response body exceeds the {} byte limit (max_body)", p.max_body));
+                return Err(format!(
+                    "response body exceeds the {} byte limit (max_body)",
+                    p.max_body
+                ));
             }
             body.extend_from_slice(&chunk);
         }
@@ -340,15 +372,28 @@ fn amqp_arguments(uri: &str) -> Result<amqprs::connection::OpenConnectionArgumen
         "amqps" => return Err("amqps:// (TLS) is not supported by the amqp check yet".into()),
         other => return Err(format!("bad AMQP URL scheme `{other}`")),
     }
-    let decode = |s: &str| percent_encoding::percent_decode_str(s).decode_utf8_lossy().into_owned();
+    let decode = |s: &str| {
+        percent_encoding::percent_decode_str(s)
+            .decode_utf8_lossy()
+            .into_owned()
+    };
     let host = u.host_str().ok_or("AMQP URL has no host")?;
-    let user = if u.username().is_empty() { "guest".to_string() } else { decode(u.username()) };
+    let user = if u.username().is_empty() {
+        "guest".to_string()
+    } else {
+        decode(u.username())
+    };
     let pass = u.password().map(decode).unwrap_or_else(|| "guest".into());
     let vhost = match u.path() {
         "" | "/" => "/".to_string(),
         p => decode(&p[1..]),
     };
-    let mut args = amqprs::connection::OpenConnectionArguments::new(host, u.port().unwrap_or(5672), &user, &pass);
+    let mut args = amqprs::connection::OpenConnectionArguments::new(
+        host,
+        u.port().unwrap_or(5672),
+        &user,
+        &pass,
+    );
     args.virtual_host(&vhost);
     Ok(args.finish())
 }

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use steward_health::{judge, run_once, Judgement, Prober};
+use steward_health::{Judgement, Prober, judge, run_once};
 use steward_spec::{Check, OsResolver, Spec};
 use steward_state::Status;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -38,7 +38,10 @@ async fn probe(c: &Check) -> Judgement {
 fn assert_fail(j: &Judgement, needle: &str) {
     assert_eq!(j.status, Status::Fail, "{j:?}");
     let e = j.error.as_deref().unwrap_or("");
-    assert!(e.contains(needle), "error `{e}` does not mention `{needle}`");
+    assert!(
+        e.contains(needle),
+        "error `{e}` does not mention `{needle}`"
+    );
 }
 
 /// A one-shot HTTP server answering every connection with `respond`.
@@ -70,11 +73,20 @@ async fn read_request(s: &mut tokio::net::TcpStream) {
     }
 }
 
-fn respond_with(status: &'static str, ctype: &'static str, body: &'static str) -> impl Fn(tokio::net::TcpStream) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> + Send + Sync {
+fn respond_with(
+    status: &'static str,
+    ctype: &'static str,
+    body: &'static str,
+) -> impl Fn(tokio::net::TcpStream) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
++ Send
++ Sync {
     move |mut s| {
         Box::pin(async move {
             read_request(&mut s).await;
-            let r = format!("HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+            let r = format!(
+                "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
             let _ = s.write_all(r.as_bytes()).await;
         })
     }
@@ -88,9 +100,15 @@ async fn http_conditions_against_nginx() {
     )))
     .await;
     assert_eq!(j.status, Status::Pass, "{j:?}");
-    assert_eq!(j.observed["health"], "pass", "nginx serves application/health+json");
+    assert_eq!(
+        j.observed["health"], "pass",
+        "nginx serves application/health+json"
+    );
     assert_eq!(j.observed["status"], 200);
-    let j = probe(&check(&format!("type = \"http\"\nurl = \"{base}/missing\"\nconditions = [\"[STATUS] == 200\"]"))).await;
+    let j = probe(&check(&format!(
+        "type = \"http\"\nurl = \"{base}/missing\"\nconditions = [\"[STATUS] == 200\"]"
+    )))
+    .await;
     assert_fail(&j, "[STATUS] (404) == 200");
 }
 
@@ -102,17 +120,36 @@ async fn health_json_documents_map_to_pass_warn_fail() {
         r#"{"status":"warn","checks":{"db:connections":[{"status":"warn","output":"pool 90% used"}]}}"#,
     ))
     .await;
-    let j = probe(&check(&format!("type = \"http\"\nurl = \"http://{warn}/health\""))).await;
+    let j = probe(&check(&format!(
+        "type = \"http\"\nurl = \"http://{warn}/health\""
+    )))
+    .await;
     assert_eq!(j.status, Status::Warn, "{j:?}");
     assert!(j.error.unwrap().contains("db:connections: pool 90% used"));
     assert_eq!(j.observed["components"]["db:connections"], "warn");
 
-    let fail = serve(respond_with("503 Service Unavailable", "application/health+json", r#"{"status":"fail","output":"db down"}"#)).await;
-    let j = probe(&check(&format!("type = \"http\"\nurl = \"http://{fail}/health\"\nconditions = [\"[STATUS] < 600\"]"))).await;
+    let fail = serve(respond_with(
+        "503 Service Unavailable",
+        "application/health+json",
+        r#"{"status":"fail","output":"db down"}"#,
+    ))
+    .await;
+    let j = probe(&check(&format!(
+        "type = \"http\"\nurl = \"http://{fail}/health\"\nconditions = [\"[STATUS] < 600\"]"
+    )))
+    .await;
     assert_fail(&j, "target reports fail");
 
-    let broken = serve(respond_with("200 OK", "application/health+json", "{not json")).await;
-    let j = probe(&check(&format!("type = \"http\"\nurl = \"http://{broken}/health\""))).await;
+    let broken = serve(respond_with(
+        "200 OK",
+        "application/health+json",
+        "{not json",
+    ))
+    .await;
+    let j = probe(&check(&format!(
+        "type = \"http\"\nurl = \"http://{broken}/health\""
+    )))
+    .await;
     assert_fail(&j, "invalid application/health+json");
 }
 
@@ -127,7 +164,9 @@ async fn hostile_targets_cost_only_their_own_timeout() {
     // Sends headers, then one byte every 50 ms, forever.
     let trickle = serve(|mut s| async move {
         read_request(&mut s).await;
-        let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100000000\r\n\r\n").await;
+        let _ = s
+            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100000000\r\n\r\n")
+            .await;
         for _ in 0..1200 {
             if s.write_all(b"x").await.is_err() {
                 return;
@@ -139,7 +178,9 @@ async fn hostile_targets_cost_only_their_own_timeout() {
     // 100 MB as fast as it can.
     let huge = serve(|mut s| async move {
         read_request(&mut s).await;
-        let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 104857600\r\n\r\n").await;
+        let _ = s
+            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 104857600\r\n\r\n")
+            .await;
         let chunk = vec![b'a'; 65536];
         for _ in 0..1600 {
             if s.write_all(&chunk).await.is_err() {
@@ -176,7 +217,11 @@ async fn hostile_targets_cost_only_their_own_timeout() {
     assert_fail(&by["trickle"], "timed out after 300ms");
     assert_fail(&by["huge"], "exceeds the 1048576 byte limit");
     assert_eq!(by["garbage"].status, Status::Fail);
-    assert_eq!(by["fast"].status, Status::Pass, "a healthy target is unaffected by hostile neighbours");
+    assert_eq!(
+        by["fast"].status,
+        Status::Pass,
+        "a healthy target is unaffected by hostile neighbours"
+    );
 }
 
 struct Tls {
@@ -211,13 +256,20 @@ async fn tls_server(not_after: (i32, u8, u8)) -> Tls {
                 if let Ok(mut tls) = acceptor.accept(s).await {
                     let mut buf = [0u8; 2048];
                     let _ = tls.read(&mut buf).await;
-                    let _ = tls.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok").await;
+                    let _ = tls
+                        .write_all(
+                            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
+                        )
+                        .await;
                     let _ = tls.shutdown().await;
                 }
             });
         }
     });
-    Tls { cert_pem: cert.pem(), addr }
+    Tls {
+        cert_pem: cert.pem(),
+        addr,
+    }
 }
 
 #[tokio::test]
@@ -226,13 +278,20 @@ async fn tls_verification_and_certificate_expiry() {
     let good = tls_server((2099, 1, 1)).await;
     let expired = tls_server((2021, 1, 1)).await;
     let ca = dir.path().join("good.pem");
-    std::fs::File::create(&ca).unwrap().write_all(good.cert_pem.as_bytes()).unwrap();
+    std::fs::File::create(&ca)
+        .unwrap()
+        .write_all(good.cert_pem.as_bytes())
+        .unwrap();
     let expired_ca = dir.path().join("expired.pem");
     std::fs::write(&expired_ca, &expired.cert_pem).unwrap();
     let port = |t: &Tls| t.addr.port();
 
     // Unknown issuer: refused by default.
-    let j = probe(&check(&format!("type = \"http\"\nurl = \"https://localhost:{}/\"", port(&good)))).await;
+    let j = probe(&check(&format!(
+        "type = \"http\"\nurl = \"https://localhost:{}/\"",
+        port(&good)
+    )))
+    .await;
     assert_fail(&j, "certificate");
     // Trusted through ca_file, and its expiry is observed.
     let j = probe(&check(&format!(
@@ -267,7 +326,11 @@ async fn tls_verification_and_certificate_expiry() {
     )))
     .await;
     assert_eq!(j.status, Status::Pass, "{j:?}");
-    let j = probe(&check(&format!("type = \"tls\"\naddress = \"localhost:{}\"", port(&good)))).await;
+    let j = probe(&check(&format!(
+        "type = \"tls\"\naddress = \"localhost:{}\"",
+        port(&good)
+    )))
+    .await;
     assert_fail(&j, "TLS handshake failed");
 }
 
@@ -277,7 +340,11 @@ async fn tcp_and_dns() {
     let addr = nginx.trim_start_matches("http://");
     let j = probe(&check(&format!("type = \"tcp\"\naddress = \"{addr}\""))).await;
     assert_eq!(j.status, Status::Pass, "{j:?}");
-    let closed = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
+    let closed = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap();
     let j = probe(&check(&format!("type = \"tcp\"\naddress = \"{closed}\""))).await;
     assert_fail(&j, "cannot connect");
 
@@ -287,7 +354,10 @@ async fn tcp_and_dns() {
     )))
     .await;
     assert_eq!(j.status, Status::Pass, "{j:?}");
-    let j = probe(&check(&format!("type = \"dns\"\nname = \"gone.steward.test\"\nresolver = \"{dns}\""))).await;
+    let j = probe(&check(&format!(
+        "type = \"dns\"\nname = \"gone.steward.test\"\nresolver = \"{dns}\""
+    )))
+    .await;
     assert_fail(&j, "[DNS_RCODE] (NXDOMAIN) == NOERROR");
 }
 
@@ -295,30 +365,54 @@ async fn tcp_and_dns() {
 async fn exec_exit_codes_output_and_timeouts() {
     let j = probe(&check("type = \"exec\"\ncommand = [\"sh\", \"-c\", \"echo 42\"]\nconditions = [\"[EXIT_CODE] == 0\", \"[BODY] == 42\"]")).await;
     assert_eq!(j.status, Status::Pass, "{j:?}");
-    let j = probe(&check("type = \"exec\"\ncommand = [\"sh\", \"-c\", \"echo broken >&2; exit 3\"]")).await;
+    let j = probe(&check(
+        "type = \"exec\"\ncommand = [\"sh\", \"-c\", \"echo broken >&2; exit 3\"]",
+    ))
+    .await;
     assert_fail(&j, "[EXIT_CODE] (3) == 0 (exited with status 3: broken)");
-    let j = probe(&check("type = \"exec\"\ncommand = [\"sleep\", \"30\"]\ntimeout = \"300ms\"")).await;
+    let j = probe(&check(
+        "type = \"exec\"\ncommand = [\"sleep\", \"30\"]\ntimeout = \"300ms\"",
+    ))
+    .await;
     assert_fail(&j, "timed out after 300ms");
-    let j = probe(&check("type = \"exec\"\ncommand = [\"/nonexistent/steward-probe\"]")).await;
+    let j = probe(&check(
+        "type = \"exec\"\ncommand = [\"/nonexistent/steward-probe\"]",
+    ))
+    .await;
     assert_fail(&j, "cannot start");
-    let j = probe(&check("type = \"exec\"\ncommand = [\"sh\", \"-c\", \"head -c 3000000 /dev/zero\"]")).await;
+    let j = probe(&check(
+        "type = \"exec\"\ncommand = [\"sh\", \"-c\", \"head -c 3000000 /dev/zero\"]",
+    ))
+    .await;
     assert_fail(&j, "output exceeds");
 }
 
 #[tokio::test]
 async fn postgres_query_expectations_and_bad_credentials() {
     let url = testbed("STEWARD_TEST_PG_URL");
-    let j = probe(&check(&format!("type = \"postgres\"\nurl = \"{url}\"\nquery = \"SELECT 6 * 7\"\nexpect = \"42\""))).await;
+    let j = probe(&check(&format!(
+        "type = \"postgres\"\nurl = \"{url}\"\nquery = \"SELECT 6 * 7\"\nexpect = \"42\""
+    )))
+    .await;
     assert_eq!(j.status, Status::Pass, "{j:?}");
     assert_eq!(j.observed["value"], "42");
-    let j = probe(&check(&format!("type = \"postgres\"\nurl = \"{url}\"\nquery = \"SELECT 1\"\nexpect = \"2\""))).await;
+    let j = probe(&check(&format!(
+        "type = \"postgres\"\nurl = \"{url}\"\nquery = \"SELECT 1\"\nexpect = \"2\""
+    )))
+    .await;
     assert_fail(&j, "query returned `1`, expected 2");
-    let j = probe(&check(&format!("type = \"postgres\"\nurl = \"{url}\"\nquery = \"SELECT * FROM no_such_table\""))).await;
+    let j = probe(&check(&format!(
+        "type = \"postgres\"\nurl = \"{url}\"\nquery = \"SELECT * FROM no_such_table\""
+    )))
+    .await;
     assert_fail(&j, "does not exist");
     let wrong = url.replace("steward-test-pw", "wrong-password-123");
     let j = probe(&check(&format!("type = \"postgres\"\nurl = \"{wrong}\""))).await;
     assert_fail(&j, "password authentication failed");
-    assert!(!j.error.unwrap().contains("wrong-password-123"), "the password must not leak into the error");
+    assert!(
+        !j.error.unwrap().contains("wrong-password-123"),
+        "the password must not leak into the error"
+    );
 }
 
 #[tokio::test]
@@ -327,11 +421,24 @@ async fn redis_ping_and_key_values() {
     let client = redis::Client::open(url.as_str()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
     let key = format!("steward-test-{}", std::process::id());
-    let _: () = redis::cmd("SET").arg(&key).arg("17").query_async(&mut conn).await.unwrap();
+    let _: () = redis::cmd("SET")
+        .arg(&key)
+        .arg("17")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
     let j = probe(&check(&format!("type = \"redis\"\nurl = \"{url}\"\nkey = \"{key}\"\nconditions = [\"[CONNECTED] == true\", \"[VALUE] < 20\"]"))).await;
     assert_eq!(j.status, Status::Pass, "{j:?}");
-    let _: () = redis::cmd("SET").arg(&key).arg("25").query_async(&mut conn).await.unwrap();
-    let j = probe(&check(&format!("type = \"redis\"\nurl = \"{url}\"\nkey = \"{key}\"\nconditions = [\"[VALUE] < 20\"]"))).await;
+    let _: () = redis::cmd("SET")
+        .arg(&key)
+        .arg("25")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let j = probe(&check(&format!(
+        "type = \"redis\"\nurl = \"{url}\"\nkey = \"{key}\"\nconditions = [\"[VALUE] < 20\"]"
+    )))
+    .await;
     assert_fail(&j, "[VALUE] (25) < 20");
 }
 
@@ -344,7 +451,16 @@ struct OwnRedis {
 impl OwnRedis {
     fn start(port: u16) -> OwnRedis {
         let child = std::process::Command::new("redis-server")
-            .args(["--bind", "127.0.0.1", "--port", &port.to_string(), "--save", "", "--appendonly", "no"])
+            .args([
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
             .stdout(std::process::Stdio::null())
             .spawn()
             .expect("redis-server (Debian package redis-server) must be installed");
@@ -372,9 +488,17 @@ async fn until_status(c: &Check, want: Status) -> Judgement {
 
 #[tokio::test]
 async fn redis_outage_and_recovery() {
-    let port = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap().port();
+    let port = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let server = OwnRedis::start(port);
-    let c = check(&format!("type = \"redis\"\nurl = \"redis://127.0.0.1:{}\"\ntimeout = \"1s\"", server.port));
+    let c = check(&format!(
+        "type = \"redis\"\nurl = \"redis://127.0.0.1:{}\"\ntimeout = \"1s\"",
+        server.port
+    ));
     until_status(&c, Status::Pass).await;
     drop(server);
     let j = until_status(&c, Status::Fail).await;
@@ -388,25 +512,52 @@ async fn redis_outage_and_recovery() {
 /// disturb any other AMQP test running in parallel.
 #[tokio::test]
 async fn amqp_queue_depth_and_broker_outage() {
+    use amqprs::BasicProperties;
     use amqprs::channel::{BasicPublishArguments, QueueDeclareArguments, QueuePurgeArguments};
     use amqprs::connection::{Connection, OpenConnectionArguments};
-    use amqprs::BasicProperties;
     let url = testbed("STEWARD_TEST_AMQP_URL");
-    let port: u16 = url.rsplit(':').next().unwrap().split('/').next().unwrap().parse().unwrap();
+    let port: u16 = url
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
     let queue = format!("steward-test-{}", std::process::id());
-    let conn = Connection::open(&OpenConnectionArguments::new("127.0.0.1", port, "guest", "guest")).await.unwrap();
+    let conn = Connection::open(&OpenConnectionArguments::new(
+        "127.0.0.1",
+        port,
+        "guest",
+        "guest",
+    ))
+    .await
+    .unwrap();
     let ch = conn.open_channel(None).await.unwrap();
-    ch.queue_declare(QueueDeclareArguments::new(&queue)).await.unwrap();
-    ch.queue_purge(QueuePurgeArguments::new(&queue)).await.unwrap();
+    ch.queue_declare(QueueDeclareArguments::new(&queue))
+        .await
+        .unwrap();
+    ch.queue_purge(QueuePurgeArguments::new(&queue))
+        .await
+        .unwrap();
     for i in 0..3 {
-        ch.basic_publish(BasicProperties::default(), format!("job {i}").into_bytes(), BasicPublishArguments::new("", &queue))
-            .await
-            .unwrap();
+        ch.basic_publish(
+            BasicProperties::default(),
+            format!("job {i}").into_bytes(),
+            BasicPublishArguments::new("", &queue),
+        )
+        .await
+        .unwrap();
     }
-    let c = check(&format!("type = \"amqp\"\nurl = \"{url}\"\nqueue = \"{queue}\"\nconditions = [\"[CONNECTED] == true\", \"[MESSAGES] == 3\", \"[CONSUMERS] == 0\"]"));
+    let c = check(&format!(
+        "type = \"amqp\"\nurl = \"{url}\"\nqueue = \"{queue}\"\nconditions = [\"[CONNECTED] == true\", \"[MESSAGES] == 3\", \"[CONSUMERS] == 0\"]"
+    ));
     let j = until_status(&c, Status::Pass).await;
     assert_eq!(j.observed["messages"], 3);
-    let missing = check(&format!("type = \"amqp\"\nurl = \"{url}\"\nqueue = \"{queue}-absent\""));
+    let missing = check(&format!(
+        "type = \"amqp\"\nurl = \"{url}\"\nqueue = \"{queue}-absent\""
+    ));
     assert_fail(&probe(&missing).await, "is missing or not accessible");
     let _ = ch.close().await;
     let _ = conn.close().await;
@@ -421,7 +572,9 @@ async fn amqp_queue_depth_and_broker_outage() {
             .expect("rabbitmqctl");
         assert!(st.success(), "rabbitmqctl {action} failed");
     };
-    let plain = check(&format!("type = \"amqp\"\nurl = \"{url}\"\ntimeout = \"2s\""));
+    let plain = check(&format!(
+        "type = \"amqp\"\nurl = \"{url}\"\ntimeout = \"2s\""
+    ));
     ctl("stop_app");
     let j = until_status(&plain, Status::Fail).await;
     assert!(j.error.unwrap().contains("cannot connect"));
@@ -446,31 +599,91 @@ impl OwnPostgres {
         } else {
             std::process::Command::new(bin)
         };
-        cmd.args(args).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).status().unwrap()
+        cmd.args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .unwrap()
     }
 
     fn init() -> OwnPostgres {
-        let dir = tempfile::Builder::new().prefix("steward-pg").tempdir_in("/tmp").unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let dir = tempfile::Builder::new()
+            .prefix("steward-pg")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let data = dir.path().join("data");
         std::fs::create_dir(&data).unwrap();
         if running_as_root() {
-            assert!(std::process::Command::new("chown").args(["-R", "postgres:postgres"]).arg(dir.path()).status().unwrap().success());
+            assert!(
+                std::process::Command::new("chown")
+                    .args(["-R", "postgres:postgres"])
+                    .arg(dir.path())
+                    .status()
+                    .unwrap()
+                    .success()
+            );
         }
         let pg = OwnPostgres { dir, port };
-        assert!(pg.pg("initdb", &["-D", data.to_str().unwrap(), "-A", "trust", "-U", "postgres"]).success());
+        assert!(
+            pg.pg(
+                "initdb",
+                &[
+                    "-D",
+                    data.to_str().unwrap(),
+                    "-A",
+                    "trust",
+                    "-U",
+                    "postgres"
+                ]
+            )
+            .success()
+        );
         pg
     }
 
     fn start(&self) {
         let data = self.dir.path().join("data");
-        let opts = format!("-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off", self.port, data.display());
-        assert!(self.pg("pg_ctl", &["-D", data.to_str().unwrap(), "-w", "-o", &opts, "-l", data.join("log").to_str().unwrap(), "start"]).success());
+        let opts = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
+            self.port,
+            data.display()
+        );
+        assert!(
+            self.pg(
+                "pg_ctl",
+                &[
+                    "-D",
+                    data.to_str().unwrap(),
+                    "-w",
+                    "-o",
+                    &opts,
+                    "-l",
+                    data.join("log").to_str().unwrap(),
+                    "start"
+                ]
+            )
+            .success()
+        );
     }
 
     fn stop(&self) {
         let data = self.dir.path().join("data");
-        self.pg("pg_ctl", &["-D", data.to_str().unwrap(), "-m", "immediate", "-w", "stop"]);
+        self.pg(
+            "pg_ctl",
+            &[
+                "-D",
+                data.to_str().unwrap(),
+                "-m",
+                "immediate",
+                "-w",
+                "stop",
+            ],
+        );
     }
 }
 
@@ -481,14 +694,21 @@ impl Drop for OwnPostgres {
 }
 
 fn running_as_root() -> bool {
-    std::process::Command::new("id").arg("-u").output().map(|o| o.stdout.starts_with(b"0\n")).unwrap_or(false)
+    std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout.starts_with(b"0\n"))
+        .unwrap_or(false)
 }
 
 #[tokio::test]
 async fn postgres_outage_and_recovery() {
     let pg = OwnPostgres::init();
     pg.start();
-    let c = check(&format!("type = \"postgres\"\nurl = \"postgres://postgres@127.0.0.1:{}/postgres\"\ntimeout = \"2s\"", pg.port));
+    let c = check(&format!(
+        "type = \"postgres\"\nurl = \"postgres://postgres@127.0.0.1:{}/postgres\"\ntimeout = \"2s\"",
+        pg.port
+    ));
     until_status(&c, Status::Pass).await;
     pg.stop();
     let j = until_status(&c, Status::Fail).await;

@@ -8,7 +8,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
-use steward_state::{now_ms, Bucket, CheckStateRow, Delivery, Event, EventQuery, ResultRow, Uptime};
+use steward_state::{
+    Bucket, CheckStateRow, Delivery, Event, EventQuery, ResultRow, Uptime, now_ms,
+};
 
 use crate::AppState;
 
@@ -35,8 +37,13 @@ fn internal(e: impl std::fmt::Display) -> ApiError {
     ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
 }
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, steward_state::StateError> + Send + 'static) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(f).await.map_err(internal)?.map_err(internal)
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, steward_state::StateError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(internal)?
+        .map_err(internal)
 }
 
 /// A check as the API shows it.
@@ -125,7 +132,10 @@ async fn list_checks(State(s): State<AppState>) -> Result<Json<Vec<CheckView>>, 
     Ok(Json(check_views(&s, &uptime)))
 }
 
-async fn get_check(State(s): State<AppState>, Path(name): Path<String>) -> Result<Json<CheckView>, ApiError> {
+async fn get_check(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<CheckView>, ApiError> {
     known(&s, &name)?;
     let store = s.store.clone();
     let uptime = blocking(move || store.uptime_all(now_ms())).await?;
@@ -140,7 +150,10 @@ fn known(s: &AppState, name: &str) -> Result<(), ApiError> {
     if s.spec.checks.contains_key(name) {
         Ok(())
     } else {
-        Err(ApiError(StatusCode::NOT_FOUND, format!("no check named `{name}`")))
+        Err(ApiError(
+            StatusCode::NOT_FOUND,
+            format!("no check named `{name}`"),
+        ))
     }
 }
 
@@ -151,7 +164,12 @@ fn parse_time(v: &str) -> Result<i64, ApiError> {
     }
     chrono::DateTime::parse_from_rfc3339(v)
         .map(|t| t.timestamp_millis())
-        .map_err(|_| ApiError(StatusCode::BAD_REQUEST, format!("`{v}` is neither Unix milliseconds nor an RFC 3339 time")))
+        .map_err(|_| {
+            ApiError(
+                StatusCode::BAD_REQUEST,
+                format!("`{v}` is neither Unix milliseconds nor an RFC 3339 time"),
+            )
+        })
 }
 
 #[derive(Debug, Deserialize)]
@@ -170,18 +188,33 @@ struct HistoryPage {
     next_before: Option<i64>,
 }
 
-async fn history(State(s): State<AppState>, Path(name): Path<String>, Query(q): Query<RangeQuery>) -> Result<Json<HistoryPage>, ApiError> {
+async fn history(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    Query(q): Query<RangeQuery>,
+) -> Result<Json<HistoryPage>, ApiError> {
     known(&s, &name)?;
     let now = now_ms();
-    let from = q.from.as_deref().map(parse_time).transpose()?.unwrap_or(now - 3_600_000);
-    let mut to = q.to.as_deref().map(parse_time).transpose()?.unwrap_or(now + 1);
+    let from = q
+        .from
+        .as_deref()
+        .map(parse_time)
+        .transpose()?
+        .unwrap_or(now - 3_600_000);
+    let mut to =
+        q.to.as_deref()
+            .map(parse_time)
+            .transpose()?
+            .unwrap_or(now + 1);
     if let Some(b) = q.before.as_deref().map(parse_time).transpose()? {
         to = to.min(b);
     }
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
     let store = s.store.clone();
     let rows = blocking(move || store.results(&name, from, to, limit)).await?;
-    let next_before = (rows.len() == limit).then(|| rows.last().map(|r| r.ts)).flatten();
+    let next_before = (rows.len() == limit)
+        .then(|| rows.last().map(|r| r.ts))
+        .flatten();
     Ok(Json(HistoryPage {
         results: rows.iter().map(result_view).collect(),
         next_before,
@@ -194,16 +227,34 @@ struct SeriesView {
     buckets: Vec<Bucket>,
 }
 
-async fn series(State(s): State<AppState>, Path(name): Path<String>, Query(q): Query<RangeQuery>) -> Result<Json<SeriesView>, ApiError> {
+async fn series(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    Query(q): Query<RangeQuery>,
+) -> Result<Json<SeriesView>, ApiError> {
     known(&s, &name)?;
     let now = now_ms();
-    let from = q.from.as_deref().map(parse_time).transpose()?.unwrap_or(now - 86_400_000);
-    let to = q.to.as_deref().map(parse_time).transpose()?.unwrap_or(now + 1);
+    let from = q
+        .from
+        .as_deref()
+        .map(parse_time)
+        .transpose()?
+        .unwrap_or(now - 86_400_000);
+    let to =
+        q.to.as_deref()
+            .map(parse_time)
+            .transpose()?
+            .unwrap_or(now + 1);
     let hourly = match q.resolution.as_deref() {
         Some("minute") => false,
         Some("hour") => true,
         None => to - from > 6 * 3_600_000,
-        Some(o) => return Err(ApiError(StatusCode::BAD_REQUEST, format!("resolution `{o}`: use minute or hour"))),
+        Some(o) => {
+            return Err(ApiError(
+                StatusCode::BAD_REQUEST,
+                format!("resolution `{o}`: use minute or hour"),
+            ));
+        }
     };
     let store = s.store.clone();
     let buckets = blocking(move || store.series(&name, from, to, hourly)).await?;
@@ -228,7 +279,10 @@ struct EventsPage {
     next_before: Option<i64>,
 }
 
-async fn events(State(s): State<AppState>, Query(q): Query<EventsQuery>) -> Result<Json<EventsPage>, ApiError> {
+async fn events(
+    State(s): State<AppState>,
+    Query(q): Query<EventsQuery>,
+) -> Result<Json<EventsPage>, ApiError> {
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
     let query = EventQuery {
         after: q.after,
@@ -240,8 +294,13 @@ async fn events(State(s): State<AppState>, Query(q): Query<EventsQuery>) -> Resu
     let following = query.after.is_some();
     let store = s.store.clone();
     let events = blocking(move || store.events(&query)).await?;
-    let next_before = (!following && events.len() == limit).then(|| events.last().map(|e| e.id)).flatten();
-    Ok(Json(EventsPage { events, next_before }))
+    let next_before = (!following && events.len() == limit)
+        .then(|| events.last().map(|e| e.id))
+        .flatten();
+    Ok(Json(EventsPage {
+        events,
+        next_before,
+    }))
 }
 
 #[derive(Debug, Deserialize)]
@@ -249,7 +308,10 @@ struct LimitQuery {
     limit: Option<usize>,
 }
 
-async fn deliveries(State(s): State<AppState>, Query(q): Query<LimitQuery>) -> Result<Json<Vec<Delivery>>, ApiError> {
+async fn deliveries(
+    State(s): State<AppState>,
+    Query(q): Query<LimitQuery>,
+) -> Result<Json<Vec<Delivery>>, ApiError> {
     let store = s.store.clone();
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
     Ok(Json(blocking(move || store.deliveries(limit)).await?))

@@ -12,10 +12,10 @@ mod process;
 
 use std::sync::Arc;
 
-use axum::http::{header, HeaderValue};
+use axum::Router;
+use axum::http::{HeaderValue, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
-use axum::Router;
 use prometheus_client::registry::Registry;
 use steward_health::Board;
 use steward_health_endpoint::{HealthEndpoint, Observation};
@@ -62,7 +62,9 @@ fn own_health(state: &AppState) -> HealthEndpoint {
             async move {
                 let started = std::time::Instant::now();
                 match tokio::task::spawn_blocking(move || store.meta("schema")).await {
-                    Ok(Ok(_)) => Observation::pass().observed(started.elapsed().as_secs_f64() * 1000.0, "ms"),
+                    Ok(Ok(_)) => {
+                        Observation::pass().observed(started.elapsed().as_secs_f64() * 1000.0, "ms")
+                    }
                     Ok(Err(e)) => Observation::fail(e.to_string()),
                     Err(e) => Observation::fail(e.to_string()),
                 }
@@ -80,7 +82,8 @@ fn own_health(state: &AppState) -> HealthEndpoint {
                 if down == 0 {
                     Observation::pass().observed(0, "checks")
                 } else {
-                    Observation::warn(format!("{down} monitored check(s) down")).observed(down, "checks")
+                    Observation::warn(format!("{down} monitored check(s) down"))
+                        .observed(down, "checks")
                 }
             }
         })
@@ -97,10 +100,17 @@ fn own_health(state: &AppState) -> HealthEndpoint {
 async fn metrics(axum::extract::State(s): axum::extract::State<AppState>) -> impl IntoResponse {
     let mut body = String::new();
     if let Err(e) = prometheus_client::encoding::text::encode(&mut body, &s.registry) {
-        return (axum::http::StatusCode::INTERNAL_SERVER_ERROR, format!("encoding metrics: {e}")).into_response();
+        return (
+            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+            format!("encoding metrics: {e}"),
+        )
+            .into_response();
     }
     (
-        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         body,
     )
         .into_response()
@@ -111,15 +121,24 @@ pub fn register_process_metrics(r: &mut Registry) {
     r.register_collector(Box::new(process::ProcessCollector::new()));
 }
 
-async fn security_headers(req: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
+async fn security_headers(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
     let mut res = next.run(req).await;
     let h = res.headers_mut();
     h.insert(
         header::CONTENT_SECURITY_POLICY,
         HeaderValue::from_static("default-src 'none'; style-src 'self'; script-src 'self'; img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"),
     );
-    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     res
 }

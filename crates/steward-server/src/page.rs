@@ -5,14 +5,14 @@ use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
 use axum::extract::State;
-use axum::http::{header, StatusCode};
+use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
-use minijinja::{context, Environment};
+use minijinja::{Environment, context};
 use serde::Serialize;
-use steward_state::{now_ms, Bucket};
+use steward_state::{Bucket, now_ms};
 
-use crate::api::{check_views, rfc3339};
 use crate::AppState;
+use crate::api::{check_views, rfc3339};
 
 fn env() -> &'static Environment<'static> {
     static ENV: OnceLock<Environment<'static>> = OnceLock::new();
@@ -57,7 +57,11 @@ fn pct(v: Option<f64>) -> String {
 
 /// Polyline points for the mean latency of each bucket, scaled to 240×40.
 fn sparkline(buckets: &[Bucket], from: i64, span: i64) -> String {
-    let max = buckets.iter().map(|b| b.avg_ms).fold(0.0_f64, f64::max).max(1.0);
+    let max = buckets
+        .iter()
+        .map(|b| b.avg_ms)
+        .fold(0.0_f64, f64::max)
+        .max(1.0);
     if let [only] = buckets {
         // One bucket so far: a flat line at its level reads better than a dot.
         let y = 38.0 - only.avg_ms / max * 36.0;
@@ -101,15 +105,18 @@ pub(crate) async fn status_page(State(s): State<AppState>) -> Response {
     let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
     let mut groups: BTreeMap<String, Vec<Row>> = BTreeMap::new();
     for v in views {
-        *counts.entry(match v.health.as_str() {
-            "up" => "up",
-            "down" => "down",
-            "degraded" => "degraded",
-            _ => "unknown",
-        })
-        .or_insert(0) += 1;
+        *counts
+            .entry(match v.health.as_str() {
+                "up" => "up",
+                "down" => "down",
+                "degraded" => "degraded",
+                _ => "unknown",
+            })
+            .or_insert(0) += 1;
         let buckets = series.get(&v.name).map(Vec::as_slice).unwrap_or(&[]);
-        let since_ms = chrono::DateTime::parse_from_rfc3339(&v.since).map(|t| t.timestamp_millis()).unwrap_or(now);
+        let since_ms = chrono::DateTime::parse_from_rfc3339(&v.since)
+            .map(|t| t.timestamp_millis())
+            .unwrap_or(now);
         let row = Row {
             kind: v.kind.clone(),
             description: v.description.clone(),
@@ -118,13 +125,24 @@ pub(crate) async fn status_page(State(s): State<AppState>) -> Response {
             uptime7: pct(v.uptime.d7),
             uptime30: pct(v.uptime.d30),
             points: sparkline(buckets, now - day, day),
-            latency: v.last.as_ref().map(|l| format!("{:.0} ms", l.duration_ms)).unwrap_or_default(),
+            latency: v
+                .last
+                .as_ref()
+                .map(|l| format!("{:.0} ms", l.duration_ms))
+                .unwrap_or_default(),
             since: v.since.clone(),
             since_text: ago(since_ms, now),
-            error: v.last.as_ref().and_then(|l| l.error.clone()).unwrap_or_default(),
+            error: v
+                .last
+                .as_ref()
+                .and_then(|l| l.error.clone())
+                .unwrap_or_default(),
             name: v.name,
         };
-        groups.entry(v.group.unwrap_or_else(|| "checks".into())).or_default().push(row);
+        groups
+            .entry(v.group.unwrap_or_else(|| "checks".into()))
+            .or_default()
+            .push(row);
     }
     let total: usize = counts.values().sum();
     let overall = if counts.get("down").copied().unwrap_or(0) > 0 {
@@ -136,8 +154,13 @@ pub(crate) async fn status_page(State(s): State<AppState>) -> Response {
     } else {
         "unknown"
     };
-    let groups: Vec<Group> = groups.into_iter().map(|(name, checks)| Group { name, checks }).collect();
-    let tmpl = env().get_template("status.html").expect("template registered");
+    let groups: Vec<Group> = groups
+        .into_iter()
+        .map(|(name, checks)| Group { name, checks })
+        .collect();
+    let tmpl = env()
+        .get_template("status.html")
+        .expect("template registered");
     match tmpl.render(context! {
         app => s.spec.settings.name.clone(),
         now => rfc3339(now),
@@ -148,14 +171,24 @@ pub(crate) async fn status_page(State(s): State<AppState>) -> Response {
         version => env!("CARGO_PKG_VERSION"),
     }) {
         Ok(html) => Html(html).into_response(),
-        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("rendering status page: {e}")).into_response(),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("rendering status page: {e}"),
+        )
+            .into_response(),
     }
 }
 
 pub(crate) async fn css() -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "text/css; charset=utf-8")], include_str!("../assets/status.css"))
+    (
+        [(header::CONTENT_TYPE, "text/css; charset=utf-8")],
+        include_str!("../assets/status.css"),
+    )
 }
 
 pub(crate) async fn js() -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "text/javascript; charset=utf-8")], include_str!("../assets/status.js"))
+    (
+        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+        include_str!("../assets/status.js"),
+    )
 }

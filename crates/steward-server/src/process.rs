@@ -31,7 +31,9 @@ fn read_proc() -> Option<(f64, i64, i64)> {
     let cpu = (f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?) / ticks;
     let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
     let pages: i64 = statm.split_whitespace().nth(1)?.parse().ok()?;
-    let fds = std::fs::read_dir("/proc/self/fd").map(|d| d.count() as i64).unwrap_or(0);
+    let fds = std::fs::read_dir("/proc/self/fd")
+        .map(|d| d.count() as i64)
+        .unwrap_or(0);
     Some((cpu, pages * 4096, fds))
 }
 
@@ -46,11 +48,26 @@ impl Collector for ProcessCollector {
         )?)?;
         if let Some((cpu, rss, fds)) = read_proc() {
             let c = ConstCounter::new(cpu);
-            c.encode(encoder.encode_descriptor("process_cpu_seconds", "User and system CPU time spent", None, c.metric_type())?)?;
+            c.encode(encoder.encode_descriptor(
+                "process_cpu_seconds",
+                "User and system CPU time spent",
+                None,
+                c.metric_type(),
+            )?)?;
             let r = ConstGauge::new(rss);
-            r.encode(encoder.encode_descriptor("process_resident_memory_bytes", "Resident memory size", None, r.metric_type())?)?;
+            r.encode(encoder.encode_descriptor(
+                "process_resident_memory_bytes",
+                "Resident memory size",
+                None,
+                r.metric_type(),
+            )?)?;
             let o = ConstGauge::new(fds);
-            o.encode(encoder.encode_descriptor("process_open_fds", "Open file descriptors", None, o.metric_type())?)?;
+            o.encode(encoder.encode_descriptor(
+                "process_open_fds",
+                "Open file descriptors",
+                None,
+                o.metric_type(),
+            )?)?;
         }
         Ok(())
     }

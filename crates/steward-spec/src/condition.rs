@@ -56,7 +56,11 @@ impl Placeholder {
 
     /// The spelling inside brackets.
     pub fn name(self) -> &'static str {
-        Self::ALL.iter().find(|(p, _)| *p == self).map(|(_, n)| *n).unwrap_or("?")
+        Self::ALL
+            .iter()
+            .find(|(p, _)| *p == self)
+            .map(|(_, n)| *n)
+            .unwrap_or("?")
     }
 
     fn parse(name: &str) -> Option<Placeholder> {
@@ -68,7 +72,10 @@ impl Placeholder {
     }
 
     fn is_duration(self) -> bool {
-        matches!(self, Placeholder::CertificateExpiration | Placeholder::ResponseTime)
+        matches!(
+            self,
+            Placeholder::CertificateExpiration | Placeholder::ResponseTime
+        )
     }
 }
 
@@ -263,18 +270,29 @@ fn parse_operand(s: &str, offset: usize, right: bool) -> Result<Operand, Conditi
     for (fname, kind) in [("len(", 0), ("has(", 1), ("any(", 2), ("pat(", 3)] {
         if let Some(inner) = s.strip_prefix(fname) {
             let inner = inner.strip_suffix(')').ok_or_else(|| {
-                err(format!("`{}` is missing its closing `)`", &fname[..3]), span.clone())
+                err(
+                    format!("`{}` is missing its closing `)`", &fname[..3]),
+                    span.clone(),
+                )
             })?;
             let inner_off = offset + fname.len();
             return match kind {
                 0 | 1 => {
                     let sel = parse_selector(inner.trim(), inner_off)?.ok_or_else(|| {
                         err(
-                            format!("{}() takes a placeholder, e.g. {}([BODY].items)", &fname[..3], &fname[..3]),
+                            format!(
+                                "{}() takes a placeholder, e.g. {}([BODY].items)",
+                                &fname[..3],
+                                &fname[..3]
+                            ),
                             span.clone(),
                         )
                     })?;
-                    Ok(if kind == 0 { Operand::Len(sel) } else { Operand::Has(sel) })
+                    Ok(if kind == 0 {
+                        Operand::Len(sel)
+                    } else {
+                        Operand::Has(sel)
+                    })
                 }
                 _ if !right => Err(err(
                     format!("{}() belongs on the right-hand side", &fname[..3]),
@@ -302,16 +320,31 @@ fn parse_selector(s: &str, offset: usize) -> Result<Option<Selector>, ConditionE
     let Some(rest) = s.strip_prefix('[') else {
         return Ok(None);
     };
-    let close = rest
-        .find(']')
-        .ok_or_else(|| err("placeholder is missing its closing `]`", offset..offset + s.len()))?;
+    let close = rest.find(']').ok_or_else(|| {
+        err(
+            "placeholder is missing its closing `]`",
+            offset..offset + s.len(),
+        )
+    })?;
     let name = &rest[..close];
     let placeholder = Placeholder::parse(name).ok_or_else(|| {
         let names: Vec<&str> = Placeholder::ALL.iter().map(|(_, n)| *n).collect();
         let hint = crate::diag::did_you_mean(name, names.iter().copied())
             .map(|b| format!(" (did you mean [{b}]?)"))
-            .unwrap_or_else(|| format!("; known: {}", names.iter().map(|n| format!("[{n}]")).collect::<Vec<_>>().join(", ")));
-        err(format!("unknown placeholder `[{name}]`{hint}"), offset..offset + close + 2)
+            .unwrap_or_else(|| {
+                format!(
+                    "; known: {}",
+                    names
+                        .iter()
+                        .map(|n| format!("[{n}]"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            });
+        err(
+            format!("unknown placeholder `[{name}]`{hint}"),
+            offset..offset + close + 2,
+        )
     })?;
     let mut path_str = &rest[close + 1..];
     let path_off = offset + close + 2;
@@ -331,11 +364,17 @@ fn parse_selector(s: &str, offset: usize) -> Result<Option<Selector>, ConditionE
             path.push(PathSeg::Key(r[..end].to_string()));
             path_str = &r[end..];
         } else if let Some(r) = path_str.strip_prefix('[') {
-            let end = r
-                .find(']')
-                .ok_or_else(|| err("index is missing its closing `]`", path_off..offset + s.len()))?;
+            let end = r.find(']').ok_or_else(|| {
+                err(
+                    "index is missing its closing `]`",
+                    path_off..offset + s.len(),
+                )
+            })?;
             let idx = r[..end].trim().parse::<usize>().map_err(|_| {
-                err(format!("`{}` is not an array index", &r[..end]), path_off..offset + s.len())
+                err(
+                    format!("`{}` is not an array index", &r[..end]),
+                    path_off..offset + s.len(),
+                )
             })?;
             path.push(PathSeg::Index(idx));
             path_str = &r[end + 1..];
@@ -453,7 +492,11 @@ impl Observed {
             Placeholder::Messages => opt_num(self.messages.map(|v| v as f64)),
             Placeholder::Consumers => opt_num(self.consumers.map(|v| v as f64)),
             Placeholder::Body | Placeholder::Value => {
-                let raw = if sel.placeholder == Placeholder::Body { &self.body } else { &self.value };
+                let raw = if sel.placeholder == Placeholder::Body {
+                    &self.body
+                } else {
+                    &self.value
+                };
                 if sel.path.is_empty() {
                     return opt_str(raw);
                 }
@@ -530,23 +573,25 @@ impl Condition {
         };
         let lv = resolve(&self.left);
         let rv = resolve(&self.right);
-        let duration_side = |o: &Operand| matches!(o, Operand::Select(s) if s.placeholder.is_duration());
+        let duration_side =
+            |o: &Operand| matches!(o, Operand::Select(s) if s.placeholder.is_duration());
         let as_ms = |o: &Operand, v: &Val, other: &Operand| -> Option<f64> {
-            if let (Operand::Literal(l), true) = (o, duration_side(other)) {
-                if let Ok(d) = Dur::parse(l) {
-                    return Some(d.0.as_secs_f64() * 1000.0);
-                }
+            if let (Operand::Literal(l), true) = (o, duration_side(other))
+                && let Ok(d) = Dur::parse(l)
+            {
+                return Some(d.0.as_secs_f64() * 1000.0);
             }
             v.num()
         };
         let success = match (&self.right, self.op) {
             (Operand::Any(items), op) => {
                 let t = lv.text();
-                let hit = !matches!(lv, Val::Missing) && items.iter().any(|i| *i == t);
+                let hit = !matches!(lv, Val::Missing) && items.contains(&t);
                 if op == Op::Eq { hit } else { !hit }
             }
             (Operand::Pat(p), op) => {
-                let hit = !matches!(lv, Val::Missing) && wildmatch::WildMatch::new(p).matches(&lv.text());
+                let hit =
+                    !matches!(lv, Val::Missing) && wildmatch::WildMatch::new(p).matches(&lv.text());
                 if op == Op::Eq { hit } else { !hit }
             }
             (_, op) => {
@@ -611,7 +656,11 @@ mod tests {
     // (gatus README, "Conditions" and "Functions" tables).
     #[test]
     fn gatus_documented_examples() {
-        let o = obs_http(200, r#"{"status":"UP","data":[{"id":1}],"items":[1,2,3],"name":"web-01"}"#, 120.0);
+        let o = obs_http(
+            200,
+            r#"{"status":"UP","data":[{"id":1}],"items":[1,2,3],"name":"web-01"}"#,
+            120.0,
+        );
         assert!(eval("[STATUS] == 200", &o));
         assert!(!eval("[STATUS] == 201", &o));
         assert!(eval("[STATUS] < 300", &o));
@@ -656,7 +705,12 @@ mod tests {
         let e = Condition::parse("[STATSU] == 200").unwrap_err();
         assert!(e.message.contains("did you mean [STATUS]"), "{}", e.message);
         assert_eq!(e.at, 0..8);
-        assert!(Condition::parse("[STATUS] 200").unwrap_err().message.contains("operator"));
+        assert!(
+            Condition::parse("[STATUS] 200")
+                .unwrap_err()
+                .message
+                .contains("operator")
+        );
         assert!(Condition::parse("[STATUS] < any(1,2)").is_err());
         assert!(Condition::parse("1 == 2").is_err());
         assert!(Condition::parse("[STATUS].x == 2").is_err());

@@ -94,7 +94,8 @@ impl Diagnostics {
             return Ok(());
         }
         self.errors.sort_by_key(|e| (e.line, e.column));
-        self.errors.dedup_by(|a, b| a.line == b.line && a.column == b.column && a.message == b.message);
+        self.errors
+            .dedup_by(|a, b| a.line == b.line && a.column == b.column && a.message == b.message);
         Err(SpecErrors {
             file: self.name,
             errors: self.errors,
@@ -118,7 +119,10 @@ pub(crate) fn line_col(src: &str, offset: usize) -> (usize, usize) {
 }
 
 /// The closest candidate by edit distance, if it is close enough to be a typo.
-pub fn did_you_mean<'a>(given: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+pub fn did_you_mean<'a>(
+    given: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<&'a str> {
     candidates
         .into_iter()
         .map(|c| (strsim::damerau_levenshtein(given, c), c))
@@ -129,26 +133,28 @@ pub fn did_you_mean<'a>(given: &str, candidates: impl IntoIterator<Item = &'a st
 
 fn improve_serde_message(raw: &str) -> (String, Option<String>) {
     // serde: "unknown field `intervl`, expected one of `a`, `b`" / "expected `a` or `b`"
-    if let Some(rest) = raw.strip_prefix("unknown field `") {
-        if let Some((field, tail)) = rest.split_once('`') {
-            let expected: Vec<&str> = tail.split('`').skip(1).step_by(2).collect();
-            let help = match did_you_mean(field, expected.iter().copied()) {
-                Some(best) => Some(format!("did you mean `{best}`?")),
-                None if !expected.is_empty() => Some(format!("known keys here: {}", expected.join(", "))),
-                None => None,
-            };
-            return (format!("unknown key `{field}`"), help);
-        }
+    if let Some(rest) = raw.strip_prefix("unknown field `")
+        && let Some((field, tail)) = rest.split_once('`')
+    {
+        let expected: Vec<&str> = tail.split('`').skip(1).step_by(2).collect();
+        let help = match did_you_mean(field, expected.iter().copied()) {
+            Some(best) => Some(format!("did you mean `{best}`?")),
+            None if !expected.is_empty() => {
+                Some(format!("known keys here: {}", expected.join(", ")))
+            }
+            None => None,
+        };
+        return (format!("unknown key `{field}`"), help);
     }
-    if let Some(rest) = raw.strip_prefix("unknown variant `") {
-        if let Some((given, tail)) = rest.split_once('`') {
-            let expected: Vec<&str> = tail.split('`').skip(1).step_by(2).collect();
-            let help = match did_you_mean(given, expected.iter().copied()) {
-                Some(best) => Some(format!("did you mean `{best}`?")),
-                None => Some(format!("expected one of: {}", expected.join(", "))),
-            };
-            return (format!("unknown value `{given}`"), help);
-        }
+    if let Some(rest) = raw.strip_prefix("unknown variant `")
+        && let Some((given, tail)) = rest.split_once('`')
+    {
+        let expected: Vec<&str> = tail.split('`').skip(1).step_by(2).collect();
+        let help = match did_you_mean(given, expected.iter().copied()) {
+            Some(best) => Some(format!("did you mean `{best}`?")),
+            None => Some(format!("expected one of: {}", expected.join(", "))),
+        };
+        return (format!("unknown value `{given}`"), help);
     }
     if let Some(field) = raw.strip_prefix("missing field `") {
         let field = field.trim_end_matches('`');

@@ -16,8 +16,10 @@ mod raw;
 mod secret;
 mod validate;
 
-pub use condition::{Condition, ConditionError, Observed, Op, Operand, PathSeg, Placeholder, Selector, Verdict};
-pub use diag::{did_you_mean, SpecError, SpecErrors};
+pub use condition::{
+    Condition, ConditionError, Observed, Op, Operand, PathSeg, Placeholder, Selector, Verdict,
+};
+pub use diag::{SpecError, SpecErrors, did_you_mean};
 pub use duration::Dur;
 pub use model::*;
 pub use raw::{AlertKind, CheckKind, SmtpTls};
@@ -35,9 +37,16 @@ impl Spec {
         })?;
         let base = path
             .parent()
-            .map(|p| if p.as_os_str().is_empty() { Path::new(".") } else { p })
+            .map(|p| {
+                if p.as_os_str().is_empty() {
+                    Path::new(".")
+                } else {
+                    p
+                }
+            })
             .unwrap_or(Path::new("."));
-        Spec::parse(&path.display().to_string(), &src, base, &OsResolver).map_err(LoadError::Invalid)
+        Spec::parse(&path.display().to_string(), &src, base, &OsResolver)
+            .map_err(LoadError::Invalid)
     }
 
     /// Parses and validates spec text. `name` is used in diagnostics; relative paths

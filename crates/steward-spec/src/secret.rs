@@ -94,13 +94,13 @@ fn pieces(raw: &str) -> Result<Vec<Piece<'_>>, SecretError> {
             Some(("env", name)) => {
                 return Err(SecretError::Syntax(format!(
                     "`{name}` is not a valid environment variable name"
-                )))
+                )));
             }
             Some(("file", path)) if !path.is_empty() => Reference::File(PathBuf::from(path)),
             _ => {
                 return Err(SecretError::Syntax(format!(
                     "unknown reference `${{{inner}}}`: use `${{env:NAME}}` or `${{file:/path}}`"
-                )))
+                )));
             }
         };
         out.push(Piece::Ref(r));

@@ -7,11 +7,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
-use toml::de::{DeTable, DeValue, ValueDeserializer};
 use toml::Spanned;
+use toml::de::{DeTable, DeValue, ValueDeserializer};
 
 use crate::condition::{Condition, Placeholder};
-use crate::diag::{did_you_mean, Diagnostics, SpecErrors};
+use crate::diag::{Diagnostics, SpecErrors, did_you_mean};
 use crate::duration::Dur;
 use crate::model::*;
 use crate::raw::*;
@@ -20,7 +20,9 @@ use crate::secret::{Resolver, Text};
 /// Sections this version understands.
 const SECTIONS: &[&str] = &["steward", "check", "alert", "maintenance"];
 /// Sections that later capabilities add; named so the error can say so.
-const PLANNED: &[&str] = &["store", "backup", "converge", "image", "service", "scale", "metrics"];
+const PLANNED: &[&str] = &[
+    "store", "backup", "converge", "image", "service", "scale", "metrics",
+];
 
 pub(crate) fn parse(
     name: &str,
@@ -64,7 +66,9 @@ pub(crate) fn parse(
                 let DeValue::Table(entries) = value.into_inner() else {
                     d.error(
                         vspan,
-                        format!("`{section}` must be a table of named entries, e.g. [{section}.NAME]"),
+                        format!(
+                            "`{section}` must be a table of named entries, e.g. [{section}.NAME]"
+                        ),
                         "not a table",
                         None,
                     );
@@ -78,7 +82,10 @@ pub(crate) fn parse(
                             espan.clone(),
                             format!("invalid name `{ename}`"),
                             "bad name",
-                            Some("names use letters, digits, `-` and `_`, and start with a letter".into()),
+                            Some(
+                                "names use letters, digits, `-` and `_`, and start with a letter"
+                                    .into(),
+                            ),
                         );
                     }
                     if !matches!(evalue.get_ref(), DeValue::Table(_)) {
@@ -121,7 +128,12 @@ pub(crate) fn parse(
                     Some(b) => format!("did you mean `{b}`?"),
                     None => format!("known sections: {}", SECTIONS.join(", ")),
                 };
-                d.error(kspan, format!("unknown section `{other}`"), "unknown", Some(help));
+                d.error(
+                    kspan,
+                    format!("unknown section `{other}`"),
+                    "unknown",
+                    Some(help),
+                );
             }
         }
     }
@@ -138,19 +150,34 @@ pub(crate) fn parse(
     }
     let mut out_checks = BTreeMap::new();
     for (name, span, c) in &checks {
-        if let Some(check) = check(&mut d, name, span.clone(), c, resolver, base_dir, &alert_names, &check_names) {
+        if let Some(check) = check(
+            &mut d,
+            name,
+            span.clone(),
+            c,
+            resolver,
+            base_dir,
+            &alert_names,
+            &check_names,
+        ) {
             out_checks.insert(name.clone(), check);
         }
     }
     dependency_cycles(&mut d, &checks);
     let mut out_maint = BTreeMap::new();
     for (name, _span, m) in &maint {
-        if croner::parser::CronParser::new().parse(m.schedule.get_ref()).is_err() {
+        if croner::parser::CronParser::new()
+            .parse(m.schedule.get_ref())
+            .is_err()
+        {
             d.error(
                 m.schedule.span(),
                 format!("invalid cron expression `{}`", m.schedule.get_ref()),
                 "not a cron expression",
-                Some("five fields: minute hour day-of-month month day-of-week, e.g. `0 3 * * sun`".into()),
+                Some(
+                    "five fields: minute hour day-of-month month day-of-week, e.g. `0 3 * * sun`"
+                        .into(),
+                ),
             );
         }
         for c in &m.checks {
@@ -190,7 +217,8 @@ fn de<T: for<'de> Deserialize<'de>>(d: &mut Diagnostics, value: Spanned<DeValue<
 
 fn valid_name(n: &str) -> bool {
     n.starts_with(|c: char| c.is_ascii_alphabetic())
-        && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        && n.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
 fn settings(d: &mut Diagnostics, raw: Option<RawSettings>, base_dir: &Path) -> Settings {
@@ -230,7 +258,12 @@ fn settings(d: &mut Diagnostics, raw: Option<RawSettings>, base_dir: &Path) -> S
     }
 }
 
-fn unknown_ref(d: &mut Diagnostics, r: &Spanned<String>, what: &str, known: &BTreeSet<&str>) -> bool {
+fn unknown_ref(
+    d: &mut Diagnostics,
+    r: &Spanned<String>,
+    what: &str,
+    known: &BTreeSet<&str>,
+) -> bool {
     if known.contains(r.get_ref().as_str()) {
         return true;
     }
@@ -253,7 +286,12 @@ fn unknown_ref(d: &mut Diagnostics, r: &Spanned<String>, what: &str, known: &BTr
 
 fn secret_ok(d: &mut Diagnostics, t: &Text, span: Range<usize>, resolver: &dyn Resolver) {
     if let Err(e) = t.resolve(resolver) {
-        d.error(span, format!("cannot resolve reference: {e}"), "unresolvable", None);
+        d.error(
+            span,
+            format!("cannot resolve reference: {e}"),
+            "unresolvable",
+            None,
+        );
     }
 }
 
@@ -279,7 +317,14 @@ fn applies(key: &str) -> &'static [CheckKind] {
 fn placeholders_for(kind: CheckKind) -> &'static [Placeholder] {
     use Placeholder::*;
     match kind {
-        CheckKind::Http => &[Status, Body, ResponseTime, CertificateExpiration, Connected, Ip],
+        CheckKind::Http => &[
+            Status,
+            Body,
+            ResponseTime,
+            CertificateExpiration,
+            Connected,
+            Ip,
+        ],
         CheckKind::Tcp => &[Connected, ResponseTime, Ip],
         CheckKind::Tls => &[Connected, ResponseTime, CertificateExpiration, Ip],
         CheckKind::Dns => &[Ip, DnsRcode, Body, ResponseTime],
@@ -293,9 +338,11 @@ fn placeholders_for(kind: CheckKind) -> &'static [Placeholder] {
 fn default_conditions(kind: CheckKind) -> Vec<Condition> {
     let text: &[&str] = match kind {
         CheckKind::Http => &["[STATUS] < 400"],
-        CheckKind::Tcp | CheckKind::Tls | CheckKind::Postgres | CheckKind::Redis | CheckKind::Amqp => {
-            &["[CONNECTED] == true"]
-        }
+        CheckKind::Tcp
+        | CheckKind::Tls
+        | CheckKind::Postgres
+        | CheckKind::Redis
+        | CheckKind::Amqp => &["[CONNECTED] == true"],
         CheckKind::Dns => &["[DNS_RCODE] == NOERROR"],
         CheckKind::Exec => &["[EXIT_CODE] == 0"],
     };
@@ -313,16 +360,28 @@ fn conditions(d: &mut Diagnostics, list: &[Spanned<String>], kind: CheckKind) ->
         match Condition::parse(c.get_ref()) {
             Ok(cond) => {
                 let allowed = placeholders_for(kind);
-                let bad: Vec<_> = cond.placeholders().into_iter().filter(|p| !allowed.contains(p)).collect();
+                let bad: Vec<_> = cond
+                    .placeholders()
+                    .into_iter()
+                    .filter(|p| !allowed.contains(p))
+                    .collect();
                 if let Some(p) = bad.first() {
                     d.error(
                         span.clone(),
-                        format!("[{}] is not observed by a `{}` check", p.name(), kind.as_str()),
+                        format!(
+                            "[{}] is not observed by a `{}` check",
+                            p.name(),
+                            kind.as_str()
+                        ),
                         "not available here",
                         Some(format!(
                             "a `{}` check observes: {}",
                             kind.as_str(),
-                            allowed.iter().map(|p| format!("[{}]", p.name())).collect::<Vec<_>>().join(", ")
+                            allowed
+                                .iter()
+                                .map(|p| format!("[{}]", p.name()))
+                                .collect::<Vec<_>>()
+                                .join(", ")
                         )),
                     );
                 } else {
@@ -360,8 +419,14 @@ fn check(
         ("headers", c.headers.as_ref().map(|v| v.span())),
         ("body", c.body.as_ref().map(|v| v.span())),
         ("ca_file", c.ca_file.as_ref().map(|v| v.span())),
-        ("insecure_skip_verify", c.insecure_skip_verify.as_ref().map(|v| v.span())),
-        ("follow_redirects", c.follow_redirects.as_ref().map(|v| v.span())),
+        (
+            "insecure_skip_verify",
+            c.insecure_skip_verify.as_ref().map(|v| v.span()),
+        ),
+        (
+            "follow_redirects",
+            c.follow_redirects.as_ref().map(|v| v.span()),
+        ),
         ("max_body", c.max_body.as_ref().map(|v| v.span())),
         ("address", c.address.as_ref().map(|v| v.span())),
         ("server_name", c.server_name.as_ref().map(|v| v.span())),
@@ -386,7 +451,11 @@ fn check(
                     "not for this type",
                     Some(format!(
                         "`{key}` is for {} checks",
-                        kinds.iter().map(|k| k.as_str()).collect::<Vec<_>>().join(", ")
+                        kinds
+                            .iter()
+                            .map(|k| k.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     )),
                 );
             }
@@ -424,34 +493,73 @@ fn check(
             if let Some(u) = &c.url {
                 let w = u.get_ref().as_written();
                 if !(w.starts_with("http://") || w.starts_with("https://") || w.starts_with("${")) {
-                    d.error(u.span(), format!("`{w}` is not an http:// or https:// URL"), "bad URL", None);
+                    d.error(
+                        u.span(),
+                        format!("`{w}` is not an http:// or https:// URL"),
+                        "bad URL",
+                        None,
+                    );
                 }
             }
-            let method = c.method.as_ref().map(|m| m.get_ref().to_ascii_uppercase()).unwrap_or_else(|| "GET".into());
+            let method = c
+                .method
+                .as_ref()
+                .map(|m| m.get_ref().to_ascii_uppercase())
+                .unwrap_or_else(|| "GET".into());
             if let Some(m) = &c.method {
-                const METHODS: [&str; 7] = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
+                const METHODS: [&str; 7] =
+                    ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
                 if !METHODS.contains(&method.as_str()) {
-                    d.error(m.span(), format!("unknown HTTP method `{}`", m.get_ref()), "here", Some(format!("one of {}", METHODS.join(", "))));
+                    d.error(
+                        m.span(),
+                        format!("unknown HTTP method `{}`", m.get_ref()),
+                        "here",
+                        Some(format!("one of {}", METHODS.join(", "))),
+                    );
                 }
             }
             Probe::Http(HttpProbe {
-                url: c.url.as_ref().map(|u| u.get_ref().clone()).unwrap_or_default(),
+                url: c
+                    .url
+                    .as_ref()
+                    .map(|u| u.get_ref().clone())
+                    .unwrap_or_default(),
                 method,
-                headers: c.headers.as_ref().map(|h| h.get_ref().clone()).unwrap_or_default(),
+                headers: c
+                    .headers
+                    .as_ref()
+                    .map(|h| h.get_ref().clone())
+                    .unwrap_or_default(),
                 body: c.body.as_ref().map(|b| b.get_ref().clone()),
                 ca_file: file_ref(d, &c.ca_file, base_dir),
-                insecure_skip_verify: c.insecure_skip_verify.as_ref().is_some_and(|v| *v.get_ref()),
+                insecure_skip_verify: c
+                    .insecure_skip_verify
+                    .as_ref()
+                    .is_some_and(|v| *v.get_ref()),
                 follow_redirects: c.follow_redirects.as_ref().is_none_or(|v| *v.get_ref()),
-                max_body: c.max_body.as_ref().map(|v| *v.get_ref()).unwrap_or(defaults::MAX_BODY),
+                max_body: c
+                    .max_body
+                    .as_ref()
+                    .map(|v| *v.get_ref())
+                    .unwrap_or(defaults::MAX_BODY),
             })
         }
         CheckKind::Tcp | CheckKind::Tls => {
             require(d, "address", c.address.is_some());
-            let address = c.address.as_ref().map(|a| a.get_ref().clone()).unwrap_or_default();
-            if let Some(a) = &c.address {
-                if !host_port(a.get_ref()) {
-                    d.error(a.span(), format!("`{}` is not host:port", a.get_ref()), "expected host:port", Some("e.g. `127.0.0.1:5432` or `example.org:443`".into()));
-                }
+            let address = c
+                .address
+                .as_ref()
+                .map(|a| a.get_ref().clone())
+                .unwrap_or_default();
+            if let Some(a) = &c.address
+                && !host_port(a.get_ref())
+            {
+                d.error(
+                    a.span(),
+                    format!("`{}` is not host:port", a.get_ref()),
+                    "expected host:port",
+                    Some("e.g. `127.0.0.1:5432` or `example.org:443`".into()),
+                );
             }
             if kind == CheckKind::Tcp {
                 Probe::Tcp { address }
@@ -460,50 +568,95 @@ fn check(
                     address,
                     server_name: c.server_name.as_ref().map(|s| s.get_ref().clone()),
                     ca_file: file_ref(d, &c.ca_file, base_dir),
-                    insecure_skip_verify: c.insecure_skip_verify.as_ref().is_some_and(|v| *v.get_ref()),
+                    insecure_skip_verify: c
+                        .insecure_skip_verify
+                        .as_ref()
+                        .is_some_and(|v| *v.get_ref()),
                 }
             }
         }
         CheckKind::Dns => {
             require(d, "name", c.name.is_some());
             const TYPES: [&str; 9] = ["A", "AAAA", "CNAME", "MX", "TXT", "NS", "SOA", "SRV", "PTR"];
-            let record_type = c.record_type.as_ref().map(|r| r.get_ref().to_ascii_uppercase()).unwrap_or_else(|| "A".into());
-            if let Some(r) = &c.record_type {
-                if !TYPES.contains(&record_type.as_str()) {
-                    d.error(r.span(), format!("unsupported record type `{}`", r.get_ref()), "here", Some(format!("one of {}", TYPES.join(", "))));
-                }
+            let record_type = c
+                .record_type
+                .as_ref()
+                .map(|r| r.get_ref().to_ascii_uppercase())
+                .unwrap_or_else(|| "A".into());
+            if let Some(r) = &c.record_type
+                && !TYPES.contains(&record_type.as_str())
+            {
+                d.error(
+                    r.span(),
+                    format!("unsupported record type `{}`", r.get_ref()),
+                    "here",
+                    Some(format!("one of {}", TYPES.join(", "))),
+                );
             }
             let resolver = c.resolver.as_ref().and_then(|r| {
                 let s = r.get_ref();
-                let parsed = s.parse::<SocketAddr>().ok().or_else(|| format!("{s}:53").parse().ok());
+                let parsed = s
+                    .parse::<SocketAddr>()
+                    .ok()
+                    .or_else(|| format!("{s}:53").parse().ok());
                 if parsed.is_none() {
-                    d.error(r.span(), format!("`{s}` is not an IP address (with optional :port)"), "here", None);
+                    d.error(
+                        r.span(),
+                        format!("`{s}` is not an IP address (with optional :port)"),
+                        "here",
+                        None,
+                    );
                 }
                 parsed
             });
             Probe::Dns {
-                name: c.name.as_ref().map(|n| n.get_ref().clone()).unwrap_or_default(),
+                name: c
+                    .name
+                    .as_ref()
+                    .map(|n| n.get_ref().clone())
+                    .unwrap_or_default(),
                 record_type,
                 resolver,
             }
         }
         CheckKind::Exec => {
             require(d, "command", c.command.is_some());
-            if let Some(cmd) = &c.command {
-                if cmd.get_ref().is_empty() || cmd.get_ref()[0].is_empty() {
-                    d.error(cmd.span(), "`command` must name a program", "empty", Some("e.g. command = [\"pg_isready\", \"-q\"]".into()));
-                }
+            if let Some(cmd) = &c.command
+                && (cmd.get_ref().is_empty() || cmd.get_ref()[0].is_empty())
+            {
+                d.error(
+                    cmd.span(),
+                    "`command` must name a program",
+                    "empty",
+                    Some("e.g. command = [\"pg_isready\", \"-q\"]".into()),
+                );
             }
             Probe::Exec {
-                command: c.command.as_ref().map(|v| v.get_ref().clone()).unwrap_or_default(),
-                env: c.env.as_ref().map(|v| v.get_ref().clone()).unwrap_or_default(),
+                command: c
+                    .command
+                    .as_ref()
+                    .map(|v| v.get_ref().clone())
+                    .unwrap_or_default(),
+                env: c
+                    .env
+                    .as_ref()
+                    .map(|v| v.get_ref().clone())
+                    .unwrap_or_default(),
                 cwd: c.cwd.as_ref().map(|p| base_dir.join(p.get_ref())),
-                max_output: c.max_body.as_ref().map(|v| *v.get_ref()).unwrap_or(defaults::MAX_BODY),
+                max_output: c
+                    .max_body
+                    .as_ref()
+                    .map(|v| *v.get_ref())
+                    .unwrap_or(defaults::MAX_BODY),
             }
         }
         CheckKind::Postgres | CheckKind::Redis | CheckKind::Amqp => {
             require(d, "url", c.url.is_some());
-            let url = c.url.as_ref().map(|u| u.get_ref().clone()).unwrap_or_default();
+            let url = c
+                .url
+                .as_ref()
+                .map(|u| u.get_ref().clone())
+                .unwrap_or_default();
             if let Some(u) = &c.url {
                 let schemes: &[&str] = match kind {
                     CheckKind::Postgres => &["postgres://", "postgresql://"],
@@ -512,25 +665,53 @@ fn check(
                 };
                 let w = u.get_ref().as_written();
                 if !w.starts_with("${") && !schemes.iter().any(|s| w.starts_with(s)) {
-                    d.error(u.span(), format!("a `{}` check needs a {} URL", kind.as_str(), schemes.join(" or ")), "wrong scheme", None);
+                    d.error(
+                        u.span(),
+                        format!(
+                            "a `{}` check needs a {} URL",
+                            kind.as_str(),
+                            schemes.join(" or ")
+                        ),
+                        "wrong scheme",
+                        None,
+                    );
                 }
             }
             match kind {
                 CheckKind::Postgres => Probe::Postgres {
                     url,
-                    query: c.query.as_ref().map(|q| q.get_ref().clone()).unwrap_or_else(|| "SELECT 1".into()),
+                    query: c
+                        .query
+                        .as_ref()
+                        .map(|q| q.get_ref().clone())
+                        .unwrap_or_else(|| "SELECT 1".into()),
                     expect: c.expect.as_ref().map(|e| e.get_ref().clone()),
                 },
-                CheckKind::Redis => Probe::Redis { url, key: c.key.as_ref().map(|k| k.get_ref().clone()) },
-                _ => Probe::Amqp { url, queue: c.queue.as_ref().map(|q| q.get_ref().clone()) },
+                CheckKind::Redis => Probe::Redis {
+                    url,
+                    key: c.key.as_ref().map(|k| k.get_ref().clone()),
+                },
+                _ => Probe::Amqp {
+                    url,
+                    queue: c.queue.as_ref().map(|q| q.get_ref().clone()),
+                },
             }
         }
     };
 
-    let interval = c.interval.unwrap_or(Dur(Duration::from_secs(defaults::INTERVAL_SECS)));
-    let timeout = c.timeout.unwrap_or(Dur(Duration::from_secs(defaults::TIMEOUT_SECS).min(interval.0)));
+    let interval = c
+        .interval
+        .unwrap_or(Dur(Duration::from_secs(defaults::INTERVAL_SECS)));
+    let timeout = c.timeout.unwrap_or(Dur(
+        Duration::from_secs(defaults::TIMEOUT_SECS).min(interval.0)
+    ));
     if interval.0 < Duration::from_millis(100) {
-        d.error(span.clone(), format!("check `{name}`: interval {interval} is below the 100ms minimum"), "too often", None);
+        d.error(
+            span.clone(),
+            format!("check `{name}`: interval {interval} is below the 100ms minimum"),
+            "too often",
+            None,
+        );
     }
     let threshold = |d: &mut Diagnostics, v: &Option<Spanned<u32>>, default: u32| match v {
         Some(t) if *t.get_ref() == 0 => {
@@ -552,7 +733,12 @@ fn check(
     }
     for dep in &c.depends_on {
         if dep.get_ref() == name {
-            d.error(dep.span(), format!("check `{name}` depends on itself"), "self-reference", None);
+            d.error(
+                dep.span(),
+                format!("check `{name}` depends on itself"),
+                "self-reference",
+                None,
+            );
         } else {
             unknown_ref(d, dep, "check", check_names);
         }
@@ -587,7 +773,12 @@ fn file_ref(d: &mut Diagnostics, v: &Option<Spanned<String>>, base_dir: &Path) -
     let v = v.as_ref()?;
     let p = base_dir.join(v.get_ref());
     if !p.is_file() {
-        d.error(v.span(), format!("file `{}` does not exist", p.display()), "missing file", None);
+        d.error(
+            v.span(),
+            format!("file `{}` does not exist", p.display()),
+            "missing file",
+            None,
+        );
     }
     Some(p)
 }
@@ -595,7 +786,12 @@ fn file_ref(d: &mut Diagnostics, v: &Option<Spanned<String>>, base_dir: &Path) -
 fn dependency_cycles(d: &mut Diagnostics, checks: &[(String, Range<usize>, RawCheck)]) {
     let graph: BTreeMap<&str, Vec<&str>> = checks
         .iter()
-        .map(|(n, _, c)| (n.as_str(), c.depends_on.iter().map(|x| x.get_ref().as_str()).collect()))
+        .map(|(n, _, c)| {
+            (
+                n.as_str(),
+                c.depends_on.iter().map(|x| x.get_ref().as_str()).collect(),
+            )
+        })
         .collect();
     let mut reported = BTreeSet::new();
     for (start, span, _) in checks {
@@ -627,7 +823,13 @@ fn dependency_cycles(d: &mut Diagnostics, checks: &[(String, Range<usize>, RawCh
     }
 }
 
-fn alert(d: &mut Diagnostics, name: &str, span: Range<usize>, a: &RawAlert, resolver: &dyn Resolver) -> Option<Alert> {
+fn alert(
+    d: &mut Diagnostics,
+    name: &str,
+    span: Range<usize>,
+    a: &RawAlert,
+    resolver: &dyn Resolver,
+) -> Option<Alert> {
     let before = d.errors.len();
     let kind = *a.kind.get_ref();
     let kname = match kind {
@@ -635,7 +837,10 @@ fn alert(d: &mut Diagnostics, name: &str, span: Range<usize>, a: &RawAlert, reso
         AlertKind::Slack => "slack",
         AlertKind::Email => "email",
     };
-    let http_only = [("url", a.url.as_ref().map(|v| v.span())), ("headers", a.headers.as_ref().map(|v| v.span()))];
+    let http_only = [
+        ("url", a.url.as_ref().map(|v| v.span())),
+        ("headers", a.headers.as_ref().map(|v| v.span())),
+    ];
     let email_only = [
         ("smtp_host", a.smtp_host.as_ref().map(|v| v.span())),
         ("smtp_port", a.smtp_port.as_ref().map(|v| v.span())),
@@ -646,16 +851,32 @@ fn alert(d: &mut Diagnostics, name: &str, span: Range<usize>, a: &RawAlert, reso
         ("to", a.to.first().map(|v| v.span())),
     ];
     let wrong: Vec<(&str, Range<usize>)> = match kind {
-        AlertKind::Email => http_only.iter().filter_map(|(k, s)| s.clone().map(|s| (*k, s))).collect(),
-        _ => email_only.iter().filter_map(|(k, s)| s.clone().map(|s| (*k, s))).collect(),
+        AlertKind::Email => http_only
+            .iter()
+            .filter_map(|(k, s)| s.clone().map(|s| (*k, s)))
+            .collect(),
+        _ => email_only
+            .iter()
+            .filter_map(|(k, s)| s.clone().map(|s| (*k, s)))
+            .collect(),
     };
     for (k, s) in wrong {
-        d.error(s, format!("`{k}` does not apply to a `{kname}` alert"), "not for this type", None);
+        d.error(
+            s,
+            format!("`{k}` does not apply to a `{kname}` alert"),
+            "not for this type",
+            None,
+        );
     }
-    if kind == AlertKind::Slack {
-        if let Some(h) = &a.headers {
-            d.error(h.span(), "`headers` does not apply to a `slack` alert", "not for this type", None);
-        }
+    if kind == AlertKind::Slack
+        && let Some(h) = &a.headers
+    {
+        d.error(
+            h.span(),
+            "`headers` does not apply to a `slack` alert",
+            "not for this type",
+            None,
+        );
     }
     for t in [&a.url, &a.username, &a.password].into_iter().flatten() {
         secret_ok(d, t.get_ref(), t.span(), resolver);
@@ -666,7 +887,12 @@ fn alert(d: &mut Diagnostics, name: &str, span: Range<usize>, a: &RawAlert, reso
         }
     }
     let missing = |d: &mut Diagnostics, key: &str| {
-        d.error(span.clone(), format!("alert `{name}` of type `{kname}` needs `{key}`"), format!("`{key}` missing"), None);
+        d.error(
+            span.clone(),
+            format!("alert `{name}` of type `{kname}` needs `{key}`"),
+            format!("`{key}` missing"),
+            None,
+        );
     };
     let channel = match kind {
         AlertKind::Webhook | AlertKind::Slack => {
@@ -675,9 +901,18 @@ fn alert(d: &mut Diagnostics, name: &str, span: Range<usize>, a: &RawAlert, reso
                 return None;
             };
             if kind == AlertKind::Webhook {
-                Channel::Webhook { url: url.get_ref().clone(), headers: a.headers.as_ref().map(|h| h.get_ref().clone()).unwrap_or_default() }
+                Channel::Webhook {
+                    url: url.get_ref().clone(),
+                    headers: a
+                        .headers
+                        .as_ref()
+                        .map(|h| h.get_ref().clone())
+                        .unwrap_or_default(),
+                }
             } else {
-                Channel::Slack { url: url.get_ref().clone() }
+                Channel::Slack {
+                    url: url.get_ref().clone(),
+                }
             }
         }
         AlertKind::Email => {
@@ -692,21 +927,42 @@ fn alert(d: &mut Diagnostics, name: &str, span: Range<usize>, a: &RawAlert, reso
             }
             for addr in a.from.iter().chain(a.to.iter()) {
                 if !addr.get_ref().contains('@') {
-                    d.error(addr.span(), format!("`{}` is not an e-mail address", addr.get_ref()), "here", None);
+                    d.error(
+                        addr.span(),
+                        format!("`{}` is not an e-mail address", addr.get_ref()),
+                        "here",
+                        None,
+                    );
                 }
             }
-            let tls = a.smtp_tls.as_ref().map(|t| *t.get_ref()).unwrap_or(SmtpTls::Starttls);
+            let tls = a
+                .smtp_tls
+                .as_ref()
+                .map(|t| *t.get_ref())
+                .unwrap_or(SmtpTls::Starttls);
             Channel::Email {
-                host: a.smtp_host.as_ref().map(|h| h.get_ref().clone()).unwrap_or_default(),
-                port: a.smtp_port.as_ref().map(|p| *p.get_ref()).unwrap_or(match tls {
-                    SmtpTls::None => 25,
-                    SmtpTls::Starttls => 587,
-                    SmtpTls::Tls => 465,
-                }),
+                host: a
+                    .smtp_host
+                    .as_ref()
+                    .map(|h| h.get_ref().clone())
+                    .unwrap_or_default(),
+                port: a
+                    .smtp_port
+                    .as_ref()
+                    .map(|p| *p.get_ref())
+                    .unwrap_or(match tls {
+                        SmtpTls::None => 25,
+                        SmtpTls::Starttls => 587,
+                        SmtpTls::Tls => 465,
+                    }),
                 tls,
                 username: a.username.as_ref().map(|u| u.get_ref().clone()),
                 password: a.password.as_ref().map(|u| u.get_ref().clone()),
-                from: a.from.as_ref().map(|f| f.get_ref().clone()).unwrap_or_default(),
+                from: a
+                    .from
+                    .as_ref()
+                    .map(|f| f.get_ref().clone())
+                    .unwrap_or_default(),
                 to: a.to.iter().map(|t| t.get_ref().clone()).collect(),
             }
         }

@@ -28,16 +28,19 @@ impl Resolver for AnyEnv {
 }
 
 fn render(e: &SpecErrors) -> String {
-    let handler = miette::GraphicalReportHandler::new_themed(miette::GraphicalTheme::unicode_nocolor())
-        .with_width(100)
-        .with_links(false);
+    let handler =
+        miette::GraphicalReportHandler::new_themed(miette::GraphicalTheme::unicode_nocolor())
+            .with_width(100)
+            .with_links(false);
     let mut out = String::new();
     handler.render_report(&mut out, e).unwrap();
     out
 }
 
 fn load(name: &str) -> Result<Spec, SpecErrors> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus").join(name);
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/corpus")
+        .join(name);
     let src = std::fs::read_to_string(&path).unwrap();
     Spec::parse(name, &src, Path::new("/nonexistent-base"), &NoEnv)
 }
@@ -70,10 +73,27 @@ fn all_errors_are_reported_at_once() {
     // [STATUS] on redis, dependency cycle, bad cron.
     assert!(err.errors.len() >= 8, "{found:#?}");
     assert_eq!((found[0].0, found[0].1), (2, 10), "{found:#?}");
-    assert!(found.iter().any(|f| f.2.contains("unknown section `chekc`")));
-    assert!(found.iter().any(|f| f.2.contains("dependency cycle: a → b → a") || f.2.contains("dependency cycle: b → a → b")));
-    assert!(found.iter().any(|f| f.2.contains("invalid cron expression")));
-    assert!(found.iter().any(|f| f.2.contains("`query` does not apply to a `redis` check")));
+    assert!(
+        found
+            .iter()
+            .any(|f| f.2.contains("unknown section `chekc`"))
+    );
+    assert!(
+        found
+            .iter()
+            .any(|f| f.2.contains("dependency cycle: a → b → a")
+                || f.2.contains("dependency cycle: b → a → b"))
+    );
+    assert!(
+        found
+            .iter()
+            .any(|f| f.2.contains("invalid cron expression"))
+    );
+    assert!(
+        found
+            .iter()
+            .any(|f| f.2.contains("`query` does not apply to a `redis` check"))
+    );
 }
 
 #[test]
@@ -126,4 +146,25 @@ fn shipped_examples_are_valid() {
         }
     }
     assert!(n > 0, "no example specs found");
+}
+
+/// The README's spec reference must name every key the parser accepts: the keys
+/// are read from the parser's own "known keys" hint, so a new key without docs fails here.
+#[test]
+fn readme_documents_every_key() {
+    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../README.md")).unwrap();
+    let probes = [
+        ("check", "[check.x]\ntype = \"tcp\"\naddress = \"127.0.0.1:1\"\nzzzzzzzzzzzz = 1\n"),
+        ("alert", "[alert.x]\ntype = \"slack\"\nurl = \"http://x\"\nzzzzzzzzzzzz = 1\n"),
+        ("maintenance", "[maintenance.x]\nschedule = \"0 3 * * *\"\nduration = \"1h\"\nzzzzzzzzzzzz = 1\n"),
+        ("steward", "[steward]\nzzzzzzzzzzzz = 1\n"),
+    ];
+    for (section, src) in probes {
+        let err = Spec::parse("t.toml", src, Path::new("/"), &NoEnv).unwrap_err();
+        let help = err.errors[0].help.clone().unwrap();
+        let keys = help.strip_prefix("known keys here: ").unwrap_or_else(|| panic!("{help}"));
+        for key in keys.split(", ") {
+            assert!(readme.contains(&format!("`{key}`")), "README does not document `{key}` of [{section}]");
+        }
+    }
 }

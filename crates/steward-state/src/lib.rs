@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
 /// Failures of the state store.
@@ -36,7 +36,9 @@ pub enum StateError {
         source: rusqlite::Error,
     },
     /// The database was written by a newer steward.
-    #[error("state database `{path}` has schema version {found}, newer than this steward understands ({known}); upgrade steward")]
+    #[error(
+        "state database `{path}` has schema version {found}, newer than this steward understands ({known}); upgrade steward"
+    )]
     TooNew {
         /// The database file.
         path: PathBuf,
@@ -405,7 +407,9 @@ impl Store {
     /// Reads the event log.
     pub fn events(&self, q: &EventQuery) -> Result<Vec<Event>, StateError> {
         let conn = self.reader();
-        let mut sql = String::from("SELECT id, ts, kind, subject, severity, message, data FROM events WHERE 1=1");
+        let mut sql = String::from(
+            "SELECT id, ts, kind, subject, severity, message, data FROM events WHERE 1=1",
+        );
         let mut args: Vec<rusqlite::types::Value> = Vec::new();
         if let Some(a) = q.after {
             sql.push_str(" AND id > ?");
@@ -424,7 +428,11 @@ impl Store {
             sql.push_str(" AND subject = ?");
             args.push(s.clone().into());
         }
-        sql.push_str(if q.after.is_some() { " ORDER BY id ASC" } else { " ORDER BY id DESC" });
+        sql.push_str(if q.after.is_some() {
+            " ORDER BY id ASC"
+        } else {
+            " ORDER BY id DESC"
+        });
         sql.push_str(" LIMIT ?");
         args.push((q.limit.clamp(1, 10_000) as i64).into());
         let mut stmt = conn.prepare_cached(&sql).map_err(|e| self.err(e))?;
@@ -474,7 +482,13 @@ impl Store {
     }
 
     /// Raw results of a check in `[from, to)`, newest first, at most `limit`.
-    pub fn results(&self, check: &str, from: i64, to: i64, limit: usize) -> Result<Vec<ResultRow>, StateError> {
+    pub fn results(
+        &self,
+        check: &str,
+        from: i64,
+        to: i64,
+        limit: usize,
+    ) -> Result<Vec<ResultRow>, StateError> {
         let conn = self.reader();
         let mut stmt = conn
             .prepare_cached(
@@ -483,24 +497,33 @@ impl Store {
             )
             .map_err(|e| self.err(e))?;
         let rows = stmt
-            .query_map(params![check, from, to, limit.clamp(1, 10_000) as i64], |r| {
-                let observed: Option<String> = r.get(5)?;
-                Ok(ResultRow {
-                    check: r.get(0)?,
-                    ts: r.get(1)?,
-                    status: Status::from_code(r.get(2)?),
-                    duration_us: r.get(3)?,
-                    error: r.get(4)?,
-                    observed: observed.and_then(|o| serde_json::from_str(&o).ok()),
-                })
-            })
+            .query_map(
+                params![check, from, to, limit.clamp(1, 10_000) as i64],
+                |r| {
+                    let observed: Option<String> = r.get(5)?;
+                    Ok(ResultRow {
+                        check: r.get(0)?,
+                        ts: r.get(1)?,
+                        status: Status::from_code(r.get(2)?),
+                        duration_us: r.get(3)?,
+                        error: r.get(4)?,
+                        observed: observed.and_then(|o| serde_json::from_str(&o).ok()),
+                    })
+                },
+            )
             .map_err(|e| self.err(e))?;
         rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
     }
 
     /// Aggregated buckets of a check in `[from, to)`, oldest first; `hourly`
     /// picks hour buckets instead of minute buckets.
-    pub fn series(&self, check: &str, from: i64, to: i64, hourly: bool) -> Result<Vec<Bucket>, StateError> {
+    pub fn series(
+        &self,
+        check: &str,
+        from: i64,
+        to: i64,
+        hourly: bool,
+    ) -> Result<Vec<Bucket>, StateError> {
         let res = if hourly { HOUR } else { MINUTE };
         let conn = self.reader();
         let mut stmt = conn
@@ -510,25 +533,32 @@ impl Store {
             )
             .map_err(|e| self.err(e))?;
         let rows = stmt
-            .query_map(params![check, res / 1000, from - from.rem_euclid(res), to], |r| {
-                let n: i64 = r.get(1)?;
-                let sum: f64 = r.get(5)?;
-                Ok(Bucket {
-                    ts: r.get(0)?,
-                    n,
-                    pass: r.get(2)?,
-                    warn: r.get(3)?,
-                    fail: r.get(4)?,
-                    avg_ms: if n > 0 { sum / n as f64 } else { 0.0 },
-                    max_ms: r.get(6)?,
-                })
-            })
+            .query_map(
+                params![check, res / 1000, from - from.rem_euclid(res), to],
+                |r| {
+                    let n: i64 = r.get(1)?;
+                    let sum: f64 = r.get(5)?;
+                    Ok(Bucket {
+                        ts: r.get(0)?,
+                        n,
+                        pass: r.get(2)?,
+                        warn: r.get(3)?,
+                        fail: r.get(4)?,
+                        avg_ms: if n > 0 { sum / n as f64 } else { 0.0 },
+                        max_ms: r.get(6)?,
+                    })
+                },
+            )
             .map_err(|e| self.err(e))?;
         rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
     }
 
     /// Buckets of every check since `from`, grouped by check, oldest first.
-    pub fn series_all(&self, from: i64, hourly: bool) -> Result<BTreeMap<String, Vec<Bucket>>, StateError> {
+    pub fn series_all(
+        &self,
+        from: i64,
+        hourly: bool,
+    ) -> Result<BTreeMap<String, Vec<Bucket>>, StateError> {
         let res = if hourly { HOUR } else { MINUTE };
         let conn = self.reader();
         let mut stmt = conn
@@ -585,7 +615,11 @@ impl Store {
             let start = start - start.rem_euclid(res);
             let rows = stmt
                 .query_map(params![res / 1000, start], |r| {
-                    Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, i64>(2)?,
+                    ))
                 })
                 .map_err(|e| self.err(e))?;
             for row in rows {
@@ -618,7 +652,9 @@ impl Store {
     pub fn last_delivered(&self) -> Result<BTreeMap<String, i64>, StateError> {
         let conn = self.reader();
         let mut stmt = conn
-            .prepare_cached("SELECT check_name, max(ts) FROM deliveries WHERE ok = 1 GROUP BY check_name")
+            .prepare_cached(
+                "SELECT check_name, max(ts) FROM deliveries WHERE ok = 1 GROUP BY check_name",
+            )
             .map_err(|e| self.err(e))?;
         let rows = stmt
             .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
@@ -660,7 +696,10 @@ impl Store {
         let mut n = 0;
         for name in names.iter().filter(|n| !keep.contains(&n.as_str())) {
             n += conn
-                .execute("DELETE FROM check_state WHERE check_name = ?1", params![name])
+                .execute(
+                    "DELETE FROM check_state WHERE check_name = ?1",
+                    params![name],
+                )
                 .map_err(|e| self.err(e))?;
         }
         Ok(n)
@@ -671,22 +710,36 @@ impl Store {
         let conn = self.writer();
         let mut n = 0;
         let run = |sql: &str, p: &[&dyn rusqlite::ToSql]| conn.execute(sql, p);
-        n += run("DELETE FROM results WHERE ts < ?1", &[&(now - keep.raw)]).map_err(|e| self.err(e))?;
-        n += run("DELETE FROM rollups WHERE res = 60 AND bucket < ?1", &[&(now - keep.minute)])
+        n += run("DELETE FROM results WHERE ts < ?1", &[&(now - keep.raw)])
             .map_err(|e| self.err(e))?;
-        n += run("DELETE FROM rollups WHERE res = 3600 AND bucket < ?1", &[&(now - keep.hour)])
+        n += run(
+            "DELETE FROM rollups WHERE res = 60 AND bucket < ?1",
+            &[&(now - keep.minute)],
+        )
+        .map_err(|e| self.err(e))?;
+        n += run(
+            "DELETE FROM rollups WHERE res = 3600 AND bucket < ?1",
+            &[&(now - keep.hour)],
+        )
+        .map_err(|e| self.err(e))?;
+        n += run("DELETE FROM events WHERE ts < ?1", &[&(now - keep.events)])
             .map_err(|e| self.err(e))?;
-        n += run("DELETE FROM events WHERE ts < ?1", &[&(now - keep.events)]).map_err(|e| self.err(e))?;
-        n += run("DELETE FROM deliveries WHERE ts < ?1", &[&(now - keep.events)]).map_err(|e| self.err(e))?;
+        n += run(
+            "DELETE FROM deliveries WHERE ts < ?1",
+            &[&(now - keep.events)],
+        )
+        .map_err(|e| self.err(e))?;
         Ok(n)
     }
 
     /// A value from the key/value table.
     pub fn meta(&self, key: &str) -> Result<Option<String>, StateError> {
         let conn = self.reader();
-        conn.query_row("SELECT value FROM meta WHERE key = ?1", params![key], |r| r.get(0))
-            .optional()
-            .map_err(|e| self.err(e))
+        conn.query_row("SELECT value FROM meta WHERE key = ?1", params![key], |r| {
+            r.get(0)
+        })
+        .optional()
+        .map_err(|e| self.err(e))
     }
 
     /// Sets a value in the key/value table.
@@ -713,7 +766,10 @@ fn insert_event(conn: &Connection, e: &NewEvent) -> rusqlite::Result<i64> {
 fn create_private_dir(dir: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     if !dir.exists() {
-        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
     }
     let meta = std::fs::metadata(dir)?;
     if meta.permissions().mode() & 0o077 != 0 {

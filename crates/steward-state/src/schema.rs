@@ -87,7 +87,8 @@ pub(crate) fn migrate(conn: &Connection, path: &Path) -> Result<(), StateError> 
         // leaves the previous version intact.
         let tx = conn.unchecked_transaction().map_err(sq)?;
         tx.execute_batch(step).map_err(sq)?;
-        tx.pragma_update(None, "user_version", version).map_err(sq)?;
+        tx.pragma_update(None, "user_version", version)
+            .map_err(sq)?;
         tx.commit().map_err(sq)?;
         tracing::info!(version, "state database migrated");
     }

@@ -71,7 +71,11 @@ fn state_and_events_survive_reopen() {
             last: Some(result("db", T0, Status::Fail, 5)),
         };
         let ids = store
-            .write_batch(&[result("db", T0, Status::Fail, 5)], &[st], &[event(T0, "check.down", "db")])
+            .write_batch(
+                &[result("db", T0, Status::Fail, 5)],
+                &[st],
+                &[event(T0, "check.down", "db")],
+            )
             .unwrap();
         assert_eq!(ids.len(), 1);
     }
@@ -79,8 +83,16 @@ fn state_and_events_survive_reopen() {
     let states = store.check_states().unwrap();
     assert_eq!(states["db"].health, Health::Down);
     assert_eq!(states["db"].consecutive_failures, 3);
-    assert_eq!(states["db"].last.as_ref().unwrap().error.as_deref(), Some("boom"));
-    let ev = store.events(&EventQuery { limit: 10, ..Default::default() }).unwrap();
+    assert_eq!(
+        states["db"].last.as_ref().unwrap().error.as_deref(),
+        Some("boom")
+    );
+    let ev = store
+        .events(&EventQuery {
+            limit: 10,
+            ..Default::default()
+        })
+        .unwrap();
     assert_eq!(ev.len(), 1);
     assert_eq!(ev[0].event.kind, "check.down");
 }
@@ -90,20 +102,42 @@ fn event_log_pages_and_follows() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
     for i in 0..25 {
-        let kind = if i % 2 == 0 { "check.down" } else { "alert.sent" };
+        let kind = if i % 2 == 0 {
+            "check.down"
+        } else {
+            "alert.sent"
+        };
         store.append_event(&event(T0 + i, kind, "x")).unwrap();
     }
-    let newest = store.events(&EventQuery { limit: 10, ..Default::default() }).unwrap();
+    let newest = store
+        .events(&EventQuery {
+            limit: 10,
+            ..Default::default()
+        })
+        .unwrap();
     assert_eq!(newest.len(), 10);
     assert!(newest[0].id > newest[9].id);
     let older = store
-        .events(&EventQuery { limit: 100, before: Some(newest[9].id), ..Default::default() })
+        .events(&EventQuery {
+            limit: 100,
+            before: Some(newest[9].id),
+            ..Default::default()
+        })
         .unwrap();
     assert_eq!(older.len(), 15);
     let follow = store
-        .events(&EventQuery { limit: 100, after: Some(newest[1].id), kind_prefix: Some("check.".into()), ..Default::default() })
+        .events(&EventQuery {
+            limit: 100,
+            after: Some(newest[1].id),
+            kind_prefix: Some("check.".into()),
+            ..Default::default()
+        })
         .unwrap();
-    assert!(follow.iter().all(|e| e.event.kind == "check.down" && e.id > newest[1].id));
+    assert!(
+        follow
+            .iter()
+            .all(|e| e.event.kind == "check.down" && e.id > newest[1].id)
+    );
     assert_eq!(follow.len(), 1);
 }
 
@@ -114,17 +148,29 @@ fn prune_drops_only_what_retention_allows() {
     let day = 86_400_000;
     store
         .write_batch(
-            &[result("a", T0, Status::Pass, 1), result("a", T0 + 3 * day, Status::Pass, 1)],
+            &[
+                result("a", T0, Status::Pass, 1),
+                result("a", T0 + 3 * day, Status::Pass, 1),
+            ],
             &[],
             &[event(T0, "old", "a"), event(T0 + 3 * day, "new", "a")],
         )
         .unwrap();
     let now = T0 + 3 * day + 1000;
-    let keep = RetentionMs { raw: 2 * day, minute: 2 * day, hour: 30 * day, events: 2 * day };
+    let keep = RetentionMs {
+        raw: 2 * day,
+        minute: 2 * day,
+        hour: 30 * day,
+        events: 2 * day,
+    };
     let removed = store.prune(now, keep).unwrap();
     assert_eq!(removed, 3, "one raw row, one minute bucket, one event");
     assert_eq!(store.results("a", 0, i64::MAX, 10).unwrap().len(), 1);
-    assert_eq!(store.series("a", 0, i64::MAX, true).unwrap().len(), 2, "hour buckets kept");
+    assert_eq!(
+        store.series("a", 0, i64::MAX, true).unwrap().len(),
+        2,
+        "hour buckets kept"
+    );
 }
 
 #[cfg(unix)]
@@ -149,5 +195,9 @@ fn newer_schema_is_refused() {
     conn.pragma_update(None, "user_version", 999).unwrap();
     drop(conn);
     let err = Store::open(dir.path()).err().expect("must refuse");
-    assert!(err.to_string().contains("newer than this steward understands"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("newer than this steward understands"),
+        "{err}"
+    );
 }

@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use steward_health::{run_once, Prober};
+use steward_health::{Prober, run_once};
 use steward_spec::OsResolver;
 use steward_state::Status;
 
@@ -19,7 +19,10 @@ pub(crate) async fn run(spec_path: &Path, names: &[String], json: bool) -> u8 {
             let hint = steward_spec::did_you_mean(n, spec.checks.keys().map(String::as_str))
                 .map(|b| format!(" (did you mean `{b}`?)"))
                 .unwrap_or_default();
-            eprintln!("error: no check named `{n}` in {}{hint}", spec_path.display());
+            eprintln!(
+                "error: no check named `{n}` in {}{hint}",
+                spec_path.display()
+            );
             return exit::USAGE;
         }
     }
@@ -31,7 +34,10 @@ pub(crate) async fn run(spec_path: &Path, names: &[String], json: bool) -> u8 {
         .collect();
     let prober = Prober::new(Arc::new(OsResolver));
     let results = run_once(&checks, &prober).await;
-    let failed = results.iter().filter(|(_, j, _)| j.status == Status::Fail).count();
+    let failed = results
+        .iter()
+        .filter(|(_, j, _)| j.status == Status::Fail)
+        .count();
     if json {
         let out: Vec<serde_json::Value> = results
             .iter()
@@ -59,14 +65,19 @@ pub(crate) async fn run(spec_path: &Path, names: &[String], json: bool) -> u8 {
                 ]
             })
             .collect();
-        print!("{}", table::render(&["CHECK", "STATUS", "LATENCY", "OBSERVED", "ERROR"], &rows));
+        print!(
+            "{}",
+            table::render(&["CHECK", "STATUS", "LATENCY", "OBSERVED", "ERROR"], &rows)
+        );
         println!("{} passed, {} failed", results.len() - failed, failed);
     }
     if failed > 0 { exit::FAILED } else { exit::OK }
 }
 
 fn observed_summary(v: &serde_json::Value) -> String {
-    let Some(m) = v.as_object() else { return String::new() };
+    let Some(m) = v.as_object() else {
+        return String::new();
+    };
     m.iter()
         .filter(|(k, _)| !matches!(k.as_str(), "response_time_ms" | "connected" | "components"))
         .map(|(k, v)| match v {

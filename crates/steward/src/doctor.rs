@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use steward_doctor::{diagnose, Facts, Severity};
+use steward_doctor::{Facts, Severity, diagnose};
 
 use crate::{exit, load_spec};
 
@@ -15,7 +15,11 @@ pub(crate) fn run(spec_path: &Path, json: bool) -> u8 {
     // Facts come from the state database when one exists; doctor never creates it.
     let serve_heartbeat = if spec.settings.state_dir.join("state.db").exists() {
         match steward_state::Store::open(&spec.settings.state_dir) {
-            Ok(store) => store.meta(crate::serve::HEARTBEAT_KEY).ok().flatten().and_then(|v| v.parse().ok()),
+            Ok(store) => store
+                .meta(crate::serve::HEARTBEAT_KEY)
+                .ok()
+                .flatten()
+                .and_then(|v| v.parse().ok()),
             Err(e) => {
                 eprintln!("warning: cannot read state database: {e}");
                 None
@@ -24,7 +28,13 @@ pub(crate) fn run(spec_path: &Path, json: bool) -> u8 {
     } else {
         None
     };
-    let findings = diagnose(&spec, &Facts { now, serve_heartbeat });
+    let findings = diagnose(
+        &spec,
+        &Facts {
+            now,
+            serve_heartbeat,
+        },
+    );
     if json {
         println!("{}", serde_json::to_string_pretty(&findings).expect("JSON"));
     } else if findings.is_empty() {
@@ -40,8 +50,15 @@ pub(crate) fn run(spec_path: &Path, json: bool) -> u8 {
             println!("         {}", f.message);
             println!("         fix: {}", f.fix);
         }
-        let errors = findings.iter().filter(|f| f.severity == Severity::Error).count();
+        let errors = findings
+            .iter()
+            .filter(|f| f.severity == Severity::Error)
+            .count();
         println!("\n{} finding(s), {} error(s)", findings.len(), errors);
     }
-    if findings.iter().any(|f| f.severity == Severity::Error) { exit::FAILED } else { exit::OK }
+    if findings.iter().any(|f| f.severity == Severity::Error) {
+        exit::FAILED
+    } else {
+        exit::OK
+    }
 }

@@ -23,10 +23,20 @@ pub(crate) mod exit {
 }
 
 #[derive(Parser)]
-#[command(name = "steward", version, about = "Operations for cloud applications, in one binary")]
+#[command(
+    name = "steward",
+    version,
+    about = "Operations for cloud applications, in one binary"
+)]
 struct Cli {
     /// The spec file.
-    #[arg(short = 'f', long, global = true, env = "STEWARD_SPEC", default_value = "steward.toml")]
+    #[arg(
+        short = 'f',
+        long,
+        global = true,
+        env = "STEWARD_SPEC",
+        default_value = "steward.toml"
+    )]
     spec: PathBuf,
     /// Log format on standard error.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human)]
@@ -81,7 +91,9 @@ fn init_logging(format: LogFormat, verbose: u8) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("STEWARD_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{default},hyper=warn,h2=warn,rustls=warn,tokio_postgres=warn,amqprs=warn,lettre=warn,hickory=warn")));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Human => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),

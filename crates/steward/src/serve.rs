@@ -9,7 +9,7 @@ use prometheus_client::registry::Registry;
 use steward_alert::Alerter;
 use steward_health::{HealthMetrics, Monitor, Prober};
 use steward_spec::{OsResolver, Resolver};
-use steward_state::{now_ms, NewEvent, Store};
+use steward_state::{NewEvent, Store, now_ms};
 use tokio_util::sync::CancellationToken;
 
 use crate::{exit, load_spec};
@@ -74,8 +74,14 @@ pub(crate) async fn run(spec_path: &Path, listen: Option<SocketAddr>) -> u8 {
     };
 
     let alerting = {
-        let (spec, store, board, resolver, cancel, events) =
-            (spec.clone(), store.clone(), monitor.board.clone(), resolver.clone(), cancel.clone(), monitor.events.clone());
+        let (spec, store, board, resolver, cancel, events) = (
+            spec.clone(),
+            store.clone(),
+            monitor.board.clone(),
+            resolver.clone(),
+            cancel.clone(),
+            monitor.events.clone(),
+        );
         tokio::spawn(async move {
             // A panic in alerting must not end it for good: record it and start again.
             loop {
@@ -117,7 +123,11 @@ pub(crate) async fn run(spec_path: &Path, listen: Option<SocketAddr>) -> u8 {
     let _ = store.append_event(&event(
         "serve.started",
         "info",
-        format!("steward {} serving on http://{addr} with {} checks", env!("CARGO_PKG_VERSION"), spec.checks.len()),
+        format!(
+            "steward {} serving on http://{addr} with {} checks",
+            env!("CARGO_PKG_VERSION"),
+            spec.checks.len()
+        ),
         serde_json::json!({"listen": addr.to_string(), "checks": spec.checks.len()}),
     ));
     tracing::info!(%addr, checks = spec.checks.len(), "serving; status page at http://{addr}/");
@@ -136,12 +146,19 @@ pub(crate) async fn run(spec_path: &Path, listen: Option<SocketAddr>) -> u8 {
             cancel.cancel();
         }
     };
-    let served = axum::serve(listener, app).with_graceful_shutdown(shutdown).await;
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await;
     cancel.cancel();
     monitor.join().await;
     let _ = alerting.await;
     let _ = heartbeat.await;
-    let _ = store.append_event(&event("serve.stopped", "info", "steward stopped".into(), serde_json::json!({})));
+    let _ = store.append_event(&event(
+        "serve.stopped",
+        "info",
+        "steward stopped".into(),
+        serde_json::json!({}),
+    ));
     match served {
         Ok(()) => exit::OK,
         Err(e) => {
@@ -154,7 +171,7 @@ pub(crate) async fn run(spec_path: &Path, listen: Option<SocketAddr>) -> u8 {
 async fn wait_for_signal() {
     #[cfg(unix)]
     {
-        use tokio::signal::unix::{signal, SignalKind};
+        use tokio::signal::unix::{SignalKind, signal};
         let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
         tokio::select! {
             _ = term.recv() => {}

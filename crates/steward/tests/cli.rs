@@ -1,0 +1,651 @@
+//! The `steward` binary end to end: real processes, real sockets, a real
+//! webhook receiver, SMTP sink and headless Chromium.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::routing::{get, post};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+
+const BIN: &str = env!("CARGO_BIN_EXE_steward");
+
+/// A temp directory with a spec in it.
+struct Project {
+    dir: tempfile::TempDir,
+}
+
+impl Project {
+    fn new(spec: &str) -> Project {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("steward.toml"), spec).unwrap();
+        Project { dir }
+    }
+
+    fn spec(&self) -> PathBuf {
+        self.dir.path().join("steward.toml")
+    }
+
+    fn run(&self, args: &[&str]) -> (i32, String, String) {
+        let out = Command::new(BIN)
+            .arg("-f")
+            .arg(self.spec())
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    fn serve(&self) -> Serve {
+        let mut child = Command::new(BIN)
+            .arg("-f")
+            .arg(self.spec())
+            .args(["--log-format", "json", "serve", "--listen", "127.0.0.1:0"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let log = Arc::new(Mutex::new(String::new()));
+        let log2 = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
+                    && let Some(a) = v.get("addr").and_then(|a| a.as_str())
+                {
+                    let _ = tx.send(a.parse::<SocketAddr>().unwrap());
+                }
+                log2.lock().unwrap().push_str(&line);
+                log2.lock().unwrap().push('\n');
+            }
+        });
+        let addr = rx
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|_| panic!("serve did not start: {}", log.lock().unwrap()));
+        Serve { child, addr, log }
+    }
+}
+
+struct Serve {
+    child: Child,
+    addr: SocketAddr,
+    log: Arc<Mutex<String>>,
+}
+
+impl Serve {
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// SIGTERM, then the exit code.
+    fn stop(mut self) -> i32 {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let code = self.child.wait().unwrap().code().unwrap_or(-1);
+        std::mem::forget(self);
+        code
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// reqwest is built without a default TLS provider (steward picks ring itself).
+fn http() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::new()
+}
+
+async fn fetch(url: &str) -> reqwest::Response {
+    http().get(url).send().await.unwrap()
+}
+
+async fn get_json(url: &str) -> serde_json::Value {
+    fetch(url).await.json().await.unwrap()
+}
+
+/// Polls until `f` holds; panics with `what` after a generous bound.
+async fn eventually<F, Fut>(what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..300 {
+        if f().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("timed out waiting for: {what}");
+}
+
+async fn bind() -> (tokio::net::TcpListener, SocketAddr) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let a = l.local_addr().unwrap();
+    (l, a)
+}
+
+/// An HTTP target whose health can be switched, and a receiver for webhooks.
+#[derive(Clone, Default)]
+struct World {
+    healthy: Arc<AtomicBool>,
+    hooks: Arc<Mutex<Vec<serde_json::Value>>>,
+    slack: Arc<Mutex<Vec<serde_json::Value>>>,
+    mails: Arc<Mutex<Vec<String>>>,
+}
+
+impl World {
+    async fn start() -> (World, SocketAddr, SocketAddr) {
+        let w = World::default();
+        w.healthy.store(true, Ordering::SeqCst);
+        let (l, http) = bind().await;
+        let (h, hooks, slack) = (w.healthy.clone(), w.hooks.clone(), w.slack.clone());
+        let app = axum::Router::new()
+            .route(
+                "/health",
+                get(move || {
+                    let up = h.load(Ordering::SeqCst);
+                    async move {
+                        if up {
+                            (axum::http::StatusCode::OK, "ok")
+                        } else {
+                            (axum::http::StatusCode::SERVICE_UNAVAILABLE, "down")
+                        }
+                    }
+                }),
+            )
+            .route(
+                "/hook",
+                post(
+                    move |axum::Json(v): axum::Json<serde_json::Value>| async move {
+                        hooks.lock().unwrap().push(v);
+                    },
+                ),
+            )
+            .route(
+                "/slack",
+                post(
+                    move |axum::Json(v): axum::Json<serde_json::Value>| async move {
+                        slack.lock().unwrap().push(v);
+                    },
+                ),
+            );
+        tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
+        let (l, smtp) = bind().await;
+        let mails = w.mails.clone();
+        tokio::spawn(smtp_sink(l, mails));
+        (w, http, smtp)
+    }
+
+    fn hooks_of(&self, kind: &str) -> usize {
+        self.hooks
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|v| v["kind"] == kind)
+            .count()
+    }
+}
+
+/// A minimal SMTP server (RFC 5321 happy path) that keeps each message's data.
+async fn smtp_sink(l: tokio::net::TcpListener, mails: Arc<Mutex<Vec<String>>>) {
+    while let Ok((s, _)) = l.accept().await {
+        let mails = mails.clone();
+        tokio::spawn(async move {
+            let (r, mut w) = s.into_split();
+            let mut lines = tokio::io::BufReader::new(r).lines();
+            let _ = w.write_all(b"220 sink ESMTP\r\n").await;
+            let mut data: Option<String> = None;
+            while let Ok(Some(line)) = lines.next_line().await {
+                if let Some(d) = data.as_mut() {
+                    if line == "." {
+                        mails.lock().unwrap().push(data.take().unwrap());
+                        let _ = w.write_all(b"250 queued\r\n").await;
+                    } else {
+                        d.push_str(&line);
+                        d.push('\n');
+                    }
+                    continue;
+                }
+                let verb = line
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or("")
+                    .to_ascii_uppercase();
+                let reply: &[u8] = match verb.as_str() {
+                    "EHLO" | "HELO" => b"250 sink\r\n",
+                    "DATA" => {
+                        data = Some(String::new());
+                        b"354 go on\r\n"
+                    }
+                    "QUIT" => {
+                        let _ = w.write_all(b"221 bye\r\n").await;
+                        return;
+                    }
+                    _ => b"250 ok\r\n",
+                };
+                let _ = w.write_all(reply).await;
+            }
+        });
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_alerts_once_per_transition_and_keeps_history_across_restarts() {
+    let (world, http, smtp) = World::start().await;
+    let closed = bind().await.1; // nothing listens here once the listener is dropped
+    let spec = format!(
+        r#"
+[steward]
+name = "e2e"
+state_dir = "state"
+
+[alert.hook]
+type = "webhook"
+url = "http://{http}/hook"
+
+[alert.chat]
+type = "slack"
+url = "http://{http}/slack"
+
+[alert.mail]
+type = "email"
+smtp_host = "127.0.0.1"
+smtp_port = {port}
+smtp_tls = "none"
+from = "steward@example.test"
+to = ["ops@example.test"]
+
+[alert.broken]
+type = "webhook"
+url = "http://{closed}/nowhere"
+
+[check.api]
+type = "http"
+url = "http://{http}/health"
+interval = "200ms"
+timeout = "1s"
+failure_threshold = 2
+conditions = ["[STATUS] == 200"]
+alerts = ["hook", "chat", "mail", "broken"]
+"#,
+        port = smtp.port()
+    );
+    let p = Project::new(&spec);
+    let serve = p.serve();
+    let api = serve.url("/api/v1/checks/api");
+    eventually("api up", || async {
+        get_json(&api).await["health"] == "up"
+    })
+    .await;
+
+    world.healthy.store(false, Ordering::SeqCst);
+    eventually("down webhook", || async { world.hooks_of("down") == 1 }).await;
+    world.healthy.store(true, Ordering::SeqCst);
+    eventually("recovered webhook", || async {
+        world.hooks_of("recovered") == 1
+    })
+    .await;
+    eventually("two mails", || async {
+        world.mails.lock().unwrap().len() == 2
+    })
+    .await;
+    eventually("two slack messages", || async {
+        world.slack.lock().unwrap().len() == 2
+    })
+    .await;
+    // Stay healthy a while: no more notices may arrive.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(
+        world.hooks.lock().unwrap().len(),
+        2,
+        "exactly one notice per transition: {:?}",
+        world.hooks.lock().unwrap()
+    );
+    let down = world.hooks.lock().unwrap()[0].clone();
+    assert_eq!(down["check"], "api");
+    assert_eq!(down["status"], "down");
+    assert!(
+        down["error"]
+            .as_str()
+            .unwrap()
+            .contains("[STATUS] (503) == 200"),
+        "{down}"
+    );
+    let mails = world.mails.lock().unwrap().clone();
+    assert!(
+        mails[0].contains("Subject: [steward] [e2e] api is DOWN"),
+        "{}",
+        mails[0]
+    );
+    assert!(mails[1].contains("api has RECOVERED"));
+    assert!(
+        world.slack.lock().unwrap()[0]["text"]
+            .as_str()
+            .unwrap()
+            .contains("api is DOWN")
+    );
+
+    // The broken channel failed without stopping anything, and it is on record.
+    let deliveries = get_json(&serve.url("/api/v1/deliveries")).await;
+    let failed: Vec<_> = deliveries
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["alert"] == "broken")
+        .collect();
+    assert!(
+        !failed.is_empty() && failed.iter().all(|d| d["ok"] == false),
+        "{deliveries}"
+    );
+    let events = get_json(&serve.url("/api/v1/events?subject=api")).await;
+    let kinds: Vec<&str> = events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    assert!(
+        kinds.contains(&"check.down")
+            && kinds.contains(&"check.up")
+            && kinds.contains(&"alert.sent"),
+        "{kinds:?}"
+    );
+
+    let history = get_json(&serve.url("/api/v1/checks/api/history?limit=1000")).await;
+    let before = history["results"].as_array().unwrap().len();
+    assert!(before >= 5, "{history}");
+    let since = get_json(&api).await["since"].clone();
+    assert_eq!(serve.stop(), 0, "graceful shutdown exits 0");
+
+    // Restart on the same state directory: history and state survive, nothing is re-alerted.
+    let serve = p.serve();
+    let history = get_json(&serve.url("/api/v1/checks/api/history?limit=1000")).await;
+    assert!(history["results"].as_array().unwrap().len() >= before);
+    let view = get_json(&serve.url("/api/v1/checks/api")).await;
+    assert_eq!(view["health"], "up");
+    assert_eq!(view["since"], since, "state restored, not reset");
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(
+        world.hooks.lock().unwrap().len(),
+        2,
+        "a restart sends no alert"
+    );
+    let uptime = view["uptime"]["h1"].as_f64().unwrap();
+    assert!(
+        uptime > 0.0 && uptime < 1.0,
+        "uptime counts the outage: {uptime}"
+    );
+    let log = serve.log.lock().unwrap().clone();
+    assert!(!log.contains("panicked"), "{log}");
+    serve.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn own_health_metrics_and_api_paging() {
+    let (l, up) = bind().await;
+    tokio::spawn(async move {
+        loop {
+            let _ = l.accept().await;
+        }
+    });
+    let p = Project::new(&format!(
+        "[check.up]\ntype = \"tcp\"\naddress = \"{up}\"\ninterval = \"100ms\"\n\n[check.down]\ntype = \"tcp\"\naddress = \"127.0.0.1:9\"\ninterval = \"100ms\"\nfailure_threshold = 1\n"
+    ));
+    let serve = p.serve();
+    eventually("both checks judged", || async {
+        let v = get_json(&serve.url("/api/v1/checks")).await;
+        v.as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["health"] != "unknown")
+    })
+    .await;
+    let resp = fetch(&serve.url("/health")).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "application/health+json");
+    let doc: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(
+        doc["status"], "warn",
+        "a monitored check is down: steward itself is fine but says so"
+    );
+    assert_eq!(doc["checks"]["checks:down"][0]["observedValue"], 1);
+    assert_eq!(doc["checks"]["state:database"][0]["status"], "pass");
+    assert_eq!(fetch(&serve.url("/livez")).await.status(), 200);
+    assert_eq!(fetch(&serve.url("/readyz")).await.status(), 200);
+
+    let metrics = fetch(&serve.url("/metrics")).await.text().await.unwrap();
+    assert!(
+        metrics.contains("steward_check_up{check=\"up\"} 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("steward_check_up{check=\"down\"} 0"));
+    assert!(metrics.contains("steward_check_results_total{check=\"down\",status=\"fail\"}"));
+    assert!(metrics.contains("process_resident_memory_bytes"));
+
+    eventually("ten results", || async {
+        get_json(&serve.url("/api/v1/checks/up/history?limit=1000")).await["results"]
+            .as_array()
+            .unwrap()
+            .len()
+            >= 10
+    })
+    .await;
+    let page1 = get_json(&serve.url("/api/v1/checks/up/history?limit=4")).await;
+    let next = page1["next_before"].as_i64().expect("more pages");
+    let page2 =
+        get_json(&serve.url(&format!("/api/v1/checks/up/history?limit=4&before={next}"))).await;
+    let t1 = page1["results"][3]["time"].as_str().unwrap().to_string();
+    let t2 = page2["results"][0]["time"].as_str().unwrap().to_string();
+    assert!(t2 < t1, "page 2 is older than page 1");
+    let series = get_json(&serve.url("/api/v1/checks/up/series")).await;
+    assert_eq!(series["resolution"], "hour");
+    assert!(series["buckets"][0]["n"].as_i64().unwrap() >= 10);
+    let missing = fetch(&serve.url("/api/v1/checks/nope")).await;
+    assert_eq!(missing.status(), 404);
+    let bad = fetch(&serve.url("/api/v1/checks/up/history?from=yesterday")).await;
+    assert_eq!(bad.status(), 400);
+    serve.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_page_in_headless_chromium() {
+    let chromium =
+        std::env::var("STEWARD_TEST_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    assert!(
+        Path::new(&chromium).exists(),
+        "Chromium is needed (Debian package chromium; scripts/testbed install)"
+    );
+    let (l, up) = bind().await;
+    tokio::spawn(async move {
+        loop {
+            let _ = l.accept().await;
+        }
+    });
+    let p = Project::new(&format!(
+        r#"
+[steward]
+name = "Fractal Shop"
+[check.web]
+type = "tcp"
+description = "the shop's front door"
+address = "{up}"
+interval = "100ms"
+group = "edge"
+[check.db]
+type = "tcp"
+address = "127.0.0.1:9"
+interval = "100ms"
+failure_threshold = 1
+group = "data"
+"#
+    ));
+    let serve = p.serve();
+    eventually("db down", || async {
+        get_json(&serve.url("/api/v1/checks/db")).await["health"] == "down"
+    })
+    .await;
+    eventually("web up", || async {
+        get_json(&serve.url("/api/v1/checks/web")).await["health"] == "up"
+    })
+    .await;
+
+    let profile = tempfile::tempdir().unwrap();
+    let out = Command::new(&chromium)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--virtual-time-budget=3000",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg("--dump-dom")
+        .arg(serve.url("/"))
+        .output()
+        .unwrap();
+    let dom = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "chromium failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // What a person sees: the app, the overall verdict, each check with its state,
+    // uptime, chart and last error; and the script ran (CSP allows it, no inline code).
+    assert!(dom.contains("<h1>Fractal Shop</h1>"), "{dom}");
+    assert!(dom.contains("1 of 2 checks down"), "{dom}");
+    let row = |name: &str| {
+        let start = dom
+            .find(&format!("data-check=\"{name}\""))
+            .unwrap_or_else(|| panic!("no row for {name}: {dom}"));
+        dom[start..start + dom[start..].find("</tr>").unwrap()].to_string()
+    };
+    let web = row("web");
+    assert!(web.contains("badge up") && web.contains(">up<"), "{web}");
+    assert!(web.contains("the shop's front door"));
+    assert!(web.contains("100%"), "{web}");
+    assert!(web.contains("<polyline"), "response-time chart: {web}");
+    let db = row("db");
+    assert!(db.contains("badge down") && db.contains(">down<"), "{db}");
+    assert!(
+        db.contains("cannot connect to 127.0.0.1:9"),
+        "last error shown: {db}"
+    );
+    assert!(db.contains("0.00%"), "{db}");
+    assert!(dom.contains("<h2>edge</h2>") && dom.contains("<h2>data</h2>"));
+    // The server renders a timestamp; only status.js turns it into "just now".
+    assert!(
+        dom.contains(">just now</time>") || dom.contains(" s ago</time>"),
+        "status.js ran: {dom}"
+    );
+    serve.stop();
+}
+
+#[test]
+fn validate_reports_every_problem_and_exits_2() {
+    let p = Project::new(
+        "[check.api]\ntype = \"http\"\nurl = \"http://127.0.0.1/\"\nintervl = \"10s\"\n\n[check.db]\ntype = \"postgres\"\nurl = \"${env:STEWARD_SURELY_UNSET_1234}\"\n",
+    );
+    let (code, stdout, stderr) = p.run(&["validate"]);
+    assert_eq!(code, 2);
+    assert!(stdout.is_empty());
+    let stderr = stderr.replace(&p.spec().display().to_string(), "[SPEC]");
+    insta::assert_snapshot!(stderr);
+}
+
+#[test]
+fn validate_ok_and_missing_file() {
+    let p = Project::new("[check.api]\ntype = \"tcp\"\naddress = \"127.0.0.1:80\"\n");
+    let (code, stdout, _) = p.run(&["validate"]);
+    assert_eq!(
+        (
+            code,
+            stdout
+                .trim_end()
+                .ends_with("valid (1 checks, 0 alert channels, 0 maintenance windows)")
+        ),
+        (0, true),
+        "{stdout}"
+    );
+    let out = Command::new(BIN)
+        .args(["validate", "/nonexistent/steward.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("cannot read spec `/nonexistent/steward.toml`")
+    );
+}
+
+#[test]
+fn check_exit_codes_and_json() {
+    let ok = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let p = Project::new(&format!(
+        "[check.ok]\ntype = \"tcp\"\naddress = \"{}\"\n[check.bad]\ntype = \"tcp\"\naddress = \"127.0.0.1:9\"\ntimeout = \"2s\"\n",
+        ok.local_addr().unwrap()
+    ));
+    let (code, stdout, _) = p.run(&["check", "ok"]);
+    assert_eq!(code, 0, "{stdout}");
+    assert!(stdout.contains("1 passed, 0 failed"));
+    let (code, stdout, _) = p.run(&["check", "--json"]);
+    assert_eq!(code, 1);
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let bad = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "bad")
+        .unwrap();
+    assert_eq!(bad["status"], "fail");
+    assert!(bad["error"].as_str().unwrap().contains("cannot connect"));
+    let (code, _, stderr) = p.run(&["check", "okk"]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("did you mean `ok`?"), "{stderr}");
+}
+
+#[test]
+fn doctor_finds_gaps_and_exits_1_on_errors() {
+    let p = Project::new(
+        "[check.db]\ntype = \"postgres\"\nurl = \"postgres://app:hunter2@127.0.0.1/app\"\n",
+    );
+    let (code, stdout, _) = p.run(&["doctor", "--json"]);
+    assert_eq!(code, 1);
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let rules: Vec<&str> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["rule"].as_str().unwrap())
+        .collect();
+    assert!(
+        rules.contains(&"inline-secret")
+            && rules.contains(&"no-alert-channel")
+            && rules.contains(&"not-monitoring"),
+        "{rules:?}"
+    );
+    assert!(
+        !stdout.contains("hunter2"),
+        "doctor never prints the secret it found"
+    );
+    let (_, human, _) = p.run(&["doctor"]);
+    assert!(human.contains("fix: "), "{human}");
+}
