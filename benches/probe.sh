@@ -24,6 +24,7 @@ WORK=$(mktemp -d /tmp/steward-bench.XXXXXX)
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
 trap cleanup EXIT
+chmod 755 "$WORK" # nginx workers run as www-data
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
