@@ -3,6 +3,7 @@
 //! checks in `serve`.
 
 mod dns;
+mod http;
 mod judge;
 mod machine;
 mod monitor;

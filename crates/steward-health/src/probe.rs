@@ -9,9 +9,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
 use steward_health_endpoint::HealthResponse;
-use steward_spec::{Check, HttpProbe, Observed, Probe, Resolver};
+use steward_spec::{Check, Observed, Probe, Resolver};
 use tokio::io::AsyncReadExt;
 
 use crate::tls;
@@ -31,13 +30,13 @@ pub struct Outcome {
     pub elapsed: Duration,
 }
 
-type ClientKey = (Option<PathBuf>, bool, bool);
+type TlsKey = (Option<PathBuf>, bool);
 
-/// Runs probes; holds connection settings that are costly to build
-/// (TLS configurations, HTTP clients) so they are shared between runs.
+/// Runs probes; holds what is costly to build (TLS configurations with their
+/// trust roots) so it is shared between runs.
 #[derive(Clone)]
 pub struct Prober {
-    clients: Arc<Mutex<HashMap<ClientKey, reqwest::Client>>>,
+    tls: Arc<Mutex<HashMap<TlsKey, Arc<rustls::ClientConfig>>>>,
     resolver: Arc<dyn Resolver>,
 }
 
@@ -45,38 +44,24 @@ impl Prober {
     /// A prober that resolves secret references with `resolver`.
     pub fn new(resolver: Arc<dyn Resolver>) -> Self {
         Self {
-            clients: Arc::default(),
+            tls: Arc::default(),
             resolver,
         }
     }
 
-    fn http_client(&self, p: &HttpProbe) -> Result<reqwest::Client, String> {
-        let key = (
-            p.ca_file.clone(),
-            p.insecure_skip_verify,
-            p.follow_redirects,
-        );
-        let mut cache = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+    fn tls_config(
+        &self,
+        ca_file: Option<&std::path::Path>,
+        insecure: bool,
+    ) -> Result<Arc<rustls::ClientConfig>, String> {
+        let key = (ca_file.map(|p| p.to_path_buf()), insecure);
+        let mut cache = self.tls.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(c) = cache.get(&key) {
             return Ok(c.clone());
         }
-        let tls = tls::client_config(p.ca_file.as_deref(), p.insecure_skip_verify)?;
-        let client = reqwest::Client::builder()
-            .tls_backend_preconfigured(tls)
-            .tls_info(true)
-            // A probe measures a fresh connection every time, like a new client would.
-            .pool_max_idle_per_host(0)
-            .redirect(if p.follow_redirects {
-                reqwest::redirect::Policy::limited(10)
-            } else {
-                reqwest::redirect::Policy::none()
-            })
-            .user_agent(concat!("steward/", env!("CARGO_PKG_VERSION")))
-            .no_proxy()
-            .build()
-            .map_err(|e| format!("cannot build HTTP client: {}", error_chain(&e)))?;
-        cache.insert(key, client.clone());
-        Ok(client)
+        let cfg = Arc::new(tls::client_config(ca_file, insecure)?);
+        cache.insert(key, cfg.clone());
+        Ok(cfg)
     }
 
     /// Runs the check's probe once, within its timeout.
@@ -105,7 +90,14 @@ impl Prober {
     ) -> Result<(), String> {
         let r = self.resolver.as_ref();
         match &check.probe {
-            Probe::Http(p) => self.http(p, out, started).await,
+            Probe::Http(p) => {
+                let tls = if p.url.as_written().starts_with("http://") {
+                    None
+                } else {
+                    Some(self.tls_config(p.ca_file.as_deref(), p.insecure_skip_verify)?)
+                };
+                crate::http::probe(p, tls, r, out, started).await
+            }
             Probe::Tcp { address } => {
                 let s = tcp_connect(address).await?;
                 out.observed.connected = true;
@@ -119,7 +111,7 @@ impl Prober {
                 ca_file,
                 insecure_skip_verify,
             } => {
-                let cfg = tls::client_config(ca_file.as_deref(), *insecure_skip_verify)?;
+                let cfg = self.tls_config(ca_file.as_deref(), *insecure_skip_verify)?;
                 let s = tcp_connect(address).await?;
                 out.observed.ip = s.peer_addr().ok().map(|a| a.ip().to_string());
                 let host = server_name.clone().unwrap_or_else(|| {
@@ -132,7 +124,7 @@ impl Prober {
                 });
                 let name = rustls::pki_types::ServerName::try_from(host.clone())
                     .map_err(|_| format!("`{host}` is not a valid TLS server name"))?;
-                let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+                let tls = tokio_rustls::TlsConnector::from(cfg)
                     .connect(name, s)
                     .await
                     .map_err(|e| format!("TLS handshake failed: {e}"))?;
@@ -292,74 +284,6 @@ impl Prober {
                 result
             }
         }
-    }
-
-    async fn http(&self, p: &HttpProbe, out: &mut Outcome, started: Instant) -> Result<(), String> {
-        let r = self.resolver.as_ref();
-        let client = self.http_client(p)?;
-        let url = p.url.resolve(r).map_err(|e| e.to_string())?;
-        let method = reqwest::Method::from_bytes(p.method.as_bytes())
-            .map_err(|_| format!("bad method {}", p.method))?;
-        let mut req = client.request(method, url.expose());
-        for (k, v) in &p.headers {
-            req = req.header(k, v.resolve(r).map_err(|e| e.to_string())?.expose());
-        }
-        if let Some(b) = &p.body {
-            req = req.body(
-                b.resolve(r)
-                    .map_err(|e| e.to_string())?
-                    .expose()
-                    .to_string(),
-            );
-        }
-        let resp = match req.send().await {
-            Ok(resp) => resp,
-            Err(e) => {
-                // Never echo the URL: it may carry credentials.
-                let e = e.without_url();
-                return Err(error_chain(&e));
-            }
-        };
-        out.observed.connected = true;
-        out.observed.status = Some(resp.status().as_u16());
-        out.observed.ip = resp.remote_addr().map(|a| a.ip().to_string());
-        if let Some(info) = resp.extensions().get::<reqwest::tls::TlsInfo>()
-            && let Some(der) = info.peer_certificate()
-        {
-            out.observed.certificate_expiration_ms =
-                tls::expires_in_ms(der, steward_state::now_ms());
-        }
-        let is_health = resp
-            .headers()
-            .get(reqwest::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.starts_with(steward_health_endpoint::CONTENT_TYPE));
-        let mut body: Vec<u8> = Vec::new();
-        let mut stream = resp.bytes_stream();
-        while let Some(chunk) = stream.next().await {
-            let chunk =
-                chunk.map_err(|e| format!("reading body: {}", error_chain(&e.without_url())))?;
-            if body.len() + chunk.len() > p.max_body as usize {
-                out.observed.response_time_ms = Some(ms(started));
-                return Err(format!(
-                    "response body exceeds the {} byte limit (max_body)",
-                    p.max_body
-                ));
-            }
-            body.extend_from_slice(&chunk);
-        }
-        out.observed.response_time_ms = Some(ms(started));
-        if is_health {
-            match HealthResponse::parse(&body) {
-                Ok(doc) => out.health = Some(doc),
-                Err(e) => {
-                    out.observed.body = Some(String::from_utf8_lossy(&body).into_owned());
-                    return Err(format!("invalid application/health+json body: {e}"));
-                }
-            }
-        }
-        out.observed.body = Some(String::from_utf8_lossy(&body).into_owned());
-        Ok(())
     }
 }
 

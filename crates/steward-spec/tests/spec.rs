@@ -152,19 +152,35 @@ fn shipped_examples_are_valid() {
 /// are read from the parser's own "known keys" hint, so a new key without docs fails here.
 #[test]
 fn readme_documents_every_key() {
-    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../README.md")).unwrap();
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../README.md"))
+            .unwrap();
     let probes = [
-        ("check", "[check.x]\ntype = \"tcp\"\naddress = \"127.0.0.1:1\"\nzzzzzzzzzzzz = 1\n"),
-        ("alert", "[alert.x]\ntype = \"slack\"\nurl = \"http://x\"\nzzzzzzzzzzzz = 1\n"),
-        ("maintenance", "[maintenance.x]\nschedule = \"0 3 * * *\"\nduration = \"1h\"\nzzzzzzzzzzzz = 1\n"),
+        (
+            "check",
+            "[check.x]\ntype = \"tcp\"\naddress = \"127.0.0.1:1\"\nzzzzzzzzzzzz = 1\n",
+        ),
+        (
+            "alert",
+            "[alert.x]\ntype = \"slack\"\nurl = \"http://x\"\nzzzzzzzzzzzz = 1\n",
+        ),
+        (
+            "maintenance",
+            "[maintenance.x]\nschedule = \"0 3 * * *\"\nduration = \"1h\"\nzzzzzzzzzzzz = 1\n",
+        ),
         ("steward", "[steward]\nzzzzzzzzzzzz = 1\n"),
     ];
     for (section, src) in probes {
         let err = Spec::parse("t.toml", src, Path::new("/"), &NoEnv).unwrap_err();
         let help = err.errors[0].help.clone().unwrap();
-        let keys = help.strip_prefix("known keys here: ").unwrap_or_else(|| panic!("{help}"));
+        let keys = help
+            .strip_prefix("known keys here: ")
+            .unwrap_or_else(|| panic!("{help}"));
         for key in keys.split(", ") {
-            assert!(readme.contains(&format!("`{key}`")), "README does not document `{key}` of [{section}]");
+            assert!(
+                readme.contains(&format!("`{key}`")),
+                "README does not document `{key}` of [{section}]"
+            );
         }
     }
 }

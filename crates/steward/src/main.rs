@@ -136,10 +136,21 @@ fn main() -> ExitCode {
             }
         }
         Command::Check { names, json } => runtime().block_on(check::run(&cli.spec, &names, json)),
-        Command::Serve { listen } => runtime().block_on(serve::run(&cli.spec, listen)),
+        Command::Serve { listen } => serve_runtime().block_on(serve::run(&cli.spec, listen)),
         Command::Doctor { json } => doctor::run(&cli.spec, json),
     };
     ExitCode::from(code)
+}
+
+/// `serve` runs its async work on one thread: probes are I/O-bound, and a
+/// single-threaded scheduler never pays for waking idle workers (measured with
+/// benches/probe.sh). Blocking work (SQLite reads, DNS) still uses tokio's pool.
+fn serve_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .thread_name("steward")
+        .build()
+        .expect("tokio runtime")
 }
 
 fn runtime() -> tokio::runtime::Runtime {
