@@ -4,7 +4,7 @@
 #   benches/probe.sh [CHECKS] [SECONDS]     defaults: 200 checks, 20 s per measurement
 #
 # Targets: one nginx on 127.0.0.1 serving HTTP and HTTPS (self-signed). Every probe opens
-# a new connection for both tools. steward's number includes scheduling, judging and
+# a new connection for both tools; targets are IP literals so neither pays for name resolution. steward's number includes scheduling, judging and
 # writing every result to SQLite (`steward serve` with CHECKS checks at a 1 s interval);
 # blackbox_exporter's is the exporter process alone, driven by parallel /probe requests.
 # CPU time comes from /proc/PID/stat (utime + stime), so the load driver is not counted.
@@ -33,7 +33,7 @@ hz=$(getconf CLK_TCK)
 # --- targets -------------------------------------------------------------------------
 HTTP_PORT=$(free_port); HTTPS_PORT=$(free_port)
 openssl req -x509 -newkey rsa:2048 -nodes -days 30 -subj /CN=localhost \
-  -addext subjectAltName=DNS:localhost -keyout "$WORK/key.pem" -out "$WORK/cert.pem" 2>/dev/null
+  -addext subjectAltName=DNS:localhost,IP:127.0.0.1 -keyout "$WORK/key.pem" -out "$WORK/cert.pem" 2>/dev/null
 mkdir -p "$WORK/www" "$WORK/tmp"; echo ok >"$WORK/www/index.html"
 cat >"$WORK/nginx.conf" <<EOF
 worker_processes 1; daemon off; pid $WORK/nginx.pid; error_log $WORK/nginx.err;
@@ -54,7 +54,7 @@ steward_run() { # scheme port -> cpu ms per probe
   spec=$WORK/steward-$scheme.toml
   { printf '[steward]\nstate_dir = "state-%s"\nlisten = "%s"\n' "$scheme" "$listen"
     for i in $(seq 1 "$CHECKS"); do
-      printf '[check.c%d]\ntype = "http"\nurl = "%s://localhost:%s/"\ninterval = "1s"\ntimeout = "900ms"\n' "$i" "$scheme" "$port"
+      printf '[check.c%d]\ntype = "http"\nurl = "%s://127.0.0.1:%s/"\ninterval = "1s"\ntimeout = "900ms"\n' "$i" "$scheme" "$port"
       [ "$scheme" = https ] && printf 'ca_file = "%s"\n' "$WORK/cert.pem"
       printf 'conditions = ["[STATUS] == 200"]\n'
     done; } >"$spec"
@@ -90,7 +90,7 @@ blackbox_run() { # module port scheme -> probes cpu_ticks
   local module=$1 port=$2 scheme=$3 n c0 c1 ok
   n=$(( CHECKS * SECONDS_PER_RUN ))
   c0=$(cpu_ticks $BB)
-  ok=$(seq 1 "$n" | xargs -P 8 -I{} curl -s "http://127.0.0.1:$BB_PORT/probe?module=$module&target=$scheme://localhost:$port/" \
+  ok=$(seq 1 "$n" | xargs -P 8 -I{} curl -s "http://127.0.0.1:$BB_PORT/probe?module=$module&target=$scheme://127.0.0.1:$port/" \
         | grep -c '^probe_success 1' || true)
   c1=$(cpu_ticks $BB)
   echo "$ok $(( c1 - c0 ))"

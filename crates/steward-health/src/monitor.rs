@@ -291,7 +291,7 @@ async fn check_loop(check: Check, ctx: TaskCtx) {
             status: j.status,
             duration_us: elapsed.as_micros() as i64,
             error: j.error,
-            observed: Some(j.observed),
+            observed: serde_json::value::RawValue::from_string(j.observed.to_string()).ok(),
         };
         let (state, transition) = {
             let mut board = ctx.board.write().unwrap_or_else(|e| e.into_inner());

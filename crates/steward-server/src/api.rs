@@ -84,7 +84,7 @@ pub struct ResultView {
     /// Why not pass.
     pub error: Option<String>,
     /// Observed values.
-    pub observed: Option<serde_json::Value>,
+    pub observed: Option<Box<serde_json::value::RawValue>>,
 }
 
 pub(crate) fn rfc3339(ms: i64) -> String {

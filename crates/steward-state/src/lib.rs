@@ -122,7 +122,7 @@ impl Health {
 }
 
 /// One stored check result.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ResultRow {
     /// Check name.
     pub check: String,
@@ -134,12 +134,13 @@ pub struct ResultRow {
     pub duration_us: i64,
     /// Why it failed, if it did.
     pub error: Option<String>,
-    /// Observed values (JSON object), if any.
-    pub observed: Option<serde_json::Value>,
+    /// Observed values (a JSON object), kept as text: results are cloned and
+    /// stored far more often than they are inspected.
+    pub observed: Option<Box<serde_json::value::RawValue>>,
 }
 
 /// Persisted state-machine state of one check.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CheckStateRow {
     /// Check name.
     pub check: String,
@@ -356,7 +357,7 @@ impl Store {
                         r.status.code(),
                         r.duration_us,
                         r.error,
-                        r.observed.as_ref().map(|o| o.to_string())
+                        r.observed.as_ref().map(|o| o.get())
                     ])?;
                     let ms = r.duration_us as f64 / 1000.0;
                     let (p, w, f) = match r.status {
@@ -507,7 +508,7 @@ impl Store {
                         status: Status::from_code(r.get(2)?),
                         duration_us: r.get(3)?,
                         error: r.get(4)?,
-                        observed: observed.and_then(|o| serde_json::from_str(&o).ok()),
+                        observed: observed.and_then(|o| serde_json::value::RawValue::from_string(o).ok()),
                     })
                 },
             )
