@@ -116,7 +116,7 @@ pub struct Alerter {
     /// Channels by name.
     pub alerts: BTreeMap<String, Alert>,
     /// Checks by name.
-    pub checks: BTreeMap<String, Check>,
+    pub checks: BTreeMap<String, Arc<Check>>,
     /// Maintenance windows.
     pub maintenance: Vec<Maintenance>,
     /// State database.

@@ -116,7 +116,7 @@ const MAX_CONCURRENT_PROBES: usize = 1024;
 impl Monitor {
     /// Restores states from the store and starts one task per check.
     pub fn start(
-        checks: Vec<Check>,
+        checks: Vec<Arc<Check>>,
         prober: Prober,
         store: Arc<Store>,
         retention: Retention,
@@ -219,8 +219,7 @@ fn initial_delay(name: &str, interval: Duration) -> Duration {
     Duration::from_millis((h % slots) * SLOT_MS)
 }
 
-async fn check_loop(check: Check, ctx: TaskCtx) {
-    let check = Arc::new(check);
+async fn check_loop(check: Arc<Check>, ctx: TaskCtx) {
     let interval = check.interval.0;
     // Label sets are built once: per-run allocations add up at thousands of checks.
     let labels: Labels = vec![("check".into(), check.name.clone())];
@@ -249,11 +248,13 @@ async fn check_loop(check: Check, ctx: TaskCtx) {
         }
         let ts = now_ms();
         // A panic in a probe is contained here and recorded as a failed run.
-        let outcome = std::panic::AssertUnwindSafe(async {
+        // Boxed: an idle check task then holds only a pointer, not the largest
+        // probe's state machine (this is most of the memory at 10,000 checks).
+        let outcome = std::panic::AssertUnwindSafe(Box::pin(async {
             let out = ctx.prober.run(&check).await;
             let j = judge(&check, &out);
             (out.elapsed, j)
-        })
+        }))
         .catch_unwind()
         .await;
         let (elapsed, j) = match outcome {
@@ -362,6 +363,7 @@ fn write_loop(
         raw: retention.raw.as_millis_i64(),
         minute: retention.minute.as_millis_i64(),
         hour: retention.hour.as_millis_i64(),
+        day: retention.day.as_millis_i64(),
         events: retention.events.as_millis_i64(),
     };
     let mut last_prune = Instant::now();
@@ -432,7 +434,7 @@ fn write_loop(
 
 /// Runs each check once, concurrently, and judges it (for `steward check`).
 pub async fn run_once(
-    checks: &[Check],
+    checks: &[Arc<Check>],
     prober: &Prober,
 ) -> Vec<(String, crate::Judgement, Duration)> {
     let runs = checks.iter().map(|c| {

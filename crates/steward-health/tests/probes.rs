@@ -24,7 +24,7 @@ fn testbed(var: &str) -> String {
 fn check(body: &str) -> Check {
     let src = format!("[check.t]\n{body}\n");
     match Spec::parse("test.toml", &src, Path::new("/"), &OsResolver) {
-        Ok(mut s) => s.checks.remove("t").unwrap(),
+        Ok(mut s) => Arc::unwrap_or_clone(s.checks.remove("t").unwrap()),
         Err(e) => panic!("{e:?}"),
     }
 }
@@ -197,7 +197,7 @@ async fn hostile_targets_cost_only_their_own_timeout() {
     .await;
     let fast = serve(respond_with("200 OK", "text/plain", "ok")).await;
 
-    let checks: Vec<Check> = [
+    let checks: Vec<Arc<Check>> = [
         ("silent", silent, "300ms"),
         ("trickle", trickle, "300ms"),
         ("huge", huge, "5s"),
@@ -208,7 +208,7 @@ async fn hostile_targets_cost_only_their_own_timeout() {
     .map(|(n, a, t)| {
         let mut c = check(&format!("type = \"http\"\nurl = \"http://{a}/\"\ntimeout = \"{t}\"\nconditions = [\"[STATUS] == 200\"]"));
         c.name = n.to_string();
-        c
+        Arc::new(c)
     })
     .collect();
     let results = run_once(&checks, &Prober::new(Arc::new(OsResolver))).await;

@@ -127,9 +127,8 @@ pub(crate) fn check_views(s: &AppState, uptime: &BTreeMap<String, Uptime>) -> Ve
 }
 
 async fn list_checks(State(s): State<AppState>) -> Result<Json<Vec<CheckView>>, ApiError> {
-    let store = s.store.clone();
-    let uptime = blocking(move || store.uptime_all(now_ms())).await?;
-    Ok(Json(check_views(&s, &uptime)))
+    let sums = s.summaries.get(&s.store).await.map_err(internal)?;
+    Ok(Json(check_views(&s, &sums.uptime)))
 }
 
 async fn get_check(
@@ -137,9 +136,8 @@ async fn get_check(
     Path(name): Path<String>,
 ) -> Result<Json<CheckView>, ApiError> {
     known(&s, &name)?;
-    let store = s.store.clone();
-    let uptime = blocking(move || store.uptime_all(now_ms())).await?;
-    check_views(&s, &uptime)
+    let sums = s.summaries.get(&s.store).await.map_err(internal)?;
+    check_views(&s, &sums.uptime)
         .into_iter()
         .find(|c| c.name == name)
         .map(Json)

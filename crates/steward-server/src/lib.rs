@@ -9,6 +9,9 @@ mod api;
 pub use api::{CheckView, ResultView};
 mod page;
 mod process;
+mod summary;
+
+pub use summary::SummaryCache;
 
 use std::sync::Arc;
 
@@ -33,6 +36,40 @@ pub struct AppState {
     pub board: Board,
     /// Metrics of every controller.
     pub registry: Arc<Registry>,
+    /// Uptime and chart data, cached.
+    pub summaries: Arc<SummaryCache>,
+}
+
+impl AppState {
+    /// State for the router, with an empty summary cache.
+    pub fn new(spec: Arc<Spec>, store: Arc<Store>, board: Board, registry: Arc<Registry>) -> Self {
+        AppState {
+            spec,
+            store,
+            board,
+            registry,
+            summaries: Arc::default(),
+        }
+    }
+
+    /// Keeps the summary cache warm until `cancel`, so requests rarely compute it.
+    pub async fn refresh_summaries(self, cancel: tokio_util::sync::CancellationToken) {
+        loop {
+            if let Err(e) = self.summaries.refresh(&self.store).await {
+                tracing::warn!(error = %e, "cannot compute uptime summaries");
+            }
+            // Requests refresh an expired cache themselves; this only spares the
+            // slow (many-check) case, so it need not run often.
+            let wait = self
+                .summaries
+                .remaining()
+                .max(std::time::Duration::from_secs(10));
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = cancel.cancelled() => return,
+            }
+        }
+    }
 }
 
 /// Builds the router.

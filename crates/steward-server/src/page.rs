@@ -91,17 +91,12 @@ fn ago(ms: i64, now: i64) -> String {
 pub(crate) async fn status_page(State(s): State<AppState>) -> Response {
     let now = now_ms();
     let day = 86_400_000;
-    let store = s.store.clone();
-    let data = tokio::task::spawn_blocking(move || -> Result<_, steward_state::StateError> {
-        Ok((store.uptime_all(now)?, store.series_all(now - day, true)?))
-    })
-    .await;
-    let (uptime, series) = match data {
-        Ok(Ok(v)) => v,
-        Ok(Err(e)) => return (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    let sums = match s.summaries.get(&s.store).await {
+        Ok(v) => v,
         Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
     };
-    let views = check_views(&s, &uptime);
+    let (uptime, series) = (&sums.uptime, &sums.day_series);
+    let views = check_views(&s, uptime);
     let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
     let mut groups: BTreeMap<String, Vec<Row>> = BTreeMap::new();
     for v in views {

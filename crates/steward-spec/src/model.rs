@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use crate::condition::Condition;
 use crate::duration::Dur;
@@ -16,8 +17,8 @@ pub struct Spec {
     pub file: String,
     /// `[steward]`
     pub settings: Settings,
-    /// `[check.*]`, by name.
-    pub checks: BTreeMap<String, Check>,
+    /// `[check.*]`, by name; shared, since every controller holds them.
+    pub checks: BTreeMap<String, Arc<Check>>,
     /// `[alert.*]`, by name.
     pub alerts: BTreeMap<String, Alert>,
     /// `[maintenance.*]`, by name.
@@ -46,6 +47,8 @@ pub struct Retention {
     pub minute: Dur,
     /// Per-hour aggregates.
     pub hour: Dur,
+    /// Per-day aggregates.
+    pub day: Dur,
     /// Events.
     pub events: Dur,
 }
@@ -55,8 +58,9 @@ impl Default for Retention {
         let d = |s| Dur(std::time::Duration::from_secs(s));
         Retention {
             raw: d(2 * 86400),
-            minute: d(31 * 86400),
-            hour: d(400 * 86400),
+            minute: d(2 * 86400),
+            hour: d(31 * 86400),
+            day: d(400 * 86400),
             events: d(90 * 86400),
         }
     }

@@ -25,6 +25,7 @@ pub(crate) struct RawRetention {
     pub(crate) raw: Option<Dur>,
     pub(crate) minute: Option<Dur>,
     pub(crate) hour: Option<Dur>,
+    pub(crate) day: Option<Dur>,
     pub(crate) events: Option<Dur>,
 }
 

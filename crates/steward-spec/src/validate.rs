@@ -160,7 +160,7 @@ pub(crate) fn parse(
             &alert_names,
             &check_names,
         ) {
-            out_checks.insert(name.clone(), check);
+            out_checks.insert(name.clone(), std::sync::Arc::new(check));
         }
     }
     dependency_cycles(&mut d, &checks);
@@ -248,6 +248,7 @@ fn settings(d: &mut Diagnostics, raw: Option<RawSettings>, base_dir: &Path) -> S
         retention.raw = r.raw.unwrap_or(retention.raw);
         retention.minute = r.minute.unwrap_or(retention.minute);
         retention.hour = r.hour.unwrap_or(retention.hour);
+        retention.day = r.day.unwrap_or(retention.day);
         retention.events = r.events.unwrap_or(retention.events);
     }
     Settings {

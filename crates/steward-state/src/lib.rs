@@ -239,6 +239,8 @@ pub struct RetentionMs {
     pub minute: i64,
     /// Hour buckets.
     pub hour: i64,
+    /// Day buckets.
+    pub day: i64,
     /// Events.
     pub events: i64,
 }
@@ -271,6 +273,7 @@ pub struct Store {
 
 const MINUTE: i64 = 60_000;
 const HOUR: i64 = 3_600_000;
+const DAY: i64 = 86_400_000;
 
 impl Store {
     /// Opens (creating if needed) `state.db` in `dir`, applying migrations.
@@ -365,7 +368,7 @@ impl Store {
                         Status::Warn => (0, 1, 0),
                         Status::Fail => (0, 0, 1),
                     };
-                    for res in [MINUTE, HOUR] {
+                    for res in [MINUTE, HOUR, DAY] {
                         roll.execute(params![r.check, res / 1000, r.ts - r.ts.rem_euclid(res), p, w, f, ms])?;
                     }
                 }
@@ -508,7 +511,8 @@ impl Store {
                         status: Status::from_code(r.get(2)?),
                         duration_us: r.get(3)?,
                         error: r.get(4)?,
-                        observed: observed.and_then(|o| serde_json::value::RawValue::from_string(o).ok()),
+                        observed: observed
+                            .and_then(|o| serde_json::value::RawValue::from_string(o).ok()),
                     })
                 },
             )
@@ -594,16 +598,17 @@ impl Store {
         Ok(out)
     }
 
-    /// Uptime of every check over 1h (minute buckets) and 24h/7d/30d (hour buckets).
-    /// Warn counts as up.
+    /// Uptime of every check over 1h (minute buckets), 24h (hour buckets) and
+    /// 7d/30d (day buckets, so the oldest day counts whole). Warn counts as up.
+    /// Reads at most 60 + 25 + 31 rows per check, whatever the history length.
     pub fn uptime_all(&self, now: i64) -> Result<BTreeMap<String, Uptime>, StateError> {
         let conn = self.reader();
         let mut out: BTreeMap<String, Uptime> = BTreeMap::new();
         let windows: [(i64, i64, u8); 4] = [
             (MINUTE, HOUR, 0),
             (HOUR, 24 * HOUR, 1),
-            (HOUR, 7 * 24 * HOUR, 2),
-            (HOUR, 30 * 24 * HOUR, 3),
+            (DAY, 7 * DAY, 2),
+            (DAY, 30 * DAY, 3),
         ];
         let mut stmt = conn
             .prepare_cached(

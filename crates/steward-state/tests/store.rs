@@ -161,6 +161,7 @@ fn prune_drops_only_what_retention_allows() {
         raw: 2 * day,
         minute: 2 * day,
         hour: 30 * day,
+        day: 400 * day,
         events: 2 * day,
     };
     let removed = store.prune(now, keep).unwrap();

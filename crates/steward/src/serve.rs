@@ -132,12 +132,14 @@ pub(crate) async fn run(spec_path: &Path, listen: Option<SocketAddr>) -> u8 {
     ));
     tracing::info!(%addr, checks = spec.checks.len(), "serving; status page at http://{addr}/");
 
-    let app = steward_server::router(steward_server::AppState {
-        spec: spec.clone(),
-        store: store.clone(),
-        board: monitor.board.clone(),
-        registry: Arc::new(registry),
-    });
+    let state = steward_server::AppState::new(
+        spec.clone(),
+        store.clone(),
+        monitor.board.clone(),
+        Arc::new(registry),
+    );
+    let summaries = tokio::spawn(state.clone().refresh_summaries(cancel.clone()));
+    let app = steward_server::router(state);
     let shutdown = {
         let cancel = cancel.clone();
         async move {
@@ -153,6 +155,7 @@ pub(crate) async fn run(spec_path: &Path, listen: Option<SocketAddr>) -> u8 {
     monitor.join().await;
     let _ = alerting.await;
     let _ = heartbeat.await;
+    let _ = summaries.await;
     let _ = store.append_event(&event(
         "serve.stopped",
         "info",
