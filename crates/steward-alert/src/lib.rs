@@ -401,3 +401,145 @@ mod tests {
         assert_eq!(decide(Degraded, Up, &w), Some(NoticeKind::Recovered));
     }
 }
+
+#[cfg(test)]
+mod suppression_tests {
+    use super::*;
+    use std::path::Path;
+
+    fn spec() -> steward_spec::Spec {
+        let src = r#"
+[check.db]
+type = "tcp"
+address = "127.0.0.1:5432"
+[check.api]
+type = "tcp"
+address = "127.0.0.1:8000"
+depends_on = ["db"]
+[maintenance.nightly]
+schedule = "0 3 * * *"
+duration = "30m"
+checks = ["api"]
+"#;
+        steward_spec::Spec::parse("t.toml", src, Path::new("/"), &steward_spec::OsResolver).unwrap()
+    }
+
+    fn at(h: u32, m: u32) -> chrono::DateTime<chrono::Utc> {
+        use chrono::TimeZone;
+        chrono::Utc.with_ymd_and_hms(2026, 11, 26, h, m, 0).unwrap()
+    }
+
+    #[test]
+    fn maintenance_window_holds_back_only_its_checks_and_only_inside() {
+        let s = spec();
+        let windows: Vec<Maintenance> = s.maintenance.values().cloned().collect();
+        let healthy = |_: &str| Some(Health::Up);
+        let api = &s.checks["api"];
+        let db = &s.checks["db"];
+        assert_eq!(
+            suppression(api, at(3, 10), &windows, &healthy),
+            Some(Suppressed::Maintenance("nightly".into()))
+        );
+        assert_eq!(
+            suppression(api, at(3, 29), &windows, &healthy),
+            Some(Suppressed::Maintenance("nightly".into()))
+        );
+        assert_eq!(
+            suppression(api, at(3, 30), &windows, &healthy),
+            None,
+            "the window is half-open"
+        );
+        assert_eq!(suppression(api, at(2, 59), &windows, &healthy), None);
+        assert_eq!(
+            suppression(db, at(3, 10), &windows, &healthy),
+            None,
+            "db is not in the window"
+        );
+    }
+
+    #[test]
+    fn a_down_parent_holds_back_its_dependents() {
+        let s = spec();
+        let api = &s.checks["api"];
+        let db_down = |n: &str| Some(if n == "db" { Health::Down } else { Health::Up });
+        assert_eq!(
+            suppression(api, at(12, 0), &[], &db_down),
+            Some(Suppressed::Dependency("db".into()))
+        );
+        let db_degraded = |n: &str| {
+            Some(if n == "db" {
+                Health::Degraded
+            } else {
+                Health::Up
+            })
+        };
+        assert_eq!(suppression(api, at(12, 0), &[], &db_degraded), None);
+        assert_eq!(
+            suppression(&s.checks["db"], at(12, 0), &[], &db_down),
+            None,
+            "the parent itself still alerts"
+        );
+    }
+}
+
+#[cfg(test)]
+mod reminder_tests {
+    use super::*;
+    use std::path::Path;
+    use std::sync::RwLock;
+
+    #[test]
+    fn reminders_repeat_while_down_at_the_configured_pace() {
+        let src = r#"
+[alert.ops]
+type = "webhook"
+url = "http://127.0.0.1:9/hook"
+reminder = "1h"
+[alert.quiet]
+type = "webhook"
+url = "http://127.0.0.1:9/hook"
+[check.db]
+type = "tcp"
+address = "127.0.0.1:5432"
+alerts = ["ops", "quiet"]
+[check.api]
+type = "tcp"
+address = "127.0.0.1:8000"
+alerts = ["ops"]
+"#;
+        let spec =
+            steward_spec::Spec::parse("t.toml", src, Path::new("/"), &steward_spec::OsResolver)
+                .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let now = now_ms();
+        let mut db = steward_health::initial("db", now);
+        db.health = Health::Down;
+        db.since = now - 2 * 3_600_000;
+        let mut api = steward_health::initial("api", now);
+        api.health = Health::Up;
+        let board: Board = Arc::new(RwLock::new(BTreeMap::from([
+            ("db".into(), db),
+            ("api".into(), api),
+        ])));
+        let alerter = Alerter::new(&spec, store, board, Arc::new(steward_spec::OsResolver));
+
+        let due = alerter.due_reminders(&BTreeMap::new());
+        assert_eq!(
+            due.len(),
+            1,
+            "only the channel with a reminder, only the down check: {due:?}"
+        );
+        assert_eq!(
+            (due[0].0.as_str(), due[0].1.check.as_str(), due[0].1.kind),
+            ("ops", "db", NoticeKind::Reminder)
+        );
+        let recent = BTreeMap::from([("db".to_string(), now - 10 * 60_000)]);
+        assert!(
+            alerter.due_reminders(&recent).is_empty(),
+            "sent 10 minutes ago: not yet"
+        );
+        let stale = BTreeMap::from([("db".to_string(), now - 61 * 60_000)]);
+        assert_eq!(alerter.due_reminders(&stale).len(), 1);
+    }
+}

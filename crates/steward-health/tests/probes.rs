@@ -716,3 +716,30 @@ async fn postgres_outage_and_recovery() {
     pg.start();
     until_status(&c, Status::Pass).await;
 }
+
+#[tokio::test]
+async fn redirects_are_followed_unless_disabled() {
+    let target = serve(respond_with("200 OK", "text/plain", "landed")).await;
+    let location: &'static str = Box::leak(format!("http://{target}/final").into_boxed_str());
+    let hop = serve(move |mut s| async move {
+        read_request(&mut s).await;
+        let r = format!("HTTP/1.1 302 Found\r\nLocation: {location}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        let _ = s.write_all(r.as_bytes()).await;
+    })
+    .await;
+    let j = probe(&check(&format!("type = \"http\"\nurl = \"http://{hop}/start\"\nconditions = [\"[STATUS] == 200\", \"[BODY] == landed\"]"))).await;
+    assert_eq!(j.status, Status::Pass, "{j:?}");
+    let j = probe(&check(&format!("type = \"http\"\nurl = \"http://{hop}/start\"\nfollow_redirects = false\nconditions = [\"[STATUS] == 302\"]"))).await;
+    assert_eq!(j.status, Status::Pass, "{j:?}");
+    // A redirect loop ends with a clear error.
+    let looping = serve(|mut s| async move {
+        read_request(&mut s).await;
+        let _ = s.write_all(b"HTTP/1.1 301 Moved\r\nLocation: /again\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").await;
+    })
+    .await;
+    let j = probe(&check(&format!(
+        "type = \"http\"\nurl = \"http://{looping}/\""
+    )))
+    .await;
+    assert_fail(&j, "more than 10 redirects");
+}
