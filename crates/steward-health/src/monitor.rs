@@ -110,6 +110,9 @@ pub struct Monitor {
     tx: Option<mpsc::Sender<Record>>,
 }
 
+/// Longest a steadily passing check's stored state may lag its latest result.
+const STATE_REFRESH: Duration = Duration::from_secs(30);
+
 /// Most probes in flight at once; beyond this runs queue (and show up as late).
 const MAX_CONCURRENT_PROBES: usize = 1024;
 
@@ -367,6 +370,8 @@ fn write_loop(
         events: retention.events.as_millis_i64(),
     };
     let mut last_prune = Instant::now();
+    let mut written: std::collections::HashMap<String, ((Health, u32, bool), Instant)> =
+        Default::default();
     let mut pruned_once = false;
     loop {
         let first = match rx.recv_timeout(Duration::from_secs(30)) {
@@ -384,12 +389,35 @@ fn write_loop(
             }
         }
         if !batch.is_empty() {
-            // The last state per check wins; results are all kept.
+            // The last state per check wins; results are all kept. A state is
+            // written when it matters after a restart (health or failure count
+            // changed) and otherwise at most every STATE_REFRESH, which spares
+            // a write and a JSON encoding per steady passing run.
             let mut latest: BTreeMap<&str, &CheckStateRow> = BTreeMap::new();
             for r in &batch {
                 latest.insert(&r.result.check, &r.state);
             }
-            let states: Vec<CheckStateRow> = latest.into_values().cloned().collect();
+            let now = Instant::now();
+            let states: Vec<CheckStateRow> = latest
+                .into_values()
+                .filter(|st| {
+                    let key = (
+                        st.health,
+                        st.consecutive_failures,
+                        st.health == Health::Down && st.consecutive_successes > 0,
+                    );
+                    match written.get(&st.check) {
+                        Some((k, at)) if *k == key && now.duration_since(*at) < STATE_REFRESH => {
+                            false
+                        }
+                        _ => {
+                            written.insert(st.check.clone(), (key, now));
+                            true
+                        }
+                    }
+                })
+                .cloned()
+                .collect();
             let results: Vec<ResultRow> = batch.iter().map(|r| r.result.clone()).collect();
             let with_t: Vec<(&Record, Transition)> = batch
                 .iter()
