@@ -490,12 +490,3 @@ pub async fn run_once(
     });
     futures_util::future::join_all(runs).await
 }
-
-/// Count of checks in each health (for steward's own `/health`).
-pub fn summary(board: &Board) -> BTreeMap<&'static str, usize> {
-    let mut m = BTreeMap::new();
-    for s in board.read().unwrap_or_else(|e| e.into_inner()).values() {
-        *m.entry(s.health.as_str()).or_insert(0) += 1;
-    }
-    m
-}

@@ -179,6 +179,26 @@ struct RangeQuery {
     resolution: Option<String>,
 }
 
+impl RangeQuery {
+    /// `[from, to)` in Unix ms; without `from`, the last `default_span` ms.
+    fn range(&self, default_span: i64) -> Result<(i64, i64), ApiError> {
+        let now = now_ms();
+        let from = self
+            .from
+            .as_deref()
+            .map(parse_time)
+            .transpose()?
+            .unwrap_or(now - default_span);
+        let to = self
+            .to
+            .as_deref()
+            .map(parse_time)
+            .transpose()?
+            .unwrap_or(now + 1);
+        Ok((from, to))
+    }
+}
+
 #[derive(Debug, Serialize)]
 struct HistoryPage {
     results: Vec<ResultView>,
@@ -192,18 +212,7 @@ async fn history(
     Query(q): Query<RangeQuery>,
 ) -> Result<Json<HistoryPage>, ApiError> {
     known(&s, &name)?;
-    let now = now_ms();
-    let from = q
-        .from
-        .as_deref()
-        .map(parse_time)
-        .transpose()?
-        .unwrap_or(now - 3_600_000);
-    let mut to =
-        q.to.as_deref()
-            .map(parse_time)
-            .transpose()?
-            .unwrap_or(now + 1);
+    let (from, mut to) = q.range(3_600_000)?;
     if let Some(b) = q.before.as_deref().map(parse_time).transpose()? {
         to = to.min(b);
     }
@@ -231,18 +240,7 @@ async fn series(
     Query(q): Query<RangeQuery>,
 ) -> Result<Json<SeriesView>, ApiError> {
     known(&s, &name)?;
-    let now = now_ms();
-    let from = q
-        .from
-        .as_deref()
-        .map(parse_time)
-        .transpose()?
-        .unwrap_or(now - 86_400_000);
-    let to =
-        q.to.as_deref()
-            .map(parse_time)
-            .transpose()?
-            .unwrap_or(now + 1);
+    let (from, to) = q.range(86_400_000)?;
     let hourly = match q.resolution.as_deref() {
         Some("minute") => false,
         Some("hour") => true,
