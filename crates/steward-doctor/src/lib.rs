@@ -288,16 +288,28 @@ fn nothing_watching(spec: &Spec, facts: &Facts, out: &mut Vec<Finding>) {
 }
 
 fn exposed_listener(spec: &Spec, out: &mut Vec<Finding>) {
-    if !spec.settings.listen.ip().is_loopback() {
+    let s = &spec.settings;
+    if s.listen.ip().is_loopback() {
+        return;
+    }
+    if s.auth == steward_spec::AuthMode::None {
+        out.push(finding(
+            Severity::Error,
+            "insecure-listener",
+            "steward.listen".into(),
+            format!("steward serves its API on {} to other machines without authentication (`insecure = true`)", s.listen),
+            "set `auth = \"token\"` and create tokens with `steward token create`, or listen on 127.0.0.1",
+        ));
+    } else {
         out.push(finding(
             Severity::Warning,
             "exposed-listener",
             "steward.listen".into(),
             format!(
-                "steward serves its API on {}, reachable from other machines",
-                spec.settings.listen
+                "steward serves its API on {}: tokens cross the network in clear text",
+                s.listen
             ),
-            "listen on 127.0.0.1 and put an authenticating reverse proxy in front",
+            "put a TLS-terminating reverse proxy in front, or listen on 127.0.0.1",
         ));
     }
 }
@@ -376,6 +388,32 @@ alerts = ["ops"]
         assert!(r.iter().any(|x| x.0 == "not-monitoring"));
         let r = rules(src, &WATCHED);
         assert!(!r.iter().any(|x| x.0 == "not-monitoring"));
+    }
+
+    #[test]
+    fn listeners_for_other_machines() {
+        let base = "[alert.ops]\ntype = \"webhook\"\nurl = \"${env:HOOK}\"\n";
+        let r = rules(
+            &format!("[steward]\nlisten = \"0.0.0.0:7070\"\ninsecure = true\n{base}"),
+            &WATCHED,
+        );
+        assert!(
+            r.contains(&("insecure-listener", "steward.listen".into())),
+            "{r:?}"
+        );
+        let r = rules(
+            &format!("[steward]\nlisten = \"0.0.0.0:7070\"\nauth = \"token\"\n{base}"),
+            &WATCHED,
+        );
+        assert!(
+            r.contains(&("exposed-listener", "steward.listen".into())),
+            "{r:?}"
+        );
+        let r = rules(
+            &format!("[steward]\nlisten = \"127.0.0.1:7070\"\n{base}"),
+            &WATCHED,
+        );
+        assert!(!r.iter().any(|f| f.0.ends_with("listener")));
     }
 
     #[test]

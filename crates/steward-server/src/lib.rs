@@ -6,6 +6,7 @@
 //! database (history, uptime, events). They never block the controllers.
 
 mod api;
+mod auth;
 pub use api::{CheckView, ResultView};
 mod page;
 mod process;
@@ -38,6 +39,8 @@ pub struct AppState {
     pub registry: Arc<Registry>,
     /// Uptime and chart data, cached.
     pub summaries: Arc<SummaryCache>,
+    /// Sessions and failed-attempt counters.
+    pub auth: Arc<auth::AuthState>,
 }
 
 impl AppState {
@@ -49,6 +52,7 @@ impl AppState {
             board,
             registry,
             summaries: Arc::default(),
+            auth: Arc::default(),
         }
     }
 
@@ -80,8 +84,14 @@ pub fn router(state: AppState) -> Router {
         .route("/static/status.css", get(page::css))
         .route("/static/status.js", get(page::js))
         .route("/metrics", get(metrics))
+        .route("/login", get(auth::login_page).post(auth::login))
+        .route("/logout", axum::routing::post(auth::logout))
         .nest("/api/v1", api::routes())
         .merge(health.router())
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::require,
+        ))
         .with_state(state)
         .layer(axum::middleware::from_fn(security_headers))
 }

@@ -88,7 +88,10 @@ fn ago(ms: i64, now: i64) -> String {
     }
 }
 
-pub(crate) async fn status_page(State(s): State<AppState>) -> Response {
+pub(crate) async fn status_page(
+    State(s): State<AppState>,
+    who: Option<axum::Extension<crate::auth::Authed>>,
+) -> Response {
     let now = now_ms();
     let day = 86_400_000;
     let sums = match s.summaries.get(&s.store).await {
@@ -164,6 +167,8 @@ pub(crate) async fn status_page(State(s): State<AppState>) -> Response {
         total,
         groups => minijinja::Value::from(minijinja::value::Serde(&groups)),
         version => env!("CARGO_PKG_VERSION"),
+        user => who.as_ref().map(|w| w.name.clone()),
+        csrf => who.as_ref().and_then(|w| w.csrf.clone()),
     }) {
         Ok(html) => Html(html).into_response(),
         Err(e) => (

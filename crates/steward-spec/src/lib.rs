@@ -22,7 +22,7 @@ pub use condition::{
 pub use diag::{SpecError, SpecErrors, did_you_mean};
 pub use duration::Dur;
 pub use model::*;
-pub use raw::{AlertKind, CheckKind, SmtpTls};
+pub use raw::{AlertKind, AuthMode, CheckKind, SmtpTls};
 pub use secret::{OsResolver, Reference, Resolver, Secret, SecretError, Text};
 
 use std::path::Path;

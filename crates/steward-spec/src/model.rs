@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use crate::condition::Condition;
 use crate::duration::Dur;
-use crate::raw::{CheckKind, SmtpTls};
+use crate::raw::{AuthMode, CheckKind, SmtpTls};
 use crate::secret::Text;
 
 /// A whole, validated spec.
@@ -36,6 +36,12 @@ pub struct Settings {
     pub listen: SocketAddr,
     /// How long history is kept at each resolution.
     pub retention: Retention,
+    /// How the HTTP API authenticates.
+    pub auth: AuthMode,
+    /// Accept serving without authentication on a non-loopback address.
+    pub insecure: bool,
+    /// With token auth, leave `/metrics` open (for a Prometheus without credentials).
+    pub public_metrics: bool,
 }
 
 /// History retention per resolution.

@@ -17,6 +17,20 @@ pub(crate) struct RawSettings {
     pub(crate) state_dir: Option<Spanned<String>>,
     pub(crate) listen: Option<Spanned<String>>,
     pub(crate) retention: Option<RawRetention>,
+    pub(crate) auth: Option<Spanned<AuthMode>>,
+    pub(crate) insecure: Option<bool>,
+    pub(crate) public_metrics: Option<bool>,
+}
+
+/// How `serve`'s HTTP API authenticates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    /// No authentication (only sensible on loopback).
+    #[default]
+    None,
+    /// Bearer tokens (`steward token create`) and a dashboard sign-in.
+    Token,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -251,11 +251,26 @@ fn settings(d: &mut Diagnostics, raw: Option<RawSettings>, base_dir: &Path) -> S
         retention.day = r.day.unwrap_or(retention.day);
         retention.events = r.events.unwrap_or(retention.events);
     }
+    let auth = raw.auth.as_ref().map(|a| *a.get_ref()).unwrap_or_default();
+    let insecure = raw.insecure.unwrap_or(false);
+    // Safe by default: no unauthenticated API for other machines unless the spec says so.
+    if !listen.ip().is_loopback() && auth == AuthMode::None && !insecure {
+        let span = raw.listen.as_ref().map(|l| l.span()).unwrap_or(0..0);
+        d.error(
+            span,
+            format!("steward would serve its API on {listen} to other machines without authentication"),
+            "reachable from other machines",
+            Some("set `auth = \"token\"` (then `steward token create`), listen on 127.0.0.1, or set `insecure = true` to accept the risk".into()),
+        );
+    }
     Settings {
         name: raw.name.unwrap_or_else(|| "steward".into()),
         state_dir: base_dir.join(state_dir),
         listen,
         retention,
+        auth,
+        insecure,
+        public_metrics: raw.public_metrics.unwrap_or(false),
     }
 }
 

@@ -8,6 +8,9 @@
 //! All times are Unix milliseconds (`i64`).
 
 mod schema;
+mod tokens;
+
+pub use tokens::{Scope, TokenError, TokenInfo, token_hash};
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

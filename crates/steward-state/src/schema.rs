@@ -62,6 +62,16 @@ const MIGRATIONS: &[&str] = &[
         error TEXT
      );
      CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);",
+    // 2: API tokens, stored only as SHA-256 hashes
+    "CREATE TABLE tokens (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        name TEXT NOT NULL UNIQUE,
+        scope TEXT NOT NULL,
+        hash BLOB NOT NULL UNIQUE,
+        created INTEGER NOT NULL,
+        last_used INTEGER,
+        revoked INTEGER
+     );",
 ];
 
 /// Newest schema version this build knows.

@@ -202,3 +202,57 @@ fn newer_schema_is_refused() {
         "{err}"
     );
 }
+
+#[test]
+fn tokens_are_stored_only_as_hashes_and_revocation_is_immediate() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let secret = store.create_token("ci", Scope::Read, T0).unwrap();
+    assert!(secret.starts_with("stw_") && secret.len() == 68);
+    let other = store.create_token("ops", Scope::Operate, T0).unwrap();
+    assert_ne!(secret, other);
+    assert!(matches!(
+        store.create_token("ci", Scope::Read, T0),
+        Err(TokenError::Exists(_))
+    ));
+    assert!(matches!(
+        store.create_token("bad name", Scope::Read, T0),
+        Err(TokenError::BadName)
+    ));
+    let t = store
+        .authenticate(&token_hash(&secret), T0 + 1)
+        .unwrap()
+        .expect("valid token");
+    assert_eq!((t.name.as_str(), t.scope), ("ci", Scope::Read));
+    assert!(
+        store
+            .authenticate(&token_hash("stw_wrong"), T0)
+            .unwrap()
+            .is_none()
+    );
+    assert!(store.revoke_token("ci", T0 + 2).unwrap());
+    assert!(
+        !store.revoke_token("ci", T0 + 3).unwrap(),
+        "already revoked"
+    );
+    assert!(
+        store
+            .authenticate(&token_hash(&secret), T0 + 4)
+            .unwrap()
+            .is_none()
+    );
+    let list = store.tokens().unwrap();
+    assert_eq!(list.len(), 2);
+    assert_eq!(list[0].revoked, Some(T0 + 2));
+    drop(store);
+    // The secret appears nowhere in the database files.
+    for entry in std::fs::read_dir(dir.path()).unwrap() {
+        let bytes = std::fs::read(entry.unwrap().path()).unwrap();
+        for s in [&secret, &other] {
+            assert!(
+                !bytes.windows(s.len()).any(|w| w == s.as_bytes()),
+                "a token leaked into the state directory"
+            );
+        }
+    }
+}

@@ -5,6 +5,7 @@ mod check;
 mod doctor;
 mod serve;
 mod table;
+mod token;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -81,6 +82,41 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Manage API tokens for `auth = "token"` (stored only as hashes).
+    Token {
+        #[command(subcommand)]
+        action: TokenCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Create a token and print it once.
+    Create {
+        /// A unique name (who or what uses it).
+        #[arg(long)]
+        name: String,
+        /// `read`: status, history, metrics, events; `operate`: also actions.
+        #[arg(long, value_enum, default_value_t = ScopeArg::Read)]
+        scope: ScopeArg,
+    },
+    /// List tokens (never their secrets).
+    List {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a token; it is refused from the next request on.
+    Revoke {
+        /// The token's name.
+        name: String,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ScopeArg {
+    Read,
+    Operate,
 }
 
 fn init_logging(format: LogFormat, verbose: u8) {
@@ -138,6 +174,20 @@ fn main() -> ExitCode {
         Command::Check { names, json } => runtime().block_on(check::run(&cli.spec, &names, json)),
         Command::Serve { listen } => serve_runtime().block_on(serve::run(&cli.spec, listen)),
         Command::Doctor { json } => doctor::run(&cli.spec, json),
+        Command::Token { action } => token::run(
+            &cli.spec,
+            match action {
+                TokenCommand::Create { name, scope } => token::Action::Create {
+                    name,
+                    scope: match scope {
+                        ScopeArg::Read => steward_state::Scope::Read,
+                        ScopeArg::Operate => steward_state::Scope::Operate,
+                    },
+                },
+                TokenCommand::List { json } => token::Action::List { json },
+                TokenCommand::Revoke { name } => token::Action::Revoke { name },
+            },
+        ),
     };
     ExitCode::from(code)
 }

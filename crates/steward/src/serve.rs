@@ -34,6 +34,15 @@ pub(crate) async fn run(spec_path: &Path, listen: Option<SocketAddr>) -> u8 {
         Err(code) => return code,
     };
     let listen = listen.unwrap_or(spec.settings.listen);
+    if !listen.ip().is_loopback()
+        && spec.settings.auth == steward_spec::AuthMode::None
+        && !spec.settings.insecure
+    {
+        eprintln!(
+            "error: refusing to serve the API on {listen} to other machines without authentication\n  help: set `auth = \"token\"` in [steward] (then `steward token create`), listen on 127.0.0.1, or set `insecure = true` to accept the risk"
+        );
+        return exit::USAGE;
+    }
     let store = match Store::open(&spec.settings.state_dir) {
         Ok(s) => Arc::new(s),
         Err(e) => {
@@ -148,9 +157,12 @@ pub(crate) async fn run(spec_path: &Path, listen: Option<SocketAddr>) -> u8 {
             cancel.cancel();
         }
     };
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await;
+    let served = axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await;
     cancel.cancel();
     monitor.join().await;
     let _ = alerting.await;

@@ -649,3 +649,237 @@ fn doctor_finds_gaps_and_exits_1_on_errors() {
     let (_, human, _) = p.run(&["doctor"]);
     assert!(human.contains("fix: "), "{human}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_auth_scopes_sessions_csrf_and_rate_limits() {
+    let p = Project::new(
+        "[steward]\nauth = \"token\"\nstate_dir = \"state\"\n[check.t]\ntype = \"tcp\"\naddress = \"127.0.0.1:9\"\n",
+    );
+    let (code, read_token, _) = p.run(&["token", "create", "--name", "dash", "--scope", "read"]);
+    assert_eq!(code, 0);
+    let read_token = read_token.trim().to_string();
+    let (_, op_token, _) = p.run(&[
+        "token", "create", "--name", "deployer", "--scope", "operate",
+    ]);
+    let op_token = op_token.trim().to_string();
+    let (code, _, err) = p.run(&["token", "create", "--name", "dash"]);
+    assert_eq!(code, 2, "{err}");
+    let serve = p.serve();
+    let c = http();
+    let get = |path: &str, token: Option<&str>| {
+        let mut r = c.get(serve.url(path));
+        if let Some(t) = token {
+            r = r.bearer_auth(t);
+        }
+        r.send()
+    };
+    // Open and closed routes.
+    assert_eq!(get("/health", None).await.unwrap().status(), 200);
+    assert_eq!(get("/livez", None).await.unwrap().status(), 200);
+    let no = get("/api/v1/checks", None).await.unwrap();
+    assert_eq!(no.status(), 401);
+    assert!(no.headers().contains_key("www-authenticate"));
+    assert_eq!(get("/metrics", None).await.unwrap().status(), 401);
+    assert_eq!(
+        get("/api/v1/checks", Some("stw_0000"))
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    assert_eq!(
+        get("/api/v1/checks", Some(&read_token))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    // A read token on a mutating route is refused before routing; operate passes the gate.
+    let post = |token: &str| {
+        c.post(serve.url("/api/v1/checks"))
+            .bearer_auth(token.to_string())
+            .send()
+    };
+    assert_eq!(post(&read_token).await.unwrap().status(), 403);
+    assert_eq!(
+        post(&op_token).await.unwrap().status(),
+        405,
+        "operate passes auth; the route has no POST"
+    );
+    // The dashboard: redirect to sign-in, cookie session, CSRF on sign-out.
+    let page = c.get(serve.url("/")).send().await.unwrap();
+    assert!(
+        page.url().path() == "/login" || page.status() == 303,
+        "{:?}",
+        page.url()
+    );
+    let login = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let r = login
+        .post(serve.url("/login"))
+        .form(&[("token", read_token.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303, "{:?}", r.headers());
+    let set_cookie = r.headers()["set-cookie"].to_str().unwrap().to_string();
+    assert!(
+        set_cookie.contains("HttpOnly") && set_cookie.contains("SameSite=Strict"),
+        "{set_cookie}"
+    );
+    let session = set_cookie.split(';').next().unwrap().to_string();
+    let page = login
+        .get(serve.url("/"))
+        .header("cookie", &session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    let html = page.text().await.unwrap();
+    assert!(html.contains("signed in as dash"));
+    let csrf = html
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap()
+        .to_string();
+    let r = login
+        .post(serve.url("/logout"))
+        .header("cookie", &session)
+        .form(&[("csrf", "forged")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        403,
+        "sign-out without the CSRF token is refused"
+    );
+    let r = login
+        .post(serve.url("/api/v1/checks"))
+        .header("cookie", &session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        403,
+        "a cookie-borne mutating request needs the CSRF header"
+    );
+    let r = login
+        .post(serve.url("/logout"))
+        .header("cookie", &session)
+        .form(&[("csrf", csrf.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    let r = login
+        .get(serve.url("/api/v1/checks"))
+        .header("cookie", &session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401, "the session ended");
+    // Cross-site sign-in is refused.
+    let r = login
+        .post(serve.url("/login"))
+        .header("origin", "http://evil.example")
+        .form(&[("token", read_token.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    // Revocation takes effect on the next request.
+    let (code, _, _) = p.run(&["token", "revoke", "dash"]);
+    assert_eq!(code, 0);
+    assert_eq!(
+        get("/api/v1/checks", Some(&read_token))
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    let (_, list, _) = p.run(&["token", "list", "--json"]);
+    let list: serde_json::Value = serde_json::from_str(&list).unwrap();
+    assert!(list[0]["revoked"].is_i64() && list[1]["revoked"].is_null());
+    assert!(
+        !list.to_string().contains("stw_"),
+        "token list never shows secrets"
+    );
+    // Repeated failures from one address are turned away.
+    let mut last = 0;
+    for _ in 0..12 {
+        last = get("/api/v1/checks", Some("stw_guess"))
+            .await
+            .unwrap()
+            .status()
+            .as_u16();
+    }
+    assert_eq!(last, 429);
+    assert_eq!(
+        get("/api/v1/checks", Some(&op_token))
+            .await
+            .unwrap()
+            .status(),
+        429,
+        "the address is blocked for a minute"
+    );
+    // Audit trail: logins, failures and mutating requests, never a token value.
+    let db = std::fs::read(p.dir.path().join("state/state.db")).unwrap_or_default();
+    let wal = std::fs::read(p.dir.path().join("state/state.db-wal")).unwrap_or_default();
+    for secret in [&read_token, &op_token] {
+        assert!(!db.windows(secret.len()).any(|w| w == secret.as_bytes()));
+        assert!(!wal.windows(secret.len()).any(|w| w == secret.as_bytes()));
+    }
+    serve.stop();
+    let store = steward_state::Store::open(&p.dir.path().join("state")).unwrap();
+    let kinds: Vec<String> = store
+        .events(&steward_state::EventQuery {
+            limit: 1000,
+            ..Default::default()
+        })
+        .unwrap()
+        .into_iter()
+        .map(|e| e.event.kind)
+        .collect();
+    for k in [
+        "auth.login",
+        "auth.failed",
+        "api.request",
+        "api.denied",
+        "token.created",
+        "token.revoked",
+    ] {
+        assert!(kinds.iter().any(|x| x == k), "no {k} event in {kinds:?}");
+    }
+}
+
+#[test]
+fn refuses_an_unauthenticated_listener_for_other_machines() {
+    let p = Project::new(
+        "[steward]\nlisten = \"0.0.0.0:0\"\n[check.t]\ntype = \"tcp\"\naddress = \"127.0.0.1:9\"\n",
+    );
+    let (code, _, err) = p.run(&["validate"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("steward would serve its API"), "{err}");
+    let ok = Project::new(
+        "[steward]\nlisten = \"127.0.0.1:0\"\n[check.t]\ntype = \"tcp\"\naddress = \"127.0.0.1:9\"\n",
+    );
+    let out = Command::new(BIN)
+        .arg("-f")
+        .arg(ok.spec())
+        .args(["serve", "--listen", "0.0.0.0:0"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "the --listen override is held to the same rule"
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("refusing to serve"));
+}

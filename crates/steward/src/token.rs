@@ -1,0 +1,121 @@
+//! `steward token create|list|revoke`: API tokens for `auth = "token"`.
+
+use std::path::Path;
+
+use steward_state::{NewEvent, Scope, Store, TokenError, now_ms};
+
+use crate::{exit, load_spec, table};
+
+pub(crate) enum Action {
+    Create { name: String, scope: Scope },
+    List { json: bool },
+    Revoke { name: String },
+}
+
+fn when(ms: Option<i64>) -> String {
+    ms.and_then(chrono::DateTime::from_timestamp_millis)
+        .map(|t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string())
+        .unwrap_or_else(|| "-".into())
+}
+
+fn event(kind: &str, message: String, name: &str) -> NewEvent {
+    NewEvent {
+        ts: now_ms(),
+        kind: kind.into(),
+        subject: "token".into(),
+        severity: "info".into(),
+        message,
+        data: serde_json::json!({ "token": name }),
+    }
+}
+
+pub(crate) fn run(spec_path: &Path, action: Action) -> u8 {
+    let spec = match load_spec(spec_path) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let store = match Store::open(&spec.settings.state_dir) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return exit::USAGE;
+        }
+    };
+    match action {
+        Action::Create { name, scope } => match store.create_token(&name, scope, now_ms()) {
+            Ok(secret) => {
+                let _ = store.append_event(&event(
+                    "token.created",
+                    format!("token `{name}` ({}) created", scope.as_str()),
+                    &name,
+                ));
+                println!("{secret}");
+                eprintln!(
+                    "Token `{name}` with scope `{}` created. It is shown only now: store it in your secret manager.",
+                    scope.as_str()
+                );
+                exit::OK
+            }
+            Err(e @ (TokenError::Exists(_) | TokenError::BadName)) => {
+                eprintln!("error: {e}");
+                exit::USAGE
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                exit::FAILED
+            }
+        },
+        Action::List { json } => match store.tokens() {
+            Ok(list) if json => {
+                println!("{}", serde_json::to_string_pretty(&list).expect("JSON"));
+                exit::OK
+            }
+            Ok(list) => {
+                let rows: Vec<Vec<String>> = list
+                    .iter()
+                    .map(|t| {
+                        vec![
+                            t.name.clone(),
+                            t.scope.as_str().into(),
+                            when(Some(t.created)),
+                            when(t.last_used),
+                            if t.revoked.is_some() {
+                                format!("revoked {}", when(t.revoked))
+                            } else {
+                                "active".into()
+                            },
+                        ]
+                    })
+                    .collect();
+                print!(
+                    "{}",
+                    table::render(&["NAME", "SCOPE", "CREATED", "LAST USED", "STATE"], &rows)
+                );
+                exit::OK
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                exit::FAILED
+            }
+        },
+        Action::Revoke { name } => match store.revoke_token(&name, now_ms()) {
+            Ok(true) => {
+                let _ = store.append_event(&event(
+                    "token.revoked",
+                    format!("token `{name}` revoked"),
+                    &name,
+                ));
+                println!("Token `{name}` revoked; requests with it are refused from now on.");
+                exit::OK
+            }
+            Ok(false) => {
+                eprintln!("error: no active token named `{name}` (see `steward token list`)");
+                exit::USAGE
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                exit::FAILED
+            }
+        },
+    }
+}
