@@ -93,6 +93,8 @@ pub fn router(state: AppState) -> Router {
             auth::require,
         ))
         .with_state(state)
+        // Nothing steward accepts is large: a sign-in form, JSON for actions.
+        .layer(axum::extract::DefaultBodyLimit::max(64 * 1024))
         .layer(axum::middleware::from_fn(security_headers))
 }
 

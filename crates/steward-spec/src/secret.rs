@@ -68,8 +68,32 @@ impl Resolver for OsResolver {
         std::env::var(name).ok()
     }
     fn file(&self, path: &Path) -> Result<String, String> {
+        refuse_shared(path)?;
         std::fs::read_to_string(path).map_err(|e| e.to_string())
     }
+}
+
+/// A secret file any user on the machine can read is already leaked: refuse it.
+#[cfg(unix)]
+fn refuse_shared(path: &Path) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path)
+        .map_err(|e| e.to_string())?
+        .permissions()
+        .mode();
+    if mode & 0o007 != 0 {
+        return Err(format!(
+            "it is accessible to every user on this machine (mode {:04o}); run `chmod o-rwx {}`",
+            mode & 0o7777,
+            path.display()
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn refuse_shared(_: &Path) -> Result<(), String> {
+    Ok(())
 }
 
 enum Piece<'a> {

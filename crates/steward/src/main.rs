@@ -126,7 +126,7 @@ fn init_logging(format: LogFormat, verbose: u8) {
         _ => "trace",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("STEWARD_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{default},hyper=warn,h2=warn,rustls=warn,tokio_postgres=warn,amqprs=warn,lettre=warn,hickory=warn")));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{default},hyper=warn,h2=warn,rustls=warn,reqwest=warn,tokio_postgres=warn,amqprs=warn,lettre=warn,hickory=warn")));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

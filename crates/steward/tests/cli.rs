@@ -31,10 +31,15 @@ impl Project {
     }
 
     fn run(&self, args: &[&str]) -> (i32, String, String) {
+        self.run_env(&[], args)
+    }
+
+    fn run_env(&self, env: &[(&str, String)], args: &[&str]) -> (i32, String, String) {
         let out = Command::new(BIN)
             .arg("-f")
             .arg(self.spec())
             .args(args)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .output()
             .unwrap();
         (
@@ -45,10 +50,17 @@ impl Project {
     }
 
     fn serve(&self) -> Serve {
+        self.serve_env(&[], &[])
+    }
+
+    fn serve_env(&self, env: &[(&str, String)], extra: &[&str]) -> Serve {
         let mut child = Command::new(BIN)
             .arg("-f")
             .arg(self.spec())
-            .args(["--log-format", "json", "serve", "--listen", "127.0.0.1:0"])
+            .args(["--log-format", "json"])
+            .args(extra)
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -882,4 +894,167 @@ fn refuses_an_unauthenticated_listener_for_other_machines() {
         "the --listen override is held to the same rule"
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("refusing to serve"));
+}
+
+/// The scenario of issue 6: checks with credentials, alerts delivered, then
+/// everything steward wrote or answered is searched for the secret values.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_never_leak_into_logs_state_api_or_alerts() {
+    let (world, http, _smtp) = World::start().await;
+    let pg = std::env::var("STEWARD_TEST_PG_URL").expect("scripts/testbed env");
+    let pg_addr = pg.rsplit('@').next().unwrap().to_string(); // 127.0.0.1:PORT/steward
+    let secrets: Vec<(&str, String)> = vec![
+        ("API_TOKEN", "sekrit-api-token-7f3a".into()),
+        ("HOOK_AUTH", "sekrit-hook-auth-91c2".into()),
+        ("HOOK_KEY", "sekrit-hook-key-55d0".into()),
+        ("EXEC_SECRET", "sekrit-exec-env-0a9b".into()),
+        ("WRONG_PW", "sekrit-wrong-pw-77e1".into()),
+        ("URL_PW", "sekrit-url-pw-3c4d".into()),
+    ];
+    let p = Project::new("");
+    let pw_file = p.dir.path().join("pg-password");
+    std::fs::write(&pw_file, "steward-test-pw\n").unwrap();
+    std::fs::set_permissions(
+        &pw_file,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    let spec = format!(
+        r#"
+[steward]
+state_dir = "state"
+[alert.hook]
+type = "webhook"
+url = "http://{http}/hook?key=${{env:HOOK_KEY}}"
+headers = {{ Authorization = "${{env:HOOK_AUTH}}" }}
+[check.api]
+type = "http"
+url = "http://{http}/health"
+headers = {{ Authorization = "Bearer ${{env:API_TOKEN}}" }}
+interval = "200ms"
+failure_threshold = 1
+alerts = ["hook"]
+[check.db]
+type = "postgres"
+url = "postgres://steward:${{file:{pw}}}@{pg_addr}"
+interval = "300ms"
+[check.db-wrong]
+type = "postgres"
+url = "postgres://steward:${{env:WRONG_PW}}@{pg_addr}"
+interval = "300ms"
+[check.basic]
+type = "http"
+url = "http://admin:${{env:URL_PW}}@127.0.0.1:9/"
+interval = "300ms"
+[check.job]
+type = "exec"
+command = ["sh", "-c", "test -n \"$EXEC_SECRET\" && echo ok"]
+env = {{ EXEC_SECRET = "${{env:EXEC_SECRET}}" }}
+interval = "300ms"
+"#,
+        pw = pw_file.display()
+    );
+    std::fs::write(p.spec(), spec).unwrap();
+    let mut haystack = String::new();
+    for args in [
+        vec!["validate"],
+        vec!["check", "--json"],
+        vec!["doctor", "--json"],
+    ] {
+        let (_, out, err) = p.run_env(&secrets, &args);
+        haystack.push_str(&out);
+        haystack.push_str(&err);
+    }
+    let serve = p.serve_env(&secrets, &["-vv"]);
+    eventually("db checked", || async {
+        get_json(&serve.url("/api/v1/checks/db")).await["health"] == "up"
+    })
+    .await;
+    eventually("job ran", || async {
+        get_json(&serve.url("/api/v1/checks/job")).await["health"] == "up"
+    })
+    .await;
+    world.healthy.store(false, Ordering::SeqCst);
+    eventually("down alert", || async { world.hooks_of("down") == 1 }).await;
+    world.healthy.store(true, Ordering::SeqCst);
+    eventually("recovered alert", || async {
+        world.hooks_of("recovered") == 1
+    })
+    .await;
+    eventually("wrong password judged", || async {
+        get_json(&serve.url("/api/v1/checks/db-wrong")).await["health"] == "down"
+    })
+    .await;
+    for path in [
+        "/",
+        "/health",
+        "/metrics",
+        "/api/v1/checks",
+        "/api/v1/events?limit=1000",
+        "/api/v1/deliveries",
+        "/api/v1/checks/api/history?limit=1000",
+        "/api/v1/checks/db-wrong/history?limit=1000",
+        "/api/v1/checks/basic/history",
+        "/api/v1/checks/job/history",
+        "/api/v1/checks/db/series",
+    ] {
+        haystack.push_str(&fetch(&serve.url(path)).await.text().await.unwrap());
+    }
+    let db_wrong = get_json(&serve.url("/api/v1/checks/db-wrong")).await;
+    assert!(
+        db_wrong["last"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("password authentication failed"),
+        "{db_wrong}"
+    );
+    for hook in world.hooks.lock().unwrap().iter() {
+        haystack.push_str(&hook.to_string());
+    }
+    let log = serve.log.lock().unwrap().clone();
+    assert!(log.lines().count() > 5, "debug logging was on: {log}");
+    haystack.push_str(&log);
+    serve.stop();
+    let mut files = String::new();
+    for entry in std::fs::read_dir(p.dir.path().join("state")).unwrap() {
+        files.push_str(&String::from_utf8_lossy(
+            &std::fs::read(entry.unwrap().path()).unwrap(),
+        ));
+    }
+    haystack.push_str(&files);
+    // Positive controls: the haystack holds what it should.
+    assert!(
+        haystack.contains("[STATUS] (503)")
+            && haystack.contains("api is DOWN")
+            && files.contains("check.down")
+    );
+    let mut all: Vec<String> = secrets.iter().map(|(_, v)| v.clone()).collect();
+    all.push("steward-test-pw".into());
+    for secret in all {
+        assert!(!haystack.contains(&secret), "secret `{secret}` leaked");
+    }
+}
+
+#[test]
+fn secret_files_readable_by_everyone_are_refused() {
+    let p = Project::new("");
+    let f = p.dir.path().join("hook-url");
+    std::fs::write(&f, "http://127.0.0.1:9/hook\n").unwrap();
+    std::fs::set_permissions(&f, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    std::fs::write(
+        p.spec(),
+        format!(
+            "[alert.ops]\ntype = \"slack\"\nurl = \"${{file:{}}}\"\n",
+            f.display()
+        ),
+    )
+    .unwrap();
+    let (code, _, err) = p.run(&["validate"]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("accessible to every user") && err.contains("chmod o-rwx"),
+        "{err}"
+    );
+    std::fs::set_permissions(&f, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    assert_eq!(p.run(&["validate"]).0, 0);
 }
