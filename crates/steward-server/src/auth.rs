@@ -20,6 +20,7 @@ use steward_spec::AuthMode;
 use steward_state::{NewEvent, Scope, now_ms, token_hash};
 
 use crate::AppState;
+use crate::listener::PeerAddr;
 
 const COOKIE: &str = "steward_session";
 const SESSION_LIFETIME: Duration = Duration::from_secs(12 * 3600);
@@ -67,8 +68,8 @@ fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
 
 fn peer(req: &Request) -> Option<SocketAddr> {
     req.extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0)
+        .get::<ConnectInfo<PeerAddr>>()
+        .map(|c| c.0.0)
 }
 
 impl AuthState {
@@ -303,7 +304,7 @@ fn same_origin(headers: &HeaderMap) -> bool {
 pub(crate) async fn login(
     State(s): State<AppState>,
     req_headers: HeaderMap,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ConnectInfo(PeerAddr(peer)): ConnectInfo<PeerAddr>,
     Form(f): Form<LoginForm>,
 ) -> Response {
     if s.spec.settings.auth == AuthMode::None {
@@ -357,8 +358,13 @@ pub(crate) async fn login(
         serde_json::json!({"token": t.name, "source": ip.to_string()}),
     );
     let mut r = Redirect::to("/").into_response();
+    let secure = if s.spec.settings.tls.is_some() {
+        "; Secure"
+    } else {
+        ""
+    };
     let c = format!(
-        "{COOKIE}={sid}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}",
+        "{COOKIE}={sid}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{secure}",
         SESSION_LIFETIME.as_secs()
     );
     r.headers_mut().insert(

@@ -6,6 +6,8 @@
 //! database (history, uptime, events). They never block the controllers.
 
 mod api;
+mod listener;
+pub use listener::{PeerAddr, StewardListener, TlsFiles, TlsReloader};
 mod auth;
 pub use api::{CheckView, ResultView};
 mod page;

@@ -42,6 +42,17 @@ pub struct Settings {
     pub insecure: bool,
     /// With token auth, leave `/metrics` open (for a Prometheus without credentials).
     pub public_metrics: bool,
+    /// Serve HTTPS with these PEM files (reloaded on SIGHUP).
+    pub tls: Option<TlsPaths>,
+}
+
+/// Certificate chain and private key of `serve`'s HTTPS listener.
+#[derive(Debug, Clone)]
+pub struct TlsPaths {
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
 }
 
 /// History retention per resolution.

@@ -20,6 +20,15 @@ pub(crate) struct RawSettings {
     pub(crate) auth: Option<Spanned<AuthMode>>,
     pub(crate) insecure: Option<bool>,
     pub(crate) public_metrics: Option<bool>,
+    pub(crate) tls: Option<RawTls>,
+}
+
+/// `tls = { cert = "...", key = "..." }`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawTls {
+    pub(crate) cert: Spanned<String>,
+    pub(crate) key: Spanned<String>,
 }
 
 /// How `serve`'s HTTP API authenticates.

@@ -75,7 +75,7 @@ impl Resolver for OsResolver {
 
 /// A secret file any user on the machine can read is already leaked: refuse it.
 #[cfg(unix)]
-fn refuse_shared(path: &Path) -> Result<(), String> {
+pub(crate) fn refuse_shared(path: &Path) -> Result<(), String> {
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(path)
         .map_err(|e| e.to_string())?
@@ -92,7 +92,7 @@ fn refuse_shared(path: &Path) -> Result<(), String> {
 }
 
 #[cfg(not(unix))]
-fn refuse_shared(_: &Path) -> Result<(), String> {
+pub(crate) fn refuse_shared(_: &Path) -> Result<(), String> {
     Ok(())
 }
 

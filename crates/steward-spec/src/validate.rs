@@ -271,6 +271,19 @@ fn settings(d: &mut Diagnostics, raw: Option<RawSettings>, base_dir: &Path) -> S
         auth,
         insecure,
         public_metrics: raw.public_metrics.unwrap_or(false),
+        tls: raw.tls.map(|t| {
+            let cert = file_ref(d, &Some(t.cert), base_dir).unwrap_or_default();
+            let key = file_ref(d, &Some(t.key.clone()), base_dir).unwrap_or_default();
+            if let Err(e) = crate::secret::refuse_shared(&key) {
+                d.error(
+                    t.key.span(),
+                    format!("private key file: {e}"),
+                    "shared with every user",
+                    None,
+                );
+            }
+            TlsPaths { cert, key }
+        }),
     }
 }
 

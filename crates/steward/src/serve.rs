@@ -59,6 +59,22 @@ pub(crate) async fn run(spec_path: &Path, listen: Option<SocketAddr>) -> u8 {
         }
     };
     let addr = listener.local_addr().unwrap_or(listen);
+    let tls_files = spec
+        .settings
+        .tls
+        .as_ref()
+        .map(|t| steward_server::TlsFiles {
+            cert: t.cert.clone(),
+            key: t.key.clone(),
+        });
+    let (listener, reloader) =
+        match steward_server::StewardListener::new(listener, tls_files.as_ref()) {
+            Ok(v) => v,
+            Err(e) => {
+                eprintln!("error: TLS: {e}");
+                return exit::USAGE;
+            }
+        };
 
     let mut registry = Registry::default();
     steward_server::register_process_metrics(&mut registry);
@@ -113,6 +129,8 @@ pub(crate) async fn run(spec_path: &Path, listen: Option<SocketAddr>) -> u8 {
         })
     };
 
+    tokio::spawn(reload_on_sighup(reloader, store.clone(), cancel.clone()));
+
     let heartbeat = {
         let (store, cancel) = (store.clone(), cancel.clone());
         tokio::spawn(async move {
@@ -139,7 +157,12 @@ pub(crate) async fn run(spec_path: &Path, listen: Option<SocketAddr>) -> u8 {
         ),
         serde_json::json!({"listen": addr.to_string(), "checks": spec.checks.len()}),
     ));
-    tracing::info!(%addr, checks = spec.checks.len(), "serving; status page at http://{addr}/");
+    let scheme = if spec.settings.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    tracing::info!(%addr, checks = spec.checks.len(), "serving; status page at {scheme}://{addr}/");
 
     let state = steward_server::AppState::new(
         spec.clone(),
@@ -159,7 +182,7 @@ pub(crate) async fn run(spec_path: &Path, listen: Option<SocketAddr>) -> u8 {
     };
     let served = axum::serve(
         listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
+        app.into_make_service_with_connect_info::<steward_server::PeerAddr>(),
     )
     .with_graceful_shutdown(shutdown)
     .await;
@@ -180,6 +203,52 @@ pub(crate) async fn run(spec_path: &Path, listen: Option<SocketAddr>) -> u8 {
             eprintln!("error: HTTP server failed: {e}");
             exit::FAILED
         }
+    }
+}
+
+/// SIGHUP re-reads the certificate and key; the listening socket stays open and
+/// connections already made keep theirs. Without TLS, SIGHUP is logged and
+/// otherwise ignored (it must not stop the daemon).
+async fn reload_on_sighup(
+    reloader: Option<steward_server::TlsReloader>,
+    store: Arc<Store>,
+    cancel: CancellationToken,
+) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = hup.recv() => {}
+                _ = cancel.cancelled() => return,
+            }
+            let Some(reloader) = &reloader else {
+                tracing::info!("SIGHUP received; no TLS certificate to reload");
+                continue;
+            };
+            let (kind, severity, message) = match reloader.reload() {
+                Ok(()) => (
+                    "serve.tls_reloaded",
+                    "info",
+                    "TLS certificate reloaded".to_string(),
+                ),
+                Err(e) => (
+                    "serve.tls_reload_failed",
+                    "error",
+                    format!("TLS certificate not reloaded, the old one stays in use: {e}"),
+                ),
+            };
+            tracing::info!(kind, "{message}");
+            let _ = store.append_event(&event(kind, severity, message, serde_json::json!({})));
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (reloader, store);
+        cancel.cancelled().await;
     }
 }
 

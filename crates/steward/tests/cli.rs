@@ -1058,3 +1058,111 @@ fn secret_files_readable_by_everyone_are_refused() {
     std::fs::set_permissions(&f, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     assert_eq!(p.run(&["validate"]).0, 0);
 }
+
+/// A self-signed certificate for 127.0.0.1 and localhost: (cert PEM, key PEM, cert DER).
+fn self_signed() -> (String, String, Vec<u8>) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let params =
+        rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+            .unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    (cert.pem(), key.serialize_pem(), cert.der().to_vec())
+}
+
+/// Connects over TLS trusting `roots`, returns the served certificate and the status line of /livez.
+async fn tls_get(addr: SocketAddr, roots: &[&[u8]]) -> (Vec<u8>, String) {
+    let mut store = rustls::RootCertStore::empty();
+    for r in roots {
+        store
+            .add(rustls::pki_types::CertificateDer::from(r.to_vec()))
+            .unwrap();
+    }
+    let cfg = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(store)
+    .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    let served = tls.get_ref().1.peer_certificates().unwrap()[0].to_vec();
+    tls.write_all(b"GET /livez HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let _ = tokio::io::AsyncReadExt::read_to_end(&mut tls, &mut buf).await;
+    let text = String::from_utf8_lossy(&buf).to_string();
+    (served, text.lines().next().unwrap_or("").to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_listener_serves_its_certificate_and_reloads_on_sighup() {
+    let p = Project::new("");
+    let (cert_a, key_a, der_a) = self_signed();
+    let (cert_b, key_b, der_b) = self_signed();
+    let (cert, key) = (p.dir.path().join("cert.pem"), p.dir.path().join("key.pem"));
+    std::fs::write(&cert, &cert_a).unwrap();
+    std::fs::write(&key, &key_a).unwrap();
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    std::fs::write(
+        p.spec(),
+        format!("[steward]\nstate_dir = \"state\"\ntls = {{ cert = \"{}\", key = \"{}\" }}\n[check.t]\ntype = \"tcp\"\naddress = \"127.0.0.1:9\"\n", cert.display(), key.display()),
+    )
+    .unwrap();
+    let serve = p.serve();
+    let (served, status) = tls_get(serve.addr, &[&der_a, &der_b]).await;
+    assert_eq!(served, der_a);
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    // A plain-text client gets no HTTP answer from the TLS port.
+    let mut plain = tokio::net::TcpStream::connect(serve.addr).await.unwrap();
+    plain
+        .write_all(b"GET /livez HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::io::AsyncReadExt::read_to_end(&mut plain, &mut buf),
+    )
+    .await;
+    assert!(!String::from_utf8_lossy(&buf).contains("200 OK"));
+
+    // Replace the files, SIGHUP: the same socket now serves certificate B.
+    std::fs::write(&cert, &cert_b).unwrap();
+    std::fs::write(&key, &key_b).unwrap();
+    let _ = Command::new("kill")
+        .args(["-HUP", &serve.child.id().to_string()])
+        .status();
+    eventually("certificate B served", || async {
+        tls_get(serve.addr, &[&der_a, &der_b]).await.0 == der_b
+    })
+    .await;
+    // A broken file on the next reload keeps B in service.
+    std::fs::write(&cert, "not a certificate").unwrap();
+    let _ = Command::new("kill")
+        .args(["-HUP", &serve.child.id().to_string()])
+        .status();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(tls_get(serve.addr, &[&der_a, &der_b]).await.0, der_b);
+    assert_eq!(serve.stop(), 0);
+    let store = steward_state::Store::open(&p.dir.path().join("state")).unwrap();
+    let kinds: Vec<String> = store
+        .events(&steward_state::EventQuery {
+            limit: 100,
+            ..Default::default()
+        })
+        .unwrap()
+        .into_iter()
+        .map(|e| e.event.kind)
+        .collect();
+    assert!(
+        kinds.contains(&"serve.tls_reloaded".to_string())
+            && kinds.contains(&"serve.tls_reload_failed".to_string()),
+        "{kinds:?}"
+    );
+}
