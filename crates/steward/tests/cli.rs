@@ -427,6 +427,17 @@ async fn own_health_metrics_and_api_paging() {
             .all(|c| c["health"] != "unknown")
     })
     .await;
+    let page = fetch(&serve.url("/")).await;
+    let h = page.headers();
+    let csp = h["content-security-policy"].to_str().unwrap();
+    assert!(
+        csp.contains("script-src 'self'")
+            && !csp.contains("unsafe-inline")
+            && csp.contains("frame-ancestors 'none'"),
+        "{csp}"
+    );
+    assert_eq!(h["x-content-type-options"], "nosniff");
+    assert_eq!(h["referrer-policy"], "no-referrer");
     let resp = fetch(&serve.url("/health")).await;
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["content-type"], "application/health+json");
