@@ -147,8 +147,19 @@ pub(crate) fn load_spec(path: &Path) -> Result<Spec, u8> {
     }
 }
 
+/// Prints each spec problem as its own report (file:line:col, snippet, hint),
+/// then a one-line summary.
 fn report(e: LoadError) {
-    eprintln!("{:?}", miette::Report::new(e));
+    match e {
+        LoadError::Invalid(all) => {
+            let summary = all.to_string();
+            for err in all.errors {
+                eprintln!("{:?}", miette::Report::new(err));
+            }
+            eprintln!("error: {summary}");
+        }
+        other => eprintln!("{:?}", miette::Report::new(other)),
+    }
 }
 
 fn main() -> ExitCode {
