@@ -1177,3 +1177,55 @@ async fn tls_listener_serves_its_certificate_and_reloads_on_sighup() {
         "{kinds:?}"
     );
 }
+
+/// kill -9 in the middle of serving: the next start recovers the database and
+/// the history written so far, and carries on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_recovers_after_kill_9() {
+    let (l, up) = bind().await;
+    tokio::spawn(async move {
+        loop {
+            let _ = l.accept().await;
+        }
+    });
+    let mut spec = String::from("[steward]\nstate_dir = \"state\"\n");
+    for i in 0..50 {
+        spec.push_str(&format!(
+            "[check.c{i}]\ntype = \"tcp\"\naddress = \"{up}\"\ninterval = \"100ms\"\n"
+        ));
+    }
+    let p = Project::new(&spec);
+    let serve = p.serve();
+    eventually("results written", || async {
+        get_json(&serve.url("/api/v1/checks/c0/history?limit=1000")).await["results"]
+            .as_array()
+            .unwrap()
+            .len()
+            >= 10
+    })
+    .await;
+    let mut serve = serve;
+    serve.child.kill().unwrap(); // SIGKILL: no shutdown, writes possibly mid-transaction
+    serve.child.wait().unwrap();
+    drop(serve);
+    let again = p.serve();
+    let history = get_json(&again.url("/api/v1/checks/c0/history?limit=1000")).await;
+    let before = history["results"].as_array().unwrap().len();
+    assert!(
+        before >= 10,
+        "history written before the kill survives: {history}"
+    );
+    eventually("new results after restart", || async {
+        get_json(&again.url("/api/v1/checks/c0/history?limit=1000")).await["results"]
+            .as_array()
+            .unwrap()
+            .len()
+            > before
+    })
+    .await;
+    assert_eq!(
+        get_json(&again.url("/api/v1/checks/c49")).await["health"],
+        "up"
+    );
+    assert_eq!(again.stop(), 0);
+}
