@@ -129,6 +129,37 @@ pub struct Alerter {
     pub retry_delays: Vec<Duration>,
     /// How often reminders are considered.
     pub reminder_tick: Duration,
+    /// Delivery counters.
+    pub metrics: AlertMetrics,
+}
+
+/// Prometheus metrics of the alerting controller.
+#[derive(Clone, Default)]
+pub struct AlertMetrics {
+    deliveries: prometheus_client::metrics::family::Family<
+        Vec<(String, String)>,
+        prometheus_client::metrics::counter::Counter,
+    >,
+}
+
+impl AlertMetrics {
+    /// Registers `steward_alert_deliveries_total{alert, outcome}`.
+    pub fn register(&self, r: &mut prometheus_client::registry::Registry) {
+        r.register(
+            "steward_alert_deliveries",
+            "Alert delivery attempts by channel and outcome (delivered, retry, failed)",
+            self.deliveries.clone(),
+        );
+    }
+
+    fn count(&self, alert: &str, outcome: &str) {
+        self.deliveries
+            .get_or_create(&vec![
+                ("alert".into(), alert.into()),
+                ("outcome".into(), outcome.into()),
+            ])
+            .inc();
+    }
 }
 
 impl Alerter {
@@ -147,6 +178,7 @@ impl Alerter {
             store,
             board,
             sender: Sender::new(resolver),
+            metrics: AlertMetrics::default(),
             retry_delays: vec![
                 Duration::from_secs(2),
                 Duration::from_secs(10),
@@ -337,6 +369,7 @@ impl Alerter {
                 tracing::warn!(error = %e, "cannot record alert delivery");
             }
             if ok {
+                self.metrics.count(&alert_name, "delivered");
                 tracing::info!(alert = %alert_name, check = %notice.check, kind = notice.kind.as_str(), attempt, "alert delivered");
                 let _ = self.store.append_event(&NewEvent {
                     ts: now_ms(),
@@ -351,6 +384,7 @@ impl Alerter {
             let error = error.unwrap_or_default();
             tracing::warn!(alert = %alert_name, check = %notice.check, attempt, error = %error, "alert delivery failed");
             let Some(delay) = self.retry_delays.get(attempt as usize - 1) else {
+                self.metrics.count(&alert_name, "failed");
                 let _ = self.store.append_event(&NewEvent {
                     ts: now_ms(),
                     kind: "alert.failed".into(),
@@ -361,6 +395,7 @@ impl Alerter {
                 });
                 return;
             };
+            self.metrics.count(&alert_name, "retry");
             tokio::select! {
                 _ = tokio::time::sleep(*delay) => {}
                 _ = cancel.cancelled() => return,

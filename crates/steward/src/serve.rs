@@ -80,6 +80,8 @@ pub(crate) async fn run(spec_path: &Path, listen: Option<SocketAddr>) -> u8 {
     steward_server::register_process_metrics(&mut registry);
     let health_metrics = HealthMetrics::default();
     health_metrics.register(&mut registry);
+    let alert_metrics = steward_alert::AlertMetrics::default();
+    alert_metrics.register(&mut registry);
 
     let cancel = CancellationToken::new();
     let resolver: Arc<dyn Resolver> = Arc::new(OsResolver);
@@ -110,7 +112,9 @@ pub(crate) async fn run(spec_path: &Path, listen: Option<SocketAddr>) -> u8 {
         tokio::spawn(async move {
             // A panic in alerting must not end it for good: record it and start again.
             loop {
-                let alerter = Alerter::new(&spec, store.clone(), board.clone(), resolver.clone());
+                let mut alerter =
+                    Alerter::new(&spec, store.clone(), board.clone(), resolver.clone());
+                alerter.metrics = alert_metrics.clone();
                 let task = tokio::spawn(alerter.run(events.subscribe(), cancel.clone()));
                 match task.await {
                     Err(e) if e.is_panic() && !cancel.is_cancelled() => {

@@ -378,6 +378,15 @@ alerts = ["hook", "chat", "mail", "broken"]
         "{kinds:?}"
     );
 
+    let metrics = fetch(&serve.url("/metrics")).await.text().await.unwrap();
+    assert!(
+        metrics.contains("steward_alert_deliveries_total{alert=\"hook\",outcome=\"delivered\"} 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("steward_alert_deliveries_total{alert=\"broken\",outcome=\"retry\"}"),
+        "{metrics}"
+    );
     let history = get_json(&serve.url("/api/v1/checks/api/history?limit=1000")).await;
     let before = history["results"].as_array().unwrap().len();
     assert!(before >= 5, "{history}");
