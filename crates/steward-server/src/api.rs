@@ -22,6 +22,7 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/checks/{name}/series", get(series))
         .route("/events", get(events))
         .route("/deliveries", get(deliveries))
+        .route("/doctor", get(doctor))
 }
 
 /// A JSON error body with a status code.
@@ -297,6 +298,10 @@ async fn events(
         events,
         next_before,
     }))
+}
+
+async fn doctor(State(s): State<AppState>) -> Json<Vec<steward_doctor::Finding>> {
+    Json(s.findings.as_ref().clone())
 }
 
 #[derive(Debug, Deserialize)]

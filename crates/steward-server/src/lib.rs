@@ -43,12 +43,24 @@ pub struct AppState {
     pub summaries: Arc<SummaryCache>,
     /// Sessions and failed-attempt counters.
     pub auth: Arc<auth::AuthState>,
+    /// Operational gaps (`steward doctor`), computed once: the spec does not change while serving.
+    pub findings: Arc<Vec<steward_doctor::Finding>>,
 }
 
 impl AppState {
     /// State for the router, with an empty summary cache.
     pub fn new(spec: Arc<Spec>, store: Arc<Store>, board: Board, registry: Arc<Registry>) -> Self {
+        let now = steward_state::now_ms();
+        // This process is the running `serve`: the heartbeat is now.
+        let findings = steward_doctor::diagnose(
+            &spec,
+            &steward_doctor::Facts {
+                now,
+                serve_heartbeat: Some(now),
+            },
+        );
         AppState {
+            findings: Arc::new(findings),
             spec,
             store,
             board,

@@ -42,6 +42,16 @@ struct Row {
 }
 
 #[derive(Serialize)]
+struct Gap {
+    severity: String,
+    rule: &'static str,
+    count: usize,
+    subjects: Vec<String>,
+    message: String,
+    fix: String,
+}
+
+#[derive(Serialize)]
 struct Group {
     name: String,
     checks: Vec<Row>,
@@ -152,6 +162,26 @@ pub(crate) async fn status_page(
     } else {
         "unknown"
     };
+    // Doctor findings grouped by rule, so thousands of checks stay one line each.
+    let mut gaps: Vec<Gap> = Vec::new();
+    for f in s.findings.iter() {
+        match gaps.iter_mut().find(|g| g.rule == f.rule) {
+            Some(g) => {
+                g.count += 1;
+                if g.subjects.len() < 5 {
+                    g.subjects.push(f.subject.clone());
+                }
+            }
+            None => gaps.push(Gap {
+                severity: format!("{:?}", f.severity).to_lowercase(),
+                rule: f.rule,
+                count: 1,
+                subjects: vec![f.subject.clone()],
+                message: f.message.clone(),
+                fix: f.fix.clone(),
+            }),
+        }
+    }
     let groups: Vec<Group> = groups
         .into_iter()
         .map(|(name, checks)| Group { name, checks })
@@ -166,6 +196,7 @@ pub(crate) async fn status_page(
         counts,
         total,
         groups => minijinja::Value::from(minijinja::value::Serde(&groups)),
+        gaps => minijinja::Value::from(minijinja::value::Serde(&gaps)),
         version => env!("CARGO_PKG_VERSION"),
         user => who.as_ref().map(|w| w.name.clone()),
         csrf => who.as_ref().and_then(|w| w.csrf.clone()),

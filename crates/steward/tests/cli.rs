@@ -583,6 +583,23 @@ group = "data"
     );
     assert!(db.contains("0.00%"), "{db}");
     assert!(dom.contains("<h2>edge</h2>") && dom.contains("<h2>data</h2>"));
+    // The doctor panel: this spec alerts nobody.
+    assert!(
+        dom.contains("Operational gaps") && dom.contains("no-alert-channel"),
+        "{dom}"
+    );
+    let findings = get_json(&serve.url("/api/v1/doctor")).await;
+    assert!(
+        findings
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["rule"] == "no-alert-channel" && f["severity"] == "error")
+    );
+    assert!(
+        !findings.to_string().contains("not-monitoring"),
+        "serve itself is running"
+    );
     // The server renders a timestamp; only status.js turns it into "just now".
     assert!(
         dom.contains(">just now</time>") || dom.contains(" s ago</time>"),
