@@ -381,11 +381,12 @@ fn write_loop(
         };
         let mut batch: Vec<Record> = first.into_iter().collect();
         // Gather what arrives in the next moment into the same transaction.
-        let deadline = Instant::now() + Duration::from_millis(100);
-        while batch.len() < 5000 {
-            match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-                Ok(r) => batch.push(r),
-                Err(_) => break,
+        // Sleeping, then draining, wakes this thread once per batch instead of
+        // once per result.
+        if !batch.is_empty() {
+            std::thread::sleep(Duration::from_millis(100));
+            while let Ok(r) = rx.try_recv() {
+                batch.push(r);
             }
         }
         if !batch.is_empty() {
