@@ -115,22 +115,7 @@ pub(crate) async fn probe(
             .map_err(|e| format!("cannot build request: {e}"))?;
         let resp = if https {
             let cfg = tls_config.clone().ok_or("no TLS configuration")?;
-            let name = rustls::pki_types::ServerName::try_from(host.clone())
-                .map_err(|_| format!("`{host}` is not a valid TLS server name"))?;
-            let stream = tokio_rustls::TlsConnector::from(cfg)
-                .connect(name, tcp)
-                .await
-                .map_err(|e| format!("TLS handshake failed: {e}"))?;
-            out.observed.connected = true;
-            if let Some(cert) = stream
-                .get_ref()
-                .1
-                .peer_certificates()
-                .and_then(|c| c.first())
-            {
-                out.observed.certificate_expiration_ms =
-                    tls::expires_in_ms(cert, steward_state::now_ms());
-            }
+            let stream = tls::handshake(cfg, &host, tcp, &mut out.observed).await?;
             exchange(stream, req, p.max_body).await?
         } else {
             out.observed.connected = true;

@@ -122,19 +122,8 @@ impl Prober {
                         .trim_matches(['[', ']'])
                         .to_string()
                 });
-                let name = rustls::pki_types::ServerName::try_from(host.clone())
-                    .map_err(|_| format!("`{host}` is not a valid TLS server name"))?;
-                let tls = tokio_rustls::TlsConnector::from(cfg)
-                    .connect(name, s)
-                    .await
-                    .map_err(|e| format!("TLS handshake failed: {e}"))?;
-                out.observed.connected = true;
+                tls::handshake(cfg, &host, s, &mut out.observed).await?;
                 out.observed.response_time_ms = Some(ms(started));
-                let (_, conn) = tls.get_ref();
-                if let Some(cert) = conn.peer_certificates().and_then(|c| c.first()) {
-                    out.observed.certificate_expiration_ms =
-                        tls::expires_in_ms(cert, steward_state::now_ms());
-                }
                 Ok(())
             }
             Probe::Dns {
