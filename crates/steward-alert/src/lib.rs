@@ -217,11 +217,10 @@ impl Alerter {
                     }
                     Err(broadcast::error::RecvError::Lagged(n)) => {
                         tracing::warn!(missed = n, "alerting fell behind; some transitions were not alerted");
-                        let _ = me.store.append_event(&NewEvent {
-                            ts: now_ms(), kind: "alert.lagged".into(), subject: "alerting".into(),
-                            severity: "warning".into(), message: format!("{n} transitions were not alerted"),
-                            data: serde_json::json!({"missed": n}),
-                        });
+                        let _ = me.store.append_event(&NewEvent::now(
+                            "alert.lagged", "alerting", "warning",
+                            format!("{n} transitions were not alerted"), serde_json::json!({"missed": n}),
+                        ));
                     }
                     Err(broadcast::error::RecvError::Closed) => break,
                 },
@@ -254,14 +253,13 @@ impl Alerter {
             Suppressed::Maintenance(m) => format!("maintenance window `{m}`"),
             Suppressed::Dependency(d) => format!("`{d}`, which it depends on, is down"),
         };
-        let _ = self.store.append_event(&NewEvent {
-            ts: now_ms(),
-            kind: "alert.suppressed".into(),
-            subject: check.to_string(),
-            severity: "info".into(),
-            message: format!("alert for {check} held back: {reason}"),
-            data: serde_json::json!({"event_id": event_id}),
-        });
+        let _ = self.store.append_event(&NewEvent::now(
+            "alert.suppressed",
+            check,
+            "info",
+            format!("alert for {check} held back: {reason}"),
+            serde_json::json!({"event_id": event_id}),
+        ));
     }
 
     /// Notices for one transition, one per channel that wants it.
@@ -371,28 +369,26 @@ impl Alerter {
             if ok {
                 self.metrics.count(&alert_name, "delivered");
                 tracing::info!(alert = %alert_name, check = %notice.check, kind = notice.kind.as_str(), attempt, "alert delivered");
-                let _ = self.store.append_event(&NewEvent {
-                    ts: now_ms(),
-                    kind: "alert.sent".into(),
-                    subject: notice.check.clone(),
-                    severity: "info".into(),
-                    message: format!("{} alert for {} sent to {alert_name}", notice.kind.as_str(), notice.check),
-                    data: serde_json::json!({"alert": alert_name, "attempt": attempt, "event_id": notice.event_id}),
-                });
+                let _ = self.store.append_event(&NewEvent::now(
+                    "alert.sent",
+                    &notice.check,
+                    "info",
+                    format!("{} alert for {} sent to {alert_name}", notice.kind.as_str(), notice.check),
+                    serde_json::json!({"alert": alert_name, "attempt": attempt, "event_id": notice.event_id}),
+                ));
                 return;
             }
             let error = error.unwrap_or_default();
             tracing::warn!(alert = %alert_name, check = %notice.check, attempt, error = %error, "alert delivery failed");
             let Some(delay) = self.retry_delays.get(attempt as usize - 1) else {
                 self.metrics.count(&alert_name, "failed");
-                let _ = self.store.append_event(&NewEvent {
-                    ts: now_ms(),
-                    kind: "alert.failed".into(),
-                    subject: notice.check.clone(),
-                    severity: "error".into(),
-                    message: format!("{} alert for {} could not be sent to {alert_name}: {error}", notice.kind.as_str(), notice.check),
-                    data: serde_json::json!({"alert": alert_name, "attempts": attempt, "event_id": notice.event_id}),
-                });
+                let _ = self.store.append_event(&NewEvent::now(
+                    "alert.failed",
+                    &notice.check,
+                    "error",
+                    format!("{} alert for {} could not be sent to {alert_name}: {error}", notice.kind.as_str(), notice.check),
+                    serde_json::json!({"alert": alert_name, "attempts": attempt, "event_id": notice.event_id}),
+                ));
                 return;
             };
             self.metrics.count(&alert_name, "retry");

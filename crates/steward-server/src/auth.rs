@@ -102,14 +102,7 @@ async fn lookup(s: &AppState, hash: Vec<u8>) -> Option<steward_state::TokenInfo>
 
 fn audit(s: &AppState, kind: &str, severity: &str, message: String, data: serde_json::Value) {
     let store = s.store.clone();
-    let e = NewEvent {
-        ts: now_ms(),
-        kind: kind.into(),
-        subject: "api".into(),
-        severity: severity.into(),
-        message,
-        data,
-    };
+    let e = NewEvent::now(kind, "api", severity, message, data);
     tokio::task::spawn_blocking(move || {
         if let Err(err) = store.append_event(&e) {
             tracing::warn!(error = %err, "cannot record audit event");

@@ -176,6 +176,26 @@ pub struct NewEvent {
     pub data: serde_json::Value,
 }
 
+impl NewEvent {
+    /// An event stamped with the current time.
+    pub fn now(
+        kind: &str,
+        subject: &str,
+        severity: &str,
+        message: String,
+        data: serde_json::Value,
+    ) -> Self {
+        NewEvent {
+            ts: now_ms(),
+            kind: kind.into(),
+            subject: subject.into(),
+            severity: severity.into(),
+            message,
+            data,
+        }
+    }
+}
+
 /// A stored event.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Event {

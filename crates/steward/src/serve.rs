@@ -18,14 +18,7 @@ use crate::{exit, load_spec};
 pub(crate) const HEARTBEAT_KEY: &str = "serve.heartbeat";
 
 fn event(kind: &str, severity: &str, message: String, data: serde_json::Value) -> NewEvent {
-    NewEvent {
-        ts: now_ms(),
-        kind: kind.into(),
-        subject: "steward".into(),
-        severity: severity.into(),
-        message,
-        data,
-    }
+    NewEvent::now(kind, "steward", severity, message, data)
 }
 
 pub(crate) async fn run(spec_path: &Path, listen: Option<SocketAddr>) -> u8 {

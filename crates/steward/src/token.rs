@@ -19,14 +19,13 @@ fn when(ms: Option<i64>) -> String {
 }
 
 fn event(kind: &str, message: String, name: &str) -> NewEvent {
-    NewEvent {
-        ts: now_ms(),
-        kind: kind.into(),
-        subject: "token".into(),
-        severity: "info".into(),
+    NewEvent::now(
+        kind,
+        "token",
+        "info",
         message,
-        data: serde_json::json!({ "token": name }),
-    }
+        serde_json::json!({ "token": name }),
+    )
 }
 
 pub(crate) fn run(spec_path: &Path, action: Action) -> u8 {
