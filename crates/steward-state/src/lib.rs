@@ -563,19 +563,7 @@ impl Store {
         let rows = stmt
             .query_map(
                 params![check, res / 1000, from - from.rem_euclid(res), to],
-                |r| {
-                    let n: i64 = r.get(1)?;
-                    let sum: f64 = r.get(5)?;
-                    Ok(Bucket {
-                        ts: r.get(0)?,
-                        n,
-                        pass: r.get(2)?,
-                        warn: r.get(3)?,
-                        fail: r.get(4)?,
-                        avg_ms: if n > 0 { sum / n as f64 } else { 0.0 },
-                        max_ms: r.get(6)?,
-                    })
-                },
+                |r| bucket_at(r, 0),
             )
             .map_err(|e| self.err(e))?;
         rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
@@ -597,20 +585,7 @@ impl Store {
             .map_err(|e| self.err(e))?;
         let rows = stmt
             .query_map(params![res / 1000, from - from.rem_euclid(res)], |r| {
-                let n: i64 = r.get(2)?;
-                let sum: f64 = r.get(6)?;
-                Ok((
-                    r.get::<_, String>(0)?,
-                    Bucket {
-                        ts: r.get(1)?,
-                        n,
-                        pass: r.get(3)?,
-                        warn: r.get(4)?,
-                        fail: r.get(5)?,
-                        avg_ms: if n > 0 { sum / n as f64 } else { 0.0 },
-                        max_ms: r.get(7)?,
-                    },
-                ))
+                Ok((r.get::<_, String>(0)?, bucket_at(r, 1)?))
             })
             .map_err(|e| self.err(e))?;
         let mut out: BTreeMap<String, Vec<Bucket>> = BTreeMap::new();
@@ -781,6 +756,22 @@ impl Store {
         .map(|_| ())
         .map_err(|e| self.err(e))
     }
+}
+
+/// A bucket from the columns `bucket, n, n_pass, n_warn, n_fail, sum_ms, max_ms`
+/// starting at `at`.
+fn bucket_at(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<Bucket> {
+    let n: i64 = r.get(at + 1)?;
+    let sum: f64 = r.get(at + 5)?;
+    Ok(Bucket {
+        ts: r.get(at)?,
+        n,
+        pass: r.get(at + 2)?,
+        warn: r.get(at + 3)?,
+        fail: r.get(at + 4)?,
+        avg_ms: if n > 0 { sum / n as f64 } else { 0.0 },
+        max_ms: r.get(at + 6)?,
+    })
 }
 
 fn insert_event(conn: &Connection, e: &NewEvent) -> rusqlite::Result<i64> {
