@@ -12,6 +12,8 @@ use steward_state::{
     Bucket, CheckStateRow, Delivery, Event, EventQuery, ResultRow, Uptime, now_ms,
 };
 
+use steward_spec::Check;
+
 use crate::AppState;
 
 pub(crate) fn routes() -> Router<AppState> {
@@ -104,26 +106,31 @@ fn result_view(r: &ResultRow) -> ResultView {
     }
 }
 
+fn check_view(
+    c: &Check,
+    st: Option<&CheckStateRow>,
+    uptime: &BTreeMap<String, Uptime>,
+) -> CheckView {
+    CheckView {
+        name: c.name.clone(),
+        kind: c.kind().as_str().into(),
+        group: c.group.clone(),
+        description: c.description.clone(),
+        interval_s: c.interval.secs_f64(),
+        health: st.map(|s| s.health.as_str()).unwrap_or("unknown").into(),
+        since: st.map(|s| rfc3339(s.since)).unwrap_or_default(),
+        last: st.and_then(|s| s.last.as_ref()).map(result_view),
+        uptime: uptime.get(&c.name).copied().unwrap_or_default(),
+        conditions: c.conditions.iter().map(|c| c.text.clone()).collect(),
+    }
+}
+
 pub(crate) fn check_views(s: &AppState, uptime: &BTreeMap<String, Uptime>) -> Vec<CheckView> {
     let board = s.board.read().unwrap_or_else(|e| e.into_inner());
     s.spec
         .checks
         .values()
-        .map(|c| {
-            let st: Option<&CheckStateRow> = board.get(&c.name);
-            CheckView {
-                name: c.name.clone(),
-                kind: c.kind().as_str().into(),
-                group: c.group.clone(),
-                description: c.description.clone(),
-                interval_s: c.interval.secs_f64(),
-                health: st.map(|s| s.health.as_str()).unwrap_or("unknown").into(),
-                since: st.map(|s| rfc3339(s.since)).unwrap_or_default(),
-                last: st.and_then(|s| s.last.as_ref()).map(result_view),
-                uptime: uptime.get(&c.name).copied().unwrap_or_default(),
-                conditions: c.conditions.iter().map(|c| c.text.clone()).collect(),
-            }
-        })
+        .map(|c| check_view(c, board.get(&c.name), uptime))
         .collect()
 }
 
@@ -136,13 +143,14 @@ async fn get_check(
     State(s): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Json<CheckView>, ApiError> {
-    known(&s, &name)?;
+    let check = s
+        .spec
+        .checks
+        .get(&name)
+        .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no check named `{name}`")))?;
     let sums = s.summaries.get(&s.store).await.map_err(internal)?;
-    check_views(&s, &sums.uptime)
-        .into_iter()
-        .find(|c| c.name == name)
-        .map(Json)
-        .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no check named `{name}`")))
+    let board = s.board.read().unwrap_or_else(|e| e.into_inner());
+    Ok(Json(check_view(check, board.get(&name), &sums.uptime)))
 }
 
 fn known(s: &AppState, name: &str) -> Result<(), ApiError> {
