@@ -287,8 +287,8 @@ pub enum Channel {
 pub struct Maintenance {
     /// Its name.
     pub name: String,
-    /// Cron expression for the window's start (UTC).
-    pub schedule: String,
+    /// When the window starts (UTC), parsed once at validation.
+    pub schedule: croner::Cron,
     /// Window length.
     pub duration: Dur,
     /// Checks silenced; all when empty.
@@ -298,13 +298,10 @@ pub struct Maintenance {
 impl Maintenance {
     /// Whether `now` falls inside a window.
     pub fn active_at(&self, now: chrono::DateTime<chrono::Utc>) -> bool {
-        let Ok(cron) = croner::parser::CronParser::new().parse(&self.schedule) else {
-            return false;
-        };
         let Ok(len) = chrono::Duration::from_std(self.duration.0) else {
             return false;
         };
-        match cron.find_previous_occurrence(&now, true) {
+        match self.schedule.find_previous_occurrence(&now, true) {
             Ok(start) => now < start + len,
             Err(_) => false,
         }

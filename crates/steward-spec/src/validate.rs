@@ -166,10 +166,7 @@ pub(crate) fn parse(
     dependency_cycles(&mut d, &checks);
     let mut out_maint = BTreeMap::new();
     for (name, _span, m) in &maint {
-        if croner::parser::CronParser::new()
-            .parse(m.schedule.get_ref())
-            .is_err()
-        {
+        let Ok(schedule) = croner::parser::CronParser::new().parse(m.schedule.get_ref()) else {
             d.error(
                 m.schedule.span(),
                 format!("invalid cron expression `{}`", m.schedule.get_ref()),
@@ -179,7 +176,8 @@ pub(crate) fn parse(
                         .into(),
                 ),
             );
-        }
+            continue;
+        };
         for c in &m.checks {
             unknown_ref(&mut d, c, "check", &check_names);
         }
@@ -187,7 +185,7 @@ pub(crate) fn parse(
             name.clone(),
             Maintenance {
                 name: name.clone(),
-                schedule: m.schedule.get_ref().clone(),
+                schedule,
                 duration: m.duration,
                 checks: m.checks.iter().map(|c| c.get_ref().clone()).collect(),
             },
