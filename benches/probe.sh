@@ -12,40 +12,16 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 CHECKS=${1:-200}
 SECONDS_PER_RUN=${2:-20}
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/steward-target}
-
 need() { command -v "$1" >/dev/null || { echo "missing $1 (scripts/testbed install)" >&2; exit 2; }; }
-scripts/testbed install
+BENCH_NAME=bench source benches/common.sh
 need nginx; need prometheus-blackbox-exporter; need openssl; need curl
-cargo build --release -q -p steward
-STEWARD=$CARGO_TARGET_DIR/release/steward
-
-WORK=$(mktemp -d /tmp/steward-bench.XXXXXX)
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
-trap cleanup EXIT
-chmod 755 "$WORK" # nginx workers run as www-data
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-hz=$(getconf CLK_TCK)
 
 # --- targets -------------------------------------------------------------------------
 HTTP_PORT=$(free_port); HTTPS_PORT=$(free_port)
 openssl req -x509 -newkey rsa:2048 -nodes -days 30 -subj /CN=localhost \
   -addext subjectAltName=DNS:localhost,IP:127.0.0.1 -keyout "$WORK/key.pem" -out "$WORK/cert.pem" 2>/dev/null
-mkdir -p "$WORK/www" "$WORK/tmp"; echo ok >"$WORK/www/index.html"
-cat >"$WORK/nginx.conf" <<EOF
-worker_processes 1; daemon off; pid $WORK/nginx.pid; error_log $WORK/nginx.err;
-events { worker_connections 4096; }
-http { access_log off; client_body_temp_path $WORK/tmp; proxy_temp_path $WORK/tmp;
-  fastcgi_temp_path $WORK/tmp; uwsgi_temp_path $WORK/tmp; scgi_temp_path $WORK/tmp;
-  server { listen 127.0.0.1:$HTTP_PORT; root $WORK/www; }
-  server { listen 127.0.0.1:$HTTPS_PORT ssl; ssl_certificate $WORK/cert.pem;
-           ssl_certificate_key $WORK/key.pem; root $WORK/www; } }
-EOF
-nginx -c "$WORK/nginx.conf" -p "$WORK" & PIDS+=($!)
-sleep 0.5
+start_nginx "server { listen 127.0.0.1:$HTTP_PORT; }" \
+  "server { listen 127.0.0.1:$HTTPS_PORT ssl; ssl_certificate $WORK/cert.pem; ssl_certificate_key $WORK/key.pem; }"
 
 # --- steward -------------------------------------------------------------------------
 steward_run() { # scheme port -> cpu ms per probe

@@ -11,28 +11,10 @@ cd "$(dirname "$0")/.."
 CHECKS=${1:-10000}
 API_CHECKS=${2:-2000}
 WINDOW=40
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/steward-target}
-scripts/testbed install
-cargo build --release -q -p steward
-STEWARD=$CARGO_TARGET_DIR/release/steward
-
-WORK=$(mktemp -d /tmp/steward-scale.XXXXXX); chmod 755 "$WORK"
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
-trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
-hz=$(getconf CLK_TCK)
+BENCH_NAME=scale source benches/common.sh
 
 NGINX_PORT=$(free_port)
-mkdir -p "$WORK/www" "$WORK/tmp"; echo ok >"$WORK/www/index.html"
-cat >"$WORK/nginx.conf" <<EOF
-worker_processes 1; daemon off; pid $WORK/nginx.pid; error_log $WORK/nginx.err;
-events { worker_connections 8192; }
-http { access_log off; client_body_temp_path $WORK/tmp; proxy_temp_path $WORK/tmp;
-  fastcgi_temp_path $WORK/tmp; uwsgi_temp_path $WORK/tmp; scgi_temp_path $WORK/tmp;
-  server { listen 127.0.0.1:$NGINX_PORT backlog=4096; root $WORK/www; } }
-EOF
-nginx -c "$WORK/nginx.conf" -p "$WORK" & PIDS+=($!)
+start_nginx "server { listen 127.0.0.1:$NGINX_PORT backlog=4096; }"
 
 spec() { # file checks listen state
   python3 - "$@" "$NGINX_PORT" <<'PY'

@@ -1,0 +1,32 @@
+# Shared set-up of the benchmark scripts (sourced, not run): a release build of
+# steward, a scratch directory cleaned up on exit with every process started,
+# free loopback ports, CPU-time reading, and an nginx serving a static page.
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/steward-target}
+scripts/testbed install
+cargo build --release -q -p steward
+STEWARD=$CARGO_TARGET_DIR/release/steward
+
+WORK=$(mktemp -d "/tmp/steward-${BENCH_NAME:-bench}.XXXXXX")
+chmod 755 "$WORK" # nginx workers run as www-data
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+hz=$(getconf CLK_TCK)
+
+# start_nginx 'server { ... }' ... — serves $WORK/www (index.html says "ok").
+start_nginx() {
+  mkdir -p "$WORK/www" "$WORK/tmp"; echo ok >"$WORK/www/index.html"
+  cat >"$WORK/nginx.conf" <<CONF
+worker_processes 1; daemon off; pid $WORK/nginx.pid; error_log $WORK/nginx.err;
+events { worker_connections 8192; }
+http { access_log off; client_body_temp_path $WORK/tmp; proxy_temp_path $WORK/tmp;
+  fastcgi_temp_path $WORK/tmp; uwsgi_temp_path $WORK/tmp; scgi_temp_path $WORK/tmp;
+  root $WORK/www;
+  $* }
+CONF
+  nginx -c "$WORK/nginx.conf" -p "$WORK" & PIDS+=($!)
+  sleep 0.5
+}
