@@ -137,6 +137,13 @@ fn sensitive_header(name: &str) -> bool {
         || n == "cookie"
 }
 
+/// Names of headers or variables that look like credentials and hold a literal.
+fn inline_sensitive(map: &std::collections::BTreeMap<String, Text>) -> impl Iterator<Item = &str> {
+    map.iter()
+        .filter(|(k, v)| sensitive_header(k) && !v.has_references())
+        .map(|(k, _)| k.as_str())
+}
+
 fn inline_secrets(spec: &Spec, out: &mut Vec<Finding>) {
     let fix = "move the value into the environment or a file and write `${env:NAME}` or `${file:/path}` instead";
     let mut flag = |subject: String, what: &str| {
@@ -160,17 +167,13 @@ fn inline_secrets(spec: &Spec, out: &mut Vec<Finding>) {
                 if url_has_inline_password(&h.url) {
                     flag(subject.clone(), "a password in the URL");
                 }
-                for (k, v) in &h.headers {
-                    if sensitive_header(k) && !v.has_references() {
-                        flag(subject.clone(), &format!("header `{k}`"));
-                    }
+                for k in inline_sensitive(&h.headers) {
+                    flag(subject.clone(), &format!("header `{k}`"));
                 }
             }
             Probe::Exec { env, .. } => {
-                for (k, v) in env {
-                    if sensitive_header(k) && !v.has_references() {
-                        flag(subject.clone(), &format!("environment variable `{k}`"));
-                    }
+                for k in inline_sensitive(env) {
+                    flag(subject.clone(), &format!("environment variable `{k}`"));
                 }
             }
             _ => {}
@@ -186,10 +189,8 @@ fn inline_secrets(spec: &Spec, out: &mut Vec<Finding>) {
                 if url_has_inline_password(url) {
                     flag(subject.clone(), "a password in the webhook URL");
                 }
-                for (k, v) in headers {
-                    if sensitive_header(k) && !v.has_references() {
-                        flag(subject.clone(), &format!("header `{k}`"));
-                    }
+                for k in inline_sensitive(headers) {
+                    flag(subject.clone(), &format!("header `{k}`"));
                 }
             }
             Channel::Email {
