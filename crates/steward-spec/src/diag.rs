@@ -89,6 +89,11 @@ impl Diagnostics {
         self.error(span, message, "here", help);
     }
 
+    /// 1-based line of a byte offset in this source.
+    pub(crate) fn line_of(&self, offset: usize) -> usize {
+        line_col(&self.src, offset).0
+    }
+
     pub(crate) fn finish(mut self) -> Result<(), SpecErrors> {
         if self.errors.is_empty() {
             return Ok(());

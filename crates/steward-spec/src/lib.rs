@@ -9,6 +9,7 @@
 //! Each capability owns its top-level table (`[check.*]`, `[alert.*]`, ...).
 
 mod condition;
+mod converge;
 mod diag;
 mod duration;
 mod model;
@@ -18,6 +19,9 @@ mod validate;
 
 pub use condition::{
     Condition, ConditionError, Observed, Op, Operand, PathSeg, Placeholder, Selector, Verdict,
+};
+pub use converge::{
+    Content, ConvergeSet, Ensure, Perms, Resource, ResourceKind, ServiceState, template_env,
 };
 pub use diag::{SpecError, SpecErrors, did_you_mean};
 pub use duration::Dur;

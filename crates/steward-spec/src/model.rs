@@ -23,6 +23,8 @@ pub struct Spec {
     pub alerts: BTreeMap<String, Alert>,
     /// `[maintenance.*]`, by name.
     pub maintenance: BTreeMap<String, Maintenance>,
+    /// `[converge.*]`, by name.
+    pub converge: BTreeMap<String, crate::converge::ConvergeSet>,
 }
 
 /// `[steward]`: process-wide settings.

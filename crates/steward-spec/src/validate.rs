@@ -11,6 +11,7 @@ use toml::Spanned;
 use toml::de::{DeTable, DeValue, ValueDeserializer};
 
 use crate::condition::{Condition, Placeholder};
+use crate::converge::RawConverge;
 use crate::diag::{Diagnostics, SpecErrors, did_you_mean};
 use crate::duration::Dur;
 use crate::model::*;
@@ -18,11 +19,9 @@ use crate::raw::*;
 use crate::secret::{Resolver, Text};
 
 /// Sections this version understands.
-const SECTIONS: &[&str] = &["steward", "check", "alert", "maintenance"];
+const SECTIONS: &[&str] = &["steward", "check", "alert", "maintenance", "converge"];
 /// Sections that later capabilities add; named so the error can say so.
-const PLANNED: &[&str] = &[
-    "store", "backup", "converge", "image", "service", "scale", "metrics",
-];
+const PLANNED: &[&str] = &["store", "backup", "image", "service", "scale", "metrics"];
 
 pub(crate) fn parse(
     name: &str,
@@ -50,6 +49,7 @@ pub(crate) fn parse(
     let mut checks: Vec<(String, Range<usize>, RawCheck)> = Vec::new();
     let mut alerts: Vec<(String, Range<usize>, RawAlert)> = Vec::new();
     let mut maint: Vec<(String, Range<usize>, RawMaintenance)> = Vec::new();
+    let mut converge_raw: Vec<(String, RawConverge)> = Vec::new();
 
     for (key, value) in root {
         let kspan = key.span();
@@ -61,7 +61,7 @@ pub(crate) fn parse(
                     settings_raw = Some((s, vspan));
                 }
             }
-            "check" | "alert" | "maintenance" => {
+            "check" | "alert" | "maintenance" | "converge" => {
                 let vspan = value.span();
                 let DeValue::Table(entries) = value.into_inner() else {
                     d.error(
@@ -106,6 +106,11 @@ pub(crate) fn parse(
                         "alert" => {
                             if let Some(a) = de::<RawAlert>(&mut d, evalue) {
                                 alerts.push((ename, espan, a));
+                            }
+                        }
+                        "converge" => {
+                            if let Some(c) = de::<RawConverge>(&mut d, evalue) {
+                                converge_raw.push((ename, c));
                             }
                         }
                         _ => {
@@ -192,6 +197,13 @@ pub(crate) fn parse(
         );
     }
 
+    let mut converge = BTreeMap::new();
+    for (name, raw) in converge_raw {
+        if let Some(set) = crate::converge::converge_set(&mut d, &name, raw, base_dir, resolver) {
+            converge.insert(name, set);
+        }
+    }
+
     d.finish()?;
     Ok(Spec {
         file: name.to_string(),
@@ -199,6 +211,7 @@ pub(crate) fn parse(
         checks: out_checks,
         alerts: out_alerts,
         maintenance: out_maint,
+        converge,
     })
 }
 

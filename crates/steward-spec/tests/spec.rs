@@ -169,9 +169,39 @@ fn readme_documents_every_key() {
             "[maintenance.x]\nschedule = \"0 3 * * *\"\nduration = \"1h\"\nzzzzzzzzzzzz = 1\n",
         ),
         ("steward", "[steward]\nzzzzzzzzzzzz = 1\n"),
+        ("converge", "[converge.x]\nzzzzzzzzzzzz = 1\n"),
     ];
+    let kinds = [
+        "file",
+        "template",
+        "directory",
+        "symlink",
+        "line",
+        "block",
+        "package",
+        "service",
+        "user",
+        "group",
+        "cron",
+        "sysctl",
+        "download",
+        "exec",
+    ];
+    let resource_probes: Vec<(&str, String)> = kinds
+        .iter()
+        .map(|k| {
+            (
+                *k,
+                format!("[converge.x]\n{k} = [{{ zzzzzzzzzzzz = 1 }}]\n"),
+            )
+        })
+        .collect();
+    let probes = probes
+        .iter()
+        .map(|(a, b)| (*a, b.to_string()))
+        .chain(resource_probes);
     for (section, src) in probes {
-        let err = Spec::parse("t.toml", src, Path::new("/"), &NoEnv).unwrap_err();
+        let err = Spec::parse("t.toml", &src, Path::new("/"), &NoEnv).unwrap_err();
         let help = err.errors[0].help.clone().unwrap();
         let keys = help
             .strip_prefix("known keys here: ")
@@ -183,4 +213,61 @@ fn readme_documents_every_key() {
             );
         }
     }
+}
+
+#[test]
+fn converge_templates_and_cycles_are_checked_at_validation() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("ok.j2"),
+        "port = {{ port }}\n{% for i in range(2) %}\nw{{ i }}\n{% endfor %}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("bad.j2"),
+        "line one\n{% if x %}\nunclosed\n",
+    )
+    .unwrap();
+    let src = r#"
+[converge.app]
+template = [
+  { path = "/etc/ok.conf", source = "ok.j2" },
+  { path = "/etc/bad.conf", source = "bad.j2" },
+]
+"#;
+    let err = Spec::parse("t.toml", src, dir.path(), &NoEnv).unwrap_err();
+    assert_eq!(err.errors.len(), 1, "{err:?}");
+    let e = &err.errors[0];
+    assert!(
+        e.message.contains("bad.j2") && e.message.contains("line 3"),
+        "{}",
+        e.message
+    );
+    assert_eq!((e.line, e.column), (5, 38));
+
+    // A valid set comes out in dependency order (spec order among independent ones).
+    let src = r#"
+[converge.app]
+file = [{ path = "/srv/app/app.conf", content = "x", owner = "app", notify = ["service:app"] }]
+service = [{ name = "app", enabled = true }]
+package = [{ name = "app" }]
+user = [{ name = "app", system = true }]
+directory = [{ path = "/srv/app" }]
+"#;
+    let spec = Spec::parse("t.toml", src, dir.path(), &NoEnv).unwrap();
+    let order: Vec<&str> = spec.converge["app"]
+        .resources
+        .iter()
+        .map(|r| r.id.as_str())
+        .collect();
+    assert_eq!(
+        order,
+        [
+            "package:app",
+            "user:app",
+            "directory:/srv/app",
+            "file:/srv/app/app.conf",
+            "service:app"
+        ]
+    );
 }

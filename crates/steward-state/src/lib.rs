@@ -7,9 +7,11 @@
 //!
 //! All times are Unix milliseconds (`i64`).
 
+mod converge;
 mod schema;
 mod tokens;
 
+pub use converge::Managed;
 pub use tokens::{Scope, TokenError, TokenInfo, token_hash};
 
 use std::collections::BTreeMap;

@@ -72,6 +72,24 @@ const MIGRATIONS: &[&str] = &[
         last_used INTEGER,
         revoked INTEGER
      );",
+    // 3: configuration management: refreshes owed (survive a failed run) and what
+    // was managed, per root and set
+    "CREATE TABLE converge_pending (
+        root TEXT NOT NULL,
+        set_name TEXT NOT NULL,
+        target TEXT NOT NULL,
+        source TEXT NOT NULL,
+        ts INTEGER NOT NULL,
+        PRIMARY KEY (root, set_name, target, source)
+     );
+     CREATE TABLE converge_managed (
+        root TEXT NOT NULL,
+        set_name TEXT NOT NULL,
+        id TEXT NOT NULL,
+        path TEXT,
+        ts INTEGER NOT NULL,
+        PRIMARY KEY (root, set_name, id)
+     );",
 ];
 
 /// Newest schema version this build knows.

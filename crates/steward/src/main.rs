@@ -2,6 +2,7 @@
 //! in the `steward-*` library crates.
 
 mod check;
+mod converge;
 mod doctor;
 mod serve;
 mod table;
@@ -82,6 +83,11 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Converge hosts to the spec's `[converge.*]` sets: `plan` shows, `apply` changes.
+    Converge {
+        #[command(subcommand)]
+        action: ConvergeCommand,
+    },
     /// Manage API tokens for `auth = "token"` (stored only as hashes).
     Token {
         #[command(subcommand)]
@@ -111,6 +117,35 @@ enum TokenCommand {
         /// The token's name.
         name: String,
     },
+}
+
+#[derive(Subcommand)]
+enum ConvergeCommand {
+    /// Show what would change, with a diff per file; exit 1 when anything would.
+    Plan {
+        #[command(flatten)]
+        args: ConvergeArgs,
+        /// Show diffs of content that comes from secret references.
+        #[arg(long)]
+        show_secrets: bool,
+    },
+    /// Make the changes; exit 1 when a resource failed.
+    Apply {
+        #[command(flatten)]
+        args: ConvergeArgs,
+    },
+}
+
+#[derive(clap::Args)]
+struct ConvergeArgs {
+    /// Only these sets (default: all).
+    sets: Vec<String>,
+    /// Converge this directory as if it were `/` (images, tests).
+    #[arg(long)]
+    root: Option<PathBuf>,
+    /// Machine-readable output.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -171,11 +206,12 @@ fn main() -> ExitCode {
             match load_spec(&path) {
                 Ok(spec) => {
                     println!(
-                        "{}: valid ({} checks, {} alert channels, {} maintenance windows)",
+                        "{}: valid ({} checks, {} alert channels, {} maintenance windows, {} converge sets)",
                         path.display(),
                         spec.checks.len(),
                         spec.alerts.len(),
-                        spec.maintenance.len()
+                        spec.maintenance.len(),
+                        spec.converge.len()
                     );
                     exit::OK
                 }
@@ -185,6 +221,24 @@ fn main() -> ExitCode {
         Command::Check { names, json } => runtime().block_on(check::run(&cli.spec, &names, json)),
         Command::Serve { listen } => serve_runtime().block_on(serve::run(&cli.spec, listen)),
         Command::Doctor { json } => doctor::run(&cli.spec, json),
+        Command::Converge { action } => {
+            let (mode, args, show_secrets) = match action {
+                ConvergeCommand::Plan { args, show_secrets } => {
+                    (converge::Mode::Plan, args, show_secrets)
+                }
+                ConvergeCommand::Apply { args } => (converge::Mode::Apply, args, false),
+            };
+            converge::run(
+                &cli.spec,
+                mode,
+                converge::Options {
+                    sets: args.sets,
+                    root: args.root,
+                    json: args.json,
+                    show_secrets,
+                },
+            )
+        }
         Command::Token { action } => token::run(
             &cli.spec,
             match action {
