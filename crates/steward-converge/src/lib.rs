@@ -9,6 +9,7 @@
 //! journaled in the state database before the resource they wait on runs, so a run
 //! that dies in between still performs them next time.
 
+pub mod drift;
 mod edit;
 mod exec;
 mod facts;

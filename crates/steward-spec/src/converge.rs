@@ -388,6 +388,7 @@ struct Pending {
 pub(crate) fn converge_set(
     d: &mut Diagnostics,
     name: &str,
+    set_span: Range<usize>,
     raw: RawConverge,
     base_dir: &Path,
     resolver: &dyn Resolver,
@@ -984,6 +985,16 @@ pub(crate) fn converge_set(
             return None;
         }
     };
+    if raw.auto_correct == Some(true) && raw.drift_check.is_none() {
+        d.error(
+            set_span.clone(),
+            format!("converge set `{name}` sets `auto_correct` without `drift_check`"),
+            "never checked",
+            Some(
+                "add `drift_check = \"10m\"`: auto-correct applies what a drift check finds".into(),
+            ),
+        );
+    }
     if d.errors.len() > before_errors {
         return None;
     }

@@ -49,7 +49,7 @@ pub(crate) fn parse(
     let mut checks: Vec<(String, Range<usize>, RawCheck)> = Vec::new();
     let mut alerts: Vec<(String, Range<usize>, RawAlert)> = Vec::new();
     let mut maint: Vec<(String, Range<usize>, RawMaintenance)> = Vec::new();
-    let mut converge_raw: Vec<(String, RawConverge)> = Vec::new();
+    let mut converge_raw: Vec<(String, Range<usize>, RawConverge)> = Vec::new();
 
     for (key, value) in root {
         let kspan = key.span();
@@ -110,7 +110,7 @@ pub(crate) fn parse(
                         }
                         "converge" => {
                             if let Some(c) = de::<RawConverge>(&mut d, evalue) {
-                                converge_raw.push((ename, c));
+                                converge_raw.push((ename, espan, c));
                             }
                         }
                         _ => {
@@ -198,8 +198,10 @@ pub(crate) fn parse(
     }
 
     let mut converge = BTreeMap::new();
-    for (name, raw) in converge_raw {
-        if let Some(set) = crate::converge::converge_set(&mut d, &name, raw, base_dir, resolver) {
+    for (name, span, raw) in converge_raw {
+        if let Some(set) =
+            crate::converge::converge_set(&mut d, &name, span, raw, base_dir, resolver)
+        {
             converge.insert(name, set);
         }
     }

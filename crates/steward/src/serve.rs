@@ -75,6 +75,8 @@ pub(crate) async fn run(spec_path: &Path, listen: Option<SocketAddr>) -> u8 {
     health_metrics.register(&mut registry);
     let alert_metrics = steward_alert::AlertMetrics::default();
     alert_metrics.register(&mut registry);
+    let converge_metrics = steward_converge::drift::ConvergeMetrics::default();
+    converge_metrics.register(&mut registry);
 
     let cancel = CancellationToken::new();
     let resolver: Arc<dyn Resolver> = Arc::new(OsResolver);
@@ -127,6 +129,23 @@ pub(crate) async fn run(spec_path: &Path, listen: Option<SocketAddr>) -> u8 {
     };
 
     tokio::spawn(reload_on_sighup(reloader, store.clone(), cancel.clone()));
+
+    // Drift detection (and auto-correct) for converge sets that ask for it.
+    let drift: Vec<_> = spec
+        .converge
+        .values()
+        .filter(|set| set.drift_check.is_some())
+        .map(|set| {
+            let check = steward_converge::drift::DriftCheck {
+                set: set.clone(),
+                store: store.clone(),
+                state_dir: spec.settings.state_dir.clone(),
+                resolver: resolver.clone(),
+                metrics: converge_metrics.clone(),
+            };
+            tokio::spawn(check.run(cancel.clone()))
+        })
+        .collect();
 
     let heartbeat = {
         let (store, cancel) = (store.clone(), cancel.clone());
@@ -187,6 +206,9 @@ pub(crate) async fn run(spec_path: &Path, listen: Option<SocketAddr>) -> u8 {
     monitor.join().await;
     let _ = alerting.await;
     let _ = heartbeat.await;
+    for d in drift {
+        let _ = d.await;
+    }
     let _ = summaries.await;
     let _ = store.append_event(&event(
         "serve.stopped",

@@ -1,0 +1,215 @@
+//! The converge controller inside `serve`: plans each set with a `drift_check`
+//! interval, records drift as events and metrics, and applies the set when
+//! `auto_correct` is on.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::{Duration, Instant};
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use steward_spec::{ConvergeSet, Resolver};
+use steward_state::{NewEvent, Store};
+use tokio_util::sync::CancellationToken;
+
+use crate::{Converger, RunLock, Status, Target};
+
+type Labels = Vec<(String, String)>;
+
+/// Prometheus metrics of the converge controller.
+#[derive(Default, Clone)]
+pub struct ConvergeMetrics {
+    runs: Family<Labels, Counter>,
+    errors: Family<Labels, Counter>,
+    drift: Family<Labels, Gauge>,
+    duration: Family<Labels, Gauge<f64, AtomicU64>>,
+}
+
+impl ConvergeMetrics {
+    /// Registers every metric (names follow `steward_<controller>_...`).
+    pub fn register(&self, r: &mut Registry) {
+        r.register(
+            "steward_converge_runs",
+            "Converge runs by set and mode (plan, apply)",
+            self.runs.clone(),
+        );
+        r.register(
+            "steward_converge_errors",
+            "Converge errors by set and stage",
+            self.errors.clone(),
+        );
+        r.register(
+            "steward_converge_drift_resources",
+            "Resources of a set that differ from the spec at the latest drift check",
+            self.drift.clone(),
+        );
+        r.register(
+            "steward_converge_last_duration_seconds",
+            "Duration of the latest run by set and mode",
+            self.duration.clone(),
+        );
+    }
+}
+
+/// Everything one set's drift loop needs.
+pub struct DriftCheck {
+    /// The set; must have `drift_check`.
+    pub set: ConvergeSet,
+    /// State database (journal, events).
+    pub store: Arc<Store>,
+    /// State directory (the apply lock lives there).
+    pub state_dir: std::path::PathBuf,
+    /// Secret resolution.
+    pub resolver: Arc<dyn Resolver>,
+    /// Metrics.
+    pub metrics: ConvergeMetrics,
+}
+
+impl DriftCheck {
+    /// Checks at every `drift_check` interval (the first right away) until `cancel`.
+    pub async fn run(self, cancel: CancellationToken) {
+        let Some(every) = self.set.drift_check else {
+            return;
+        };
+        let me = Arc::new(self);
+        let mut tick = tokio::time::interval(every.0.max(Duration::from_secs(1)));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut previous: Option<usize> = None;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = cancel.cancelled() => return,
+            }
+            let me2 = me.clone();
+            match tokio::task::spawn_blocking(move || me2.once(previous)).await {
+                Ok(n) => previous = n.or(previous),
+                Err(e) => tracing::error!(set = %me.set.name, error = %e, "drift check panicked"),
+            }
+        }
+    }
+
+    /// One drift check (and correction). Returns the drift count, or None on error.
+    fn once(&self, previous: Option<usize>) -> Option<usize> {
+        let set = &self.set.name;
+        let labels = |mode: &str| {
+            vec![
+                ("set".to_string(), set.clone()),
+                ("mode".to_string(), mode.to_string()),
+            ]
+        };
+        let stage = |s: &str| {
+            vec![
+                ("set".to_string(), set.clone()),
+                ("stage".to_string(), s.to_string()),
+            ]
+        };
+        let started = Instant::now();
+        let conv = match Converger::new(
+            &self.set,
+            Target::host(),
+            self.resolver.as_ref(),
+            Some(&self.store),
+        ) {
+            Ok(c) => c,
+            Err(e) => {
+                self.metrics.errors.get_or_create(&stage("plan")).inc();
+                tracing::warn!(set, error = %e, "drift check failed");
+                return None;
+            }
+        };
+        let plan = match conv.plan() {
+            Ok(p) => p,
+            Err(e) => {
+                self.metrics.errors.get_or_create(&stage("plan")).inc();
+                tracing::warn!(set, error = %e, "drift check failed");
+                return None;
+            }
+        };
+        self.metrics.runs.get_or_create(&labels("plan")).inc();
+        self.metrics
+            .duration
+            .get_or_create(&labels("plan"))
+            .set(started.elapsed().as_secs_f64());
+        if !plan.errors.is_empty() {
+            self.metrics.errors.get_or_create(&stage("observe")).inc();
+        }
+        let drift = plan.changes.len() + plan.errors.len();
+        self.metrics
+            .drift
+            .get_or_create(&vec![("set".to_string(), set.clone())])
+            .set(drift as i64);
+        let ids: Vec<&str> = plan
+            .changes
+            .iter()
+            .map(|c| c.id.as_str())
+            .chain(plan.errors.iter().map(|e| e.id.as_str()))
+            .collect();
+        if drift > 0 && previous != Some(drift) {
+            let _ = self.store.append_event(&NewEvent::now(
+                "converge.drift",
+                set,
+                "warning",
+                format!(
+                    "{drift} resource(s) differ from the spec: {}",
+                    ids.join(", ")
+                ),
+                serde_json::to_value(&plan).unwrap_or_default(),
+            ));
+        } else if drift == 0 && previous.is_some_and(|p| p > 0) {
+            let _ = self.store.append_event(&NewEvent::now(
+                "converge.converged",
+                set,
+                "info",
+                "no drift: the host matches the spec again".into(),
+                serde_json::json!({}),
+            ));
+        }
+        if drift == 0 || !self.set.auto_correct || plan.changes.is_empty() {
+            return Some(drift);
+        }
+        let lock = match RunLock::acquire(&self.state_dir) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::info!(set, error = %e, "auto-correct postponed");
+                return Some(drift);
+            }
+        };
+        let started = Instant::now();
+        match conv.apply(&lock, &mut |_| {}) {
+            Ok(report) => {
+                self.metrics.runs.get_or_create(&labels("apply")).inc();
+                self.metrics
+                    .duration
+                    .get_or_create(&labels("apply"))
+                    .set(started.elapsed().as_secs_f64());
+                let failed = report.count(Status::Failed) + report.count(Status::Skipped);
+                if failed > 0 {
+                    self.metrics.errors.get_or_create(&stage("apply")).inc();
+                }
+                let _ = self.store.append_event(&NewEvent::now(
+                    if failed > 0 {
+                        "converge.failed"
+                    } else {
+                        "converge.corrected"
+                    },
+                    set,
+                    if failed > 0 { "error" } else { "info" },
+                    format!(
+                        "auto-correct: {} changed, {failed} failed or skipped",
+                        report.count(Status::Changed)
+                    ),
+                    serde_json::to_value(&report).unwrap_or_default(),
+                ));
+                // The next tick's plan sees the corrected state (and says so).
+                Some(drift)
+            }
+            Err(e) => {
+                self.metrics.errors.get_or_create(&stage("apply")).inc();
+                tracing::warn!(set, error = %e, "auto-correct failed");
+                Some(drift)
+            }
+        }
+    }
+}
