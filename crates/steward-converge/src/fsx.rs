@@ -39,12 +39,53 @@ impl Target {
         &self.root
     }
 
-    /// A spec path (absolute) rebased under the root.
+    /// A spec path (absolute) rebased under the root. Symlinks in its directories
+    /// are followed as the root would see them (an absolute link target restarts at
+    /// the root, `..` stops at it), so nothing under `--root` reaches the host's
+    /// files. The last component is not followed: writes replace it, never go
+    /// through it.
     pub fn path(&self, p: &Path) -> PathBuf {
         if self.is_host() {
             return p.to_path_buf();
         }
-        self.root.join(p.strip_prefix("/").unwrap_or(p))
+        let mut queue: std::collections::VecDeque<std::ffi::OsString> = p
+            .components()
+            .filter_map(|c| match c {
+                std::path::Component::Normal(n) => Some(n.to_os_string()),
+                std::path::Component::ParentDir => Some("..".into()),
+                _ => None,
+            })
+            .collect();
+        let mut cur = self.root.clone();
+        let mut links_left = 40;
+        while let Some(name) = queue.pop_front() {
+            if name == ".." {
+                if cur != self.root {
+                    cur.pop();
+                }
+                continue;
+            }
+            let next = cur.join(&name);
+            if !queue.is_empty()
+                && links_left > 0
+                && let Ok(target) = fs::read_link(&next)
+            {
+                links_left -= 1;
+                if target.is_absolute() {
+                    cur = self.root.clone();
+                }
+                for c in target.components().rev() {
+                    match c {
+                        std::path::Component::Normal(n) => queue.push_front(n.to_os_string()),
+                        std::path::Component::ParentDir => queue.push_front("..".into()),
+                        _ => {}
+                    }
+                }
+                continue;
+            }
+            cur = next;
+        }
+        cur
     }
 
     /// A command run inside the root (through `chroot` unless this is the host).

@@ -391,6 +391,48 @@ template = [{ path = "/etc/db.conf", source = "db.j2" }]
     assert_eq!(mode(&root.join("etc/db.conf")), 0o644);
 }
 
+/// An image root's absolute symlinks point into the root, never at the host.
+#[test]
+fn a_root_with_absolute_links_keeps_writes_inside() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (root, state) = (tmp.path().join("root"), tmp.path().join("state"));
+    let outside = tmp.path().join("outside");
+    fs::create_dir_all(root.join("var")).unwrap();
+    fs::create_dir_all(root.join("run")).unwrap();
+    fs::create_dir_all(&outside).unwrap();
+    // `/var/run -> /run` as in a Debian root, and a link pointing at a host path.
+    std::os::unix::fs::symlink("/run", root.join("var/run")).unwrap();
+    std::os::unix::fs::symlink(&outside, root.join("escape")).unwrap();
+    std::os::unix::fs::symlink("../../..", root.join("run/up")).unwrap();
+    let s = set(
+        r#"
+[converge.t]
+file = [
+  { path = "/var/run/app.pid", content = "1" },
+  { path = "/escape/x", content = "2" },
+  { path = "/run/up/y", content = "3" },
+]
+"#,
+        tmp.path(),
+        &no_env(),
+    );
+    let store = Store::open(&state).unwrap();
+    let report = apply(&s, &root, &store, &state, &no_env());
+    assert_eq!(report.count(Status::Changed), 3, "{report:?}");
+    assert_eq!(fs::read_to_string(root.join("run/app.pid")).unwrap(), "1");
+    assert!(!outside.join("x").exists(), "a write escaped the root");
+    assert_eq!(
+        fs::read_to_string(root.join(outside.strip_prefix("/").unwrap()).join("x")).unwrap(),
+        "2"
+    );
+    assert_eq!(
+        fs::read_to_string(root.join("y")).unwrap(),
+        "3",
+        "`..` stops at the root"
+    );
+    assert!(plan(&s, &root, Some(&store), &no_env()).is_empty());
+}
+
 #[test]
 fn template_errors_name_the_template_and_line() {
     let tmp = tempfile::tempdir().unwrap();

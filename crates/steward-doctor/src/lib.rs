@@ -5,7 +5,7 @@
 //! Each capability adds its own rules here as it lands.
 
 use serde::Serialize;
-use steward_spec::{Channel, Probe, Spec, Text};
+use steward_spec::{Channel, Probe, ResourceKind, Spec, Text};
 
 /// How bad a gap is. `error` makes `steward doctor` exit 1.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -53,6 +53,7 @@ pub fn diagnose(spec: &Spec, facts: &Facts) -> Vec<Finding> {
     flapping(spec, &mut out);
     nothing_watching(spec, facts, &mut out);
     exposed_listener(spec, &mut out);
+    converge_gaps(spec, &mut out);
     out.sort_by(|a, b| {
         b.severity
             .cmp(&a.severity)
@@ -259,6 +260,44 @@ fn flapping(spec: &Spec, out: &mut Vec<Finding>) {
     }
 }
 
+fn converge_gaps(spec: &Spec, out: &mut Vec<Finding>) {
+    for set in spec.converge.values() {
+        for r in &set.resources {
+            if let ResourceKind::Exec {
+                creates: None,
+                unless: None,
+                onlyif: None,
+                refresh_only: false,
+                ..
+            } = &r.kind
+            {
+                out.push(finding(
+                    Severity::Warning,
+                    "converge-unguarded-exec",
+                    format!("converge.{}", set.name),
+                    format!(
+                        "`{}` runs on every apply, so the set never converges and every drift check reports it",
+                        r.id
+                    ),
+                    "add `creates`, `unless` or `onlyif`, or `refresh_only = true` with a `notify` from what it reacts to",
+                ));
+            }
+        }
+        if set.drift_check.is_none() {
+            out.push(finding(
+                Severity::Info,
+                "converge-no-drift-check",
+                format!("converge.{}", set.name),
+                format!(
+                    "nothing notices when a host drifts from converge set `{}` (a hand edit, a removed package)",
+                    set.name
+                ),
+                "set `drift_check = \"15m\"` so `serve` plans it and records drift",
+            ));
+        }
+    }
+}
+
 fn nothing_watching(spec: &Spec, facts: &Facts, out: &mut Vec<Finding>) {
     if spec.checks.is_empty() {
         out.push(finding(
@@ -345,6 +384,33 @@ mod tests {
         now: 1_000_000,
         serve_heartbeat: Some(999_000),
     };
+
+    #[test]
+    fn unguarded_execs_and_unwatched_sets_are_found() {
+        let base = "[check.a]\ntype = \"tcp\"\naddress = \"127.0.0.1:1\"\n";
+        let src = format!(
+            "{base}[converge.web]\nexec = [\n  {{ name = \"always\", command = [\"true\"] }},\n  {{ name = \"guarded\", command = [\"true\"], creates = \"/x\" }},\n  {{ name = \"handler\", command = [\"true\"], refresh_only = true }},\n]\n"
+        );
+        let found = rules(&src, &WATCHED);
+        assert!(found.contains(&("converge-unguarded-exec", "converge.web".into())));
+        assert!(found.contains(&("converge-no-drift-check", "converge.web".into())));
+        let f = diagnose(&spec(&src), &WATCHED);
+        let unguarded: Vec<_> = f
+            .iter()
+            .filter(|f| f.rule == "converge-unguarded-exec")
+            .collect();
+        assert_eq!(unguarded.len(), 1);
+        assert!(unguarded[0].message.contains("exec:always"));
+        let watched = src.replace(
+            "[converge.web]\n",
+            "[converge.web]\ndrift_check = \"10m\"\n",
+        );
+        assert!(
+            !rules(&watched, &WATCHED)
+                .iter()
+                .any(|r| r.0 == "converge-no-drift-check")
+        );
+    }
 
     #[test]
     fn inline_secrets_are_found_and_references_are_not() {

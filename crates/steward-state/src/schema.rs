@@ -119,7 +119,11 @@ pub(crate) fn migrate(conn: &Connection, path: &Path) -> Result<(), StateError> 
         tx.pragma_update(None, "user_version", version)
             .map_err(sq)?;
         tx.commit().map_err(sq)?;
-        tracing::info!(version, "state database migrated");
+        tracing::debug!(version, "state database migrated");
+    }
+    // A new database is not news; an upgraded one is worth a line.
+    if current > 0 && current < VERSION {
+        tracing::info!(from = current, to = VERSION, "state database upgraded");
     }
     Ok(())
 }
