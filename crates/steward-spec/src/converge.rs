@@ -343,6 +343,7 @@ resource!(RawExec { name: Option<String>, command: Spanned<Vec<String>>, creates
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawConverge {
+    pub(crate) include: Option<Vec<Spanned<String>>>,
     pub(crate) vars: Option<toml::Table>,
     pub(crate) drift_check: Option<Dur>,
     pub(crate) auto_correct: Option<bool>,
@@ -378,6 +379,8 @@ pub(crate) struct RawConverge {
 
 /// A resource under construction: its model plus the spans of its references.
 struct Pending {
+    /// Which file it was written in: 0 the spec, 1.. included files in order.
+    src: usize,
     res: Resource,
     span: Range<usize>,
     requires: Vec<Spanned<String>>,
@@ -389,12 +392,92 @@ pub(crate) fn converge_set(
     d: &mut Diagnostics,
     name: &str,
     set_span: Range<usize>,
-    raw: RawConverge,
+    mut raw: RawConverge,
     base_dir: &Path,
     resolver: &dyn Resolver,
 ) -> Option<ConvergeSet> {
     let before_errors = d.errors.len();
     let mut pend: Vec<Pending> = Vec::new();
+    let (include, drift_check, auto_correct) =
+        (raw.include.take(), raw.drift_check, raw.auto_correct);
+    let mut vars = serde_json::Map::new();
+    let own_vars = raw.vars.take();
+    collect(d, 0, name, raw, base_dir, resolver, &mut pend);
+    // Included files: resources (and vars) of this set written elsewhere; their
+    // problems are reported against their own file, line and column.
+    let mut extra: Vec<Diagnostics> = Vec::new();
+    for inc in include.unwrap_or_default() {
+        let path = base_dir.join(inc.get_ref());
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) => {
+                d.error(
+                    inc.span(),
+                    format!("cannot read included file `{}`: {e}", path.display()),
+                    "unreadable",
+                    Some("included paths are relative to the spec file".into()),
+                );
+                continue;
+            }
+        };
+        let mut di = Diagnostics::new(&path.display().to_string(), &text);
+        let (root, syntax) = toml::de::DeTable::parse_recoverable(&text);
+        for e in &syntax {
+            di.toml(e, 0..0);
+        }
+        if syntax.is_empty() {
+            let span = root.span();
+            let value = Spanned::new(span.clone(), toml::de::DeValue::Table(root.into_inner()));
+            match RawConverge::deserialize(toml::de::ValueDeserializer::from(value)) {
+                Err(e) => di.toml(&e, span),
+                Ok(mut inner) => {
+                    if inner.include.is_some() || inner.drift_check.is_some() || inner.auto_correct.is_some() {
+                        di.error(
+                            0..0,
+                            "`include`, `drift_check` and `auto_correct` belong in the spec's [converge.NAME], not in an included file",
+                            "set-level key",
+                            None,
+                        );
+                    }
+                    if let Some(v) = inner.vars.take() {
+                        vars.extend(table_json(&v));
+                    }
+                    let dir = path.parent().unwrap_or(base_dir).to_path_buf();
+                    collect(&mut di, extra.len() + 1, name, inner, &dir, resolver, &mut pend);
+                }
+            }
+        }
+        extra.push(di);
+    }
+    if let Some(v) = own_vars {
+        vars.extend(table_json(&v));
+    }
+    let set = finish_set(d, &mut extra, name, set_span, pend, vars, drift_check, auto_correct);
+    let extra_errors: usize = extra.iter().map(|x| x.errors.len()).sum();
+    for x in extra {
+        d.errors.extend(x.errors);
+    }
+    if d.errors.len() > before_errors || extra_errors > 0 {
+        return None;
+    }
+    set
+}
+
+/// Picks one file's diagnostics: 0 is the spec, 1.. the included files.
+fn dg<'a>(d: &'a mut Diagnostics, extra: &'a mut [Diagnostics], src: usize) -> &'a mut Diagnostics {
+    if src == 0 { d } else { &mut extra[src - 1] }
+}
+
+/// One file's resources of a set, checked one by one.
+fn collect(
+    d: &mut Diagnostics,
+    src: usize,
+    name: &str,
+    raw: RawConverge,
+    base_dir: &Path,
+    resolver: &dyn Resolver,
+    pend: &mut Vec<Pending>,
+) {
     let line_of = |d: &Diagnostics, span: &Range<usize>| d.line_of(span.start);
     macro_rules! push {
         ($d:expr, $r:expr, $id:expr, $kind:expr) => {{
@@ -402,6 +485,7 @@ pub(crate) fn converge_set(
             let line = line_of($d, &span);
             let r = $r.into_inner();
             pend.push(Pending {
+                src,
                 res: Resource {
                     id: $id,
                     kind: $kind,
@@ -817,17 +901,32 @@ pub(crate) fn converge_set(
         };
         push!(d, r, id, kind);
     }
+}
 
+/// Checks across resources (duplicates, conflicts, references, cycles) and the
+/// resulting order.
+#[allow(clippy::too_many_arguments)]
+fn finish_set(
+    d: &mut Diagnostics,
+    extra: &mut [Diagnostics],
+    name: &str,
+    set_span: Range<usize>,
+    mut pend: Vec<Pending>,
+    vars: serde_json::Map<String, serde_json::Value>,
+    drift_check: Option<Dur>,
+    auto_correct: Option<bool>,
+) -> Option<ConvergeSet> {
     // Spec order (resources were gathered kind by kind): ties in the dependency
     // order are broken by where a resource is written.
-    pend.sort_by_key(|p| p.span.start);
+    pend.sort_by_key(|p| (p.src, p.span.start));
+    let before_errors = d.errors.len() + extra.iter().map(|x| x.errors.len()).sum::<usize>();
 
     // Duplicate ids, and whole-file resources fighting with edits of the same file.
     let mut seen: BTreeMap<String, usize> = BTreeMap::new();
     let mut owners: BTreeMap<PathBuf, String> = BTreeMap::new();
     for (i, p) in pend.iter().enumerate() {
         if let Some(&first) = seen.get(&p.res.id) {
-            d.error(
+            dg(d, extra, p.src).error(
                 p.span.clone(),
                 format!(
                     "`{}` is declared twice in converge set `{name}` (first on line {})",
@@ -842,7 +941,7 @@ pub(crate) fn converge_set(
         if let Some(path) = p.res.kind.owned_path() {
             if let Some(other) = owners.get(path) {
                 if *other != p.res.id {
-                    d.error(
+                    dg(d, extra, p.src).error(
                         p.span.clone(),
                         format!(
                             "`{}` and `{other}` both manage `{}`",
@@ -863,7 +962,7 @@ pub(crate) fn converge_set(
             && let Some(owner) = owners.get(path)
             && !owner.starts_with("directory:")
         {
-            d.error(
+            dg(d, extra, p.src).error(
                 p.span.clone(),
                 format!(
                     "`{}` edits `{}`, which `{owner}` writes whole; each run they would undo each other",
@@ -897,20 +996,20 @@ pub(crate) fn converge_set(
             }
         };
         for r in &p.requires {
-            if known_ref(d, r, &ids, name) {
+            if known_ref(dg(d, extra, p.src), r, &ids, name) {
                 edge(r.get_ref(), &me);
             }
         }
         for r in &p.before {
-            if known_ref(d, r, &ids, name) {
+            if known_ref(dg(d, extra, p.src), r, &ids, name) {
                 edge(&me, r.get_ref());
             }
         }
         for r in &p.notify {
-            if known_ref(d, r, &ids, name) {
+            if known_ref(dg(d, extra, p.src), r, &ids, name) {
                 let target = r.get_ref();
                 if !(target.starts_with("service:") || target.starts_with("exec:")) {
-                    d.error(
+                    dg(d, extra, p.src).error(
                         r.span(),
                         format!("`{target}` cannot be notified"),
                         "not refreshable",
@@ -968,12 +1067,12 @@ pub(crate) fn converge_set(
     let order = match topo_order(&pend, &after) {
         Ok(order) => order,
         Err(cycle) => {
-            let start = pend
+            let (src, start) = pend
                 .iter()
                 .find(|p| p.res.id == cycle[0])
-                .map(|p| p.span.clone())
-                .unwrap_or(0..0);
-            d.error(
+                .map(|p| (p.src, p.span.clone()))
+                .unwrap_or((0, 0..0));
+            dg(d, extra, src).error(
                 start,
                 format!(
                     "dependency cycle in converge set `{name}`: {}",
@@ -985,7 +1084,7 @@ pub(crate) fn converge_set(
             return None;
         }
     };
-    if raw.auto_correct == Some(true) && raw.drift_check.is_none() {
+    if auto_correct == Some(true) && drift_check.is_none() {
         d.error(
             set_span.clone(),
             format!("converge set `{name}` sets `auto_correct` without `drift_check`"),
@@ -995,7 +1094,7 @@ pub(crate) fn converge_set(
             ),
         );
     }
-    if d.errors.len() > before_errors {
+    if d.errors.len() + extra.iter().map(|x| x.errors.len()).sum::<usize>() > before_errors {
         return None;
     }
     let mut by_id: BTreeMap<String, Pending> =
@@ -1015,10 +1114,10 @@ pub(crate) fn converge_set(
         .collect();
     Some(ConvergeSet {
         name: name.to_string(),
-        vars: raw.vars.as_ref().map(table_json).unwrap_or_default(),
+        vars,
         resources,
-        drift_check: raw.drift_check,
-        auto_correct: raw.auto_correct.unwrap_or(false),
+        drift_check,
+        auto_correct: auto_correct.unwrap_or(false),
     })
 }
 

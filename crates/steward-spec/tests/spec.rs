@@ -271,3 +271,43 @@ directory = [{ path = "/srv/app" }]
         ]
     );
 }
+
+#[test]
+fn converge_sets_include_files_and_errors_point_into_them() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("converge")).unwrap();
+    std::fs::write(
+        dir.path().join("converge/web.toml"),
+        "vars = { port = 80 }\n\
+         file = [{ path = \"/etc/web.conf\", content = \"x\", notify = [\"service:web\"] }]\n",
+    )
+    .unwrap();
+    let src = r#"
+[converge.app]
+include = ["converge/web.toml"]
+vars = { port = 8080 }
+service = [{ name = "web", enabled = true }]
+"#;
+    let spec = Spec::parse("t.toml", src, dir.path(), &NoEnv).unwrap();
+    let set = &spec.converge["app"];
+    let ids: Vec<&str> = set.resources.iter().map(|r| r.id.as_str()).collect();
+    assert_eq!(ids, ["file:/etc/web.conf", "service:web"]);
+    assert_eq!(set.vars["port"], 8080, "the spec's own vars win");
+
+    std::fs::write(
+        dir.path().join("converge/web.toml"),
+        "# web\nline = [{ path = \"/etc/x\", line = \"a\", regexp = \"(\" }]\n",
+    )
+    .unwrap();
+    let err = Spec::parse("t.toml", src, dir.path(), &NoEnv).unwrap_err();
+    assert_eq!(err.errors.len(), 1, "{err:?}");
+    let e = &err.errors[0];
+    assert!(e.file().ends_with("converge/web.toml"), "{}", e.file());
+    assert_eq!((e.line, e.column), (2, 49));
+    assert!(e.message.contains("invalid regexp"));
+
+    let missing = src.replace("converge/web.toml", "converge/nope.toml");
+    let err = Spec::parse("t.toml", &missing, dir.path(), &NoEnv).unwrap_err();
+    assert!(err.errors[0].message.contains("cannot read included file"));
+    assert_eq!(err.errors[0].line, 3);
+}
