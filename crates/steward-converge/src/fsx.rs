@@ -171,14 +171,20 @@ impl Accounts {
         self.groups.iter().find(|g| g.name == name)
     }
 
-    /// A user name or numeric uid to a uid.
+    /// A user name or numeric uid to a uid (`root` is 0 even in an empty root).
     pub(crate) fn uid(&self, name: &str) -> Option<u32> {
-        name.parse().ok().or_else(|| self.user(name).map(|u| u.id))
+        name.parse()
+            .ok()
+            .or_else(|| self.user(name).map(|u| u.id))
+            .or_else(|| (name == "root").then_some(0))
     }
 
-    /// A group name or numeric gid to a gid.
+    /// A group name or numeric gid to a gid (`root` is 0 even in an empty root).
     pub(crate) fn gid(&self, name: &str) -> Option<u32> {
-        name.parse().ok().or_else(|| self.group(name).map(|g| g.id))
+        name.parse()
+            .ok()
+            .or_else(|| self.group(name).map(|g| g.id))
+            .or_else(|| (name == "root").then_some(0))
     }
 }
 

@@ -431,7 +431,10 @@ pub(crate) fn converge_set(
             match RawConverge::deserialize(toml::de::ValueDeserializer::from(value)) {
                 Err(e) => di.toml(&e, span),
                 Ok(mut inner) => {
-                    if inner.include.is_some() || inner.drift_check.is_some() || inner.auto_correct.is_some() {
+                    if inner.include.is_some()
+                        || inner.drift_check.is_some()
+                        || inner.auto_correct.is_some()
+                    {
                         di.error(
                             0..0,
                             "`include`, `drift_check` and `auto_correct` belong in the spec's [converge.NAME], not in an included file",
@@ -443,7 +446,15 @@ pub(crate) fn converge_set(
                         vars.extend(table_json(&v));
                     }
                     let dir = path.parent().unwrap_or(base_dir).to_path_buf();
-                    collect(&mut di, extra.len() + 1, name, inner, &dir, resolver, &mut pend);
+                    collect(
+                        &mut di,
+                        extra.len() + 1,
+                        name,
+                        inner,
+                        &dir,
+                        resolver,
+                        &mut pend,
+                    );
                 }
             }
         }
@@ -452,7 +463,16 @@ pub(crate) fn converge_set(
     if let Some(v) = own_vars {
         vars.extend(table_json(&v));
     }
-    let set = finish_set(d, &mut extra, name, set_span, pend, vars, drift_check, auto_correct);
+    let set = finish_set(
+        d,
+        &mut extra,
+        name,
+        set_span,
+        pend,
+        vars,
+        drift_check,
+        auto_correct,
+    );
     let extra_errors: usize = extra.iter().map(|x| x.errors.len()).sum();
     for x in extra {
         d.errors.extend(x.errors);
