@@ -627,9 +627,9 @@ fn validate_ok_and_missing_file() {
     assert_eq!(
         (
             code,
-            stdout
-                .trim_end()
-                .ends_with("valid (1 checks, 0 alert channels, 0 maintenance windows)")
+            stdout.trim_end().ends_with(
+                "valid (1 checks, 0 alert channels, 0 maintenance windows, 0 converge sets)"
+            )
         ),
         (0, true),
         "{stdout}"
