@@ -8,6 +8,7 @@
 //!
 //! Each capability owns its top-level table (`[check.*]`, `[alert.*]`, ...).
 
+mod backup;
 mod condition;
 mod converge;
 mod diag;
@@ -17,6 +18,7 @@ mod raw;
 mod secret;
 mod validate;
 
+pub use backup::{Backup, DEFAULT_STORE, Drill, Keep, Source, Store, StoreKind};
 pub use condition::{
     Condition, ConditionError, Observed, Op, Operand, PathSeg, Placeholder, Selector, Verdict,
 };

@@ -25,6 +25,10 @@ pub struct Spec {
     pub maintenance: BTreeMap<String, Maintenance>,
     /// `[converge.*]`, by name.
     pub converge: BTreeMap<String, crate::converge::ConvergeSet>,
+    /// `[store.*]`, by name, always with the default `local` store.
+    pub stores: BTreeMap<String, crate::backup::Store>,
+    /// `[backup.*]`, by name.
+    pub backups: BTreeMap<String, crate::backup::Backup>,
 }
 
 /// `[steward]`: process-wide settings.

@@ -19,9 +19,17 @@ use crate::raw::*;
 use crate::secret::{Resolver, Text};
 
 /// Sections this version understands.
-const SECTIONS: &[&str] = &["steward", "check", "alert", "maintenance", "converge"];
+const SECTIONS: &[&str] = &[
+    "steward",
+    "check",
+    "alert",
+    "maintenance",
+    "converge",
+    "store",
+    "backup",
+];
 /// Sections that later capabilities add; named so the error can say so.
-const PLANNED: &[&str] = &["store", "backup", "image", "service", "scale", "metrics"];
+const PLANNED: &[&str] = &["image", "service", "scale", "metrics"];
 
 pub(crate) fn parse(
     name: &str,
@@ -50,6 +58,8 @@ pub(crate) fn parse(
     let mut alerts: Vec<(String, Range<usize>, RawAlert)> = Vec::new();
     let mut maint: Vec<(String, Range<usize>, RawMaintenance)> = Vec::new();
     let mut converge_raw: Vec<(String, Range<usize>, RawConverge)> = Vec::new();
+    let mut stores_raw: Vec<(String, Range<usize>, crate::backup::RawStore)> = Vec::new();
+    let mut backups_raw: Vec<(String, crate::backup::RawBackup)> = Vec::new();
 
     for (key, value) in root {
         let kspan = key.span();
@@ -61,7 +71,7 @@ pub(crate) fn parse(
                     settings_raw = Some((s, vspan));
                 }
             }
-            "check" | "alert" | "maintenance" | "converge" => {
+            "check" | "alert" | "maintenance" | "converge" | "store" | "backup" => {
                 let vspan = value.span();
                 let DeValue::Table(entries) = value.into_inner() else {
                     d.error(
@@ -106,6 +116,16 @@ pub(crate) fn parse(
                         "alert" => {
                             if let Some(a) = de::<RawAlert>(&mut d, evalue) {
                                 alerts.push((ename, espan, a));
+                            }
+                        }
+                        "store" => {
+                            if let Some(c) = de::<crate::backup::RawStore>(&mut d, evalue) {
+                                stores_raw.push((ename, espan, c));
+                            }
+                        }
+                        "backup" => {
+                            if let Some(c) = de::<crate::backup::RawBackup>(&mut d, evalue) {
+                                backups_raw.push((ename, c));
                             }
                         }
                         "converge" => {
@@ -206,6 +226,32 @@ pub(crate) fn parse(
         }
     }
 
+    let mut stores = BTreeMap::new();
+    for (name, span, raw) in stores_raw {
+        // Declaring `local` moves the default store.
+        if let Some(s) = crate::backup::store(&mut d, &name, span, raw, base_dir, resolver) {
+            stores.insert(name, s);
+        }
+    }
+    stores
+        .entry(crate::backup::DEFAULT_STORE.to_string())
+        .or_insert_with(|| crate::backup::default_store(&settings.state_dir));
+    let store_names = crate::backup::store_names(stores.keys().map(String::as_str));
+    let mut backups = BTreeMap::new();
+    for (name, raw) in backups_raw {
+        if let Some(b) = crate::backup::backup(
+            &mut d,
+            &name,
+            raw,
+            base_dir,
+            resolver,
+            &store_names,
+            &alert_names,
+        ) {
+            backups.insert(name, b);
+        }
+    }
+
     d.finish()?;
     Ok(Spec {
         file: name.to_string(),
@@ -214,6 +260,8 @@ pub(crate) fn parse(
         alerts: out_alerts,
         maintenance: out_maint,
         converge,
+        stores,
+        backups,
     })
 }
 

@@ -170,6 +170,23 @@ fn readme_documents_every_key() {
         ),
         ("steward", "[steward]\nzzzzzzzzzzzz = 1\n"),
         ("converge", "[converge.x]\nzzzzzzzzzzzz = 1\n"),
+        ("store", "[store.x]\ntype = \"local\"\nzzzzzzzzzzzz = 1\n"),
+        (
+            "backup",
+            "[backup.x]\nsource = { paths = [\"/a\"] }\npassword = \"${env:DATABASE_URL}\"\nzzzzzzzzzzzz = 1\n",
+        ),
+        (
+            "backup source",
+            "[backup.x]\nsource = { zzzzzzzzzzzz = 1 }\npassword = \"${env:DATABASE_URL}\"\n",
+        ),
+        (
+            "backup keep",
+            "[backup.x]\nsource = { paths = [\"/a\"] }\npassword = \"${env:DATABASE_URL}\"\nkeep = { zzzzzzzzzzzz = 1 }\n",
+        ),
+        (
+            "backup drill",
+            "[backup.x]\nsource = { paths = [\"/a\"] }\npassword = \"${env:DATABASE_URL}\"\ndrill = { zzzzzzzzzzzz = 1 }\n",
+        ),
     ];
     let kinds = [
         "file",

@@ -1,6 +1,7 @@
 //! The `steward` command: argument parsing, output and wiring. The work lives
 //! in the `steward-*` library crates.
 
+mod backup;
 mod check;
 mod converge;
 mod doctor;
@@ -83,6 +84,11 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Back up what cannot be rebuilt; list, restore, apply retention, check.
+    Backup {
+        #[command(subcommand)]
+        action: BackupCommand,
+    },
     /// Converge hosts to the spec's `[converge.*]` sets: `plan` shows, `apply` changes.
     Converge {
         #[command(subcommand)]
@@ -116,6 +122,67 @@ enum TokenCommand {
     Revoke {
         /// The token's name.
         name: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum BackupCommand {
+    /// Run backups now (default: all); one new snapshot each.
+    Run {
+        /// Backups to run.
+        names: Vec<String>,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List snapshots.
+    List {
+        /// Backups to list (default: all).
+        names: Vec<String>,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Restore a snapshot (default: the newest) into a directory or a database.
+    Restore {
+        /// The backup.
+        name: String,
+        /// Snapshot id or prefix (default: latest).
+        snapshot: Option<String>,
+        /// Directory to restore into.
+        #[arg(
+            long,
+            required_unless_present = "to_postgres",
+            conflicts_with = "to_postgres"
+        )]
+        target: Option<PathBuf>,
+        /// For a postgres backup: restore the dump into this database.
+        #[arg(long)]
+        to_postgres: Option<String>,
+    },
+    /// Remove snapshots the retention policy does not keep.
+    Forget {
+        /// Backups (default: all).
+        names: Vec<String>,
+        /// Only show what would be removed.
+        #[arg(long)]
+        dry_run: bool,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete data no snapshot uses any more.
+    Prune {
+        /// Backups (default: all).
+        names: Vec<String>,
+    },
+    /// Verify the repository; exit 1 when anything is wrong.
+    Check {
+        /// Backups (default: all).
+        names: Vec<String>,
+        /// Also read and verify every pack.
+        #[arg(long)]
+        read_data: bool,
     },
 }
 
@@ -161,7 +228,7 @@ fn init_logging(format: LogFormat, verbose: u8) {
         _ => "trace",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("STEWARD_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{default},hyper=warn,h2=warn,rustls=warn,reqwest=warn,tokio_postgres=warn,amqprs=warn,lettre=warn,hickory=warn")));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{default},hyper=warn,h2=warn,rustls=warn,reqwest=warn,tokio_postgres=warn,amqprs=warn,lettre=warn,hickory=warn,rustic_core=off")));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -221,6 +288,37 @@ fn main() -> ExitCode {
         Command::Check { names, json } => runtime().block_on(check::run(&cli.spec, &names, json)),
         Command::Serve { listen } => serve_runtime().block_on(serve::run(&cli.spec, listen)),
         Command::Doctor { json } => doctor::run(&cli.spec, json),
+        Command::Backup { action } => backup::run(
+            &cli.spec,
+            match action {
+                BackupCommand::Run { names, json } => backup::Action::Run { names, json },
+                BackupCommand::List { names, json } => backup::Action::List { names, json },
+                BackupCommand::Restore {
+                    name,
+                    snapshot,
+                    target,
+                    to_postgres,
+                } => backup::Action::Restore {
+                    name,
+                    snapshot,
+                    target,
+                    to_postgres,
+                },
+                BackupCommand::Forget {
+                    names,
+                    dry_run,
+                    json,
+                } => backup::Action::Forget {
+                    names,
+                    dry_run,
+                    json,
+                },
+                BackupCommand::Prune { names } => backup::Action::Prune { names },
+                BackupCommand::Check { names, read_data } => {
+                    backup::Action::Check { names, read_data }
+                }
+            },
+        ),
         Command::Converge { action } => {
             let (mode, args, show_secrets) = match action {
                 ConvergeCommand::Plan { args, show_secrets } => {

@@ -1,0 +1,416 @@
+//! `steward backup …`: run, list, restore, forget, prune, check, drill, policy.
+
+use std::path::{Path, PathBuf};
+
+use steward_backup::BackupError;
+use steward_spec::{Backup, OsResolver, Spec, did_you_mean};
+use steward_state::{NewEvent, Store};
+
+use crate::{exit, load_spec, table};
+
+/// What to do.
+pub(crate) enum Action {
+    Run {
+        names: Vec<String>,
+        json: bool,
+    },
+    List {
+        names: Vec<String>,
+        json: bool,
+    },
+    Restore {
+        name: String,
+        snapshot: Option<String>,
+        target: Option<PathBuf>,
+        to_postgres: Option<String>,
+    },
+    Forget {
+        names: Vec<String>,
+        dry_run: bool,
+        json: bool,
+    },
+    Prune {
+        names: Vec<String>,
+    },
+    Check {
+        names: Vec<String>,
+        read_data: bool,
+    },
+}
+
+fn select<'a>(spec: &'a Spec, names: &[String]) -> Result<Vec<&'a Backup>, String> {
+    if spec.backups.is_empty() {
+        return Err(format!("{} has no [backup.NAME] entries", spec.file));
+    }
+    if names.is_empty() {
+        return Ok(spec.backups.values().collect());
+    }
+    names
+        .iter()
+        .map(|n| {
+            spec.backups.get(n).ok_or_else(|| {
+                let hint = did_you_mean(n, spec.backups.keys().map(String::as_str))
+                    .map(|b| format!("; did you mean `{b}`?"))
+                    .unwrap_or_default();
+                format!("no backup `{n}`{hint}")
+            })
+        })
+        .collect()
+}
+
+fn mb(bytes: u64) -> String {
+    if bytes >= 1 << 30 {
+        format!("{:.2} GiB", bytes as f64 / (1u64 << 30) as f64)
+    } else if bytes >= 1 << 20 {
+        format!("{:.1} MiB", bytes as f64 / (1u64 << 20) as f64)
+    } else {
+        format!("{:.1} KiB", bytes as f64 / 1024.0)
+    }
+}
+
+fn record(
+    state: Option<&Store>,
+    kind: &str,
+    subject: &str,
+    severity: &str,
+    message: String,
+    data: serde_json::Value,
+) {
+    if let Some(s) = state {
+        let _ = s.append_event(&NewEvent::now(kind, subject, severity, message, data));
+    }
+}
+
+pub(crate) fn run(spec_path: &Path, action: Action) -> u8 {
+    let spec = match load_spec(spec_path) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let names = match &action {
+        Action::Run { names, .. }
+        | Action::List { names, .. }
+        | Action::Forget { names, .. }
+        | Action::Prune { names }
+        | Action::Check { names, .. } => names.clone(),
+        Action::Restore { name, .. } => vec![name.clone()],
+    };
+    let backups = match select(&spec, &names) {
+        Ok(b) => b,
+        Err(msg) => {
+            eprintln!("error: {msg}");
+            return exit::USAGE;
+        }
+    };
+    // Events go to the state database; reading commands never create it.
+    let writes = matches!(
+        action,
+        Action::Run { .. }
+            | Action::Forget { dry_run: false, .. }
+            | Action::Prune { .. }
+            | Action::Check { .. }
+            | Action::Restore { .. }
+    );
+    let state = if writes || spec.settings.state_dir.join("state.db").exists() {
+        Store::open(&spec.settings.state_dir).ok()
+    } else {
+        None
+    };
+    let resolver = OsResolver;
+    let mut code = exit::OK;
+    let mut json_out = Vec::new();
+    // Backups may share a repository: check and prune each repository once.
+    let mut seen = std::collections::BTreeSet::new();
+    for b in backups {
+        let result: Result<(), BackupError> = (|| match &action {
+            Action::Run { json, .. } => {
+                let opened = steward_backup::open(&spec, b, &resolver, true)?;
+                if !json {
+                    println!(
+                        "backup `{}` ({}) → {}",
+                        b.name,
+                        b.source.kind(),
+                        opened.location
+                    );
+                }
+                match opened.run(&resolver) {
+                    Ok(r) => {
+                        if *json {
+                            json_out.push(serde_json::to_value(&r).unwrap_or_default());
+                        } else {
+                            println!(
+                                "  snapshot {}: {} files, {} read, {} new, in {:.1} s",
+                                r.snapshot.short_id,
+                                r.snapshot.files,
+                                mb(r.snapshot.bytes),
+                                mb(r.snapshot.added),
+                                r.seconds
+                            );
+                        }
+                        record(
+                            state.as_ref(),
+                            "backup.succeeded",
+                            &b.name,
+                            "info",
+                            format!(
+                                "snapshot {} ({} new) in {:.1} s",
+                                r.snapshot.short_id,
+                                mb(r.snapshot.added),
+                                r.seconds
+                            ),
+                            serde_json::to_value(&r).unwrap_or_default(),
+                        );
+                        Ok(())
+                    }
+                    Err(e) => {
+                        record(
+                            state.as_ref(),
+                            "backup.failed",
+                            &b.name,
+                            "error",
+                            e.to_string(),
+                            serde_json::json!({}),
+                        );
+                        Err(e)
+                    }
+                }
+            }
+            Action::List { json, .. } => {
+                let opened = steward_backup::open(&spec, b, &resolver, false)?;
+                let snaps = opened.snapshots()?;
+                if *json {
+                    json_out.push(serde_json::json!({"backup": b.name, "location": opened.location, "snapshots": snaps}));
+                } else {
+                    println!(
+                        "backup `{}` at {}: {} snapshot(s)",
+                        b.name,
+                        opened.location,
+                        snaps.len()
+                    );
+                    let rows: Vec<Vec<String>> = snaps
+                        .iter()
+                        .map(|s| {
+                            vec![
+                                s.short_id.clone(),
+                                s.time.clone(),
+                                s.files.to_string(),
+                                mb(s.bytes),
+                                mb(s.added),
+                                s.paths.join(" "),
+                            ]
+                        })
+                        .collect();
+                    print!(
+                        "{}",
+                        table::render(&["ID", "TIME", "FILES", "SIZE", "ADDED", "PATHS"], &rows)
+                    );
+                }
+                Ok(())
+            }
+            Action::Restore {
+                snapshot,
+                target,
+                to_postgres,
+                ..
+            } => {
+                let opened = steward_backup::open(&spec, b, &resolver, false)?;
+                if let Some(url) = to_postgres {
+                    let started = std::time::Instant::now();
+                    let snap = restore_postgres(opened, b, snapshot.as_deref(), url)?;
+                    println!(
+                        "restored snapshot {} of `{}` into the database in {:.1} s",
+                        snap.short_id,
+                        b.name,
+                        started.elapsed().as_secs_f64()
+                    );
+                    record(
+                        state.as_ref(),
+                        "backup.restored",
+                        &b.name,
+                        "info",
+                        format!("snapshot {} restored into a database", snap.short_id),
+                        serde_json::json!({"snapshot": snap.id}),
+                    );
+                } else {
+                    let target = target
+                        .clone()
+                        .expect("clap requires --target or --to-postgres");
+                    let r = opened.restore(snapshot.as_deref(), &target)?;
+                    println!(
+                        "restored snapshot {} of `{}` to {} in {:.1} s",
+                        r.snapshot.short_id, b.name, r.target, r.seconds
+                    );
+                    record(
+                        state.as_ref(),
+                        "backup.restored",
+                        &b.name,
+                        "info",
+                        format!("snapshot {} restored to {}", r.snapshot.short_id, r.target),
+                        serde_json::to_value(&r).unwrap_or_default(),
+                    );
+                }
+                Ok(())
+            }
+            Action::Forget { dry_run, json, .. } => {
+                let opened = steward_backup::open(&spec, b, &resolver, false)?;
+                let decisions = opened.forget(*dry_run)?;
+                let gone = decisions.iter().filter(|(_, d)| !d.keep).count();
+                if *json {
+                    json_out.push(serde_json::json!({
+                        "backup": b.name,
+                        "dry_run": dry_run,
+                        "snapshots": decisions.iter().map(|(s, d)| serde_json::json!({
+                            "id": s.id, "short_id": s.short_id, "time": s.time,
+                            "keep": d.keep, "reasons": d.reasons,
+                        })).collect::<Vec<_>>(),
+                    }));
+                    if !dry_run && gone > 0 {
+                        record(
+                            state.as_ref(),
+                            "backup.forgot",
+                            &b.name,
+                            "info",
+                            format!("{gone} snapshot(s) removed by retention"),
+                            serde_json::json!({"removed": gone}),
+                        );
+                    }
+                    return Ok(());
+                }
+                println!(
+                    "backup `{}`: {} kept, {} {}",
+                    b.name,
+                    decisions.len() - gone,
+                    gone,
+                    if *dry_run {
+                        "would be removed"
+                    } else {
+                        "removed"
+                    }
+                );
+                let rows: Vec<Vec<String>> = decisions
+                    .iter()
+                    .map(|(s, d)| {
+                        vec![
+                            s.short_id.clone(),
+                            s.time.clone(),
+                            if d.keep {
+                                "keep".into()
+                            } else if *dry_run {
+                                "would remove".into()
+                            } else {
+                                "removed".into()
+                            },
+                            d.reasons.join(", "),
+                        ]
+                    })
+                    .collect();
+                print!(
+                    "{}",
+                    table::render(&["ID", "TIME", "ACTION", "REASONS"], &rows)
+                );
+                if !dry_run && gone > 0 {
+                    record(
+                        state.as_ref(),
+                        "backup.forgot",
+                        &b.name,
+                        "info",
+                        format!("{gone} snapshot(s) removed by retention"),
+                        serde_json::json!({"removed": gone}),
+                    );
+                }
+                Ok(())
+            }
+            Action::Prune { .. } => {
+                let opened = steward_backup::open(&spec, b, &resolver, false)?;
+                if !seen.insert(opened.location.clone()) {
+                    println!(
+                        "backup `{}` shares {}, pruned above",
+                        b.name, opened.location
+                    );
+                    return Ok(());
+                }
+                let r = opened.prune()?;
+                println!(
+                    "backup `{}`: {} pack(s) deleted, {} repacked",
+                    b.name, r.packs_removed, r.repacked
+                );
+                Ok(())
+            }
+            Action::Check { read_data, .. } => {
+                let opened = steward_backup::open(&spec, b, &resolver, false)?;
+                let location = opened.location.clone();
+                if !seen.insert(location.clone()) {
+                    println!("backup `{}` shares {location}, checked above", b.name);
+                    return Ok(());
+                }
+                let report = opened.check(*read_data)?;
+                for w in &report.warnings {
+                    println!("  warning: {w}");
+                }
+                if report.errors.is_empty() {
+                    println!(
+                        "backup `{}` at {location}: no errors{}{}",
+                        b.name,
+                        if *read_data { " (all data read)" } else { "" },
+                        if report.warnings.is_empty() {
+                            String::new()
+                        } else {
+                            format!(
+                                "; {} warning(s) (`steward backup prune` removes leftovers)",
+                                report.warnings.len()
+                            )
+                        }
+                    );
+                    Ok(())
+                } else {
+                    for p in &report.errors {
+                        println!("  error: {p}");
+                    }
+                    record(
+                        state.as_ref(),
+                        "backup.check_failed",
+                        &b.name,
+                        "error",
+                        format!("{} error(s) in {location}", report.errors.len()),
+                        serde_json::to_value(&report).unwrap_or_default(),
+                    );
+                    Err(BackupError::Repo(format!(
+                        "{} error(s) found in {location}",
+                        report.errors.len()
+                    )))
+                }
+            }
+        })();
+        if let Err(e) = result {
+            eprintln!("error: backup `{}`: {e}", b.name);
+            code = exit::FAILED;
+        }
+    }
+    if matches!(
+        action,
+        Action::Run { json: true, .. }
+            | Action::List { json: true, .. }
+            | Action::Forget { json: true, .. }
+    ) {
+        println!("{}", serde_json::to_string_pretty(&json_out).expect("JSON"));
+    }
+    code
+}
+
+/// Streams a dump snapshot into `pg_restore` (no temporary file).
+fn restore_postgres(
+    opened: steward_backup::Opened,
+    b: &Backup,
+    snapshot: Option<&str>,
+    url: &str,
+) -> Result<steward_backup::SnapshotInfo, BackupError> {
+    let bin_dir = match &b.source {
+        steward_spec::Source::Postgres { bin_dir, .. } => bin_dir.clone(),
+        _ => {
+            return Err(BackupError::Source(format!(
+                "backup `{}` is not a postgres backup",
+                b.name
+            )));
+        }
+    };
+    steward_backup::restore_into_postgres(opened, snapshot, url, bin_dir.as_deref())
+}

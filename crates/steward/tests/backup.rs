@@ -1,0 +1,654 @@
+//! `steward backup` end to end: real repositories on disk and in OpenStack Swift,
+//! a real PostgreSQL, and Debian's restic reading and writing the same repositories.
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+const BIN: &str = env!("CARGO_BIN_EXE_steward");
+const PASSWORD: &str = "correct horse battery staple";
+
+fn testbed(var: &str) -> String {
+    std::env::var(var).unwrap_or_else(|_| {
+        panic!("{var} is not set: start the test servers with `scripts/testbed up` and source `scripts/testbed env` (scripts/test does both)")
+    })
+}
+
+struct Project {
+    dir: tempfile::TempDir,
+    env: Vec<(String, String)>,
+}
+
+impl Project {
+    /// `{dir}` in the spec is the project directory; the password is in `{dir}/pw`.
+    fn new(spec: &str) -> Project {
+        let dir = tempfile::tempdir().unwrap();
+        let p = Project {
+            dir,
+            env: Vec::new(),
+        };
+        fs::write(p.path("pw"), PASSWORD).unwrap();
+        fs::set_permissions(p.path("pw"), fs::Permissions::from_mode(0o600)).unwrap();
+        p.spec(spec);
+        p
+    }
+
+    fn spec(&self, spec: &str) {
+        let text = format!(
+            "[steward]\nstate_dir = \"state\"\n\n{}",
+            spec.replace("{dir}", &self.dir.path().display().to_string())
+        );
+        fs::write(self.path("steward.toml"), text).unwrap();
+    }
+
+    fn path(&self, p: &str) -> PathBuf {
+        self.dir.path().join(p)
+    }
+
+    fn run(&self, args: &[&str]) -> (i32, String, String) {
+        let out = Command::new(BIN)
+            .arg("-f")
+            .arg(self.path("steward.toml"))
+            .args(args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let (code, out, err) = self.run(args);
+        assert_eq!(code, 0, "steward {args:?} failed:\n{out}\n{err}");
+        out
+    }
+
+    fn json(&self, args: &[&str]) -> serde_json::Value {
+        let out = self.ok(args);
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
+    }
+
+    fn restic(&self, repo: &str, args: &[&str]) -> String {
+        let out = Command::new("restic")
+            .args(["-r", repo, "--password-file"])
+            .arg(self.path("pw"))
+            .args(["--no-cache", "--quiet"])
+            .args(args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .env("TZ", "UTC")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "restic {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+/// Every file under `dir`, with its content, relative to `dir`.
+fn tree(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push((
+                    p.strip_prefix(dir).unwrap().display().to_string(),
+                    fs::read(&p).unwrap(),
+                ));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn sample_data(dir: &Path) {
+    fs::create_dir_all(dir.join("sub/deeper")).unwrap();
+    fs::write(dir.join("hello.txt"), "hello\n").unwrap();
+    fs::write(dir.join("sub/notes.md"), "# notes\n".repeat(1000)).unwrap();
+    let random: Vec<u8> = (0..3_000_000u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    fs::write(dir.join("sub/deeper/blob.bin"), random).unwrap();
+    fs::write(dir.join("sub/scratch.tmp"), "not backed up").unwrap();
+}
+
+#[test]
+fn files_round_trip_and_restic_reads_and_writes_the_same_repository() {
+    let p = Project::new(
+        r#"
+[backup.files]
+source = { paths = ["{dir}/data"], exclude = ["*.tmp"] }
+password = "${file:{dir}/pw}"
+"#,
+    );
+    sample_data(&p.path("data"));
+    let first = p.json(&["backup", "run", "--json"]);
+    assert!(first[0]["snapshot"]["added"].as_u64().unwrap() > 3_000_000);
+    let second = p.json(&["backup", "run", "--json"]);
+    assert!(
+        second[0]["snapshot"]["added"].as_u64().unwrap() < 100_000,
+        "an unchanged tree adds (almost) nothing: {second}"
+    );
+    let listed = p.json(&["backup", "list", "--json"]);
+    assert_eq!(listed[0]["snapshots"].as_array().unwrap().len(), 2);
+
+    p.ok(&[
+        "backup",
+        "restore",
+        "files",
+        "--target",
+        p.path("out").to_str().unwrap(),
+    ]);
+    let restored = p
+        .path("out")
+        .join(p.path("data").strip_prefix("/").unwrap());
+    let mut want = tree(&p.path("data"));
+    want.retain(|(n, _)| !n.ends_with(".tmp"));
+    assert_eq!(
+        tree(&restored),
+        want,
+        "restored tree differs (or kept an excluded file)"
+    );
+
+    // restic reads steward's repository…
+    let repo = p.path("state/objects/files");
+    let repo = repo.to_str().unwrap();
+    let snaps: serde_json::Value =
+        serde_json::from_str(&p.restic(repo, &["snapshots", "--json"])).unwrap();
+    assert_eq!(snaps.as_array().unwrap().len(), 2);
+    assert!(
+        snaps[0]["tags"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t == "steward:files")
+    );
+    p.restic(
+        repo,
+        &[
+            "restore",
+            "latest",
+            "--target",
+            p.path("restic-out").to_str().unwrap(),
+        ],
+    );
+    let by_restic = p
+        .path("restic-out")
+        .join(p.path("data").strip_prefix("/").unwrap());
+    assert_eq!(tree(&by_restic), want);
+
+    // …and steward reads what restic writes into it.
+    fs::create_dir_all(p.path("more")).unwrap();
+    fs::write(p.path("more/from-restic.txt"), "written by restic\n").unwrap();
+    p.restic(
+        repo,
+        &[
+            "backup",
+            "--tag",
+            "steward:files",
+            p.path("more").to_str().unwrap(),
+        ],
+    );
+    let listed = p.json(&["backup", "list", "--json"]);
+    let snaps = listed[0]["snapshots"].as_array().unwrap();
+    assert_eq!(snaps.len(), 3);
+    let newest = snaps[2]["short_id"].as_str().unwrap();
+    p.ok(&[
+        "backup",
+        "restore",
+        "files",
+        newest,
+        "--target",
+        p.path("out2").to_str().unwrap(),
+    ]);
+    assert_eq!(
+        fs::read_to_string(
+            p.path("out2")
+                .join(p.path("more/from-restic.txt").strip_prefix("/").unwrap())
+        )
+        .unwrap(),
+        "written by restic\n"
+    );
+    p.ok(&["backup", "check", "--read-data"]);
+
+    // A wrong password is a clear error and never echoed.
+    fs::write(p.path("pw"), "wrong password here").unwrap();
+    let (code, _, err) = p.run(&["backup", "list"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("wrong password for repository"), "{err}");
+    assert!(!err.contains("wrong password here") && !err.contains(PASSWORD));
+}
+
+#[test]
+fn check_names_a_corrupted_pack_and_a_missing_one() {
+    let p = Project::new(
+        r#"
+[backup.files]
+source = { paths = ["{dir}/data"] }
+password = "${file:{dir}/pw}"
+"#,
+    );
+    sample_data(&p.path("data"));
+    p.ok(&["backup", "run"]);
+    p.ok(&["backup", "check", "--read-data"]);
+    let mut packs: Vec<PathBuf> = Vec::new();
+    let mut stack = vec![p.path("state/objects/files/data")];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(d).unwrap() {
+            let e = e.unwrap().path();
+            if e.is_dir() {
+                stack.push(e)
+            } else {
+                packs.push(e)
+            }
+        }
+    }
+    packs.sort_by_key(|p| std::cmp::Reverse(fs::metadata(p).unwrap().len()));
+    let corrupt = &packs[0];
+    let mut bytes = fs::read(corrupt).unwrap();
+    bytes[200] ^= 0xff;
+    fs::write(corrupt, bytes).unwrap();
+    let name = corrupt.file_name().unwrap().to_str().unwrap()[..8].to_string();
+    let (code, out, _) = p.run(&["backup", "check", "--read-data"]);
+    assert_eq!(code, 1);
+    assert!(out.contains(&name), "check must name pack {name}: {out}");
+
+    fs::remove_file(corrupt).unwrap();
+    let (code, out, _) = p.run(&["backup", "check"]);
+    assert_eq!(code, 1);
+    assert!(out.contains(&name) && out.contains("not present"), "{out}");
+}
+
+fn psql(sql: &str) -> String {
+    let url = testbed("STEWARD_TEST_PG_URL");
+    let out = Command::new(Path::new(&testbed("STEWARD_TEST_PG_BIN")).join("psql"))
+        .args([
+            url.as_str(),
+            "-X",
+            "-q",
+            "-t",
+            "-A",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-c",
+            sql,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "psql {sql}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[test]
+fn a_postgres_dump_streams_into_the_repository_and_back() {
+    let table = format!("fractal_{}", std::process::id());
+    psql(&format!(
+        "DROP TABLE IF EXISTS {table}; CREATE TABLE {table} (id int primary key, name text);
+         INSERT INTO {table} SELECT i, 'fractal ' || i FROM generate_series(1, 5000) i;"
+    ));
+    let mut p = Project::new(
+        r#"
+[backup.db]
+source = { postgres = "${env:APP_DATABASE_URL}" }
+password = "${file:{dir}/pw}"
+"#,
+    );
+    p.env
+        .push(("APP_DATABASE_URL".into(), testbed("STEWARD_TEST_PG_URL")));
+    let run = p.json(&["backup", "run", "--json"]);
+    assert_eq!(run[0]["snapshot"]["paths"][0], "/postgres/steward.dump");
+
+    psql(&format!("DELETE FROM {table} WHERE id > 10"));
+    assert_eq!(psql(&format!("SELECT count(*) FROM {table}")), "10");
+    let url = testbed("STEWARD_TEST_PG_URL");
+    p.ok(&["backup", "restore", "db", "--to-postgres", &url]);
+    assert_eq!(psql(&format!("SELECT count(*) FROM {table}")), "5000");
+    assert_eq!(
+        psql(&format!("SELECT name FROM {table} WHERE id = 4321")),
+        "fractal 4321"
+    );
+
+    // A dump that fails (bad password) is an error and leaves no snapshot behind.
+    let bad = url.replace("steward-test-pw", "not-the-password");
+    p.env = vec![("APP_DATABASE_URL".into(), bad)];
+    let (code, _, err) = p.run(&["backup", "run"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("pg_dump") && err.contains("failed"), "{err}");
+    assert!(
+        !err.contains("not-the-password"),
+        "the password must not leak: {err}"
+    );
+    let listed = p.json(&["backup", "list", "--json"]);
+    assert_eq!(listed[0]["snapshots"].as_array().unwrap().len(), 1);
+    psql(&format!("DROP TABLE {table}"));
+}
+
+#[test]
+fn swift_holds_the_repository_and_restic_reads_it_there() {
+    let container = format!("steward-test-{}", std::process::id());
+    let mut p = Project::new(&format!(
+        r#"
+[store.swift]
+type = "swift"
+auth_url = "{}"
+user = "${{env:ST_USER}}"
+key = "${{env:ST_KEY}}"
+container = "{container}"
+
+[backup.files]
+store = "swift"
+repository = "repos/files"
+source = {{ paths = ["{{dir}}/data"] }}
+password = "${{file:{{dir}}/pw}}"
+"#,
+        testbed("STEWARD_TEST_SWIFT_AUTH")
+    ));
+    p.env = vec![
+        ("ST_AUTH".into(), testbed("STEWARD_TEST_SWIFT_AUTH")),
+        ("ST_USER".into(), testbed("STEWARD_TEST_SWIFT_USER")),
+        ("ST_KEY".into(), testbed("STEWARD_TEST_SWIFT_KEY")),
+    ];
+    sample_data(&p.path("data"));
+    p.ok(&["backup", "run"]);
+    p.ok(&["backup", "run"]);
+    p.ok(&["backup", "check", "--read-data"]);
+    p.ok(&[
+        "backup",
+        "restore",
+        "files",
+        "--target",
+        p.path("out").to_str().unwrap(),
+    ]);
+    let restored = p
+        .path("out")
+        .join(p.path("data").strip_prefix("/").unwrap());
+    assert_eq!(tree(&restored), tree(&p.path("data")));
+
+    let repo = format!("swift:{container}:/repos/files");
+    let snaps: serde_json::Value =
+        serde_json::from_str(&p.restic(&repo, &["snapshots", "--json"])).unwrap();
+    assert_eq!(snaps.as_array().unwrap().len(), 2);
+    p.restic(&repo, &["check", "--read-data"]);
+}
+
+#[test]
+fn a_failed_stream_leaves_no_snapshot_and_a_killed_run_is_recovered() {
+    let p = Project::new(
+        r#"
+[backup.stream]
+source = { command = ["sh", "-c", "head -c 3000000 /dev/urandom; test -f {dir}/ok || exit 3"], filename = "stream.bin" }
+repository = "shared"
+password = "${file:{dir}/pw}"
+
+[backup.slow]
+source = { command = ["sh", "-c", "head -c 40000000 /dev/urandom; sleep 5"], filename = "slow.bin" }
+repository = "shared"
+password = "${file:{dir}/pw}"
+
+[backup.files]
+source = { paths = ["{dir}/data"] }
+repository = "shared"
+password = "${file:{dir}/pw}"
+"#,
+    );
+    let (code, _, err) = p.run(&["backup", "run", "stream"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("failed (exit status: 3)"), "{err}");
+    let listed = p.json(&["backup", "list", "stream", "--json"]);
+    assert_eq!(
+        listed[0]["snapshots"].as_array().unwrap().len(),
+        0,
+        "no snapshot from a failed stream"
+    );
+    fs::write(p.path("ok"), "").unwrap();
+    p.ok(&["backup", "run", "stream"]);
+
+    // kill -9 while a large stream is being packed and uploaded.
+    let mut child = Command::new(BIN)
+        .arg("-f")
+        .arg(p.path("steward.toml"))
+        .args(["backup", "run", "slow"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let packs = |p: &Project| {
+        let mut n = 0;
+        let mut stack = vec![p.path("state/objects/shared/data")];
+        while let Some(d) = stack.pop() {
+            for e in fs::read_dir(d).into_iter().flatten().flatten() {
+                if e.path().is_dir() {
+                    stack.push(e.path())
+                } else {
+                    n += 1
+                }
+            }
+        }
+        n
+    };
+    let before = packs(&p);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while packs(&p) < before + 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the slow backup wrote no packs"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let listed = p.json(&["backup", "list", "slow", "--json"]);
+    assert_eq!(listed[0]["snapshots"].as_array().unwrap().len(), 0);
+
+    sample_data(&p.path("data"));
+    p.ok(&["backup", "run", "files"]);
+    p.ok(&["backup", "check", "--read-data"]);
+    p.ok(&["backup", "prune"]);
+    p.ok(&["backup", "check", "--read-data"]);
+    p.ok(&[
+        "backup",
+        "restore",
+        "stream",
+        "--target",
+        p.path("out").to_str().unwrap(),
+    ]);
+    assert_eq!(
+        fs::metadata(p.path("out/stream.bin")).unwrap().len(),
+        3_000_000
+    );
+}
+
+/// steward's retention and restic's `forget` agree on the same snapshot list.
+#[test]
+fn retention_keeps_what_restic_keeps() {
+    let p = Project::new(
+        r#"
+[backup.ret]
+source = { paths = ["{dir}/data"] }
+password = "${file:{dir}/pw}"
+"#,
+    );
+    fs::create_dir_all(p.path("data")).unwrap();
+    fs::write(p.path("data/x"), "x").unwrap();
+    p.ok(&["backup", "run"]); // creates the repository
+    let repo = p.path("state/objects/ret");
+    let repo = repo.to_str().unwrap();
+    // 24 snapshots spread over ~14 months, some on the same day and hour.
+    let mut t: i64 = 1_767_225_600; // 2026-01-01T00:00:00Z
+    let steps = [
+        3_600,
+        600,
+        86_400,
+        7 * 86_400,
+        40 * 86_400,
+        86_400 * 3,
+        1_800,
+    ];
+    for i in 0..24 {
+        t += steps[i % steps.len()];
+        let when = chrono::DateTime::from_timestamp(t, 0)
+            .unwrap()
+            .format("%Y-%m-%d %H:%M:%S")
+            .to_string();
+        p.restic(
+            repo,
+            &[
+                "backup",
+                "--tag",
+                "steward:ret",
+                "--time",
+                &when,
+                p.path("data").to_str().unwrap(),
+            ],
+        );
+    }
+    let policies = [
+        "last = 3",
+        "daily = 4, weekly = 3",
+        "hourly = 5, monthly = 6, yearly = 2",
+        "last = 2, weekly = 5, within = \"30d\"",
+    ];
+    for policy in policies {
+        p.spec(&format!(
+            "[backup.ret]\nsource = {{ paths = [\"{{dir}}/data\"] }}\npassword = \"${{file:{{dir}}/pw}}\"\nkeep = {{ {policy} }}\n"
+        ));
+        let ours = p.json(&["backup", "forget", "--dry-run", "--json"]);
+        let ours: BTreeSet<String> = ours[0]["snapshots"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| s["keep"] == true)
+            .map(|s| s["id"].as_str().unwrap().to_string())
+            .collect();
+        // restic's default grouping (host and paths): one group, as steward's.
+        let mut args = vec!["forget", "--dry-run", "--json", "--tag", "steward:ret"];
+        let flags: Vec<String> = policy
+            .split(", ")
+            .flat_map(|kv| {
+                let (k, v) = kv.split_once(" = ").unwrap();
+                [format!("--keep-{k}"), v.trim_matches('"').to_string()]
+            })
+            .collect();
+        args.extend(flags.iter().map(String::as_str));
+        let theirs: serde_json::Value = serde_json::from_str(&p.restic(repo, &args)).unwrap();
+        let theirs: BTreeSet<String> = theirs
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|g| g["keep"].as_array().cloned().unwrap_or_default())
+            .map(|s| s["id"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(ours, theirs, "policy {policy}");
+    }
+    // And forgetting for real removes exactly what the dry run said.
+    let before = p.json(&["backup", "forget", "--dry-run", "--json"]);
+    let kept = before[0]["snapshots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["keep"] == true)
+        .count();
+    p.ok(&["backup", "forget"]);
+    let listed = p.json(&["backup", "list", "--json"]);
+    assert_eq!(listed[0]["snapshots"].as_array().unwrap().len(), kept);
+}
+
+#[test]
+fn sqlite_is_copied_consistently_while_the_app_writes() {
+    let p = Project::new(
+        r#"
+[backup.app]
+source = { sqlite = "{dir}/app.db" }
+password = "${file:{dir}/pw}"
+"#,
+    );
+    let db = p.path("app.db");
+    let py = format!(
+        "import sqlite3, time\n\
+         c = sqlite3.connect('{db}')\n\
+         c.execute('create table if not exists jobs (id integer primary key, payload text)')\n\
+         c.commit()\n\
+         end = time.time() + 4\n\
+         while time.time() < end:\n\
+         \x20   c.executemany('insert into jobs (payload) values (?)', [('x' * 200,)] * 50)\n\
+         \x20   c.commit()\n",
+        db = db.display()
+    );
+    let mut writer = Command::new("python3").args(["-c", &py]).spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    p.ok(&["backup", "run"]);
+    writer.wait().unwrap();
+    p.ok(&[
+        "backup",
+        "restore",
+        "app",
+        "--target",
+        p.path("out").to_str().unwrap(),
+    ]);
+    let copy = p.path("out").join(db.strip_prefix("/").unwrap());
+    let check = Command::new("python3")
+        .args(["-c", &format!(
+            "import sqlite3; c = sqlite3.connect('{}'); print(c.execute('pragma integrity_check').fetchone()[0], c.execute('select count(*) from jobs').fetchone()[0])",
+            copy.display()
+        )])
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&check.stdout);
+    let (verdict, rows) = out
+        .trim()
+        .split_once(' ')
+        .unwrap_or_else(|| panic!("{out}"));
+    assert_eq!(verdict, "ok");
+    assert!(rows.parse::<u64>().unwrap() > 0, "{out}");
+}
+
+#[test]
+fn log_backups_take_rotated_siblings() {
+    let p = Project::new(
+        r#"
+[backup.logs]
+source = { logs = ["{dir}/log/*.log"] }
+password = "${file:{dir}/pw}"
+"#,
+    );
+    fs::create_dir_all(p.path("log")).unwrap();
+    for f in [
+        "app.log",
+        "app.log.1",
+        "app.log.2.gz",
+        "app.log.bak",
+        "other.txt",
+    ] {
+        fs::write(p.path("log").join(f), f).unwrap();
+    }
+    p.ok(&["backup", "run"]);
+    p.ok(&[
+        "backup",
+        "restore",
+        "logs",
+        "--target",
+        p.path("out").to_str().unwrap(),
+    ]);
+    let names: Vec<String> = tree(&p.path("out"))
+        .into_iter()
+        .map(|(n, _)| n.rsplit('/').next().unwrap().to_string())
+        .collect();
+    assert_eq!(names, ["app.log", "app.log.1", "app.log.2.gz"]);
+}
