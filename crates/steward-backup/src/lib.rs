@@ -9,6 +9,7 @@
 //! always be read and restored with restic itself.
 
 mod backend;
+pub mod controller;
 pub mod retention;
 mod sources;
 
@@ -595,4 +596,126 @@ pub fn restore_into_postgres(
         )));
     }
     Ok(snap)
+}
+
+/// The result of a restore drill.
+#[derive(Debug, Clone, Serialize)]
+pub struct DrillReport {
+    /// The snapshot restored.
+    pub snapshot: SnapshotInfo,
+    /// Restore plus verification, in seconds: the measured restore time.
+    pub seconds: f64,
+    /// What was verified, one line each.
+    pub verified: Vec<String>,
+}
+
+/// A restore drill: restores the newest snapshot somewhere harmless (a temporary
+/// directory; for PostgreSQL a scratch database on the same server, dropped
+/// afterwards) and verifies it.
+pub fn drill(
+    spec: &Spec,
+    backup: &Backup,
+    resolver: &dyn Resolver,
+) -> Result<DrillReport, BackupError> {
+    let started = Instant::now();
+    let opened = open(spec, backup, resolver, false)?;
+    let mut verified = Vec::new();
+    let drill = backup.drill.clone().unwrap_or(steward_spec::Drill {
+        schedule: None,
+        verify_query: None,
+        verify_command: None,
+    });
+    let scratch = tempfile::Builder::new()
+        .prefix("steward-drill-")
+        .tempdir()
+        .map_err(|e| BackupError::Source(format!("temporary directory: {e}")))?;
+    let snapshot = match &backup.source {
+        Source::Postgres { url, bin_dir } => {
+            let url = url
+                .resolve(resolver)
+                .map_err(|e| BackupError::Secret(format!("postgres url: {e}")))?;
+            let db = format!(
+                "steward_drill_{}_{}",
+                backup.name.replace('-', "_"),
+                std::process::id()
+            );
+            let scratch_url = sources::with_database(url.expose(), &db)?;
+            sources::pg_tool(url.expose(), bin_dir.as_deref(), "createdb", &[&db])?;
+            let result = (|| {
+                let snap = restore_into_postgres(opened, None, &scratch_url, bin_dir.as_deref())?;
+                verified.push(format!("pg_restore into scratch database `{db}` succeeded"));
+                if let Some(q) = &drill.verify_query {
+                    let rows = sources::psql_rows(&scratch_url, bin_dir.as_deref(), q)?;
+                    if rows == 0 {
+                        return Err(BackupError::Source(format!(
+                            "verify_query returned no rows: {q}"
+                        )));
+                    }
+                    verified.push(format!("verify_query returned {rows} row(s)"));
+                }
+                Ok(snap)
+            })();
+            let dropped = sources::pg_tool(
+                url.expose(),
+                bin_dir.as_deref(),
+                "dropdb",
+                &["--if-exists", &db],
+            );
+            let snap = result?;
+            dropped?;
+            snap
+        }
+        _ => {
+            let report = opened.restore(None, scratch.path())?;
+            let (files, bytes) = sources::tree_size(scratch.path());
+            let want_files = report.snapshot.files;
+            if want_files > 0 && files != want_files {
+                return Err(BackupError::Source(format!(
+                    "restored {files} files, the snapshot records {want_files}"
+                )));
+            }
+            if report.snapshot.bytes > 0 && bytes != report.snapshot.bytes {
+                return Err(BackupError::Source(format!(
+                    "restored {bytes} bytes, the snapshot records {}",
+                    report.snapshot.bytes
+                )));
+            }
+            verified.push(format!("{files} files, {bytes} bytes restored as recorded"));
+            if let Source::Sqlite { path } = &backup.source {
+                let copy = scratch.path().join(path.strip_prefix("/").unwrap_or(path));
+                let conn = rusqlite::Connection::open(&copy)
+                    .map_err(|e| BackupError::Source(format!("restored SQLite: {e}")))?;
+                let verdict: String = conn
+                    .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+                    .map_err(|e| BackupError::Source(format!("restored SQLite: {e}")))?;
+                if verdict != "ok" {
+                    return Err(BackupError::Source(format!(
+                        "restored SQLite fails integrity_check: {verdict}"
+                    )));
+                }
+                verified.push("SQLite integrity_check ok".into());
+            }
+            report.snapshot
+        }
+    };
+    if let Some(cmd) = &drill.verify_command {
+        let status = std::process::Command::new(&cmd[0])
+            .args(&cmd[1..])
+            .current_dir(scratch.path())
+            .env("STEWARD_DRILL_DIR", scratch.path())
+            .stdin(std::process::Stdio::null())
+            .status()
+            .map_err(|e| BackupError::Source(format!("verify_command: {e}")))?;
+        if !status.success() {
+            return Err(BackupError::Source(format!(
+                "verify_command failed ({status})"
+            )));
+        }
+        verified.push(format!("verify_command `{}` passed", cmd.join(" ")));
+    }
+    Ok(DrillReport {
+        snapshot,
+        seconds: started.elapsed().as_secs_f64(),
+        verified,
+    })
 }

@@ -333,6 +333,96 @@ pub(crate) fn archive_stream<S: IndexedIds>(
     Ok(snap)
 }
 
+/// The same connection with another database name.
+pub(crate) fn with_database(url: &str, db: &str) -> Result<String, BackupError> {
+    let mut u =
+        url::Url::parse(url).map_err(|e| BackupError::Source(format!("postgres URL: {e}")))?;
+    u.set_path(&format!("/{db}"));
+    Ok(u.to_string())
+}
+
+/// Runs a PostgreSQL client tool (createdb, dropdb) with the URL's credentials.
+pub(crate) fn pg_tool(
+    url: &str,
+    bin_dir: Option<&Path>,
+    tool: &str,
+    args: &[&str],
+) -> Result<(), BackupError> {
+    let mut env = pg_env(url)?;
+    // The maintenance database to connect to while creating or dropping another.
+    env.retain(|(k, _)| *k != "PGDATABASE");
+    env.push(("PGDATABASE", "postgres".into()));
+    let out = Command::new(pg_bin(bin_dir, tool))
+        .args(args)
+        .arg("--no-password")
+        .envs(env)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| BackupError::Source(format!("cannot run {tool}: {e}")))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(BackupError::Source(format!(
+            "{tool} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )))
+    }
+}
+
+/// Rows a query returns (psql, tuples only).
+pub(crate) fn psql_rows(
+    url: &str,
+    bin_dir: Option<&Path>,
+    query: &str,
+) -> Result<usize, BackupError> {
+    let out = Command::new(pg_bin(bin_dir, "psql"))
+        .args([
+            "-X",
+            "-q",
+            "-t",
+            "-A",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "--no-password",
+            "-c",
+            query,
+        ])
+        .envs(pg_env(url)?)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| BackupError::Source(format!("cannot run psql: {e}")))?;
+    if !out.status.success() {
+        return Err(BackupError::Source(format!(
+            "verify_query failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.is_empty())
+        .count())
+}
+
+/// Regular files and their total size under a directory.
+pub(crate) fn tree_size(dir: &Path) -> (u64, u64) {
+    let (mut files, mut bytes) = (0, 0);
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let Ok(m) = e.path().symlink_metadata() else {
+                continue;
+            };
+            if m.is_dir() {
+                stack.push(e.path());
+            } else if m.is_file() {
+                files += 1;
+                bytes += m.len();
+            }
+        }
+    }
+    (files, bytes)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,7 +5,7 @@
 //! Each capability adds its own rules here as it lands.
 
 use serde::Serialize;
-use steward_spec::{Channel, Probe, ResourceKind, Spec, Text};
+use steward_spec::{Channel, Probe, ResourceKind, Source, Spec, StoreKind, Text};
 
 /// How bad a gap is. `error` makes `steward doctor` exit 1.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -41,6 +41,19 @@ pub struct Facts {
     pub now: i64,
     /// Last heartbeat of `steward serve` on this state directory (Unix ms).
     pub serve_heartbeat: Option<i64>,
+    /// What the event log says about each backup.
+    pub backups: std::collections::BTreeMap<String, BackupFacts>,
+}
+
+/// A backup's record in the event log.
+#[derive(Debug, Clone, Default)]
+pub struct BackupFacts {
+    /// Latest successful run (Unix ms).
+    pub last_success: Option<i64>,
+    /// Latest failed run (Unix ms).
+    pub last_failure: Option<i64>,
+    /// Latest successful restore drill (Unix ms).
+    pub last_drill: Option<i64>,
 }
 
 /// All rules, in a stable order: errors first, then by rule and subject.
@@ -54,6 +67,7 @@ pub fn diagnose(spec: &Spec, facts: &Facts) -> Vec<Finding> {
     nothing_watching(spec, facts, &mut out);
     exposed_listener(spec, &mut out);
     converge_gaps(spec, &mut out);
+    backup_gaps(spec, facts, &mut out);
     out.sort_by(|a, b| {
         b.severity
             .cmp(&a.severity)
@@ -260,6 +274,100 @@ fn flapping(spec: &Spec, out: &mut Vec<Finding>) {
     }
 }
 
+/// The database a PostgreSQL URL names, comparable across a check and a backup:
+/// the text as written when it is a reference, else host, port and database.
+fn database_identity(url: &Text) -> String {
+    let w = url.as_written();
+    if url.has_references() {
+        return w.to_string();
+    }
+    let rest = w.split_once("://").map(|(_, r)| r).unwrap_or(w);
+    let rest = rest.rsplit_once('@').map(|(_, r)| r).unwrap_or(rest);
+    let rest = rest.split('?').next().unwrap_or(rest);
+    let (hostport, db) = rest.split_once('/').unwrap_or((rest, ""));
+    let hostport = if hostport.contains(':') {
+        hostport.to_string()
+    } else {
+        format!("{hostport}:5432")
+    };
+    format!("{hostport}/{db}")
+}
+
+fn backup_gaps(spec: &Spec, facts: &Facts, out: &mut Vec<Finding>) {
+    let backed_up: Vec<String> = spec
+        .backups
+        .values()
+        .filter_map(|b| match &b.source {
+            Source::Postgres { url, .. } => Some(database_identity(url)),
+            _ => None,
+        })
+        .collect();
+    for c in spec.checks.values() {
+        if let Probe::Postgres { url, .. } = &c.probe
+            && !backed_up.contains(&database_identity(url))
+        {
+            out.push(finding(
+                Severity::Warning,
+                "database-not-backed-up",
+                format!("check.{}", c.name),
+                format!(
+                    "check `{}` watches a PostgreSQL database that no [backup.*] dumps; if it is lost, so is its data",
+                    c.name
+                ),
+                "add a [backup.NAME] with `source = { postgres = \"…\" }` (the same URL) and a `schedule`",
+            ));
+        }
+    }
+    for b in spec.backups.values() {
+        let subject = format!("backup.{}", b.name);
+        if b.schedule.is_none() {
+            out.push(finding(
+                Severity::Warning,
+                "backup-unscheduled",
+                subject.clone(),
+                format!(
+                    "backup `{}` runs only when someone remembers to run it",
+                    b.name
+                ),
+                "set `schedule = \"0 3 * * *\"` so `serve` runs it",
+            ));
+        }
+        if b.drill.is_none() {
+            out.push(finding(
+                Severity::Info,
+                "backup-never-drilled",
+                subject.clone(),
+                format!(
+                    "nobody knows whether backup `{}` restores, nor how long a restore takes",
+                    b.name
+                ),
+                "add `drill = { schedule = \"0 5 * * sun\" }` (and a `verify_query` for databases)",
+            ));
+        }
+        if let Some(store) = spec.stores.get(&b.store)
+            && matches!(store.kind, StoreKind::Local { .. })
+        {
+            out.push(finding(
+                Severity::Info,
+                "backup-on-this-machine",
+                subject.clone(),
+                format!("backup `{}` is kept on this machine only; a lost disk takes it along", b.name),
+                "add a [store.NAME] of type `swift` and set `store` (restic can copy existing snapshots there)",
+            ));
+        }
+        let f = facts.backups.get(&b.name).cloned().unwrap_or_default();
+        if f.last_failure.is_some() && f.last_failure > f.last_success {
+            out.push(finding(
+                Severity::Error,
+                "backup-failing",
+                subject.clone(),
+                format!("the latest run of backup `{}` failed", b.name),
+                "see `steward backup run` output or the `backup.failed` event, fix, and run it again",
+            ));
+        }
+    }
+}
+
 fn converge_gaps(spec: &Spec, out: &mut Vec<Finding>) {
     for set in spec.converge.values() {
         for r in &set.resources {
@@ -383,6 +491,7 @@ mod tests {
     const WATCHED: Facts = Facts {
         now: 1_000_000,
         serve_heartbeat: Some(999_000),
+        backups: std::collections::BTreeMap::new(),
     };
 
     #[test]
@@ -448,7 +557,7 @@ alerts = ["ops"]
             src,
             &Facts {
                 now: 10 * 60_000,
-                serve_heartbeat: None,
+                ..Facts::default()
             },
         );
         assert_eq!(r[0].0, "no-alert-channel", "errors sort first: {r:?}");

@@ -57,6 +57,7 @@ impl AppState {
             &steward_doctor::Facts {
                 now,
                 serve_heartbeat: Some(now),
+                backups: Default::default(),
             },
         );
         AppState {

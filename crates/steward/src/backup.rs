@@ -36,6 +36,13 @@ pub(crate) enum Action {
         names: Vec<String>,
         read_data: bool,
     },
+    Drill {
+        names: Vec<String>,
+        json: bool,
+    },
+    Policy {
+        json: bool,
+    },
 }
 
 fn select<'a>(spec: &'a Spec, names: &[String]) -> Result<Vec<&'a Backup>, String> {
@@ -91,7 +98,9 @@ pub(crate) fn run(spec_path: &Path, action: Action) -> u8 {
         | Action::List { names, .. }
         | Action::Forget { names, .. }
         | Action::Prune { names }
-        | Action::Check { names, .. } => names.clone(),
+        | Action::Check { names, .. }
+        | Action::Drill { names, .. } => names.clone(),
+        Action::Policy { json } => return policy(&spec, *json),
         Action::Restore { name, .. } => vec![name.clone()],
     };
     let backups = match select(&spec, &names) {
@@ -105,6 +114,7 @@ pub(crate) fn run(spec_path: &Path, action: Action) -> u8 {
     let writes = matches!(
         action,
         Action::Run { .. }
+            | Action::Drill { .. }
             | Action::Forget { dry_run: false, .. }
             | Action::Prune { .. }
             | Action::Check { .. }
@@ -319,6 +329,45 @@ pub(crate) fn run(spec_path: &Path, action: Action) -> u8 {
                 }
                 Ok(())
             }
+            Action::Drill { json, .. } => match steward_backup::drill(&spec, b, &resolver) {
+                Ok(r) => {
+                    if *json {
+                        json_out.push(serde_json::to_value(&r).unwrap_or_default());
+                    } else {
+                        println!(
+                            "drill `{}`: snapshot {} restored and verified in {:.1} s",
+                            b.name, r.snapshot.short_id, r.seconds
+                        );
+                        for v in &r.verified {
+                            println!("  ✓ {v}");
+                        }
+                    }
+                    record(
+                        state.as_ref(),
+                        "drill.succeeded",
+                        &b.name,
+                        "info",
+                        format!(
+                            "snapshot {} restored and verified in {:.1} s",
+                            r.snapshot.short_id, r.seconds
+                        ),
+                        serde_json::to_value(&r).unwrap_or_default(),
+                    );
+                    Ok(())
+                }
+                Err(e) => {
+                    record(
+                        state.as_ref(),
+                        "drill.failed",
+                        &b.name,
+                        "error",
+                        e.to_string(),
+                        serde_json::json!({"error": e.to_string()}),
+                    );
+                    Err(e)
+                }
+            },
+            Action::Policy { .. } => Ok(()),
             Action::Prune { .. } => {
                 let opened = steward_backup::open(&spec, b, &resolver, false)?;
                 if !seen.insert(opened.location.clone()) {
@@ -390,6 +439,7 @@ pub(crate) fn run(spec_path: &Path, action: Action) -> u8 {
         Action::Run { json: true, .. }
             | Action::List { json: true, .. }
             | Action::Forget { json: true, .. }
+            | Action::Drill { json: true, .. }
     ) {
         println!("{}", serde_json::to_string_pretty(&json_out).expect("JSON"));
     }
@@ -413,4 +463,181 @@ fn restore_postgres(
         }
     };
     steward_backup::restore_into_postgres(opened, snapshot, url, bin_dir.as_deref())
+}
+
+fn when(ms: Option<i64>) -> String {
+    ms.and_then(chrono::DateTime::from_timestamp_millis)
+        .map(|t| t.format("%Y-%m-%d %H:%M UTC").to_string())
+        .unwrap_or_else(|| "never".into())
+}
+
+/// Retention in words, and roughly how far back it reaches.
+fn retention_words(k: &steward_spec::Keep) -> String {
+    if k.is_empty() {
+        return "everything, forever (no `keep`)".into();
+    }
+    let mut parts = Vec::new();
+    for (n, what) in [
+        (k.last, "latest"),
+        (k.hourly, "hourly"),
+        (k.daily, "daily"),
+        (k.weekly, "weekly"),
+        (k.monthly, "monthly"),
+        (k.yearly, "yearly"),
+    ] {
+        if n > 0 {
+            parts.push(format!("{n} {what}"));
+        }
+    }
+    if let Some(w) = k.within {
+        parts.push(format!("all within {w} of the newest"));
+    }
+    if !k.tags.is_empty() {
+        parts.push(format!("tagged {}", k.tags.join(", ")));
+    }
+    let days = [
+        k.hourly as f64 / 24.0,
+        k.daily as f64,
+        k.weekly as f64 * 7.0,
+        k.monthly as f64 * 30.4,
+        k.yearly as f64 * 365.0,
+        k.within
+            .map(|w| w.0.as_secs_f64() / 86_400.0)
+            .unwrap_or(0.0),
+    ]
+    .into_iter()
+    .fold(0.0, f64::max);
+    if days >= 1.0 {
+        format!(
+            "{} (about {} back)",
+            parts.join(", "),
+            if days >= 60.0 {
+                format!("{:.0} months", days / 30.4)
+            } else {
+                format!("{days:.0} days")
+            }
+        )
+    } else {
+        parts.join(", ")
+    }
+}
+
+fn what(b: &Backup) -> String {
+    use steward_spec::Source;
+    match &b.source {
+        Source::Paths { paths, exclude } => format!(
+            "files {}{}",
+            paths
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+            if exclude.is_empty() {
+                String::new()
+            } else {
+                format!(" (excluding {})", exclude.join(", "))
+            }
+        ),
+        Source::Postgres { url, .. } => format!("PostgreSQL dump of {}", url.as_written()),
+        Source::Sqlite { path } => format!("SQLite database {}", path.display()),
+        Source::Command { command, .. } => format!("output of `{}`", command.join(" ")),
+        Source::Logs { paths } => format!("logs {} (with rotations)", paths.join(", ")),
+    }
+}
+
+/// `steward backup policy`: the seed's review of what is backed up and for how
+/// long, with the gaps doctor finds in it.
+fn policy(spec: &Spec, json: bool) -> u8 {
+    let now = steward_state::now_ms();
+    let facts = crate::doctor::facts(spec, now);
+    let gaps: Vec<_> = steward_doctor::diagnose(spec, &facts)
+        .into_iter()
+        .filter(|f| f.rule.starts_with("backup") || f.rule == "database-not-backed-up")
+        .collect();
+    let rows: Vec<serde_json::Value> = spec
+        .backups
+        .values()
+        .map(|b| {
+            let f = facts.backups.get(&b.name).cloned().unwrap_or_default();
+            let next = b
+                .schedule
+                .as_ref()
+                .and_then(|s| s.find_next_occurrence(&chrono::Utc::now(), false).ok())
+                .map(|t| t.format("%Y-%m-%d %H:%M UTC").to_string());
+            serde_json::json!({
+                "backup": b.name,
+                "what": what(b),
+                "store": b.store,
+                "repository": b.repository,
+                "schedule": b.schedule_text,
+                "next_run": next,
+                "retention": retention_words(&b.keep),
+                "last_success": f.last_success,
+                "last_failure": f.last_failure,
+                "last_drill": f.last_drill,
+                "drill_schedule": b.drill.as_ref().map(|d| d.schedule.is_some()),
+            })
+        })
+        .collect();
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({"backups": rows, "gaps": gaps}))
+                .expect("JSON")
+        );
+    } else {
+        if spec.backups.is_empty() {
+            println!("Nothing is backed up.");
+        }
+        for b in spec.backups.values() {
+            let f = facts.backups.get(&b.name).cloned().unwrap_or_default();
+            println!("backup `{}`", b.name);
+            println!("  what:      {}", what(b));
+            println!(
+                "  where:     store `{}`, repository `{}`",
+                b.store, b.repository
+            );
+            println!(
+                "  how often: {}",
+                match (&b.schedule_text, &b.schedule) {
+                    (Some(t), Some(s)) => format!(
+                        "`{t}` (next {})",
+                        s.find_next_occurrence(&chrono::Utc::now(), false)
+                            .map(|n| n.format("%Y-%m-%d %H:%M UTC").to_string())
+                            .unwrap_or_else(|_| "never".into())
+                    ),
+                    _ => "by hand only".into(),
+                }
+            );
+            println!("  kept:      {}", retention_words(&b.keep));
+            println!(
+                "  last run:  {} (last failure: {})",
+                when(f.last_success),
+                when(f.last_failure)
+            );
+            println!(
+                "  restored:  {}",
+                match f.last_drill {
+                    Some(_) => format!("last drill passed {}", when(f.last_drill)),
+                    None if b.drill.is_some() => "drills configured; none has passed yet".into(),
+                    None => "never drilled".into(),
+                }
+            );
+        }
+        if !gaps.is_empty() {
+            println!("\ngaps:");
+            for g in &gaps {
+                println!("  {:<24} {:<20} {}", g.rule, g.subject, g.message);
+                println!("  {:<24} {:<20} fix: {}", "", "", g.fix);
+            }
+        }
+    }
+    if gaps
+        .iter()
+        .any(|g| g.severity == steward_doctor::Severity::Error)
+    {
+        exit::FAILED
+    } else {
+        exit::OK
+    }
 }

@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use steward_doctor::{Facts, Severity, diagnose};
+use steward_doctor::{BackupFacts, Facts, Severity, diagnose};
 
 use crate::{exit, load_spec};
 
@@ -12,29 +12,8 @@ pub(crate) fn run(spec_path: &Path, json: bool) -> u8 {
         Err(code) => return code,
     };
     let now = steward_state::now_ms();
-    // Facts come from the state database when one exists; doctor never creates it.
-    let serve_heartbeat = if spec.settings.state_dir.join("state.db").exists() {
-        match steward_state::Store::open(&spec.settings.state_dir) {
-            Ok(store) => store
-                .meta(crate::serve::HEARTBEAT_KEY)
-                .ok()
-                .flatten()
-                .and_then(|v| v.parse().ok()),
-            Err(e) => {
-                eprintln!("warning: cannot read state database: {e}");
-                None
-            }
-        }
-    } else {
-        None
-    };
-    let findings = diagnose(
-        &spec,
-        &Facts {
-            now,
-            serve_heartbeat,
-        },
-    );
+    let facts = facts(&spec, now);
+    let findings = diagnose(&spec, &facts);
     if json {
         println!("{}", serde_json::to_string_pretty(&findings).expect("JSON"));
     } else if findings.is_empty() {
@@ -61,4 +40,39 @@ pub(crate) fn run(spec_path: &Path, json: bool) -> u8 {
     } else {
         exit::OK
     }
+}
+
+/// Facts from the state database when one exists; doctor never creates it.
+pub(crate) fn facts(spec: &steward_spec::Spec, now: i64) -> Facts {
+    let mut facts = Facts {
+        now,
+        ..Facts::default()
+    };
+    if !spec.settings.state_dir.join("state.db").exists() {
+        return facts;
+    }
+    let store = match steward_state::Store::open(&spec.settings.state_dir) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("warning: cannot read state database: {e}");
+            return facts;
+        }
+    };
+    facts.serve_heartbeat = store
+        .meta(crate::serve::HEARTBEAT_KEY)
+        .ok()
+        .flatten()
+        .and_then(|v| v.parse().ok());
+    use steward_backup::controller::last_event;
+    for name in spec.backups.keys() {
+        facts.backups.insert(
+            name.clone(),
+            BackupFacts {
+                last_success: last_event(&store, "backup.succeeded", name),
+                last_failure: last_event(&store, "backup.failed", name),
+                last_drill: last_event(&store, "drill.succeeded", name),
+            },
+        );
+    }
+    facts
 }

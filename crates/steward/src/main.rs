@@ -176,6 +176,21 @@ enum BackupCommand {
         /// Backups (default: all).
         names: Vec<String>,
     },
+    /// Restore the newest snapshot somewhere harmless and verify it (a restore drill).
+    Drill {
+        /// Backups (default: all).
+        names: Vec<String>,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The backup policy as a report: what is backed up, how often, how long it is
+    /// kept, when it was last restored, and what has no backup at all.
+    Policy {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
     /// Verify the repository; exit 1 when anything is wrong.
     Check {
         /// Backups (default: all).
@@ -314,6 +329,8 @@ fn main() -> ExitCode {
                     json,
                 },
                 BackupCommand::Prune { names } => backup::Action::Prune { names },
+                BackupCommand::Drill { names, json } => backup::Action::Drill { names, json },
+                BackupCommand::Policy { json } => backup::Action::Policy { json },
                 BackupCommand::Check { names, read_data } => {
                     backup::Action::Check { names, read_data }
                 }

@@ -77,6 +77,8 @@ pub(crate) async fn run(spec_path: &Path, listen: Option<SocketAddr>) -> u8 {
     alert_metrics.register(&mut registry);
     let converge_metrics = steward_converge::drift::ConvergeMetrics::default();
     converge_metrics.register(&mut registry);
+    let backup_metrics = steward_backup::controller::BackupMetrics::default();
+    backup_metrics.register(&mut registry);
 
     let cancel = CancellationToken::new();
     let resolver: Arc<dyn Resolver> = Arc::new(OsResolver);
@@ -129,6 +131,18 @@ pub(crate) async fn run(spec_path: &Path, listen: Option<SocketAddr>) -> u8 {
     };
 
     tokio::spawn(reload_on_sighup(reloader, store.clone(), cancel.clone()));
+
+    // Scheduled backups, retention, restore drills and overdue alerts.
+    let backups = {
+        let controller = steward_backup::controller::BackupController {
+            spec: spec.clone(),
+            store: store.clone(),
+            resolver: resolver.clone(),
+            sender: steward_alert::Sender::new(resolver.clone()),
+            metrics: backup_metrics,
+        };
+        tokio::spawn(controller.run(cancel.clone()))
+    };
 
     // Drift detection (and auto-correct) for converge sets that ask for it.
     let drift: Vec<_> = spec
@@ -209,6 +223,7 @@ pub(crate) async fn run(spec_path: &Path, listen: Option<SocketAddr>) -> u8 {
     for d in drift {
         let _ = d.await;
     }
+    let _ = backups.await;
     let _ = summaries.await;
     let _ = store.append_event(&event(
         "serve.stopped",

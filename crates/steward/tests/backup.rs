@@ -652,3 +652,163 @@ password = "${file:{dir}/pw}"
         .collect();
     assert_eq!(names, ["app.log", "app.log.1", "app.log.2.gz"]);
 }
+
+#[test]
+fn drills_restore_and_verify_files_and_a_database() {
+    let table = format!("drill_{}", std::process::id());
+    psql(&format!(
+        "DROP TABLE IF EXISTS {table}; CREATE TABLE {table} (id int); INSERT INTO {table} SELECT generate_series(1, 100);"
+    ));
+    let mut p = Project::new(&format!(
+        r#"
+[check.db]
+type = "postgres"
+url = "${{env:APP_DATABASE_URL}}"
+
+[check.other-db]
+type = "postgres"
+url = "postgres://app@db.internal/reports"
+
+[backup.db]
+source = {{ postgres = "${{env:APP_DATABASE_URL}}" }}
+password = "${{file:{{dir}}/pw}}"
+schedule = "0 3 * * *"
+keep = {{ daily = 7, weekly = 4, monthly = 12 }}
+drill = {{ verify_query = "SELECT id FROM {table} WHERE id = 42" }}
+
+[backup.files]
+source = {{ paths = ["{{dir}}/data"] }}
+password = "${{file:{{dir}}/pw}}"
+drill = {{ verify_command = ["sh", "-c", "grep -rq hello ."] }}
+"#
+    ));
+    p.env
+        .push(("APP_DATABASE_URL".into(), testbed("STEWARD_TEST_PG_URL")));
+    sample_data(&p.path("data"));
+
+    let (code, out, _) = p.run(&["backup", "policy"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("7 daily, 4 weekly, 12 monthly (about 12 months back)"),
+        "{out}"
+    );
+    assert!(out.contains("by hand only"), "{out}");
+    assert!(
+        out.contains("database-not-backed-up") && out.contains("check.other-db"),
+        "{out}"
+    );
+    assert!(
+        !out.contains("check.db "),
+        "the checked database is backed up: {out}"
+    );
+
+    p.ok(&["backup", "run"]);
+    let drills = p.json(&["backup", "drill", "--json"]);
+    let db = &drills[0];
+    assert!(
+        db["verified"]
+            .to_string()
+            .contains("verify_query returned 1 row"),
+        "{db}"
+    );
+    assert!(db["seconds"].as_f64().unwrap() > 0.0);
+    let files = &drills[1];
+    assert!(
+        files["verified"].to_string().contains("verify_command"),
+        "{files}"
+    );
+    // The scratch database is gone again.
+    assert_eq!(
+        psql("SELECT count(*) FROM pg_database WHERE datname LIKE 'steward_drill_%'"),
+        "0"
+    );
+
+    let (_, out, _) = p.run(&["backup", "policy"]);
+    assert!(out.contains("last drill passed"), "{out}");
+
+    // A drill whose check fails is a failure, recorded as such.
+    psql(&format!("DELETE FROM {table} WHERE id = 42"));
+    p.ok(&["backup", "run", "db"]);
+    let (code, _, err) = p.run(&["backup", "drill", "db"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("verify_query returned no rows"), "{err}");
+    psql(&format!("DROP TABLE {table}"));
+}
+
+/// `serve` runs backups on their schedule, applies retention after each run,
+/// records failures and tells the alert channels.
+#[test]
+fn serve_runs_scheduled_backups_with_retention_and_alerts_on_failure() {
+    let p = Project::new(
+        r#"
+[alert.ops]
+type = "webhook"
+url = "http://127.0.0.1:9/nobody-listens"
+
+[backup.files]
+source = { paths = ["{dir}/data"] }
+password = "${file:{dir}/pw}"
+schedule = "*/2 * * * * *"
+keep = { last = 2 }
+
+[backup.broken]
+source = { command = ["sh", "-c", "exit 7"] }
+password = "${file:{dir}/pw}"
+schedule = "*/2 * * * * *"
+alerts = ["ops"]
+"#,
+    );
+    sample_data(&p.path("data"));
+    let mut child = Command::new(BIN)
+        .arg("-f")
+        .arg(p.path("steward.toml"))
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let store_path = p.path("state");
+    let count = |kind: &str, subject: &str| -> usize {
+        let Ok(store) = steward_state::Store::open(&store_path) else {
+            return 0;
+        };
+        store
+            .events(&steward_state::EventQuery {
+                kind_prefix: Some(kind.into()),
+                subject: Some(subject.into()),
+                limit: 100,
+                ..Default::default()
+            })
+            .map(|e| e.len())
+            .unwrap_or(0)
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while count("backup.succeeded", "files") < 4 || count("backup.failed", "broken") < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "scheduled runs did not happen"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(
+        count("backup.forgot", "files") >= 1,
+        "retention ran after a run"
+    );
+    let listed = p.json(&["backup", "list", "files", "--json"]);
+    let n = listed[0]["snapshots"].as_array().unwrap().len();
+    assert!(n <= 3, "keep last 2 (plus possibly one run in flight): {n}");
+    let store = steward_state::Store::open(&store_path).unwrap();
+    let deliveries = store.deliveries(100).unwrap();
+    let to_ops: Vec<_> = deliveries
+        .iter()
+        .filter(|d| d.check == "backup:broken")
+        .collect();
+    assert_eq!(
+        to_ops.len(),
+        1,
+        "one notice for the failure, not one per failed run: {deliveries:?}"
+    );
+    assert!(!to_ops[0].ok);
+}

@@ -1,0 +1,441 @@
+//! The backup controller inside `serve`: scheduled runs with retention after each,
+//! scheduled restore drills, overdue detection, events, metrics and alerts.
+//!
+//! Every run happens on a blocking thread (rustic is synchronous); a failing or
+//! panicking run is recorded and never stops the other backups or controllers.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use steward_alert::{Notice, NoticeKind, Sender};
+use steward_spec::{Backup, Resolver, Spec};
+use steward_state::{Delivery, EventQuery, Health, NewEvent, Store, now_ms};
+use tokio_util::sync::CancellationToken;
+
+type Labels = Vec<(String, String)>;
+
+/// Prometheus metrics of the backup controller.
+#[derive(Default, Clone)]
+pub struct BackupMetrics {
+    runs: Family<Labels, Counter>,
+    last_success: Family<Labels, Gauge<f64, AtomicU64>>,
+    duration: Family<Labels, Gauge<f64, AtomicU64>>,
+    added: Family<Labels, Gauge>,
+    snapshots: Family<Labels, Gauge>,
+    drills: Family<Labels, Counter>,
+    drill_success: Family<Labels, Gauge<f64, AtomicU64>>,
+    drill_duration: Family<Labels, Gauge<f64, AtomicU64>>,
+    overdue: Family<Labels, Gauge>,
+}
+
+impl BackupMetrics {
+    /// Registers every metric (names follow `steward_<controller>_...`).
+    pub fn register(&self, r: &mut Registry) {
+        r.register(
+            "steward_backup_runs",
+            "Backup runs by backup and outcome",
+            self.runs.clone(),
+        );
+        r.register(
+            "steward_backup_last_success_timestamp_seconds",
+            "When the latest successful run finished (Unix seconds)",
+            self.last_success.clone(),
+        );
+        r.register(
+            "steward_backup_last_duration_seconds",
+            "Duration of the latest run",
+            self.duration.clone(),
+        );
+        r.register(
+            "steward_backup_last_added_bytes",
+            "Bytes the latest run added to the repository",
+            self.added.clone(),
+        );
+        r.register(
+            "steward_backup_snapshots",
+            "Snapshots kept after retention",
+            self.snapshots.clone(),
+        );
+        r.register(
+            "steward_backup_drills",
+            "Restore drills by backup and outcome",
+            self.drills.clone(),
+        );
+        r.register(
+            "steward_backup_drill_last_success_timestamp_seconds",
+            "When the latest successful restore drill finished (Unix seconds)",
+            self.drill_success.clone(),
+        );
+        r.register(
+            "steward_backup_drill_last_duration_seconds",
+            "Restore plus verification time of the latest drill (the measured restore time)",
+            self.drill_duration.clone(),
+        );
+        r.register(
+            "steward_backup_overdue",
+            "1 when a backup is older than its schedule allows",
+            self.overdue.clone(),
+        );
+    }
+}
+
+/// Runs backups and drills on their schedules until cancelled.
+pub struct BackupController {
+    /// The spec.
+    pub spec: Arc<Spec>,
+    /// State database.
+    pub store: Arc<Store>,
+    /// Secret resolution.
+    pub resolver: Arc<dyn Resolver>,
+    /// Alert delivery.
+    pub sender: Sender,
+    /// Metrics.
+    pub metrics: BackupMetrics,
+}
+
+fn labels(backup: &str) -> Labels {
+    vec![("backup".into(), backup.into())]
+}
+
+/// The latest event of a kind for a backup (Unix ms).
+pub fn last_event(store: &Store, kind: &str, backup: &str) -> Option<i64> {
+    store
+        .events(&EventQuery {
+            kind_prefix: Some(kind.into()),
+            subject: Some(backup.into()),
+            limit: 1,
+            ..Default::default()
+        })
+        .ok()?
+        .first()
+        .filter(|e| e.event.kind == kind)
+        .map(|e| e.event.ts)
+}
+
+/// How old a backup may get before it is overdue: `max_age`, else twice the gap
+/// between two scheduled runs plus an hour.
+pub fn allowed_age_ms(b: &Backup, now: chrono::DateTime<chrono::Utc>) -> Option<i64> {
+    if let Some(m) = b.max_age {
+        return Some(m.0.as_millis() as i64);
+    }
+    let s = b.schedule.as_ref()?;
+    let first = s.find_next_occurrence(&now, false).ok()?;
+    let second = s.find_next_occurrence(&first, false).ok()?;
+    Some(2 * (second - first).num_milliseconds() + 3_600_000)
+}
+
+impl BackupController {
+    /// One task per scheduled backup and drill, plus the overdue watch.
+    pub async fn run(self, cancel: CancellationToken) {
+        let me = Arc::new(self);
+        let mut tasks = Vec::new();
+        for b in me.spec.backups.values() {
+            if let Some(s) = b.schedule.clone() {
+                let (me, name, cancel) = (me.clone(), b.name.clone(), cancel.clone());
+                tasks.push(tokio::spawn(async move {
+                    me.on_schedule(s, cancel, move |me| me.run_once(&name))
+                        .await
+                }));
+            }
+            if let Some(s) = b.drill.as_ref().and_then(|d| d.schedule.clone()) {
+                let (me, name, cancel) = (me.clone(), b.name.clone(), cancel.clone());
+                tasks.push(tokio::spawn(async move {
+                    me.on_schedule(s, cancel, move |me| me.drill_once(&name))
+                        .await
+                }));
+            }
+        }
+        let watcher = {
+            let (me, cancel) = (me.clone(), cancel.clone());
+            tokio::spawn(async move { me.watch_overdue(cancel).await })
+        };
+        for t in tasks {
+            let _ = t.await;
+        }
+        let _ = watcher.await;
+    }
+
+    async fn on_schedule(
+        self: Arc<Self>,
+        schedule: croner::Cron,
+        cancel: CancellationToken,
+        job: impl Fn(&BackupController) + Send + Sync + Clone + 'static,
+    ) {
+        loop {
+            let now = chrono::Utc::now();
+            let Ok(next) = schedule.find_next_occurrence(&now, false) else {
+                return;
+            };
+            let wait = (next - now).to_std().unwrap_or(Duration::ZERO);
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = cancel.cancelled() => return,
+            }
+            let (me, job) = (self.clone(), job.clone());
+            if let Err(e) = tokio::task::spawn_blocking(move || job(&me)).await {
+                tracing::error!(error = %e, "backup job panicked");
+                let _ = self.store.append_event(&NewEvent::now(
+                    "controller.panicked",
+                    "backup",
+                    "error",
+                    "a backup job panicked; the next scheduled run will try again".into(),
+                    serde_json::json!({}),
+                ));
+            }
+        }
+    }
+
+    /// One scheduled run: back up, then apply retention; record and alert.
+    pub fn run_once(&self, name: &str) {
+        let Some(b) = self.spec.backups.get(name) else {
+            return;
+        };
+        let l = labels(name);
+        let outcome = crate::open(&self.spec, b, self.resolver.as_ref(), true)
+            .and_then(|o| o.run(self.resolver.as_ref()));
+        match outcome {
+            Ok(r) => {
+                self.metrics
+                    .runs
+                    .get_or_create(&vec![
+                        ("backup".into(), name.into()),
+                        ("outcome".into(), "success".into()),
+                    ])
+                    .inc();
+                self.metrics
+                    .last_success
+                    .get_or_create(&l)
+                    .set(now_ms() as f64 / 1000.0);
+                self.metrics.duration.get_or_create(&l).set(r.seconds);
+                self.metrics
+                    .added
+                    .get_or_create(&l)
+                    .set(r.snapshot.added as i64);
+                let recovered = self.failing(name);
+                let _ = self.store.append_event(&NewEvent::now(
+                    "backup.succeeded",
+                    name,
+                    "info",
+                    format!("snapshot {} in {:.1} s", r.snapshot.short_id, r.seconds),
+                    serde_json::to_value(&r).unwrap_or_default(),
+                ));
+                if recovered {
+                    self.notify(b, NoticeKind::Recovered, None);
+                }
+                // Retention after every successful run.
+                match crate::open(&self.spec, b, self.resolver.as_ref(), false)
+                    .and_then(|o| o.forget(false))
+                {
+                    Ok(decisions) => {
+                        let kept = decisions.iter().filter(|(_, d)| d.keep).count();
+                        let gone = decisions.len() - kept;
+                        self.metrics.snapshots.get_or_create(&l).set(kept as i64);
+                        if gone > 0 {
+                            let _ = self.store.append_event(&NewEvent::now(
+                                "backup.forgot",
+                                name,
+                                "info",
+                                format!("{gone} snapshot(s) removed by retention, {kept} kept"),
+                                serde_json::json!({"removed": gone, "kept": kept}),
+                            ));
+                        }
+                    }
+                    Err(e) => tracing::warn!(backup = name, error = %e, "retention failed"),
+                }
+            }
+            Err(e) => {
+                self.metrics
+                    .runs
+                    .get_or_create(&vec![
+                        ("backup".into(), name.into()),
+                        ("outcome".into(), "failure".into()),
+                    ])
+                    .inc();
+                let first = !self.failing(name);
+                let _ = self.store.append_event(&NewEvent::now(
+                    "backup.failed",
+                    name,
+                    "error",
+                    e.to_string(),
+                    serde_json::json!({"error": e.to_string()}),
+                ));
+                tracing::warn!(backup = name, error = %e, "backup failed");
+                if first {
+                    self.notify(b, NoticeKind::Down, Some(e.to_string()));
+                }
+            }
+        }
+    }
+
+    /// Whether the latest run of a backup failed.
+    fn failing(&self, name: &str) -> bool {
+        let f = last_event(&self.store, "backup.failed", name);
+        let s = last_event(&self.store, "backup.succeeded", name);
+        f.is_some() && f > s
+    }
+
+    /// One scheduled restore drill.
+    pub fn drill_once(&self, name: &str) {
+        let Some(b) = self.spec.backups.get(name) else {
+            return;
+        };
+        let l = labels(name);
+        match crate::drill(&self.spec, b, self.resolver.as_ref()) {
+            Ok(r) => {
+                self.metrics
+                    .drills
+                    .get_or_create(&vec![
+                        ("backup".into(), name.into()),
+                        ("outcome".into(), "success".into()),
+                    ])
+                    .inc();
+                self.metrics
+                    .drill_success
+                    .get_or_create(&l)
+                    .set(now_ms() as f64 / 1000.0);
+                self.metrics.drill_duration.get_or_create(&l).set(r.seconds);
+                let _ = self.store.append_event(&NewEvent::now(
+                    "drill.succeeded",
+                    name,
+                    "info",
+                    format!(
+                        "snapshot {} restored and verified in {:.1} s",
+                        r.snapshot.short_id, r.seconds
+                    ),
+                    serde_json::to_value(&r).unwrap_or_default(),
+                ));
+            }
+            Err(e) => {
+                self.metrics
+                    .drills
+                    .get_or_create(&vec![
+                        ("backup".into(), name.into()),
+                        ("outcome".into(), "failure".into()),
+                    ])
+                    .inc();
+                let _ = self.store.append_event(&NewEvent::now(
+                    "drill.failed",
+                    name,
+                    "error",
+                    e.to_string(),
+                    serde_json::json!({"error": e.to_string()}),
+                ));
+                self.notify(
+                    b,
+                    NoticeKind::Down,
+                    Some(format!("restore drill failed: {e}")),
+                );
+            }
+        }
+    }
+
+    async fn watch_overdue(self: Arc<Self>, cancel: CancellationToken) {
+        let mut overdue: BTreeMap<String, bool> = BTreeMap::new();
+        // Look at least twice per the shortest allowed age, at most once a minute.
+        let now = chrono::Utc::now();
+        let shortest = self
+            .spec
+            .backups
+            .values()
+            .filter_map(|b| allowed_age_ms(b, now))
+            .min()
+            .unwrap_or(120_000);
+        let every = Duration::from_millis((shortest / 2).clamp(1_000, 60_000) as u64);
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = cancel.cancelled() => return,
+            }
+            let me = self.clone();
+            let state = overdue.clone();
+            let Ok(next) = tokio::task::spawn_blocking(move || me.check_overdue(state)).await
+            else {
+                continue;
+            };
+            overdue = next;
+        }
+    }
+
+    /// Marks backups whose newest success is older than allowed; alerts once.
+    pub fn check_overdue(&self, mut state: BTreeMap<String, bool>) -> BTreeMap<String, bool> {
+        let now = chrono::Utc::now();
+        for b in self.spec.backups.values() {
+            let Some(allowed) = allowed_age_ms(b, now) else {
+                continue;
+            };
+            let last = last_event(&self.store, "backup.succeeded", &b.name)
+                // Never succeeded: count from when serve started watching.
+                .or_else(|| last_event(&self.store, "serve.started", "steward"))
+                .unwrap_or(now.timestamp_millis());
+            let is_overdue = now.timestamp_millis() - last > allowed;
+            self.metrics
+                .overdue
+                .get_or_create(&labels(&b.name))
+                .set(is_overdue as i64);
+            let was = state.insert(b.name.clone(), is_overdue).unwrap_or(false);
+            if is_overdue && !was {
+                let age_h = (now.timestamp_millis() - last) as f64 / 3_600_000.0;
+                let msg = format!(
+                    "no successful backup for {age_h:.1} h (allowed: {:.1} h)",
+                    allowed as f64 / 3_600_000.0
+                );
+                let _ = self.store.append_event(&NewEvent::now(
+                    "backup.overdue",
+                    &b.name,
+                    "warning",
+                    msg.clone(),
+                    serde_json::json!({}),
+                ));
+                self.notify(b, NoticeKind::Down, Some(msg));
+            }
+        }
+        state
+    }
+
+    /// Sends a notice about a backup to its alert channels (one attempt each, recorded).
+    fn notify(&self, b: &Backup, kind: NoticeKind, error: Option<String>) {
+        let notice = Notice {
+            kind,
+            check: format!("backup:{}", b.name),
+            health: if kind == NoticeKind::Recovered {
+                Health::Up
+            } else {
+                Health::Down
+            },
+            previous: if kind == NoticeKind::Recovered {
+                Health::Down
+            } else {
+                Health::Up
+            },
+            since: now_ms(),
+            error,
+            event_id: None,
+            app: self.spec.settings.name.clone(),
+        };
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        for a in &b.alerts {
+            let Some(alert) = self.spec.alerts.get(a) else {
+                continue;
+            };
+            let result = handle.block_on(self.sender.send(&alert.channel, &notice));
+            let _ = self.store.record_delivery(&Delivery {
+                ts: now_ms(),
+                alert: a.clone(),
+                check: notice.check.clone(),
+                event_id: None,
+                attempt: 1,
+                ok: result.is_ok(),
+                error: result.err(),
+            });
+        }
+    }
+}
