@@ -25,6 +25,7 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/events", get(events))
         .route("/deliveries", get(deliveries))
         .route("/doctor", get(doctor))
+        .route("/backups", get(backups))
 }
 
 /// A JSON error body with a status code.
@@ -306,6 +307,16 @@ async fn events(
         events,
         next_before,
     }))
+}
+
+async fn backups(
+    State(s): State<AppState>,
+) -> Result<Json<Vec<crate::backups::BackupView>>, ApiError> {
+    let (spec, store) = (s.spec.clone(), s.store.clone());
+    tokio::task::spawn_blocking(move || crate::backups::backup_views(&spec, &store))
+        .await
+        .map(Json)
+        .map_err(internal)
 }
 
 async fn doctor(State(s): State<AppState>) -> Json<Vec<steward_doctor::Finding>> {

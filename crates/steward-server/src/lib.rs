@@ -6,6 +6,7 @@
 //! database (history, uptime, events). They never block the controllers.
 
 mod api;
+mod backups;
 mod listener;
 pub use listener::{PeerAddr, StewardListener, TlsFiles, TlsReloader};
 mod auth;

@@ -98,6 +98,21 @@ fn ago(ms: i64, now: i64) -> String {
     }
 }
 
+/// One backup row on the status page.
+#[derive(serde::Serialize)]
+struct BackupRow {
+    name: String,
+    source: String,
+    state: String,
+    last_run: String,
+    snapshot: String,
+    added: String,
+    seconds: String,
+    drill: String,
+    next: String,
+    error: String,
+}
+
 pub(crate) async fn status_page(
     State(s): State<AppState>,
     who: Option<axum::Extension<crate::auth::Authed>>,
@@ -186,6 +201,46 @@ pub(crate) async fn status_page(
         .into_iter()
         .map(|(name, checks)| Group { name, checks })
         .collect();
+    let backups = {
+        let (spec, store) = (s.spec.clone(), s.store.clone());
+        tokio::task::spawn_blocking(move || crate::backups::backup_views(&spec, &store))
+            .await
+            .unwrap_or_default()
+    };
+    let backup_rows: Vec<BackupRow> = backups
+        .into_iter()
+        .map(|b| BackupRow {
+            last_run: b
+                .last_run
+                .map(|t| ago(t, now))
+                .unwrap_or_else(|| "never".into()),
+            added: b
+                .last_added
+                .map(|a| format!("{:.1} MiB", a as f64 / 1048576.0))
+                .unwrap_or_default(),
+            seconds: b
+                .last_seconds
+                .map(|x| format!("{x:.1} s"))
+                .unwrap_or_default(),
+            drill: match (b.last_drill, b.drill_failed) {
+                (_, true) => "failed".into(),
+                (Some(t), false) => format!(
+                    "{} ({})",
+                    ago(t, now),
+                    b.last_drill_seconds
+                        .map(|x| format!("restored in {x:.1} s"))
+                        .unwrap_or_default()
+                ),
+                (None, false) => "never".into(),
+            },
+            next: b.next_run.clone().unwrap_or_else(|| "by hand".into()),
+            name: b.name,
+            source: b.source,
+            state: b.state,
+            snapshot: b.last_snapshot.unwrap_or_default(),
+            error: b.last_error.unwrap_or_default(),
+        })
+        .collect();
     let tmpl = env()
         .get_template("status.html")
         .expect("template registered");
@@ -197,6 +252,7 @@ pub(crate) async fn status_page(
         total,
         groups => minijinja::Value::from(minijinja::value::Serde(&groups)),
         gaps => minijinja::Value::from(minijinja::value::Serde(&gaps)),
+        backups => minijinja::Value::from(minijinja::value::Serde(&backup_rows)),
         version => env!("CARGO_PKG_VERSION"),
         user => who.as_ref().map(|w| w.name.clone()),
         csrf => who.as_ref().and_then(|w| w.csrf.clone()),

@@ -762,11 +762,29 @@ alerts = ["ops"]
     let mut child = Command::new(BIN)
         .arg("-f")
         .arg(p.path("steward.toml"))
-        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(["--log-format", "json", "serve", "--listen", "127.0.0.1:0"])
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
+                && let Some(a) = v.get("addr").and_then(|a| a.as_str())
+            {
+                let _ = tx.send(a.to_string());
+            }
+        }
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("serve printed its address");
     let store_path = p.path("state");
     let count = |kind: &str, subject: &str| -> usize {
         let Ok(store) = steward_state::Store::open(&store_path) else {
@@ -790,6 +808,24 @@ alerts = ["ops"]
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+    // The dashboard and the API show both backups with their state.
+    let api: serde_json::Value = serde_json::from_str(&http_get(&addr, "/api/v1/backups")).unwrap();
+    let state_of = |n: &str| {
+        api.as_array()
+            .unwrap()
+            .iter()
+            .find(|b| b["name"] == n)
+            .unwrap()["state"]
+            .clone()
+    };
+    assert_eq!(state_of("files"), "ok");
+    assert_eq!(state_of("broken"), "failed");
+    let page = http_get(&addr, "/");
+    assert!(
+        page.contains(r#"data-backup="files" data-state="ok""#),
+        "{page}"
+    );
+    assert!(page.contains(r#"data-backup="broken" data-state="failed""#));
     child.kill().unwrap();
     child.wait().unwrap();
     assert!(
@@ -811,4 +847,16 @@ alerts = ["ops"]
         "one notice for the failure, not one per failed run: {deliveries:?}"
     );
     assert!(!to_ops[0].ok);
+}
+
+/// The body of a GET over plain HTTP/1.0.
+fn http_get(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or(out)
 }
