@@ -10,6 +10,7 @@
 
 mod backend;
 pub mod controller;
+mod progress;
 pub mod retention;
 mod sources;
 
@@ -20,13 +21,14 @@ use std::time::Instant;
 use rustic_core::repofile::SnapshotFile;
 use rustic_core::{
     BackupOptions, CheckOptions, ConfigOptions, Credentials, KeyOptions, LocalDestination,
-    LsOptions, NoProgressBars, OpenStatus, PathList, PruneOptions, Repository, RepositoryBackends,
+    LsOptions, OpenStatus, PathList, PruneOptions, Repository, RepositoryBackends,
     RepositoryOptions, RestoreOptions, SnapshotOptions,
 };
 use serde::Serialize;
 use steward_objects::{LocalStore, ObjectStore, Prefixed, SwiftAuth, SwiftStore};
 use steward_spec::{Backup, Resolver, Source, Spec, StoreKind};
 
+pub use progress::enable_terminal_progress;
 pub use retention::{Decision, Snap, select_kept};
 
 /// Why a backup operation failed. Never contains the password or store keys.
@@ -188,7 +190,12 @@ pub fn open_store(
         Some(dir) => opts.cache_dir = Some(dir.to_path_buf()),
         None => opts.no_cache = true,
     }
-    let repo = Repository::new(&opts, &backends).map_err(repo_err)?;
+    let repo = if progress::enabled() {
+        Repository::new_with_progress(&opts, &backends, progress::TerminalProgress)
+    } else {
+        Repository::new(&opts, &backends)
+    }
+    .map_err(repo_err)?;
     let creds = Credentials::password(password.expose());
     let exists = repo.config_id().map_err(repo_err)?.is_some();
     let repo = if exists {
@@ -552,9 +559,6 @@ pub struct PruneReport {
     /// Packs rewritten without their unused parts.
     pub repacked: u64,
 }
-
-/// rustic's progress machinery, hidden (steward reports itself).
-pub type Progress = NoProgressBars;
 
 pub use sources::pg_restore;
 

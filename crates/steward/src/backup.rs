@@ -126,6 +126,16 @@ pub(crate) fn run(spec_path: &Path, action: Action) -> u8 {
         None
     };
     let resolver = OsResolver;
+    let json = matches!(
+        action,
+        Action::Run { json: true, .. }
+            | Action::List { json: true, .. }
+            | Action::Forget { json: true, .. }
+            | Action::Drill { json: true, .. }
+    );
+    if !json && std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        steward_backup::enable_terminal_progress();
+    }
     let mut code = exit::OK;
     let mut json_out = Vec::new();
     // Backups may share a repository: check and prune each repository once.

@@ -860,3 +860,168 @@ fn http_get(addr: &str, path: &str) -> String {
         .map(|(_, b)| b.to_string())
         .unwrap_or(out)
 }
+
+/// A private Swift proxy in front of the test bed's storage servers, on its own
+/// port, so a test can take "Swift" down without disturbing the others.
+struct PrivateProxy {
+    child: std::process::Child,
+    port: u16,
+    conf: PathBuf,
+}
+
+impl PrivateProxy {
+    fn start(dir: &Path, port: u16) -> PrivateProxy {
+        let shared = fs::read_to_string(testbed("STEWARD_TEST_SWIFT_PROXY_CONF")).unwrap();
+        let conf = dir.join("proxy-server.conf");
+        let text: String = shared
+            .lines()
+            .map(|l| {
+                if l.starts_with("bind_port") {
+                    format!("bind_port = {port}")
+                } else {
+                    l.to_string()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        fs::write(&conf, text + "\n").unwrap();
+        let child = Command::new("swift-proxy-server")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "private swift proxy did not start"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        PrivateProxy { child, port, conf }
+    }
+
+    fn stop(&mut self) {
+        let _ = Command::new("kill")
+            .arg(self.child.id().to_string())
+            .status();
+        // The proxy forks a worker; kill whatever still serves the port.
+        let _ = Command::new("pkill")
+            .args(["-f", self.conf.to_str().unwrap()])
+            .status();
+        let _ = self.child.wait();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "private swift proxy did not stop"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for PrivateProxy {
+    fn drop(&mut self) {
+        let _ = Command::new("pkill")
+            .args(["-f", self.conf.to_str().unwrap()])
+            .status();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Swift goes away in the middle of an upload: a clear error, no snapshot, and
+/// the next run (Swift back) succeeds with a repository that checks clean.
+#[test]
+fn swift_down_mid_upload_fails_cleanly_and_the_next_run_recovers() {
+    let port = free_port();
+    let p0 = tempfile::tempdir().unwrap();
+    let mut proxy = PrivateProxy::start(p0.path(), port);
+    let auth = testbed("STEWARD_TEST_SWIFT_AUTH");
+    let auth = auth.replace(
+        &auth.split('/').nth(2).unwrap().to_string(),
+        &format!("127.0.0.1:{port}"),
+    );
+    let container = format!("steward-down-{}", std::process::id());
+    let mut p = Project::new(&format!(
+        r#"
+[store.swift]
+type = "swift"
+auth_url = "{auth}"
+user = "${{env:ST_USER}}"
+key = "${{env:ST_KEY}}"
+container = "{container}"
+
+[backup.big]
+store = "swift"
+repository = "r"
+source = {{ command = ["sh", "-c", "head -c 20000000 /dev/urandom; sleep 4; head -c 20000000 /dev/urandom"], filename = "big.bin" }}
+password = "${{file:{{dir}}/pw}}"
+
+[backup.small]
+store = "swift"
+repository = "r"
+source = {{ paths = ["{{dir}}/data"] }}
+password = "${{file:{{dir}}/pw}}"
+"#
+    ));
+    p.env = vec![
+        ("ST_USER".into(), testbed("STEWARD_TEST_SWIFT_USER")),
+        ("ST_KEY".into(), testbed("STEWARD_TEST_SWIFT_KEY")),
+    ];
+    fs::create_dir_all(p.path("data")).unwrap();
+    fs::write(p.path("data/a.txt"), "a").unwrap();
+    p.ok(&["backup", "run", "small"]);
+
+    let run = Command::new(BIN)
+        .arg("-f")
+        .arg(p.path("steward.toml"))
+        .args(["backup", "run", "big"])
+        .envs(p.env.iter().map(|(k, v)| (k, v)))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The stream pauses after 20 MB: Swift goes away while the backup waits for more.
+    std::thread::sleep(Duration::from_millis(2000));
+    proxy.stop();
+    let out = run.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("backup `big`") && (err.contains("writing data/") || err.contains("error")),
+        "{err}"
+    );
+    assert!(
+        !err.contains(&testbed("STEWARD_TEST_SWIFT_KEY")),
+        "no credentials in errors"
+    );
+
+    let mut _proxy = PrivateProxy::start(p0.path(), port);
+    let listed = p.json(&["backup", "list", "--json"]);
+    let count = |name: &str| {
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|b| b["backup"] == name)
+            .unwrap()["snapshots"]
+            .as_array()
+            .unwrap()
+            .len()
+    };
+    assert_eq!(count("big"), 0, "nothing half-written became a snapshot");
+    assert_eq!(count("small"), 1);
+    p.ok(&["backup", "run", "small"]);
+    p.ok(&["backup", "check"]);
+}
