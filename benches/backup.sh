@@ -82,7 +82,7 @@ path = "$WORK/steward-repo"
 source = { paths = ["$DATA"] }
 password = "\${file:$PW}"
 TOML
-st() { STEWARD_LOG=error "$STEWARD" -f "$WORK/steward.toml" "$@"; }
+ST=(env STEWARD_LOG=error "$STEWARD" -f "$WORK/steward.toml")
 
 declare -A T
 for ((r = 1; r <= RUNS; r++)); do
@@ -95,9 +95,9 @@ for ((r = 1; r <= RUNS; r++)); do
   read -r s m < <(measure restic -r "$WORK/restic-repo" restore latest -q --target "$WORK/restore-restic"); T[restic_restore]+="$s "; T[restic_restore_rss]+="$m "
   # steward
   rm -rf "$WORK/steward-repo" "$WORK/steward-state" "$WORK/restore-steward"
-  read -r s m < <(measure st backup run bench); T[steward_first]+="$s "; T[steward_first_rss]+="$m "
-  read -r s m < <(measure st backup run bench); T[steward_none]+="$s "; T[steward_none_rss]+="$m "
-  read -r s m < <(measure st backup restore bench --target "$WORK/restore-steward"); T[steward_restore]+="$s "; T[steward_restore_rss]+="$m "
+  read -r s m < <(measure "${ST[@]}" backup run bench); T[steward_first]+="$s "; T[steward_first_rss]+="$m "
+  read -r s m < <(measure "${ST[@]}" backup run bench); T[steward_none]+="$s "; T[steward_none_rss]+="$m "
+  read -r s m < <(measure "${ST[@]}" backup restore bench --target "$WORK/restore-steward"); T[steward_restore]+="$s "; T[steward_restore_rss]+="$m "
   # Both restores are complete and identical to the source.
   diff -rq "$DATA" "$WORK/restore-steward$DATA" >/dev/null || { echo "steward's restore differs from the data" >&2; exit 1; }
   diff -rq "$DATA" "$WORK/restore-restic$DATA" >/dev/null || { echo "restic's restore differs from the data" >&2; exit 1; }

@@ -11,6 +11,7 @@
 mod backend;
 pub mod controller;
 mod progress;
+mod restore;
 pub mod retention;
 mod sources;
 
@@ -20,9 +21,9 @@ use std::time::Instant;
 
 use rustic_core::repofile::SnapshotFile;
 use rustic_core::{
-    BackupOptions, CheckOptions, ConfigOptions, Credentials, KeyOptions, LocalDestination,
-    LsOptions, OpenStatus, PathList, PruneOptions, Repository, RepositoryBackends,
-    RepositoryOptions, RestoreOptions, SnapshotOptions,
+    BackupOptions, CheckOptions, ConfigOptions, Credentials, KeyOptions,
+    OpenStatus, PathList, PruneOptions, Repository, RepositoryBackends,
+    RepositoryOptions, SnapshotOptions,
 };
 use serde::Serialize;
 use steward_objects::{LocalStore, ObjectStore, Prefixed, SwiftAuth, SwiftStore};
@@ -438,14 +439,7 @@ impl Opened {
         std::fs::create_dir_all(target).map_err(|e| {
             BackupError::Source(format!("cannot create `{}`: {e}", target.display()))
         })?;
-        let dest = LocalDestination::new(&format!("{}/", target.display()), true, false)
-            .map_err(repo_err)?;
-        let opts = RestoreOptions::default();
-        let ls = repo.ls(&node, &LsOptions::default()).map_err(repo_err)?;
-        let plan = repo
-            .prepare_restore(&opts, ls.clone(), &dest, false)
-            .map_err(repo_err)?;
-        repo.restore(plan, &opts, ls, &dest).map_err(repo_err)?;
+        restore::restore_tree(&repo, &node, target)?;
         Ok(RestoreReport {
             snapshot: info(&snap),
             target: target.display().to_string(),
