@@ -21,9 +21,8 @@ use std::time::Instant;
 
 use rustic_core::repofile::SnapshotFile;
 use rustic_core::{
-    BackupOptions, CheckOptions, ConfigOptions, Credentials, KeyOptions,
-    OpenStatus, PathList, PruneOptions, Repository, RepositoryBackends,
-    RepositoryOptions, SnapshotOptions,
+    BackupOptions, CheckOptions, ConfigOptions, Credentials, KeyOptions, OpenStatus, PathList,
+    PruneOptions, Repository, RepositoryBackends, RepositoryOptions, SnapshotOptions,
 };
 use serde::Serialize;
 use steward_objects::{LocalStore, ObjectStore, Prefixed, SwiftAuth, SwiftStore};
@@ -116,6 +115,27 @@ pub fn object_store(
     };
     Ok(match &s.kind {
         StoreKind::Local { path } => Arc::new(LocalStore::new(path)),
+        StoreKind::S3 {
+            endpoint,
+            bucket,
+            region,
+            access_key,
+            secret_key,
+            virtual_host_style,
+        } => Arc::new(
+            steward_objects::S3Store::new(&steward_objects::S3Config {
+                endpoint: endpoint.clone(),
+                bucket: bucket.clone(),
+                region: region.clone(),
+                access_key: secret(access_key)?,
+                secret_key: secret(secret_key)?,
+                virtual_host_style: *virtual_host_style,
+            })
+            .map_err(|source| BackupError::Store {
+                store: store.into(),
+                source,
+            })?,
+        ),
         StoreKind::Swift {
             auth_url,
             user,

@@ -49,7 +49,9 @@ pub(crate) fn restore_tree<S: IndexedFull + Sync>(
 ) -> Result<(u64, u64), BackupError> {
     let mut dirs: Vec<(PathBuf, Node)> = Vec::new();
     let mut files: Vec<(PathBuf, Node)> = Vec::new();
-    let as_root = fs::metadata("/proc/self").map(|_| is_root()).unwrap_or(false);
+    let as_root = fs::metadata("/proc/self")
+        .map(|_| is_root())
+        .unwrap_or(false);
     for item in repo.ls(root, &LsOptions::default()).map_err(repo_err)? {
         let (path, node) = item.map_err(repo_err)?;
         let dest = target.join(&path);
@@ -64,12 +66,15 @@ pub(crate) fn restore_tree<S: IndexedFull + Sync>(
                     fs::create_dir_all(parent).map_err(|e| io_err("create", parent, e))?;
                 }
                 let _ = fs::remove_file(&dest);
-                std::os::unix::fs::symlink(linktarget, &dest).map_err(|e| io_err("link", &dest, e))?;
+                std::os::unix::fs::symlink(linktarget, &dest)
+                    .map_err(|e| io_err("link", &dest, e))?;
                 if as_root {
                     let _ = std::os::unix::fs::lchown(&dest, node.meta.uid, node.meta.gid);
                 }
             }
-            other => tracing::warn!(path = %path.display(), kind = %other, "special file not restored"),
+            other => {
+                tracing::warn!(path = %path.display(), kind = %other, "special file not restored")
+            }
         }
     }
     let next = AtomicUsize::new(0);

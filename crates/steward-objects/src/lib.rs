@@ -7,11 +7,13 @@
 //! call has a timeout. Callers that are async run it on a blocking thread.
 
 mod local;
+mod s3;
 mod swift;
 
 use bytes::Bytes;
 
 pub use local::LocalStore;
+pub use s3::{S3Config, S3Store};
 pub use swift::{SwiftAuth, SwiftStore};
 
 /// One object in a listing.

@@ -32,6 +32,21 @@ pub enum StoreKind {
         /// The directory.
         path: PathBuf,
     },
+    /// An S3-compatible bucket.
+    S3 {
+        /// Endpoint URL.
+        endpoint: String,
+        /// The bucket (must exist).
+        bucket: String,
+        /// Signing region.
+        region: String,
+        /// Access key id (may be a reference).
+        access_key: Text,
+        /// Secret access key (a reference).
+        secret_key: Text,
+        /// Virtual-host-style addressing.
+        virtual_host_style: bool,
+    },
     /// OpenStack Swift.
     Swift {
         /// tempauth (`…/auth/v1.0`) or Keystone (`…/v3`) URL.
@@ -183,6 +198,11 @@ pub(crate) struct RawStore {
     project_domain: Option<String>,
     region: Option<String>,
     container: Option<Spanned<String>>,
+    endpoint: Option<Spanned<String>>,
+    bucket: Option<Spanned<String>>,
+    access_key: Option<Text>,
+    secret_key: Option<Text>,
+    virtual_host_style: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -345,12 +365,61 @@ pub(crate) fn store(
                 container: container.into_inner(),
             }
         }
+        "s3" => {
+            let (Some(endpoint), Some(bucket), Some(access_key), Some(secret_key)) =
+                (raw.endpoint, raw.bucket, raw.access_key, raw.secret_key)
+            else {
+                d.error(
+                    span,
+                    format!("s3 store `{name}` needs endpoint, bucket, access_key and secret_key"),
+                    "incomplete",
+                    None,
+                );
+                return None;
+            };
+            if !(endpoint.get_ref().starts_with("http://")
+                || endpoint.get_ref().starts_with("https://"))
+            {
+                d.error(
+                    endpoint.span(),
+                    "an S3 endpoint is an http:// or https:// URL",
+                    "not a URL",
+                    None,
+                );
+            }
+            if !secret_key.has_references() {
+                d.error(
+                    span.clone(),
+                    "an S3 secret_key must be a reference, not written in the spec",
+                    "inline secret",
+                    Some("use `${env:NAME}` or `${file:/path}`".into()),
+                );
+            }
+            for t in [&access_key, &secret_key] {
+                if let Err(e) = t.resolve(resolver) {
+                    d.error(
+                        span.clone(),
+                        format!("cannot resolve reference: {e}"),
+                        "unresolvable",
+                        None,
+                    );
+                }
+            }
+            StoreKind::S3 {
+                endpoint: endpoint.into_inner(),
+                bucket: bucket.into_inner(),
+                region: raw.region.unwrap_or_else(|| "us-east-1".into()),
+                access_key,
+                secret_key,
+                virtual_host_style: raw.virtual_host_style.unwrap_or(false),
+            }
+        }
         other => {
             d.error(
                 raw.kind.span(),
                 format!("unknown store type `{other}`"),
                 "unknown",
-                Some("store types: local, swift".into()),
+                Some("store types: local, swift, s3".into()),
             );
             return None;
         }

@@ -1025,3 +1025,81 @@ password = "${{file:{{dir}}/pw}}"
     p.ok(&["backup", "run", "small"]);
     p.ok(&["backup", "check"]);
 }
+
+/// An S3 bucket holds the repository: here the test bed Swift's S3 API (the
+/// bucket is a Swift container, created through the Swift API first).
+#[test]
+fn an_s3_bucket_holds_the_repository() {
+    let bucket = format!("steward-s3-{}", std::process::id());
+    let auth = Command::new("curl")
+        .args(["-sf", "-D", "-", "-o", "/dev/null", "-H"])
+        .arg(format!(
+            "X-Auth-User: {}",
+            testbed("STEWARD_TEST_SWIFT_USER")
+        ))
+        .arg("-H")
+        .arg(format!("X-Auth-Key: {}", testbed("STEWARD_TEST_SWIFT_KEY")))
+        .arg(testbed("STEWARD_TEST_SWIFT_AUTH"))
+        .output()
+        .unwrap();
+    let headers = String::from_utf8_lossy(&auth.stdout).to_string();
+    let header = |name: &str| {
+        headers
+            .lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                (k.eq_ignore_ascii_case(name)).then(|| v.trim().to_string())
+            })
+            .unwrap_or_else(|| panic!("no {name} in {headers}"))
+    };
+    let created = Command::new("curl")
+        .args(["-sf", "-X", "PUT", "-H"])
+        .arg(format!("X-Auth-Token: {}", header("X-Auth-Token")))
+        .arg(format!("{}/{bucket}", header("X-Storage-Url")))
+        .status()
+        .unwrap();
+    assert!(created.success());
+    let mut p = Project::new(&format!(
+        r#"
+[store.s3]
+type = "s3"
+endpoint = "{}"
+bucket = "{bucket}"
+access_key = "${{env:S3_ACCESS_KEY}}"
+secret_key = "${{env:S3_SECRET_KEY}}"
+
+[backup.files]
+store = "s3"
+repository = "team/files"
+source = {{ paths = ["{{dir}}/data"] }}
+password = "${{file:{{dir}}/pw}}"
+keep = {{ last = 1 }}
+"#,
+        testbed("STEWARD_TEST_S3_ENDPOINT")
+    ));
+    p.env = vec![
+        ("S3_ACCESS_KEY".into(), testbed("STEWARD_TEST_SWIFT_USER")),
+        ("S3_SECRET_KEY".into(), testbed("STEWARD_TEST_SWIFT_KEY")),
+    ];
+    sample_data(&p.path("data"));
+    p.ok(&["backup", "run"]);
+    fs::write(p.path("data/hello.txt"), "changed\n").unwrap();
+    p.ok(&["backup", "run"]);
+    p.ok(&["backup", "forget"]);
+    p.ok(&["backup", "prune"]);
+    p.ok(&["backup", "check", "--read-data"]);
+    p.ok(&[
+        "backup",
+        "restore",
+        "files",
+        "--target",
+        p.path("out").to_str().unwrap(),
+    ]);
+    let restored = p
+        .path("out")
+        .join(p.path("data").strip_prefix("/").unwrap());
+    assert_eq!(tree(&restored), tree(&p.path("data")));
+    let listed = p.json(&["backup", "list", "--json"]);
+    assert_eq!(listed[0]["snapshots"].as_array().unwrap().len(), 1);
+    assert!(listed[0]["location"].as_str().unwrap().starts_with("s3:"));
+}
