@@ -382,6 +382,9 @@ impl Opened {
         let snap = snap_opts.to_snapshot().map_err(repo_err)?;
         let repo = self.repo.to_indexed_ids().map_err(repo_err)?;
         let mut opts = BackupOptions::default();
+        // The size scan only feeds the progress bar's ETA: skip the extra walk
+        // when nobody watches.
+        opts.no_scan = !progress::enabled();
         let saved = match &self.backup.source {
             Source::Paths { paths, exclude } => {
                 // Absolute paths in the snapshot: what restic shows and restores.
