@@ -11,7 +11,16 @@ use crate::fsx::{self, Owned, Target};
 
 /// The installed version of a package, read from the root's dpkg status database.
 pub(crate) fn dpkg_installed(target: &Target, name: &str) -> Option<String> {
-    let status = fs::read_to_string(target.path(Path::new("/var/lib/dpkg/status"))).ok()?;
+    installed_packages(target).remove(name)
+}
+
+/// Every installed package with its version, from the root's dpkg status database
+/// (no dpkg process: works on any root, even one without dpkg).
+pub fn installed_packages(target: &Target) -> std::collections::BTreeMap<String, String> {
+    let mut out = std::collections::BTreeMap::new();
+    let Ok(status) = fs::read_to_string(target.path(Path::new("/var/lib/dpkg/status"))) else {
+        return out;
+    };
     for para in status.split("\n\n") {
         let mut pkg = None;
         let mut installed = false;
@@ -25,11 +34,11 @@ pub(crate) fn dpkg_installed(target: &Target, name: &str) -> Option<String> {
                 version = Some(v.trim());
             }
         }
-        if pkg == Some(name) && installed {
-            return version.map(String::from);
+        if let (Some(p), true, Some(v)) = (pkg, installed, version) {
+            out.insert(p.to_string(), v.to_string());
         }
     }
-    None
+    out
 }
 
 /// A unit file and the links `systemctl enable` would make for it.

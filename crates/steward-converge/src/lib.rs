@@ -29,6 +29,7 @@ use steward_spec::{
 use steward_state::Store;
 
 pub use edit::{edit_block, edit_line};
+pub use exec::installed_packages;
 pub use facts::Facts;
 pub use fsx::Target;
 

@@ -13,6 +13,7 @@ mod condition;
 mod converge;
 mod diag;
 mod duration;
+mod image;
 mod model;
 mod raw;
 mod secret;
@@ -27,6 +28,7 @@ pub use converge::{
 };
 pub use diag::{SpecError, SpecErrors, did_you_mean};
 pub use duration::Dur;
+pub use image::{Artifact, Image, ImageBase};
 pub use model::*;
 pub use raw::{AlertKind, AuthMode, CheckKind, SmtpTls};
 pub use secret::{OsResolver, Reference, Resolver, Secret, SecretError, Text};

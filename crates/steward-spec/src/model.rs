@@ -29,6 +29,8 @@ pub struct Spec {
     pub stores: BTreeMap<String, crate::backup::Store>,
     /// `[backup.*]`, by name.
     pub backups: BTreeMap<String, crate::backup::Backup>,
+    /// `[image.*]`, by name.
+    pub images: BTreeMap<String, crate::image::Image>,
 }
 
 /// `[steward]`: process-wide settings.

@@ -29,7 +29,7 @@ const SECTIONS: &[&str] = &[
     "backup",
 ];
 /// Sections that later capabilities add; named so the error can say so.
-const PLANNED: &[&str] = &["image", "service", "scale", "metrics"];
+const PLANNED: &[&str] = &["service", "scale", "metrics"];
 
 pub(crate) fn parse(
     name: &str,
@@ -60,6 +60,7 @@ pub(crate) fn parse(
     let mut converge_raw: Vec<(String, Range<usize>, RawConverge)> = Vec::new();
     let mut stores_raw: Vec<(String, Range<usize>, crate::backup::RawStore)> = Vec::new();
     let mut backups_raw: Vec<(String, crate::backup::RawBackup)> = Vec::new();
+    let mut images_raw: Vec<(String, crate::image::RawImage)> = Vec::new();
 
     for (key, value) in root {
         let kspan = key.span();
@@ -71,7 +72,7 @@ pub(crate) fn parse(
                     settings_raw = Some((s, vspan));
                 }
             }
-            "check" | "alert" | "maintenance" | "converge" | "store" | "backup" => {
+            "check" | "alert" | "maintenance" | "converge" | "store" | "backup" | "image" => {
                 let vspan = value.span();
                 let DeValue::Table(entries) = value.into_inner() else {
                     d.error(
@@ -121,6 +122,11 @@ pub(crate) fn parse(
                         "store" => {
                             if let Some(c) = de::<crate::backup::RawStore>(&mut d, evalue) {
                                 stores_raw.push((ename, espan, c));
+                            }
+                        }
+                        "image" => {
+                            if let Some(c) = de::<crate::image::RawImage>(&mut d, evalue) {
+                                images_raw.push((ename, c));
                             }
                         }
                         "backup" => {
@@ -252,6 +258,15 @@ pub(crate) fn parse(
         }
     }
 
+    let set_names: BTreeSet<&str> = converge.keys().map(String::as_str).collect();
+    let mut images = BTreeMap::new();
+    for (name, raw) in images_raw {
+        if let Some(i) = crate::image::image(&mut d, &name, raw, base_dir, &set_names, &store_names)
+        {
+            images.insert(name, i);
+        }
+    }
+
     d.finish()?;
     Ok(Spec {
         file: name.to_string(),
@@ -262,6 +277,7 @@ pub(crate) fn parse(
         converge,
         stores,
         backups,
+        images,
     })
 }
 

@@ -171,6 +171,15 @@ fn readme_documents_every_key() {
         ("steward", "[steward]\nzzzzzzzzzzzz = 1\n"),
         ("converge", "[converge.x]\nzzzzzzzzzzzz = 1\n"),
         ("store", "[store.x]\ntype = \"local\"\nzzzzzzzzzzzz = 1\n"),
+        ("image", "[image.x]\nbase = \"empty\"\nzzzzzzzzzzzz = 1\n"),
+        (
+            "image audit",
+            "[image.x]\nbase = \"empty\"\naudit = { zzzzzzzzzzzz = 1 }\n",
+        ),
+        (
+            "image artifact",
+            "[image.x]\nbase = \"empty\"\nartifacts = [{ zzzzzzzzzzzz = 1 }]\n",
+        ),
         (
             "backup",
             "[backup.x]\nsource = { paths = [\"/a\"] }\npassword = \"${env:DATABASE_URL}\"\nzzzzzzzzzzzz = 1\n",

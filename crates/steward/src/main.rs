@@ -5,6 +5,7 @@ mod backup;
 mod check;
 mod converge;
 mod doctor;
+mod image;
 mod serve;
 mod table;
 mod token;
@@ -88,6 +89,11 @@ enum Command {
     Backup {
         #[command(subcommand)]
         action: BackupCommand,
+    },
+    /// Gold images: build (converge sets applied to a root), list, audit for updates.
+    Image {
+        #[command(subcommand)]
+        action: ImageCommand,
     },
     /// Converge hosts to the spec's `[converge.*]` sets: `plan` shows, `apply` changes.
     Converge {
@@ -198,6 +204,34 @@ enum BackupCommand {
         /// Also read and verify every pack.
         #[arg(long)]
         read_data: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum ImageCommand {
+    /// Build images (default: all); identical inputs reuse the stored image.
+    Build {
+        /// Images to build.
+        names: Vec<String>,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List built images with digest, date, package count and size.
+    List {
+        /// Images (default: all).
+        names: Vec<String>,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Compare the newest build with what its apt sources offer now; exit 1 when stale.
+    Audit {
+        /// Images (default: all).
+        names: Vec<String>,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -334,6 +368,14 @@ fn main() -> ExitCode {
                 BackupCommand::Check { names, read_data } => {
                     backup::Action::Check { names, read_data }
                 }
+            },
+        ),
+        Command::Image { action } => image::run(
+            &cli.spec,
+            match action {
+                ImageCommand::Build { names, json } => image::Action::Build { names, json },
+                ImageCommand::List { names, json } => image::Action::List { names, json },
+                ImageCommand::Audit { names, json } => image::Action::Audit { names, json },
             },
         ),
         Command::Converge { action } => {

@@ -1,0 +1,510 @@
+//! Gold images: a base root, converge sets applied with `--root`, artifacts and
+//! build commands, packed as a content-addressed `tar.zst` in an object store with
+//! a manifest (digest, inputs, packages with versions). `audit` compares an image's
+//! packages with what its apt sources offer now.
+//!
+//! Identical inputs (base, converge sets, artifacts, commands, version) are built
+//! once: their digest points at the image already stored.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use steward_converge::{Converger, RunLock, Status, Target};
+use steward_objects::{ObjectStore, StoreError};
+use steward_spec::{Image, ImageBase, Resolver, Spec};
+
+/// Why an image operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    /// The object store failed.
+    #[error("image store: {0}")]
+    Store(#[from] StoreError),
+    /// Building the root failed.
+    #[error("{0}")]
+    Build(String),
+    /// There is no image yet.
+    #[error("image `{0}` has never been built; `steward image build {0}` builds it")]
+    NotBuilt(String),
+}
+
+/// What an image is, stored next to it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Manifest {
+    /// Image name.
+    pub name: String,
+    /// `sha256:` of the compressed image.
+    pub digest: String,
+    /// Digest of everything that went into it.
+    pub inputs: String,
+    /// When it was built (RFC 3339).
+    pub created: String,
+    /// When it was built (Unix ms).
+    pub created_ms: i64,
+    /// `debian`, `empty` or `dir:PATH`.
+    pub base: String,
+    /// Application version.
+    pub version: Option<String>,
+    /// Installed packages and their versions (`dpkg`).
+    pub packages: BTreeMap<String, String>,
+    /// Compressed size in bytes.
+    pub size: u64,
+}
+
+/// The result of a build.
+#[derive(Debug, Clone, Serialize)]
+pub struct BuildReport {
+    /// The image.
+    pub manifest: Manifest,
+    /// An image with the same inputs existed and was reused.
+    pub reused: bool,
+    /// Seconds taken.
+    pub seconds: f64,
+}
+
+/// A package the apt sources offer a newer version of.
+#[derive(Debug, Clone, Serialize)]
+pub struct Outdated {
+    /// Package.
+    pub name: String,
+    /// Version in the image.
+    pub installed: String,
+    /// Version offered now.
+    pub available: String,
+    /// Offered by a security suite.
+    pub security: bool,
+}
+
+/// The result of an audit.
+#[derive(Debug, Clone, Serialize)]
+pub struct AuditReport {
+    /// The image audited (the newest).
+    pub manifest: Manifest,
+    /// Age in days.
+    pub age_days: f64,
+    /// Older than `audit.max_age`.
+    pub too_old: bool,
+    /// Packages with newer versions available.
+    pub outdated: Vec<Outdated>,
+    /// Too old, or a package is outdated.
+    pub stale: bool,
+}
+
+fn store_of(
+    spec: &Spec,
+    image: &Image,
+    resolver: &dyn Resolver,
+) -> Result<Arc<dyn ObjectStore>, ImageError> {
+    steward_backup::object_store(spec, &image.store, resolver)
+        .map_err(|e| ImageError::Build(e.to_string()))
+}
+
+/// The cached Debian root images start from (built with debootstrap on first use).
+pub fn debian_root() -> Result<PathBuf, ImageError> {
+    let codename = std::fs::read_to_string("/etc/os-release")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("VERSION_CODENAME=")
+                .map(|v| v.trim_matches('"').to_string())
+        })
+        .unwrap_or_else(|| "bookworm".into());
+    let cache = std::env::var_os("STEWARD_DEBIAN_ROOT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let home = std::env::var_os("XDG_CACHE_HOME")
+                .map(PathBuf::from)
+                .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+                .unwrap_or_else(|| PathBuf::from("/var/cache"));
+            home.join("steward")
+                .join(format!("debian-{codename}-minbase"))
+        });
+    if cache.join(".steward-complete").exists() {
+        return Ok(cache);
+    }
+    let partial = cache.with_extension("partial");
+    let _ = std::fs::remove_dir_all(&partial);
+    std::fs::create_dir_all(cache.parent().unwrap_or(Path::new("/")))
+        .map_err(|e| ImageError::Build(format!("cache directory: {e}")))?;
+    let out = Command::new("debootstrap")
+        .args(["--variant=minbase", &codename])
+        .arg(&partial)
+        .arg("http://deb.debian.org/debian")
+        .output()
+        .map_err(|e| {
+            ImageError::Build(format!(
+                "cannot run debootstrap (apt-get install debootstrap): {e}"
+            ))
+        })?;
+    if !out.status.success() {
+        return Err(ImageError::Build(format!(
+            "debootstrap failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+                .lines()
+                .last()
+                .unwrap_or_default()
+        )));
+    }
+    let _ = std::fs::remove_dir_all(&cache);
+    std::fs::rename(&partial, &cache).map_err(|e| ImageError::Build(e.to_string()))?;
+    std::fs::write(cache.join(".steward-complete"), "")
+        .map_err(|e| ImageError::Build(e.to_string()))?;
+    Ok(cache)
+}
+
+fn hash_file(h: &mut Sha256, p: &Path) {
+    if let Ok(b) = std::fs::read(p) {
+        h.update((b.len() as u64).to_le_bytes());
+        h.update(&b);
+    }
+}
+
+/// Digest of everything that goes into an image.
+fn inputs_digest(spec: &Spec, image: &Image) -> Result<String, ImageError> {
+    let mut h = Sha256::new();
+    h.update(format!("{:?}|{:?}|{:?}|", image.base, image.run, image.version).as_bytes());
+    match &image.base {
+        ImageBase::Debian => {
+            let root = debian_root()?;
+            hash_file(&mut h, &root.join("var/lib/dpkg/status"));
+            hash_file(&mut h, &root.join("etc/os-release"));
+        }
+        ImageBase::Dir(dir) => {
+            let mut files = Vec::new();
+            let mut stack = vec![dir.clone()];
+            while let Some(d) = stack.pop() {
+                for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+                    if e.path().is_dir() {
+                        stack.push(e.path());
+                    } else {
+                        files.push(e.path());
+                    }
+                }
+            }
+            files.sort();
+            for f in files {
+                h.update(
+                    f.strip_prefix(dir)
+                        .unwrap_or(&f)
+                        .to_string_lossy()
+                        .as_bytes(),
+                );
+                hash_file(&mut h, &f);
+            }
+        }
+        ImageBase::Empty => {}
+    }
+    for name in &image.converge {
+        if let Some(set) = spec.converge.get(name) {
+            // The validated model prints deterministically (ordered maps, vectors).
+            h.update(format!("{set:?}").as_bytes());
+        }
+    }
+    for a in &image.artifacts {
+        h.update(format!("{}|{:?}|", a.to.display(), a.mode).as_bytes());
+        hash_file(&mut h, &a.from);
+    }
+    Ok(format!("sha256:{}", hex::encode(h.finalize())))
+}
+
+fn key(image: &str, rest: &str) -> String {
+    format!("images/{image}/{rest}")
+}
+
+fn copy_tree(from: &Path, to: &Path) -> Result<(), ImageError> {
+    let status = Command::new("cp")
+        .arg("-a")
+        .arg(format!("{}/.", from.display()))
+        .arg(to)
+        .status()
+        .map_err(|e| ImageError::Build(format!("cp: {e}")))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(ImageError::Build(format!(
+            "copying {} failed",
+            from.display()
+        )))
+    }
+}
+
+/// Builds an image (or reuses the one with identical inputs). `say` hears progress.
+pub fn build(
+    spec: &Spec,
+    image: &Image,
+    resolver: &dyn Resolver,
+    say: &mut dyn FnMut(&str),
+) -> Result<BuildReport, ImageError> {
+    let started = Instant::now();
+    let store = store_of(spec, image, resolver)?;
+    store.ensure()?;
+    let inputs = inputs_digest(spec, image)?;
+    let pointer = key(
+        &image.name,
+        &format!("inputs/{}", inputs.trim_start_matches("sha256:")),
+    );
+    if let Ok(digest) = store.get(&pointer) {
+        let digest = String::from_utf8_lossy(&digest).trim().to_string();
+        if let Ok(m) = store.get(&key(
+            &image.name,
+            &format!("{}.json", digest.trim_start_matches("sha256:")),
+        )) {
+            let manifest: Manifest =
+                serde_json::from_slice(&m).map_err(|e| ImageError::Build(e.to_string()))?;
+            say(&format!("inputs unchanged: reusing {}", manifest.digest));
+            return Ok(BuildReport {
+                manifest,
+                reused: true,
+                seconds: started.elapsed().as_secs_f64(),
+            });
+        }
+    }
+    std::fs::create_dir_all(&spec.settings.state_dir)
+        .map_err(|e| ImageError::Build(e.to_string()))?;
+    let work = tempfile::Builder::new()
+        .prefix("image-build-")
+        .tempdir_in(&spec.settings.state_dir)
+        .map_err(|e| ImageError::Build(format!("build directory: {e}")))?;
+    let root = work.path().join("root");
+    std::fs::create_dir_all(&root).map_err(|e| ImageError::Build(e.to_string()))?;
+    match &image.base {
+        ImageBase::Debian => {
+            say("copying the Debian base root");
+            copy_tree(&debian_root()?, &root)?;
+            let _ = std::fs::remove_file(root.join(".steward-complete"));
+        }
+        ImageBase::Dir(dir) => copy_tree(dir, &root)?,
+        ImageBase::Empty => {}
+    }
+    if !image.converge.is_empty() {
+        let lock = RunLock::acquire(&spec.settings.state_dir)
+            .map_err(|e| ImageError::Build(e.to_string()))?;
+        for name in &image.converge {
+            let set = &spec.converge[name];
+            say(&format!("converging `{name}`"));
+            let report = Converger::new(set, Target::root(&root), resolver, None)
+                .and_then(|c| c.apply(&lock, &mut |_| {}))
+                .map_err(|e| ImageError::Build(e.to_string()))?;
+            let failed: Vec<String> = report
+                .outcomes
+                .iter()
+                .filter(|o| matches!(o.status, Status::Failed | Status::Skipped))
+                .map(|o| format!("{}: {}", o.id, o.message.clone().unwrap_or_default()))
+                .collect();
+            if !failed.is_empty() {
+                return Err(ImageError::Build(format!(
+                    "converge set `{name}` failed in the image: {}",
+                    failed.join("; ")
+                )));
+            }
+        }
+    }
+    for a in &image.artifacts {
+        let dest = root.join(a.to.strip_prefix("/").unwrap_or(&a.to));
+        if let Some(p) = dest.parent() {
+            std::fs::create_dir_all(p).map_err(|e| ImageError::Build(e.to_string()))?;
+        }
+        std::fs::copy(&a.from, &dest)
+            .map_err(|e| ImageError::Build(format!("artifact {}: {e}", a.from.display())))?;
+        if let Some(mode) = a.mode {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(mode))
+                .map_err(|e| ImageError::Build(e.to_string()))?;
+        }
+    }
+    for argv in &image.run {
+        say(&format!("running `{}`", argv.join(" ")));
+        let out = Command::new("chroot")
+            .arg(&root)
+            .args(argv)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| ImageError::Build(format!("chroot: {e}")))?;
+        if !out.status.success() {
+            return Err(ImageError::Build(format!(
+                "`{}` failed in the image ({}): {}",
+                argv.join(" "),
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+    }
+    // Downloaded packages are not part of the image.
+    for e in std::fs::read_dir(root.join("var/cache/apt/archives"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        if e.path().extension().is_some_and(|x| x == "deb") {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+    let packages = steward_converge::installed_packages(&Target::root(&root));
+    say("packing");
+    let mut tarred = Vec::new();
+    {
+        let enc =
+            zstd::Encoder::new(&mut tarred, 3).map_err(|e| ImageError::Build(e.to_string()))?;
+        let mut t = tar::Builder::new(enc);
+        t.follow_symlinks(false);
+        t.append_dir_all(".", &root)
+            .map_err(|e| ImageError::Build(format!("packing: {e}")))?;
+        let enc = t
+            .into_inner()
+            .map_err(|e| ImageError::Build(format!("packing: {e}")))?;
+        enc.finish()
+            .map_err(|e| ImageError::Build(format!("packing: {e}")))?;
+    }
+    let digest = format!("sha256:{}", hex::encode(Sha256::digest(&tarred)));
+    let hex_digest = digest.trim_start_matches("sha256:").to_string();
+    let now = chrono::Utc::now();
+    let manifest = Manifest {
+        name: image.name.clone(),
+        digest: digest.clone(),
+        inputs: inputs.clone(),
+        created: now.to_rfc3339(),
+        created_ms: now.timestamp_millis(),
+        base: match &image.base {
+            ImageBase::Debian => "debian".into(),
+            ImageBase::Empty => "empty".into(),
+            ImageBase::Dir(d) => format!("dir:{}", d.display()),
+        },
+        version: image.version.clone(),
+        size: tarred.len() as u64,
+        packages,
+    };
+    say(&format!("storing {} ({} bytes)", digest, tarred.len()));
+    // The image first, then its manifest, then the pointer: readers never see a
+    // manifest without its image.
+    store.put(
+        &key(&image.name, &format!("{hex_digest}.tar.zst")),
+        &[Bytes::from(tarred)],
+    )?;
+    let json =
+        serde_json::to_vec_pretty(&manifest).map_err(|e| ImageError::Build(e.to_string()))?;
+    store.put(
+        &key(&image.name, &format!("{hex_digest}.json")),
+        &[Bytes::from(json)],
+    )?;
+    store.put(&pointer, &[Bytes::from(digest.into_bytes())])?;
+    Ok(BuildReport {
+        manifest,
+        reused: false,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// Every built version of an image, oldest first.
+pub fn list(
+    spec: &Spec,
+    image: &Image,
+    resolver: &dyn Resolver,
+) -> Result<Vec<Manifest>, ImageError> {
+    let store = store_of(spec, image, resolver)?;
+    let mut out = Vec::new();
+    for o in store.list(&key(&image.name, ""))? {
+        if o.name.ends_with(".json") && !o.name.contains("/inputs/") {
+            let m = store.get(&o.name)?;
+            if let Ok(m) = serde_json::from_slice::<Manifest>(&m) {
+                out.push(m);
+            }
+        }
+    }
+    out.sort_by_key(|m| m.created_ms);
+    Ok(out)
+}
+
+/// Audits the newest build: age, and packages its apt sources offer newer versions
+/// of (read by unpacking the image and asking apt inside it).
+pub fn audit(
+    spec: &Spec,
+    image: &Image,
+    resolver: &dyn Resolver,
+) -> Result<AuditReport, ImageError> {
+    let manifest = list(spec, image, resolver)?
+        .pop()
+        .ok_or_else(|| ImageError::NotBuilt(image.name.clone()))?;
+    let age_ms = chrono::Utc::now().timestamp_millis() - manifest.created_ms;
+    let too_old = image
+        .max_age
+        .is_some_and(|m| age_ms > m.0.as_millis() as i64);
+    let mut outdated = Vec::new();
+    if !manifest.packages.is_empty() {
+        let store = store_of(spec, image, resolver)?;
+        let tarred = store.get(&key(
+            &image.name,
+            &format!("{}.tar.zst", manifest.digest.trim_start_matches("sha256:")),
+        ))?;
+        let work = tempfile::Builder::new()
+            .prefix("image-audit-")
+            .tempdir_in(&spec.settings.state_dir)
+            .map_err(|e| ImageError::Build(e.to_string()))?;
+        let root = work.path().join("root");
+        let dec = zstd::Decoder::new(&tarred[..]).map_err(|e| ImageError::Build(e.to_string()))?;
+        let mut ar = tar::Archive::new(dec);
+        ar.set_preserve_permissions(true);
+        ar.set_preserve_ownerships(true);
+        ar.unpack(&root)
+            .map_err(|e| ImageError::Build(format!("unpacking: {e}")))?;
+        let apt = |args: &[&str]| -> Result<String, ImageError> {
+            let out = Command::new("chroot")
+                .arg(&root)
+                .arg("apt-get")
+                .args(args)
+                .env("DEBIAN_FRONTEND", "noninteractive")
+                .stdin(Stdio::null())
+                .output()
+                .map_err(|e| ImageError::Build(format!("chroot apt-get: {e}")))?;
+            if !out.status.success() {
+                return Err(ImageError::Build(format!(
+                    "apt-get {} failed in the image: {}",
+                    args.join(" "),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                )));
+            }
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        };
+        apt(&["update", "-qq"])?;
+        // A simulated upgrade lists every package apt would upgrade and from where:
+        // `Inst NAME [OLD] (NEW SUITE…)`.
+        let sim = apt(&["-s", "-qq", "dist-upgrade"])?;
+        for line in sim.lines() {
+            let Some(rest) = line.strip_prefix("Inst ") else {
+                continue;
+            };
+            let mut parts = rest.splitn(2, ' ');
+            let name = parts.next().unwrap_or_default().to_string();
+            let rest = parts.next().unwrap_or_default();
+            let installed = rest
+                .strip_prefix('[')
+                .and_then(|r| r.split_once(']'))
+                .map(|(v, _)| v.to_string());
+            let Some(installed) = installed else { continue }; // a new dependency, not an upgrade
+            let (available, suites) = rest
+                .split_once('(')
+                .and_then(|(_, r)| r.split_once(' '))
+                .map(|(v, s)| (v.to_string(), s.to_string()))
+                .unwrap_or_default();
+            outdated.push(Outdated {
+                name,
+                installed,
+                available,
+                security: suites.contains("-security") || suites.contains("Security"),
+            });
+        }
+    }
+    let stale = too_old || !outdated.is_empty();
+    Ok(AuditReport {
+        manifest,
+        age_days: age_ms as f64 / 86_400_000.0,
+        too_old,
+        outdated,
+        stale,
+    })
+}

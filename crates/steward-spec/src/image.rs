@@ -1,0 +1,213 @@
+//! `[image.NAME]`: gold images — a base, converge sets applied with `--root`,
+//! artifacts and build commands.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::diag::{Diagnostics, did_you_mean};
+use crate::duration::Dur;
+
+/// What an image starts from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ImageBase {
+    /// A cached `debootstrap --variant=minbase` root of this machine's Debian release.
+    Debian,
+    /// Nothing: for applications that need no operating system.
+    Empty,
+    /// A directory next to the spec.
+    Dir(PathBuf),
+}
+
+/// A file copied into an image.
+#[derive(Debug, Clone)]
+pub struct Artifact {
+    /// Source file (relative to the spec).
+    pub from: PathBuf,
+    /// Absolute path inside the image.
+    pub to: PathBuf,
+    /// Permission bits (default: the source's).
+    pub mode: Option<u32>,
+}
+
+/// A gold image.
+#[derive(Debug, Clone)]
+pub struct Image {
+    /// Its name.
+    pub name: String,
+    /// What it starts from.
+    pub base: ImageBase,
+    /// Converge sets applied to the root, in order.
+    pub converge: Vec<String>,
+    /// Files copied in after converging.
+    pub artifacts: Vec<Artifact>,
+    /// Commands run inside the root last (Debian base only).
+    pub run: Vec<Vec<String>>,
+    /// Object store holding built images.
+    pub store: String,
+    /// Application version recorded in the manifest.
+    pub version: Option<String>,
+    /// `image audit` calls an image older than this stale.
+    pub max_age: Option<Dur>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawImage {
+    base: Spanned<String>,
+    #[serde(default)]
+    converge: Vec<Spanned<String>>,
+    #[serde(default)]
+    artifacts: Vec<Spanned<RawArtifact>>,
+    #[serde(default)]
+    run: Vec<Spanned<Vec<String>>>,
+    store: Option<Spanned<String>>,
+    version: Option<String>,
+    audit: Option<RawAudit>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawArtifact {
+    from: Spanned<String>,
+    to: Spanned<String>,
+    mode: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAudit {
+    max_age: Option<Dur>,
+}
+
+pub(crate) fn image(
+    d: &mut Diagnostics,
+    name: &str,
+    raw: RawImage,
+    base_dir: &Path,
+    converge_sets: &BTreeSet<&str>,
+    stores: &BTreeSet<&str>,
+) -> Option<Image> {
+    let before = d.errors.len();
+    let base = match raw.base.get_ref().as_str() {
+        "debian" => ImageBase::Debian,
+        "empty" => ImageBase::Empty,
+        other => match other.strip_prefix("dir:") {
+            Some(p) => {
+                let dir = base_dir.join(p);
+                if !dir.is_dir() {
+                    d.error(
+                        raw.base.span(),
+                        format!("base directory `{}` does not exist", dir.display()),
+                        "missing directory",
+                        None,
+                    );
+                }
+                ImageBase::Dir(dir)
+            }
+            None => {
+                d.error(
+                    raw.base.span(),
+                    format!("unknown image base `{other}`"),
+                    "unknown base",
+                    Some("`debian` (a debootstrap minbase root), `empty`, or `dir:PATH`".into()),
+                );
+                ImageBase::Empty
+            }
+        },
+    };
+    for c in &raw.converge {
+        if !converge_sets.contains(c.get_ref().as_str()) {
+            let help = did_you_mean(c.get_ref(), converge_sets.iter().copied())
+                .map(|b| format!("did you mean `{b}`?"));
+            d.error(
+                c.span(),
+                format!("unknown converge set `{}`", c.get_ref()),
+                "no such set",
+                help,
+            );
+        }
+    }
+    let mut artifacts = Vec::new();
+    for a in raw.artifacts {
+        let a = a.into_inner();
+        let from = base_dir.join(a.from.get_ref());
+        if !from.is_file() {
+            d.error(
+                a.from.span(),
+                format!("artifact `{}` does not exist", from.display()),
+                "missing file",
+                Some("build it first; paths are relative to the spec".into()),
+            );
+        }
+        let to = PathBuf::from(a.to.get_ref());
+        if !to.is_absolute() {
+            d.error(
+                a.to.span(),
+                "`to` must be an absolute path inside the image",
+                "relative",
+                None,
+            );
+        }
+        let mode = a
+            .mode
+            .as_ref()
+            .and_then(|m| match u32::from_str_radix(m.get_ref(), 8) {
+                Ok(v) if v <= 0o7777 => Some(v),
+                _ => {
+                    d.error(
+                        m.span(),
+                        format!("invalid mode `{}`", m.get_ref()),
+                        "not an octal mode",
+                        None,
+                    );
+                    None
+                }
+            });
+        artifacts.push(Artifact { from, to, mode });
+    }
+    let mut run = Vec::new();
+    for r in raw.run {
+        if r.get_ref().is_empty() {
+            d.error(r.span(), "empty command", "nothing to run", None);
+        } else if base != ImageBase::Debian {
+            d.error(
+                r.span(),
+                "`run` needs `base = \"debian\"`: commands run inside the image",
+                "no shell in this base",
+                None,
+            );
+        }
+        run.push(r.into_inner());
+    }
+    let store = raw
+        .store
+        .as_ref()
+        .map(|s| s.get_ref().clone())
+        .unwrap_or_else(|| crate::backup::DEFAULT_STORE.into());
+    if let Some(s) = &raw.store
+        && !stores.contains(s.get_ref().as_str())
+    {
+        d.error(
+            s.span(),
+            format!("unknown store `{}`", s.get_ref()),
+            "no such store",
+            None,
+        );
+    }
+    if d.errors.len() > before {
+        return None;
+    }
+    Some(Image {
+        name: name.into(),
+        base,
+        converge: raw.converge.into_iter().map(|c| c.into_inner()).collect(),
+        artifacts,
+        run,
+        store,
+        version: raw.version,
+        max_age: raw.audit.and_then(|a| a.max_age),
+    })
+}

@@ -1,0 +1,195 @@
+//! `steward image` end to end: images from a directory base and from the cached
+//! Debian root, reuse of identical inputs, and an audit that finds an outdated
+//! package through the image's own apt sources.
+
+use std::fs;
+use std::path::PathBuf;
+use std::process::Command;
+
+const BIN: &str = env!("CARGO_BIN_EXE_steward");
+
+struct Project {
+    dir: tempfile::TempDir,
+}
+
+impl Project {
+    fn new(spec: &str) -> Project {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(
+            dir.path().join("steward.toml"),
+            format!("[steward]\nstate_dir = \"state\"\n\n{spec}"),
+        )
+        .unwrap();
+        Project { dir }
+    }
+
+    fn path(&self, p: &str) -> PathBuf {
+        self.dir.path().join(p)
+    }
+
+    fn run(&self, args: &[&str]) -> (i32, String, String) {
+        let out = Command::new(BIN)
+            .arg("-f")
+            .arg(self.path("steward.toml"))
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    fn json(&self, args: &[&str]) -> serde_json::Value {
+        let (code, out, err) = self.run(args);
+        assert_eq!(code, 0, "steward {args:?}: {out}{err}");
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
+    }
+}
+
+/// Unpacks a stored image into a directory with the system tar.
+fn unpack(p: &Project, digest: &str, name: &str) -> PathBuf {
+    let hex = digest.trim_start_matches("sha256:");
+    let archive = p.path(&format!("state/objects/images/{name}/{hex}.tar.zst"));
+    let out = p.path(&format!("unpacked-{}", &hex[..8]));
+    fs::create_dir_all(&out).unwrap();
+    let st = Command::new("tar")
+        .arg("--zstd")
+        .arg("-xf")
+        .arg(&archive)
+        .arg("-C")
+        .arg(&out)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    out
+}
+
+#[test]
+fn an_image_from_a_directory_is_built_once_per_inputs() {
+    let p = Project::new(
+        r#"
+[converge.app]
+vars = { port = 8080 }
+file = [{ path = "/etc/app.conf", content = "port = 8080\n", mode = "0640" }]
+directory = [{ path = "/var/lib/app" }]
+
+[image.app]
+base = "dir:base"
+converge = ["app"]
+artifacts = [{ from = "build/app", to = "/usr/local/bin/app", mode = "0755" }]
+version = "1.0.0"
+"#,
+    );
+    fs::create_dir_all(p.path("base/srv")).unwrap();
+    fs::write(p.path("base/srv/static.txt"), "from the base\n").unwrap();
+    fs::create_dir_all(p.path("build")).unwrap();
+    fs::write(p.path("build/app"), "#!/bin/sh\necho app v1\n").unwrap();
+
+    let first = p.json(&["image", "build", "--json"]);
+    assert_eq!(first[0]["reused"], false);
+    let digest = first[0]["manifest"]["digest"].as_str().unwrap().to_string();
+    assert!(digest.starts_with("sha256:"));
+    let again = p.json(&["image", "build", "--json"]);
+    assert_eq!(again[0]["reused"], true, "identical inputs reuse the image");
+    assert_eq!(again[0]["manifest"]["digest"], digest.as_str());
+
+    let root = unpack(&p, &digest, "app");
+    assert_eq!(
+        fs::read_to_string(root.join("etc/app.conf")).unwrap(),
+        "port = 8080\n"
+    );
+    assert_eq!(
+        fs::read_to_string(root.join("srv/static.txt")).unwrap(),
+        "from the base\n"
+    );
+    assert!(root.join("var/lib/app").is_dir());
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        fs::metadata(root.join("usr/local/bin/app"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o755
+    );
+
+    // A new artifact is a new image; both are listed, oldest first.
+    fs::write(p.path("build/app"), "#!/bin/sh\necho app v2\n").unwrap();
+    let second = p.json(&["image", "build", "--json"]);
+    assert_eq!(second[0]["reused"], false);
+    assert_ne!(second[0]["manifest"]["digest"], digest.as_str());
+    let listed = p.json(&["image", "list", "--json"]);
+    let builds = listed[0]["builds"].as_array().unwrap();
+    assert_eq!(builds.len(), 2);
+    assert_eq!(builds[0]["digest"], digest.as_str());
+    // No packages in a directory image: nothing for apt to audit, and it is fresh.
+    let (code, out, _) = p.run(&["image", "audit"]);
+    assert_eq!(code, 0, "{out}");
+}
+
+#[test]
+fn a_debian_image_records_its_packages_and_audit_finds_the_outdated_one() {
+    assert!(
+        std::env::var_os("STEWARD_DEBIAN_ROOT").is_some()
+            || std::env::var_os("STEWARD_TEST_DEBIAN_ROOT").is_some(),
+        "run under scripts/test (the test bed provides the cached Debian root)"
+    );
+    let p = Project::new(
+        r#"
+[converge.base]
+file = [{ path = "/etc/motd", content = "built by steward\n" }]
+
+[image.os]
+base = "debian"
+converge = ["base"]
+# Pretend the image carries an older base-files (`~` sorts before the release, so
+# dependencies still hold): apt offers the current one.
+run = [["sh", "-c", "sed -i '/^Package: base-files$/,/^$/ s/^Version: \\(.*\\)$/Version: \\1~old/' /var/lib/dpkg/status"]]
+audit = { max_age = "30d" }
+"#,
+    );
+    let mut cmd = Command::new(BIN);
+    cmd.arg("-f")
+        .arg(p.path("steward.toml"))
+        .args(["image", "build", "--json"]);
+    if let Some(r) = std::env::var_os("STEWARD_TEST_DEBIAN_ROOT") {
+        cmd.env("STEWARD_DEBIAN_ROOT", r);
+    }
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let built: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let m = &built[0]["manifest"];
+    let installed = m["packages"]["base-files"].as_str().unwrap().to_string();
+    assert!(installed.ends_with("~old"), "{installed}");
+    assert!(
+        m["packages"].as_object().unwrap().len() > 50,
+        "a minbase root has dozens of packages"
+    );
+
+    let mut cmd = Command::new(BIN);
+    cmd.arg("-f")
+        .arg(p.path("steward.toml"))
+        .args(["image", "audit", "--json"]);
+    let out = cmd.output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "stale image: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let audit: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let outdated = audit[0]["outdated"].as_array().unwrap();
+    let bf = outdated
+        .iter()
+        .find(|o| o["name"] == "base-files")
+        .unwrap_or_else(|| panic!("{audit}"));
+    assert_eq!(bf["installed"], installed.as_str());
+    assert_eq!(bf["available"], installed.trim_end_matches("~old"));
+    assert_eq!(audit[0]["too_old"], false);
+}
