@@ -508,3 +508,126 @@ pub fn audit(
         stale,
     })
 }
+
+/// `serve`'s image controller: audits each image with `audit.every` on that
+/// interval; a stale image is an `image.stale` event (once per change of verdict)
+/// and shows in `steward_image_stale{image}` and
+/// `steward_image_outdated_packages{image}`.
+pub mod controller {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use prometheus_client::metrics::family::Family;
+    use prometheus_client::metrics::gauge::Gauge;
+    use prometheus_client::registry::Registry;
+    use steward_spec::{Resolver, Spec};
+    use steward_state::{NewEvent, Store};
+    use tokio_util::sync::CancellationToken;
+
+    type Labels = Vec<(String, String)>;
+
+    /// Metrics of the image controller.
+    #[derive(Default, Clone)]
+    pub struct ImageMetrics {
+        stale: Family<Labels, Gauge>,
+        outdated: Family<Labels, Gauge>,
+        age: Family<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    }
+
+    impl ImageMetrics {
+        /// Registers every metric.
+        pub fn register(&self, r: &mut Registry) {
+            r.register(
+                "steward_image_stale",
+                "1 when the newest build of an image is stale",
+                self.stale.clone(),
+            );
+            r.register(
+                "steward_image_outdated_packages",
+                "Packages of the newest build its apt sources offer newer versions of",
+                self.outdated.clone(),
+            );
+            r.register(
+                "steward_image_age_days",
+                "Age of the newest build in days",
+                self.age.clone(),
+            );
+        }
+    }
+
+    /// Runs the audits until cancelled.
+    pub async fn run(
+        spec: Arc<Spec>,
+        store: Arc<Store>,
+        resolver: Arc<dyn Resolver>,
+        metrics: ImageMetrics,
+        cancel: CancellationToken,
+    ) {
+        let mut tasks = Vec::new();
+        for image in spec.images.values() {
+            let Some(every) = image.audit_every else {
+                continue;
+            };
+            let (spec, store, resolver, metrics, cancel, name) = (
+                spec.clone(),
+                store.clone(),
+                resolver.clone(),
+                metrics.clone(),
+                cancel.clone(),
+                image.name.clone(),
+            );
+            tasks.push(tokio::spawn(async move {
+                let mut tick = tokio::time::interval(every.0.max(Duration::from_secs(1)));
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                let mut was_stale: Option<bool> = None;
+                loop {
+                    tokio::select! {
+                        _ = tick.tick() => {}
+                        _ = cancel.cancelled() => return,
+                    }
+                    let (spec2, resolver2, name2) = (spec.clone(), resolver.clone(), name.clone());
+                    let result = tokio::task::spawn_blocking(move || {
+                        super::audit(&spec2, &spec2.images[&name2], resolver2.as_ref())
+                    })
+                    .await;
+                    let labels = vec![("image".to_string(), name.clone())];
+                    match result {
+                        Ok(Ok(r)) => {
+                            metrics.stale.get_or_create(&labels).set(r.stale as i64);
+                            metrics
+                                .outdated
+                                .get_or_create(&labels)
+                                .set(r.outdated.len() as i64);
+                            metrics.age.get_or_create(&labels).set(r.age_days);
+                            if was_stale != Some(r.stale) && r.stale {
+                                let _ = store.append_event(&NewEvent::now(
+                                    "image.stale",
+                                    &name,
+                                    "warning",
+                                    format!(
+                                        "{} outdated package(s) ({} security), {:.1} days old",
+                                        r.outdated.len(),
+                                        r.outdated.iter().filter(|o| o.security).count(),
+                                        r.age_days
+                                    ),
+                                    serde_json::to_value(&r).unwrap_or_default(),
+                                ));
+                            }
+                            was_stale = Some(r.stale);
+                        }
+                        Ok(Err(super::ImageError::NotBuilt(_))) => {}
+                        Ok(Err(e)) => {
+                            tracing::warn!(image = %name, error = %e, "image audit failed")
+                        }
+                        Err(e) => {
+                            tracing::error!(image = %name, error = %e, "image audit panicked")
+                        }
+                    }
+                }
+            }));
+        }
+        for t in tasks {
+            let _ = t.await;
+        }
+    }
+}

@@ -51,6 +51,8 @@ pub struct Image {
     pub version: Option<String>,
     /// `image audit` calls an image older than this stale.
     pub max_age: Option<Dur>,
+    /// `serve` audits the newest build this often.
+    pub audit_every: Option<Dur>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -80,6 +82,7 @@ struct RawArtifact {
 #[serde(deny_unknown_fields)]
 struct RawAudit {
     max_age: Option<Dur>,
+    every: Option<Dur>,
 }
 
 pub(crate) fn image(
@@ -208,6 +211,7 @@ pub(crate) fn image(
         run,
         store,
         version: raw.version,
-        max_age: raw.audit.and_then(|a| a.max_age),
+        max_age: raw.audit.as_ref().and_then(|a| a.max_age),
+        audit_every: raw.audit.as_ref().and_then(|a| a.every),
     })
 }

@@ -79,6 +79,8 @@ pub(crate) async fn run(spec_path: &Path, listen: Option<SocketAddr>) -> u8 {
     converge_metrics.register(&mut registry);
     let backup_metrics = steward_backup::controller::BackupMetrics::default();
     backup_metrics.register(&mut registry);
+    let image_metrics = steward_image::controller::ImageMetrics::default();
+    image_metrics.register(&mut registry);
 
     let cancel = CancellationToken::new();
     let resolver: Arc<dyn Resolver> = Arc::new(OsResolver);
@@ -143,6 +145,15 @@ pub(crate) async fn run(spec_path: &Path, listen: Option<SocketAddr>) -> u8 {
         };
         tokio::spawn(controller.run(cancel.clone()))
     };
+
+    // Periodic image audits.
+    let images = tokio::spawn(steward_image::controller::run(
+        spec.clone(),
+        store.clone(),
+        resolver.clone(),
+        image_metrics,
+        cancel.clone(),
+    ));
 
     // Drift detection (and auto-correct) for converge sets that ask for it.
     let drift: Vec<_> = spec
@@ -224,6 +235,7 @@ pub(crate) async fn run(spec_path: &Path, listen: Option<SocketAddr>) -> u8 {
         let _ = d.await;
     }
     let _ = backups.await;
+    let _ = images.await;
     let _ = summaries.await;
     let _ = store.append_event(&event(
         "serve.stopped",

@@ -193,3 +193,55 @@ audit = { max_age = "30d" }
     assert_eq!(bf["available"], installed.trim_end_matches("~old"));
     assert_eq!(audit[0]["too_old"], false);
 }
+
+/// `serve` audits images with `audit.every`; a build older than `max_age` is
+/// recorded as `image.stale` once and shows in the metrics.
+#[test]
+fn serve_audits_images_and_records_stale_ones() {
+    let p = Project::new(
+        r#"
+[image.tiny]
+base = "empty"
+artifacts = [{ from = "hello.txt", to = "/hello.txt" }]
+audit = { every = "1s", max_age = "1s" }
+"#,
+    );
+    fs::write(p.path("hello.txt"), "hello\n").unwrap();
+    let (code, out, err) = p.run(&["image", "build"]);
+    assert_eq!(code, 0, "{out}{err}");
+    std::thread::sleep(std::time::Duration::from_millis(1200));
+    let mut child = Command::new(BIN)
+        .arg("-f")
+        .arg(p.path("steward.toml"))
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stale_events = || -> usize {
+        let Ok(store) = steward_state::Store::open(&p.path("state")) else {
+            return 0;
+        };
+        store
+            .events(&steward_state::EventQuery {
+                kind_prefix: Some("image.stale".into()),
+                limit: 10,
+                ..Default::default()
+            })
+            .map(|e| e.len())
+            .unwrap_or(0)
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while stale_events() == 0 {
+        assert!(std::time::Instant::now() < deadline, "no image.stale event");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(
+        stale_events(),
+        1,
+        "a verdict that does not change is recorded once"
+    );
+}
