@@ -320,7 +320,8 @@ impl Store {
         })?;
         write
             .execute_batch(
-                "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON; PRAGMA busy_timeout=5000;",
+                // busy_timeout first: another steward may be creating this database too.
+                "PRAGMA busy_timeout=5000; PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON;",
             )
             .map_err(sq)?;
         schema::migrate(&write, &path)?;

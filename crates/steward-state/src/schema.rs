@@ -113,12 +113,22 @@ pub(crate) fn migrate(conn: &Connection, path: &Path) -> Result<(), StateError> 
     for (i, step) in MIGRATIONS.iter().enumerate().skip(current as usize) {
         let version = i as i64 + 1;
         // Each step and its version bump commit together: a crash mid-way
-        // leaves the previous version intact.
-        let tx = conn.unchecked_transaction().map_err(sq)?;
-        tx.execute_batch(step).map_err(sq)?;
-        tx.pragma_update(None, "user_version", version)
-            .map_err(sq)?;
-        tx.commit().map_err(sq)?;
+        // leaves the previous version intact. The write lock is taken before the
+        // version is read again, so two processes opening a new database at the
+        // same moment apply each step once (the second finds it done).
+        conn.execute_batch("BEGIN IMMEDIATE").map_err(sq)?;
+        let result = (|| {
+            let now: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+            if now < version {
+                conn.execute_batch(step)?;
+                conn.pragma_update(None, "user_version", version)?;
+            }
+            conn.execute_batch("COMMIT")
+        })();
+        if let Err(e) = result {
+            let _ = conn.execute_batch("ROLLBACK");
+            return Err(sq(e));
+        }
         tracing::debug!(version, "state database migrated");
     }
     // A new database is not news; an upgraded one is worth a line.

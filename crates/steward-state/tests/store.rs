@@ -256,3 +256,32 @@ fn tokens_are_stored_only_as_hashes_and_revocation_is_immediate() {
         }
     }
 }
+
+/// Two processes (here: threads with their own connections) creating the same new
+/// database at once both succeed, and every migration is applied once.
+#[test]
+fn concurrent_opens_of_a_new_database_both_succeed() {
+    for _ in 0..10 {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state");
+        let handles: Vec<_> = (0..4)
+            .map(|_| {
+                let p = path.clone();
+                std::thread::spawn(move || steward_state::Store::open(&p).map(|_| ()))
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap().expect("every concurrent open succeeds");
+        }
+        let store = steward_state::Store::open(&path).unwrap();
+        store
+            .append_event(&steward_state::NewEvent::now(
+                "test.ok",
+                "x",
+                "info",
+                "works".into(),
+                serde_json::json!({}),
+            ))
+            .unwrap();
+    }
+}

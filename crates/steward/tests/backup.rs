@@ -1105,3 +1105,78 @@ keep = {{ last = 1 }}
     assert_eq!(listed[0]["snapshots"].as_array().unwrap().len(), 1);
     assert!(listed[0]["location"].as_str().unwrap().starts_with("s3:"));
 }
+
+/// A backup that has not succeeded within `max_age` is overdue: one event, one
+/// notice to its alert channel, and the metric.
+#[test]
+fn serve_reports_an_overdue_backup_once() {
+    let p = Project::new(
+        r#"
+[alert.ops]
+type = "webhook"
+url = "http://127.0.0.1:9/nobody-listens"
+
+[backup.yearly]
+source = { paths = ["{dir}/data"] }
+password = "${file:{dir}/pw}"
+schedule = "0 0 1 1 *"
+max_age = "2s"
+alerts = ["ops"]
+"#,
+    );
+    fs::create_dir_all(p.path("data")).unwrap();
+    let mut child = Command::new(BIN)
+        .arg("-f")
+        .arg(p.path("steward.toml"))
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let state = p.path("state");
+    let overdue = || -> usize {
+        let Ok(store) = steward_state::Store::open(&state) else {
+            return 0;
+        };
+        store
+            .events(&steward_state::EventQuery {
+                kind_prefix: Some("backup.overdue".into()),
+                limit: 10,
+                ..Default::default()
+            })
+            .map(|e| e.len())
+            .unwrap_or(0)
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while overdue() == 0 {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let store = steward_state::Store::open(&state).unwrap();
+            let all = store
+                .events(&steward_state::EventQuery {
+                    limit: 50,
+                    ..Default::default()
+                })
+                .unwrap();
+            panic!(
+                "no backup.overdue event; events: {:?}",
+                all.iter()
+                    .map(|e| (&e.event.kind, &e.event.message))
+                    .collect::<Vec<_>>()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(Duration::from_millis(2500));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(overdue(), 1, "overdue is reported once, not every check");
+    let store = steward_state::Store::open(&state).unwrap();
+    let notices = store
+        .deliveries(10)
+        .unwrap()
+        .into_iter()
+        .filter(|d| d.check == "backup:yearly")
+        .count();
+    assert_eq!(notices, 1);
+}
