@@ -318,13 +318,28 @@ impl Store {
             path: path.clone(),
             source,
         })?;
-        write
-            .execute_batch(
-                // busy_timeout first: another steward may be creating this database too.
-                "PRAGMA busy_timeout=5000; PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON;",
-            )
-            .map_err(sq)?;
-        schema::migrate(&write, &path)?;
+        // Another steward may be creating this database at the same moment: some
+        // of this (switching to WAL) fails with SQLITE_BUSY without waiting, so
+        // the set-up is retried for a while.
+        let mut attempts = 0;
+        loop {
+            let setup = write
+                .execute_batch(
+                    "PRAGMA busy_timeout=5000; PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON;",
+                )
+                .map_err(sq)
+                .and_then(|_| schema::migrate(&write, &path));
+            match setup {
+                Err(StateError::Sqlite {
+                    source: rusqlite::Error::SqliteFailure(e, _),
+                    ..
+                }) if e.code == rusqlite::ErrorCode::DatabaseBusy && attempts < 100 => {
+                    attempts += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                other => break other?,
+            }
+        }
         let read = Connection::open(&path).map_err(sq)?;
         read.execute_batch("PRAGMA busy_timeout=5000; PRAGMA query_only=ON;")
             .map_err(sq)?;

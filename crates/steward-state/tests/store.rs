@@ -258,10 +258,10 @@ fn tokens_are_stored_only_as_hashes_and_revocation_is_immediate() {
 }
 
 /// Two processes (here: threads with their own connections) creating the same new
-/// database at once both succeed, and every migration is applied once.
+/// database at once all succeed, and every migration is applied once.
 #[test]
 fn concurrent_opens_of_a_new_database_both_succeed() {
-    for _ in 0..10 {
+    for _ in 0..30 {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state");
         let handles: Vec<_> = (0..4)
