@@ -8,14 +8,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-const BIN: &str = env!("CARGO_BIN_EXE_steward");
-const PASSWORD: &str = "correct horse battery staple";
+mod common;
+use common::{BIN, http_get, testbed};
 
-fn testbed(var: &str) -> String {
-    std::env::var(var).unwrap_or_else(|_| {
-        panic!("{var} is not set: start the test servers with `scripts/testbed up` and source `scripts/testbed env` (scripts/test does both)")
-    })
-}
+const PASSWORD: &str = "correct horse battery staple";
 
 struct Project {
     dir: tempfile::TempDir,
@@ -761,47 +757,10 @@ alerts = ["ops"]
 "#,
     );
     sample_data(&p.path("data"));
-    let mut child = Command::new(BIN)
-        .arg("-f")
-        .arg(p.path("steward.toml"))
-        .args(["--log-format", "json", "serve", "--listen", "127.0.0.1:0"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        for line in std::io::BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-        {
-            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
-                && let Some(a) = v.get("addr").and_then(|a| a.as_str())
-            {
-                let _ = tx.send(a.to_string());
-            }
-        }
-    });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(20))
-        .expect("serve printed its address");
+    let serve = common::serve(&p.path("steward.toml"), &p.env);
+    let addr = serve.addr.clone();
     let store_path = p.path("state");
-    let count = |kind: &str, subject: &str| -> usize {
-        let Ok(store) = steward_state::Store::open(&store_path) else {
-            return 0;
-        };
-        store
-            .events(&steward_state::EventQuery {
-                kind_prefix: Some(kind.into()),
-                subject: Some(subject.into()),
-                limit: 100,
-                ..Default::default()
-            })
-            .map(|e| e.len())
-            .unwrap_or(0)
-    };
+    let count = |kind: &str, subject: &str| common::events(&store_path, kind, Some(subject)).len();
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while count("backup.succeeded", "files") < 4 || count("backup.failed", "broken") < 2 {
         assert!(
@@ -828,8 +787,7 @@ alerts = ["ops"]
         "{page}"
     );
     assert!(page.contains(r#"data-backup="broken" data-state="failed""#));
-    child.kill().unwrap();
-    child.wait().unwrap();
+    drop(serve);
     assert!(
         count("backup.forgot", "files") >= 1,
         "retention ran after a run"
@@ -849,18 +807,6 @@ alerts = ["ops"]
         "one notice for the failure, not one per failed run: {deliveries:?}"
     );
     assert!(!to_ops[0].ok);
-}
-
-/// The body of a GET over plain HTTP/1.0.
-fn http_get(addr: &str, path: &str) -> String {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out.split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or(out)
 }
 
 /// A private Swift proxy in front of the test bed's storage servers, on its own
@@ -1125,51 +1071,12 @@ alerts = ["ops"]
 "#,
     );
     fs::create_dir_all(p.path("data")).unwrap();
-    let mut child = Command::new(BIN)
-        .arg("-f")
-        .arg(p.path("steward.toml"))
-        .args(["serve", "--listen", "127.0.0.1:0"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let serve = common::serve(&p.path("steward.toml"), &p.env);
     let state = p.path("state");
-    let overdue = || -> usize {
-        let Ok(store) = steward_state::Store::open(&state) else {
-            return 0;
-        };
-        store
-            .events(&steward_state::EventQuery {
-                kind_prefix: Some("backup.overdue".into()),
-                limit: 10,
-                ..Default::default()
-            })
-            .map(|e| e.len())
-            .unwrap_or(0)
-    };
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while overdue() == 0 {
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            let store = steward_state::Store::open(&state).unwrap();
-            let all = store
-                .events(&steward_state::EventQuery {
-                    limit: 50,
-                    ..Default::default()
-                })
-                .unwrap();
-            panic!(
-                "no backup.overdue event; events: {:?}",
-                all.iter()
-                    .map(|e| (&e.event.kind, &e.event.message))
-                    .collect::<Vec<_>>()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let overdue = || common::events(&state, "backup.overdue", None).len();
+    common::wait_for("a backup.overdue event", || overdue() > 0);
     std::thread::sleep(Duration::from_millis(2500));
-    child.kill().unwrap();
-    child.wait().unwrap();
+    drop(serve);
     assert_eq!(overdue(), 1, "overdue is reported once, not every check");
     let store = steward_state::Store::open(&state).unwrap();
     let notices = store

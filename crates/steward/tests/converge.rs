@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-const BIN: &str = env!("CARGO_BIN_EXE_steward");
+mod common;
+use common::BIN;
 
 struct Project {
     dir: tempfile::TempDir,
@@ -303,38 +304,7 @@ exec = [{ name = "whoami", command = ["sh", "-c", "id app > /srv/app/id.txt"], c
 
 /// Events of one kind prefix in the project's state database, oldest first.
 fn events(p: &Project, prefix: &str) -> Vec<steward_state::Event> {
-    let Ok(store) = steward_state::Store::open(&p.path("state")) else {
-        return Vec::new();
-    };
-    let mut e = store
-        .events(&steward_state::EventQuery {
-            kind_prefix: Some(prefix.into()),
-            limit: 100,
-            ..Default::default()
-        })
-        .unwrap_or_default();
-    e.reverse();
-    e
-}
-
-fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while !f() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn get(addr: &str, path: &str) -> String {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out
+    common::events(&p.path("state"), prefix, None)
 }
 
 /// `serve` plans sets with `drift_check`: drift becomes an event and a metric, and
@@ -353,49 +323,25 @@ auto_correct = true
 file = [{ path = "{dir}/out/healed.conf", content = "v = 2\n" }]
 "#,
     );
-    let mut child = Command::new(BIN)
-        .arg("-f")
-        .arg(p.path("steward.toml"))
-        .args(["--log-format", "json", "serve", "--listen", "127.0.0.1:0"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        for line in std::io::BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-        {
-            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
-                && let Some(a) = v.get("addr").and_then(|a| a.as_str())
-            {
-                let _ = tx.send(a.to_string());
-            }
-        }
-    });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(20))
-        .expect("serve printed its address");
+    let serve = common::serve(&p.path("steward.toml"), &[]);
+    let addr = serve.addr.clone();
 
     // The watched file is missing: drift, reported once, and not fixed.
-    wait_for("a drift event", || {
+    common::wait_for("a drift event", || {
         events(&p, "converge.drift")
             .iter()
             .any(|e| e.event.subject == "watched")
     });
     assert!(!p.path("out/watched.conf").exists());
-    let metrics = get(&addr, "/metrics");
+    let metrics = common::http_get(&addr, "/metrics");
     assert!(
         metrics.contains("steward_converge_drift_resources{set=\"watched\"} 1"),
         "{metrics}"
     );
     // The auto-corrected one is created, then a hand edit is reverted.
-    wait_for("auto-correct", || p.path("out/healed.conf").exists());
+    common::wait_for("auto-correct", || p.path("out/healed.conf").exists());
     fs::write(p.path("out/healed.conf"), "v = tampered\n").unwrap();
-    wait_for("the edit to be reverted", || {
+    common::wait_for("the edit to be reverted", || {
         fs::read_to_string(p.path("out/healed.conf")).unwrap_or_default() == "v = 2\n"
     });
     assert!(
@@ -406,7 +352,7 @@ file = [{ path = "{dir}/out/healed.conf", content = "v = 2\n" }]
     // An apply by hand: the next check records that the host matches again.
     let (code, out, err) = p.run(&["converge", "apply", "watched"]);
     assert_eq!(code, 0, "{out}{err}");
-    wait_for("a converged event", || {
+    common::wait_for("a converged event", || {
         events(&p, "converge.converged")
             .iter()
             .any(|e| e.event.subject == "watched")
@@ -419,6 +365,5 @@ file = [{ path = "{dir}/out/healed.conf", content = "v = 2\n" }]
         1,
         "unchanged drift is not re-reported every check"
     );
-    child.kill().unwrap();
-    child.wait().unwrap();
+    drop(serve);
 }

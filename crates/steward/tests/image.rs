@@ -6,7 +6,8 @@ use std::fs;
 use std::path::PathBuf;
 use std::process::Command;
 
-const BIN: &str = env!("CARGO_BIN_EXE_steward");
+mod common;
+use common::BIN;
 
 struct Project {
     dir: tempfile::TempDir,
@@ -210,35 +211,11 @@ audit = { every = "1s", max_age = "1s" }
     let (code, out, err) = p.run(&["image", "build"]);
     assert_eq!(code, 0, "{out}{err}");
     std::thread::sleep(std::time::Duration::from_millis(1200));
-    let mut child = Command::new(BIN)
-        .arg("-f")
-        .arg(p.path("steward.toml"))
-        .args(["serve", "--listen", "127.0.0.1:0"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let stale_events = || -> usize {
-        let Ok(store) = steward_state::Store::open(&p.path("state")) else {
-            return 0;
-        };
-        store
-            .events(&steward_state::EventQuery {
-                kind_prefix: Some("image.stale".into()),
-                limit: 10,
-                ..Default::default()
-            })
-            .map(|e| e.len())
-            .unwrap_or(0)
-    };
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while stale_events() == 0 {
-        assert!(std::time::Instant::now() < deadline, "no image.stale event");
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    }
+    let serve = common::serve(&p.path("steward.toml"), &[]);
+    let stale_events = || common::events(&p.path("state"), "image.stale", None).len();
+    common::wait_for("an image.stale event", || stale_events() > 0);
     std::thread::sleep(std::time::Duration::from_millis(2500));
-    child.kill().unwrap();
-    child.wait().unwrap();
+    drop(serve);
     assert_eq!(
         stale_events(),
         1,

@@ -1,0 +1,107 @@
+//! Helpers shared by the binary's end-to-end tests (backup, converge, image).
+#![allow(dead_code)] // each test binary uses its own subset
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The steward binary under test.
+pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_steward");
+
+/// A test bed setting (scripts/testbed writes them).
+pub(crate) fn testbed(var: &str) -> String {
+    std::env::var(var).unwrap_or_else(|_| {
+        panic!("{var} is not set: start the test servers with `scripts/testbed up` and source `scripts/testbed env` (scripts/test does both)")
+    })
+}
+
+/// A running `steward serve` on a free port; killed when dropped.
+pub(crate) struct Serve {
+    pub(crate) child: Child,
+    pub(crate) addr: String,
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `steward -f SPEC serve` with extra environment and waits for its address.
+pub(crate) fn serve(spec: &Path, env: &[(String, String)]) -> Serve {
+    let mut child = Command::new(BIN)
+        .arg("-f")
+        .arg(spec)
+        .args(["--log-format", "json", "serve", "--listen", "127.0.0.1:0"])
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
+                && let Some(a) = v.get("addr").and_then(|a| a.as_str())
+            {
+                let _ = tx.send(a.to_string());
+            }
+        }
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("serve printed its address");
+    Serve { child, addr }
+}
+
+/// Events of a kind (prefix), optionally about one subject, oldest first; empty
+/// while the state database does not exist yet.
+pub(crate) fn events(
+    state_dir: &Path,
+    kind: &str,
+    subject: Option<&str>,
+) -> Vec<steward_state::Event> {
+    if !state_dir.join("state.db").exists() {
+        return Vec::new();
+    }
+    let Ok(store) = steward_state::Store::open(state_dir) else {
+        return Vec::new();
+    };
+    let mut e = store
+        .events(&steward_state::EventQuery {
+            kind_prefix: Some(kind.into()),
+            subject: subject.map(String::from),
+            limit: 100,
+            ..Default::default()
+        })
+        .unwrap_or_default();
+    e.reverse();
+    e
+}
+
+/// Polls `f` until it holds; fails the test after 30 s.
+pub(crate) fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The body of a GET over plain HTTP/1.0.
+pub(crate) fn http_get(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or(out)
+}
