@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use steward_backup::BackupError;
-use steward_spec::{Backup, OsResolver, Spec, did_you_mean};
+use steward_spec::{Backup, OsResolver, Spec};
 use steward_state::{NewEvent, Store};
 
 use crate::{exit, load_spec, table};
@@ -45,26 +45,6 @@ pub(crate) enum Action {
     },
 }
 
-fn select<'a>(spec: &'a Spec, names: &[String]) -> Result<Vec<&'a Backup>, String> {
-    if spec.backups.is_empty() {
-        return Err(format!("{} has no [backup.NAME] entries", spec.file));
-    }
-    if names.is_empty() {
-        return Ok(spec.backups.values().collect());
-    }
-    names
-        .iter()
-        .map(|n| {
-            spec.backups.get(n).ok_or_else(|| {
-                let hint = did_you_mean(n, spec.backups.keys().map(String::as_str))
-                    .map(|b| format!("; did you mean `{b}`?"))
-                    .unwrap_or_default();
-                format!("no backup `{n}`{hint}")
-            })
-        })
-        .collect()
-}
-
 fn mb(bytes: u64) -> String {
     if bytes >= 1 << 30 {
         format!("{:.2} GiB", bytes as f64 / (1u64 << 30) as f64)
@@ -103,7 +83,7 @@ pub(crate) fn run(spec_path: &Path, action: Action) -> u8 {
         Action::Policy { json } => return policy(&spec, *json),
         Action::Restore { name, .. } => vec![name.clone()],
     };
-    let backups = match select(&spec, &names) {
+    let backups = match crate::select(&spec, &spec.backups, &names, "backup", "backup.NAME") {
         Ok(b) => b,
         Err(msg) => {
             eprintln!("error: {msg}");

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use steward_converge::{Action, Converger, Outcome, Plan, RunLock, Status, Target};
-use steward_spec::{ConvergeSet, OsResolver, Spec, did_you_mean};
+use steward_spec::OsResolver;
 use steward_state::{NewEvent, Store};
 
 use crate::{exit, load_spec};
@@ -30,7 +30,13 @@ pub(crate) fn run(spec_path: &Path, mode: Mode, opts: Options) -> u8 {
         Ok(s) => s,
         Err(code) => return code,
     };
-    let sets = match select(&spec, &opts.sets) {
+    let sets = match crate::select(
+        &spec,
+        &spec.converge,
+        &opts.sets,
+        "converge set",
+        "converge.NAME",
+    ) {
         Ok(s) => s,
         Err(msg) => {
             eprintln!("error: {msg}");
@@ -164,26 +170,6 @@ pub(crate) fn run(spec_path: &Path, mode: Mode, opts: Options) -> u8 {
         println!("{}", out.expect("JSON"));
     }
     code
-}
-
-fn select<'a>(spec: &'a Spec, names: &[String]) -> Result<Vec<&'a ConvergeSet>, String> {
-    if spec.converge.is_empty() {
-        return Err(format!("{} has no [converge.NAME] sets", spec.file));
-    }
-    if names.is_empty() {
-        return Ok(spec.converge.values().collect());
-    }
-    names
-        .iter()
-        .map(|n| {
-            spec.converge.get(n).ok_or_else(|| {
-                let hint = did_you_mean(n, spec.converge.keys().map(String::as_str))
-                    .map(|b| format!("; did you mean `{b}`?"))
-                    .unwrap_or_default();
-                format!("no converge set `{n}`{hint}")
-            })
-        })
-        .collect()
 }
 
 fn sigil(a: Action) -> char {

@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use steward_spec::{Image, OsResolver, Spec, did_you_mean};
+use steward_spec::OsResolver;
 use steward_state::{NewEvent, Store};
 
 use crate::{exit, load_spec};
@@ -12,26 +12,6 @@ pub(crate) enum Action {
     Build { names: Vec<String>, json: bool },
     List { names: Vec<String>, json: bool },
     Audit { names: Vec<String>, json: bool },
-}
-
-fn select<'a>(spec: &'a Spec, names: &[String]) -> Result<Vec<&'a Image>, String> {
-    if spec.images.is_empty() {
-        return Err(format!("{} has no [image.NAME] entries", spec.file));
-    }
-    if names.is_empty() {
-        return Ok(spec.images.values().collect());
-    }
-    names
-        .iter()
-        .map(|n| {
-            spec.images.get(n).ok_or_else(|| {
-                let hint = did_you_mean(n, spec.images.keys().map(String::as_str))
-                    .map(|b| format!("; did you mean `{b}`?"))
-                    .unwrap_or_default();
-                format!("no image `{n}`{hint}")
-            })
-        })
-        .collect()
 }
 
 pub(crate) fn run(spec_path: &Path, action: Action) -> u8 {
@@ -44,7 +24,7 @@ pub(crate) fn run(spec_path: &Path, action: Action) -> u8 {
         | Action::List { names, json }
         | Action::Audit { names, json } => (names.clone(), *json),
     };
-    let images = match select(&spec, &names) {
+    let images = match crate::select(&spec, &spec.images, &names, "image", "image.NAME") {
         Ok(i) => i,
         Err(msg) => {
             eprintln!("error: {msg}");

@@ -287,6 +287,35 @@ fn init_logging(format: LogFormat, verbose: u8) {
     }
 }
 
+/// The named entries of one spec section (all when `names` is empty), or a message
+/// naming the unknown one with a "did you mean". `what` is e.g. "backup",
+/// `section` e.g. "backup.NAME".
+pub(crate) fn select<'a, T>(
+    spec: &Spec,
+    entries: &'a std::collections::BTreeMap<String, T>,
+    names: &[String],
+    what: &str,
+    section: &str,
+) -> Result<Vec<&'a T>, String> {
+    if entries.is_empty() {
+        return Err(format!("{} has no [{section}] entries", spec.file));
+    }
+    if names.is_empty() {
+        return Ok(entries.values().collect());
+    }
+    names
+        .iter()
+        .map(|n| {
+            entries.get(n).ok_or_else(|| {
+                let hint = steward_spec::did_you_mean(n, entries.keys().map(String::as_str))
+                    .map(|b| format!("; did you mean `{b}`?"))
+                    .unwrap_or_default();
+                format!("no {what} `{n}`{hint}")
+            })
+        })
+        .collect()
+}
+
 /// Loads the spec or prints every problem and returns the exit code.
 pub(crate) fn load_spec(path: &Path) -> Result<Spec, u8> {
     match Spec::load(path) {
