@@ -351,12 +351,14 @@ fn main() -> ExitCode {
             match load_spec(&path) {
                 Ok(spec) => {
                     println!(
-                        "{}: valid ({} checks, {} alert channels, {} maintenance windows, {} converge sets)",
+                        "{}: valid ({} checks, {} alert channels, {} maintenance windows, {} converge sets, {} backups, {} images)",
                         path.display(),
                         spec.checks.len(),
                         spec.alerts.len(),
                         spec.maintenance.len(),
-                        spec.converge.len()
+                        spec.converge.len(),
+                        spec.backups.len(),
+                        spec.images.len()
                     );
                     exit::OK
                 }
