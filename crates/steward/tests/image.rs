@@ -29,17 +29,7 @@ impl Project {
     }
 
     fn run(&self, args: &[&str]) -> (i32, String, String) {
-        let out = Command::new(BIN)
-            .arg("-f")
-            .arg(self.path("steward.toml"))
-            .args(args)
-            .output()
-            .unwrap();
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        common::steward(&self.path("steward.toml"), args, &[])
     }
 
     fn json(&self, args: &[&str]) -> serde_json::Value {

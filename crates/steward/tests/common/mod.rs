@@ -105,3 +105,24 @@ pub(crate) fn http_get(addr: &str, path: &str) -> String {
         .map(|(_, b)| b.to_string())
         .unwrap_or(out)
 }
+
+/// Runs `steward -f SPEC ARGS…` with extra environment: exit code, stdout, stderr.
+pub(crate) fn steward(
+    spec: &Path,
+    args: &[&str],
+    env: &[(String, String)],
+) -> (i32, String, String) {
+    let out = Command::new(BIN)
+        .arg("-f")
+        .arg(spec)
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
