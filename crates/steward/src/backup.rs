@@ -254,6 +254,16 @@ pub(crate) fn run(spec_path: &Path, action: Action) -> u8 {
                 let opened = steward_backup::open(&spec, b, &resolver, false)?;
                 let decisions = opened.forget(*dry_run)?;
                 let gone = decisions.iter().filter(|(_, d)| !d.keep).count();
+                if !dry_run && gone > 0 {
+                    record(
+                        state.as_ref(),
+                        "backup.forgot",
+                        &b.name,
+                        "info",
+                        format!("{gone} snapshot(s) removed by retention"),
+                        serde_json::json!({"removed": gone}),
+                    );
+                }
                 if *json {
                     json_out.push(serde_json::json!({
                         "backup": b.name,
@@ -263,16 +273,6 @@ pub(crate) fn run(spec_path: &Path, action: Action) -> u8 {
                             "keep": d.keep, "reasons": d.reasons,
                         })).collect::<Vec<_>>(),
                     }));
-                    if !dry_run && gone > 0 {
-                        record(
-                            state.as_ref(),
-                            "backup.forgot",
-                            &b.name,
-                            "info",
-                            format!("{gone} snapshot(s) removed by retention"),
-                            serde_json::json!({"removed": gone}),
-                        );
-                    }
                     return Ok(());
                 }
                 println!(
@@ -307,16 +307,6 @@ pub(crate) fn run(spec_path: &Path, action: Action) -> u8 {
                     "{}",
                     table::render(&["ID", "TIME", "ACTION", "REASONS"], &rows)
                 );
-                if !dry_run && gone > 0 {
-                    record(
-                        state.as_ref(),
-                        "backup.forgot",
-                        &b.name,
-                        "info",
-                        format!("{gone} snapshot(s) removed by retention"),
-                        serde_json::json!({"removed": gone}),
-                    );
-                }
                 Ok(())
             }
             Action::Drill { json, .. } => match steward_backup::drill(&spec, b, &resolver) {
