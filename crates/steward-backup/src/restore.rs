@@ -49,8 +49,9 @@ pub(crate) fn restore_tree<S: IndexedFull + Sync>(
 ) -> Result<(u64, u64), BackupError> {
     let mut dirs: Vec<(PathBuf, Node)> = Vec::new();
     let mut files: Vec<(PathBuf, Node)> = Vec::new();
+    // /proc/self belongs to the process's effective uid: root restores ownership.
     let as_root = fs::metadata("/proc/self")
-        .map(|_| is_root())
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
         .unwrap_or(false);
     for item in repo.ls(root, &LsOptions::default()).map_err(repo_err)? {
         let (path, node) = item.map_err(repo_err)?;
@@ -149,17 +150,6 @@ fn finish(node: &Node, dest: &Path, as_root: bool) -> Result<(), BackupError> {
         }
     }
     Ok(())
-}
-
-fn is_root() -> bool {
-    // The owner of a file this process just created is its effective uid.
-    let probe = std::env::temp_dir().join(format!(".steward-uid-{}", std::process::id()));
-    let uid = fs::write(&probe, b"")
-        .and_then(|_| fs::metadata(&probe))
-        .map(|m| std::os::unix::fs::MetadataExt::uid(&m))
-        .unwrap_or(u32::MAX);
-    let _ = fs::remove_file(&probe);
-    uid == 0
 }
 
 #[cfg(test)]
