@@ -15,7 +15,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use steward_alert::{Notice, NoticeKind, Sender};
 use steward_spec::{Backup, Resolver, Spec};
-use steward_state::{Delivery, EventQuery, Health, NewEvent, Store, now_ms};
+use steward_state::{Delivery, Health, NewEvent, Store, now_ms};
 use tokio_util::sync::CancellationToken;
 
 type Labels = Vec<(String, String)>;
@@ -106,15 +106,9 @@ fn labels(backup: &str) -> Labels {
 /// The latest event of a kind for a backup (Unix ms).
 pub fn last_event(store: &Store, kind: &str, backup: &str) -> Option<i64> {
     store
-        .events(&EventQuery {
-            kind_prefix: Some(kind.into()),
-            subject: Some(backup.into()),
-            limit: 1,
-            ..Default::default()
-        })
-        .ok()?
-        .first()
-        .filter(|e| e.event.kind == kind)
+        .latest_event(kind, backup)
+        .ok()
+        .flatten()
         .map(|e| e.event.ts)
 }
 

@@ -3,7 +3,7 @@
 
 use serde::Serialize;
 use steward_spec::Spec;
-use steward_state::{Event, EventQuery, Store};
+use steward_state::{Event, Store};
 
 /// One backup as the dashboard shows it.
 #[derive(Debug, Clone, Serialize)]
@@ -41,16 +41,7 @@ pub(crate) struct BackupView {
 }
 
 fn latest(store: &Store, kind: &str, name: &str) -> Option<Event> {
-    store
-        .events(&EventQuery {
-            kind_prefix: Some(kind.into()),
-            subject: Some(name.into()),
-            limit: 1,
-            ..Default::default()
-        })
-        .ok()?
-        .into_iter()
-        .find(|e| e.event.kind == kind)
+    store.latest_event(kind, name).ok().flatten()
 }
 
 /// Every backup of the spec with its latest runs and drills. Blocking (SQLite).

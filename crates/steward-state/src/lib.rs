@@ -482,22 +482,20 @@ impl Store {
         args.push((q.limit.clamp(1, 10_000) as i64).into());
         let mut stmt = conn.prepare_cached(&sql).map_err(|e| self.err(e))?;
         let rows = stmt
-            .query_map(rusqlite::params_from_iter(args), |r| {
-                let data: String = r.get(6)?;
-                Ok(Event {
-                    id: r.get(0)?,
-                    event: NewEvent {
-                        ts: r.get(1)?,
-                        kind: r.get(2)?,
-                        subject: r.get(3)?,
-                        severity: r.get(4)?,
-                        message: r.get(5)?,
-                        data: serde_json::from_str(&data).unwrap_or(serde_json::Value::Null),
-                    },
-                })
-            })
+            .query_map(rusqlite::params_from_iter(args), event_row)
             .map_err(|e| self.err(e))?;
         rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+    }
+
+    /// The newest event of exactly this kind about this subject.
+    pub fn latest_event(&self, kind: &str, subject: &str) -> Result<Option<Event>, StateError> {
+        self.reader()
+            .prepare_cached(
+                "SELECT id, ts, kind, subject, severity, message, data FROM events
+                 WHERE kind = ?1 AND subject = ?2 ORDER BY id DESC LIMIT 1",
+            )
+            .and_then(|mut st| st.query_row(params![kind, subject], event_row).optional())
+            .map_err(|e| self.err(e))
     }
 
     /// Persisted state of every check.
@@ -838,4 +836,19 @@ pub fn now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
+}
+
+fn event_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Event> {
+    let data: String = r.get(6)?;
+    Ok(Event {
+        id: r.get(0)?,
+        event: NewEvent {
+            ts: r.get(1)?,
+            kind: r.get(2)?,
+            subject: r.get(3)?,
+            severity: r.get(4)?,
+            message: r.get(5)?,
+            data: serde_json::from_str(&data).unwrap_or(serde_json::Value::Null),
+        },
+    })
 }

@@ -285,3 +285,34 @@ fn concurrent_opens_of_a_new_database_both_succeed() {
             .unwrap();
     }
 }
+
+#[test]
+fn latest_event_matches_the_kind_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = steward_state::Store::open(dir.path()).unwrap();
+    let ev = |kind: &str, subject: &str| {
+        store
+            .append_event(&steward_state::NewEvent::now(
+                kind,
+                subject,
+                "info",
+                kind.into(),
+                serde_json::json!({}),
+            ))
+            .unwrap()
+    };
+    let first = ev("backup.failed", "db");
+    ev("backup.failed_check", "db");
+    ev("backup.failed", "other");
+    let got = store.latest_event("backup.failed", "db").unwrap().unwrap();
+    assert_eq!(
+        got.id, first,
+        "a longer kind with the same prefix, or another subject, is not it"
+    );
+    assert!(
+        store
+            .latest_event("backup.succeeded", "db")
+            .unwrap()
+            .is_none()
+    );
+}
