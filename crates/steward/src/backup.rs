@@ -118,7 +118,8 @@ pub(crate) fn run(spec_path: &Path, action: Action) -> u8 {
     }
     let mut code = exit::OK;
     let mut json_out = Vec::new();
-    // Backups may share a repository: check and prune each repository once.
+    // Backups may share a repository (same store and path): check and prune each
+    // once, and decide that before opening it (opening derives the key: slow).
     let mut seen = std::collections::BTreeSet::new();
     for b in backups {
         let result: Result<(), BackupError> = (|| match &action {
@@ -349,14 +350,11 @@ pub(crate) fn run(spec_path: &Path, action: Action) -> u8 {
             },
             Action::Policy { .. } => Ok(()),
             Action::Prune { .. } => {
-                let opened = steward_backup::open(&spec, b, &resolver, false)?;
-                if !seen.insert(opened.location.clone()) {
-                    println!(
-                        "backup `{}` shares {}, pruned above",
-                        b.name, opened.location
-                    );
+                if !seen.insert((b.store.clone(), b.repository.clone())) {
+                    println!("backup `{}` shares a repository pruned above", b.name);
                     return Ok(());
                 }
+                let opened = steward_backup::open(&spec, b, &resolver, false)?;
                 let r = opened.prune()?;
                 println!(
                     "backup `{}`: {} pack(s) deleted, {} repacked",
@@ -365,12 +363,12 @@ pub(crate) fn run(spec_path: &Path, action: Action) -> u8 {
                 Ok(())
             }
             Action::Check { read_data, .. } => {
-                let opened = steward_backup::open(&spec, b, &resolver, false)?;
-                let location = opened.location.clone();
-                if !seen.insert(location.clone()) {
-                    println!("backup `{}` shares {location}, checked above", b.name);
+                if !seen.insert((b.store.clone(), b.repository.clone())) {
+                    println!("backup `{}` shares a repository checked above", b.name);
                     return Ok(());
                 }
+                let opened = steward_backup::open(&spec, b, &resolver, false)?;
+                let location = opened.location.clone();
                 let report = opened.check(*read_data)?;
                 for w in &report.warnings {
                     println!("  warning: {w}");
