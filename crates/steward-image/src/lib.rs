@@ -243,6 +243,29 @@ pub fn build(
     let started = Instant::now();
     let store = store_of(spec, image, resolver)?;
     store.ensure()?;
+    for argv in &image.prepare {
+        say(&format!("preparing: `{}`", argv.join(" ")));
+        let status = Command::new(&argv[0])
+            .args(&argv[1..])
+            .current_dir(&image.dir)
+            .stdin(Stdio::null())
+            .status()
+            .map_err(|e| ImageError::Build(format!("`{}`: {e}", argv[0])))?;
+        if !status.success() {
+            return Err(ImageError::Build(format!(
+                "`{}` failed ({status})",
+                argv.join(" ")
+            )));
+        }
+    }
+    for a in &image.artifacts {
+        if !a.from.is_file() {
+            return Err(ImageError::Build(format!(
+                "artifact `{}` does not exist",
+                a.from.display()
+            )));
+        }
+    }
     let inputs = inputs_digest(spec, image)?;
     let pointer = key(
         &image.name,
@@ -418,6 +441,81 @@ pub fn list(
     }
     out.sort_by_key(|m| m.created_ms);
     Ok(out)
+}
+
+/// The manifest of one build of `image` (`digest` may be given without `sha256:`
+/// and shortened to a unique prefix), or the newest build when `digest` is `None`.
+pub fn manifest(
+    spec: &Spec,
+    image: &Image,
+    digest: Option<&str>,
+    resolver: &dyn Resolver,
+) -> Result<Manifest, ImageError> {
+    let all = list(spec, image, resolver)?;
+    let Some(want) = digest else {
+        return all
+            .into_iter()
+            .next_back()
+            .ok_or_else(|| ImageError::NotBuilt(image.name.clone()));
+    };
+    let want = want.trim_start_matches("sha256:");
+    let mut found: Vec<Manifest> = all
+        .into_iter()
+        .filter(|m| m.digest.trim_start_matches("sha256:").starts_with(want))
+        .collect();
+    match found.len() {
+        1 => Ok(found.remove(0)),
+        0 => Err(ImageError::Build(format!(
+            "image `{}` has no build `{want}` (see `steward image list {}`)",
+            image.name, image.name
+        ))),
+        n => Err(ImageError::Build(format!(
+            "`{want}` matches {n} builds of `{}`; give more of the digest",
+            image.name
+        ))),
+    }
+}
+
+/// Unpacks one build into `cache/<hex digest>` (once: later calls return the
+/// existing directory). The directory appears whole or not at all, so a crash
+/// mid-unpack never leaves a half image that later instances would use.
+pub fn unpack(
+    spec: &Spec,
+    image: &Image,
+    digest: &str,
+    cache: &Path,
+    resolver: &dyn Resolver,
+) -> Result<PathBuf, ImageError> {
+    let hex_digest = digest.trim_start_matches("sha256:");
+    let dest = cache.join(hex_digest);
+    if dest.is_dir() {
+        return Ok(dest);
+    }
+    std::fs::create_dir_all(cache).map_err(|e| ImageError::Build(e.to_string()))?;
+    let store = store_of(spec, image, resolver)?;
+    let tarred = store.get(&key(&image.name, &format!("{hex_digest}.tar.zst")))?;
+    if format!("sha256:{}", hex::encode(Sha256::digest(&tarred))) != format!("sha256:{hex_digest}")
+    {
+        return Err(ImageError::Build(format!(
+            "stored image {digest} does not match its digest (damaged object)"
+        )));
+    }
+    let work = tempfile::Builder::new()
+        .prefix(".unpack-")
+        .tempdir_in(cache)
+        .map_err(|e| ImageError::Build(e.to_string()))?;
+    let root = work.path().join("root");
+    let dec = zstd::Decoder::new(&tarred[..]).map_err(|e| ImageError::Build(e.to_string()))?;
+    let mut ar = tar::Archive::new(dec);
+    ar.set_preserve_permissions(true);
+    ar.unpack(&root)
+        .map_err(|e| ImageError::Build(format!("unpacking: {e}")))?;
+    match std::fs::rename(&root, &dest) {
+        Ok(()) => Ok(dest),
+        // Someone else unpacked it meanwhile.
+        Err(_) if dest.is_dir() => Ok(dest),
+        Err(e) => Err(ImageError::Build(format!("unpacking: {e}"))),
+    }
 }
 
 /// Audits the newest build: age, and packages its apt sources offer newer versions

@@ -45,6 +45,13 @@ pub struct Image {
     pub artifacts: Vec<Artifact>,
     /// Commands run inside the root last (Debian base only).
     pub run: Vec<Vec<String>>,
+    /// Commands run on this machine, in the spec's directory, before anything
+    /// else (e.g. compiling the application whose binary is an artifact).
+    pub prepare: Vec<Vec<String>>,
+    /// The spec's directory (where `prepare` runs).
+    pub dir: PathBuf,
+    /// `serve` rebuilds a stale image and rolls it out to the services using it.
+    pub auto_rebuild: bool,
     /// Object store holding built images.
     pub store: String,
     /// Application version recorded in the manifest.
@@ -65,6 +72,8 @@ pub(crate) struct RawImage {
     artifacts: Vec<Spanned<RawArtifact>>,
     #[serde(default)]
     run: Vec<Spanned<Vec<String>>>,
+    #[serde(default)]
+    prepare: Vec<Spanned<Vec<String>>>,
     store: Option<Spanned<String>>,
     version: Option<String>,
     audit: Option<RawAudit>,
@@ -83,6 +92,7 @@ struct RawArtifact {
 struct RawAudit {
     max_age: Option<Dur>,
     every: Option<Dur>,
+    auto_rebuild: Option<bool>,
 }
 
 pub(crate) fn image(
@@ -137,7 +147,8 @@ pub(crate) fn image(
     for a in raw.artifacts {
         let a = a.into_inner();
         let from = base_dir.join(a.from.get_ref());
-        if !from.is_file() {
+        // With `prepare`, artifacts may appear only once it has run.
+        if raw.prepare.is_empty() && !from.is_file() {
             d.error(
                 a.from.span(),
                 format!("artifact `{}` does not exist", from.display()),
@@ -185,6 +196,18 @@ pub(crate) fn image(
         }
         run.push(r.into_inner());
     }
+    let mut prepare = Vec::new();
+    for r in raw.prepare {
+        if r.get_ref().is_empty() {
+            d.error(r.span(), "empty command", "nothing to run", None);
+        }
+        prepare.push(r.into_inner());
+    }
+    let auto_rebuild = raw
+        .audit
+        .as_ref()
+        .and_then(|a| a.auto_rebuild)
+        .unwrap_or(false);
     let store = raw
         .store
         .as_ref()
@@ -209,6 +232,9 @@ pub(crate) fn image(
         converge: raw.converge.into_iter().map(|c| c.into_inner()).collect(),
         artifacts,
         run,
+        prepare,
+        dir: base_dir.to_path_buf(),
+        auto_rebuild,
         store,
         version: raw.version,
         max_age: raw.audit.as_ref().and_then(|a| a.max_age),

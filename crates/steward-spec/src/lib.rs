@@ -17,6 +17,7 @@ mod image;
 mod model;
 mod raw;
 mod secret;
+mod service;
 mod validate;
 
 pub use backup::{Backup, DEFAULT_STORE, Drill, Keep, Source, Store, StoreKind};
@@ -32,6 +33,7 @@ pub use image::{Artifact, Image, ImageBase};
 pub use model::*;
 pub use raw::{AlertKind, AuthMode, CheckKind, SmtpTls};
 pub use secret::{OsResolver, Reference, Resolver, Secret, SecretError, Text};
+pub use service::{Isolation, PLACEHOLDERS, Replicas, Rollout, Service};
 
 use std::path::Path;
 

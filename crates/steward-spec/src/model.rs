@@ -31,6 +31,8 @@ pub struct Spec {
     pub backups: BTreeMap<String, crate::backup::Backup>,
     /// `[image.*]`, by name.
     pub images: BTreeMap<String, crate::image::Image>,
+    /// `[service.*]`, by name.
+    pub services: BTreeMap<String, crate::service::Service>,
 }
 
 /// `[steward]`: process-wide settings.

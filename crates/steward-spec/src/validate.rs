@@ -27,9 +27,11 @@ const SECTIONS: &[&str] = &[
     "converge",
     "store",
     "backup",
+    "image",
+    "service",
 ];
 /// Sections that later capabilities add; named so the error can say so.
-const PLANNED: &[&str] = &["service", "scale", "metrics"];
+const PLANNED: &[&str] = &["scale", "metrics"];
 
 pub(crate) fn parse(
     name: &str,
@@ -61,6 +63,7 @@ pub(crate) fn parse(
     let mut stores_raw: Vec<(String, Range<usize>, crate::backup::RawStore)> = Vec::new();
     let mut backups_raw: Vec<(String, crate::backup::RawBackup)> = Vec::new();
     let mut images_raw: Vec<(String, crate::image::RawImage)> = Vec::new();
+    let mut services_raw: Vec<(String, Range<usize>, crate::service::RawService)> = Vec::new();
 
     for (key, value) in root {
         let kspan = key.span();
@@ -72,7 +75,8 @@ pub(crate) fn parse(
                     settings_raw = Some((s, vspan));
                 }
             }
-            "check" | "alert" | "maintenance" | "converge" | "store" | "backup" | "image" => {
+            "check" | "alert" | "maintenance" | "converge" | "store" | "backup" | "image"
+            | "service" => {
                 let vspan = value.span();
                 let DeValue::Table(entries) = value.into_inner() else {
                     d.error(
@@ -127,6 +131,11 @@ pub(crate) fn parse(
                         "image" => {
                             if let Some(c) = de::<crate::image::RawImage>(&mut d, evalue) {
                                 images_raw.push((ename, c));
+                            }
+                        }
+                        "service" => {
+                            if let Some(c) = de::<crate::service::RawService>(&mut d, evalue) {
+                                services_raw.push((ename, espan, c));
                             }
                         }
                         "backup" => {
@@ -267,6 +276,24 @@ pub(crate) fn parse(
         }
     }
 
+    let image_names: BTreeSet<&str> = images.keys().map(String::as_str).collect();
+    let mut services = BTreeMap::new();
+    let mut taken = BTreeMap::from([(settings.listen, "steward's own API".to_string())]);
+    for (name, span, raw) in services_raw {
+        if let Some(s) = crate::service::service(
+            &mut d,
+            &name,
+            span,
+            raw,
+            resolver,
+            &image_names,
+            &out_checks,
+            &mut taken,
+        ) {
+            services.insert(name, s);
+        }
+    }
+
     d.finish()?;
     Ok(Spec {
         file: name.to_string(),
@@ -278,6 +305,7 @@ pub(crate) fn parse(
         stores,
         backups,
         images,
+        services,
     })
 }
 
@@ -364,7 +392,7 @@ fn settings(d: &mut Diagnostics, raw: Option<RawSettings>, base_dir: &Path) -> S
     }
 }
 
-fn unknown_ref(
+pub(crate) fn unknown_ref(
     d: &mut Diagnostics,
     r: &Spanned<String>,
     what: &str,
@@ -390,7 +418,12 @@ fn unknown_ref(
     false
 }
 
-fn secret_ok(d: &mut Diagnostics, t: &Text, span: Range<usize>, resolver: &dyn Resolver) {
+pub(crate) fn secret_ok(
+    d: &mut Diagnostics,
+    t: &Text,
+    span: Range<usize>,
+    resolver: &dyn Resolver,
+) {
     if let Err(e) = t.resolve(resolver) {
         d.error(
             span,

@@ -8,10 +8,12 @@
 //! All times are Unix milliseconds (`i64`).
 
 mod converge;
+mod fleet;
 mod schema;
 mod tokens;
 
 pub use converge::Managed;
+pub use fleet::{DeployRow, InstanceRow, ServiceRow};
 pub use tokens::{Scope, TokenError, TokenInfo, token_hash};
 
 use std::collections::BTreeMap;

@@ -90,6 +90,44 @@ const MIGRATIONS: &[&str] = &[
         ts INTEGER NOT NULL,
         PRIMARY KEY (root, set_name, id)
      );",
+    // v4: the fleet — what each service should run, its instances, deploy history.
+    "CREATE TABLE fleet_service (
+        service TEXT PRIMARY KEY,
+        target TEXT,
+        previous TEXT,
+        replicas INTEGER,
+        promoted INTEGER NOT NULL DEFAULT 1,
+        updated_ms INTEGER NOT NULL
+     );
+     CREATE TABLE fleet_instance (
+        id TEXT PRIMARY KEY,
+        service TEXT NOT NULL,
+        digest TEXT NOT NULL,
+        state TEXT NOT NULL,
+        addr TEXT NOT NULL,
+        pid INTEGER,
+        pid_start INTEGER,
+        dir TEXT NOT NULL,
+        created_ms INTEGER NOT NULL,
+        ready_ms INTEGER,
+        updated_ms INTEGER NOT NULL,
+        reason TEXT
+     );
+     CREATE INDEX fleet_instance_service ON fleet_instance (service);
+     CREATE TABLE fleet_deploy (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        service TEXT NOT NULL,
+        from_digest TEXT,
+        to_digest TEXT NOT NULL,
+        who TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        requested_ms INTEGER NOT NULL,
+        started_ms INTEGER,
+        finished_ms INTEGER,
+        result TEXT,
+        reason TEXT
+     );
+     CREATE INDEX fleet_deploy_service ON fleet_deploy (service, id);",
 ];
 
 /// Newest schema version this build knows.

@@ -1,0 +1,924 @@
+//! `serve`'s fleet controller: one loop per service that observes its instances
+//! (process alive, readiness), asks [`crate::plan::decide`] what to do, and does
+//! it through the provider and the proxy's pool. Everything it must remember
+//! across a `kill -9` is in the state store: the target version, the desired
+//! count, every instance (pid and start time, so a restarted steward adopts the
+//! running ones) and instances being drained.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use steward_health::Prober;
+use steward_spec::{Image, Resolver, Service, Spec};
+use steward_state::{InstanceRow, NewEvent, Store, now_ms};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::plan::{Action, After, Input, Phase, View, decide};
+use crate::provider::{Created, Provider, Running};
+use crate::proxy::{Pool, Proxy, ProxyMetrics};
+
+/// Time between two looks at a service.
+const TICK: Duration = Duration::from_millis(200);
+/// Readiness probes of an instance not yet ready run this often.
+const STARTING_PROBE: Duration = Duration::from_millis(250);
+/// Readiness probes of a ready instance run at most this far apart.
+const READY_PROBE_MAX: Duration = Duration::from_secs(2);
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabel {
+    service: String,
+    state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabel {
+    service: String,
+    result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StageLabel {
+    service: String,
+    stage: String,
+}
+
+/// The fleet's metrics.
+#[derive(Clone, Default)]
+pub struct FleetMetrics {
+    instances: Family<StateLabel, Gauge>,
+    deploys: Family<ResultLabel, Counter>,
+    replaced: Family<ResultLabel, Counter>,
+    errors: Family<StageLabel, Counter>,
+}
+
+impl FleetMetrics {
+    /// Adds them to `/metrics`.
+    pub fn register(&self, r: &mut Registry) {
+        r.register(
+            "steward_fleet_instances",
+            "Instances by service and state",
+            self.instances.clone(),
+        );
+        r.register(
+            "steward_fleet_deploys",
+            "Finished deploys by service and result",
+            self.deploys.clone(),
+        );
+        r.register(
+            "steward_fleet_instances_removed",
+            "Instances taken away, by service and reason",
+            self.replaced.clone(),
+        );
+        r.register(
+            "steward_fleet_errors",
+            "Fleet failures by service and stage (build, start, stop)",
+            self.errors.clone(),
+        );
+    }
+}
+
+/// Everything the fleet controller needs.
+#[derive(Clone)]
+pub struct Fleet {
+    /// The spec.
+    pub spec: Arc<Spec>,
+    /// State store.
+    pub store: Arc<Store>,
+    /// Secret references.
+    pub resolver: Arc<dyn Resolver>,
+    /// Where instances come from.
+    pub provider: Arc<dyn Provider>,
+    /// Runs readiness checks.
+    pub prober: Prober,
+    /// Fleet metrics.
+    pub metrics: FleetMetrics,
+    /// Proxy metrics.
+    pub proxy_metrics: ProxyMetrics,
+}
+
+/// A service's bound proxy socket, made before anything starts so a taken port
+/// is a start-up error.
+pub struct Bound {
+    service: String,
+    listener: TcpListener,
+}
+
+/// Binds the proxy address of every service that has one.
+pub async fn bind(spec: &Spec) -> Result<Vec<Bound>, String> {
+    let mut out = Vec::new();
+    for s in spec.services.values() {
+        if let Some(addr) = s.listen {
+            let listener = TcpListener::bind(addr)
+                .await
+                .map_err(|e| format!("service `{}`: cannot listen on {addr}: {e}", s.name))?;
+            out.push(Bound {
+                service: s.name.clone(),
+                listener,
+            });
+        }
+    }
+    Ok(out)
+}
+
+fn event(
+    kind: &str,
+    service: &str,
+    severity: &str,
+    message: String,
+    data: serde_json::Value,
+) -> NewEvent {
+    NewEvent::now(kind, service, severity, message, data)
+}
+
+/// `user@host` of whoever runs this process, for the deploy history.
+pub fn who() -> String {
+    let user = std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| "unknown".into());
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into());
+    format!("{user}@{host}")
+}
+
+impl Fleet {
+    /// Runs every service's loop and proxy until `cancel`; on the way out the
+    /// running instances are stopped and parked, so the next `serve` revives them.
+    pub async fn run(self, bound: Vec<Bound>, cancel: CancellationToken) {
+        self.sweep_orphans().await;
+        let mut tasks = Vec::new();
+        let mut listeners: HashMap<String, TcpListener> =
+            bound.into_iter().map(|b| (b.service, b.listener)).collect();
+        for svc in self.spec.services.values() {
+            let pool = Arc::new(Pool::default());
+            if let Some(l) = listeners.remove(&svc.name) {
+                let proxy = Proxy::new(&svc.name, pool.clone(), self.proxy_metrics.clone());
+                tasks.push(tokio::spawn(proxy.serve(l, cancel.clone())));
+            }
+            let Some(image) = self.spec.images.get(&svc.image).cloned() else {
+                continue;
+            };
+            let lp = ServiceLoop {
+                fleet: self.clone(),
+                svc: svc.clone(),
+                image,
+                pool,
+                live: HashMap::new(),
+                draining: Arc::default(),
+                start_backoff: None,
+                build_backoff: None,
+            };
+            let cancel = cancel.clone();
+            tasks.push(tokio::spawn(async move {
+                // A panic in one service's loop is recorded and the loop starts over.
+                let mut lp = lp;
+                lp.run(cancel).await;
+            }));
+        }
+        for t in tasks {
+            let _ = t.await;
+        }
+    }
+
+    /// Instance directories no record knows about (a crash between creating one
+    /// and recording it) are deleted.
+    async fn sweep_orphans(&self) {
+        let home = self.spec.settings.state_dir.join("fleet/instances");
+        let Ok(rows) = self.store.fleet_instances(None) else {
+            return;
+        };
+        let known: Vec<String> = rows.into_iter().map(|r| r.id).collect();
+        for e in std::fs::read_dir(&home).into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().to_string();
+            if !known.contains(&name) {
+                self.provider.destroy(&e.path());
+            }
+        }
+    }
+}
+
+struct Live {
+    next_probe: Instant,
+}
+
+struct ServiceLoop {
+    fleet: Fleet,
+    svc: Service,
+    image: Image,
+    pool: Arc<Pool>,
+    live: HashMap<String, Live>,
+    /// Instances whose drain runs in this process.
+    draining: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+    start_backoff: Option<Instant>,
+    build_backoff: Option<Instant>,
+}
+
+fn running(r: &InstanceRow) -> Option<Running> {
+    r.pid.map(|pid| Running {
+        pid,
+        pid_start: r.pid_start,
+    })
+}
+
+impl ServiceLoop {
+    fn store(&self) -> &Store {
+        &self.fleet.store
+    }
+
+    fn record(&self, kind: &str, severity: &str, message: String, data: serde_json::Value) {
+        tracing::info!(service = %self.svc.name, kind, "{message}");
+        let _ = self
+            .store()
+            .append_event(&event(kind, &self.svc.name, severity, message, data));
+    }
+
+    fn error(&self, stage: &str, message: String) {
+        self.fleet
+            .metrics
+            .errors
+            .get_or_create(&StageLabel {
+                service: self.svc.name.clone(),
+                stage: stage.into(),
+            })
+            .inc();
+        self.record(
+            &format!("fleet.{stage}_failed"),
+            "error",
+            message,
+            serde_json::json!({}),
+        );
+    }
+
+    async fn run(&mut self, cancel: CancellationToken) {
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = cancel.cancelled() => break,
+            }
+            self.step().await;
+        }
+        self.shutdown().await;
+    }
+
+    /// On a graceful stop: running instances are stopped and parked.
+    async fn shutdown(&mut self) {
+        let rows = self
+            .store()
+            .fleet_instances(Some(&self.svc.name))
+            .unwrap_or_default();
+        let mut stops = Vec::new();
+        for mut r in rows {
+            if !matches!(
+                r.state.as_str(),
+                "starting" | "ready" | "unready" | "draining"
+            ) {
+                continue;
+            }
+            self.pool.remove(&r.id);
+            let provider = self.fleet.provider.clone();
+            let store = self.fleet.store.clone();
+            let grace = self.svc.stop_timeout;
+            stops.push(tokio::task::spawn_blocking(move || {
+                if let Some(run) = running(&r) {
+                    provider.stop(run, grace);
+                }
+                if r.state == "draining"
+                    && r.reason
+                        .as_deref()
+                        .is_some_and(|x| x.starts_with("destroy"))
+                {
+                    provider.destroy(std::path::Path::new(&r.dir));
+                    let _ = store.fleet_delete_instance(&r.id);
+                    return;
+                }
+                r.state = "parked".into();
+                r.pid = None;
+                r.pid_start = None;
+                r.updated_ms = now_ms();
+                r.reason = Some("steward stopped".into());
+                let _ = store.fleet_put_instance(&r);
+            }));
+        }
+        for s in stops {
+            let _ = s.await;
+        }
+    }
+
+    async fn step(&mut self) {
+        let now = now_ms();
+        let name = self.svc.name.clone();
+        let Ok(row) = self.store().fleet_service(&name) else {
+            return;
+        };
+        let target = match row.as_ref().and_then(|r| r.target.clone()) {
+            Some(t) => t,
+            None => {
+                self.first_deploy().await;
+                return;
+            }
+        };
+        let row = row.expect("a target implies a row");
+        let desired = row
+            .replicas
+            .unwrap_or(self.svc.replicas.min)
+            .clamp(self.svc.replicas.min, self.svc.replicas.max);
+        let latest = self
+            .store()
+            .fleet_deploys(Some(&name), 1)
+            .ok()
+            .and_then(|mut d| d.pop());
+        let halted = latest
+            .as_ref()
+            .is_some_and(|d| d.result.as_deref() == Some("failed") && d.to_digest == target);
+        let running_deploy = latest.filter(|d| d.result.is_none() && d.to_digest == target);
+        if let Some(d) = &running_deploy
+            && d.started_ms.is_none()
+        {
+            let _ = self.store().fleet_deploy_started(d.id, now);
+            self.record(
+                "deploy.started",
+                "info",
+                format!(
+                    "{} of {} to {} started ({})",
+                    d.kind,
+                    name,
+                    short(&d.to_digest),
+                    d.who
+                ),
+                serde_json::json!({"deploy": d.id, "to": d.to_digest, "from": d.from_digest}),
+            );
+        }
+
+        let mut rows = self
+            .store()
+            .fleet_instances(Some(&name))
+            .unwrap_or_default();
+        self.observe(&mut rows).await;
+        self.update_pool(&rows);
+        self.count(&rows);
+
+        let input = Input {
+            now,
+            target: target.clone(),
+            desired,
+            rollout: self.svc.rollout,
+            promoted: row.promoted,
+            deploy_started: running_deploy.as_ref().map(|d| d.started_ms.unwrap_or(now)),
+            halted,
+            health_grace: self.svc.health_grace,
+            max_lifetime: self.svc.max_instance_lifetime,
+            instances: rows.iter().map(view).collect(),
+        };
+        let decision = decide(&input);
+        for action in decision.actions {
+            match action {
+                Action::Start { reason } => {
+                    if self.start_backoff.is_some_and(|t| Instant::now() < t) {
+                        continue;
+                    }
+                    if let Err(e) = self.start(&target, &reason).await {
+                        self.error("start", e);
+                        self.start_backoff = Some(Instant::now() + Duration::from_secs(2));
+                    }
+                }
+                Action::Revive { id } => {
+                    if let Some(r) = rows.iter().find(|r| r.id == id).cloned()
+                        && let Err(e) = self.revive(r).await
+                    {
+                        self.error("start", e);
+                    }
+                }
+                Action::Drain { id, then, reason } => {
+                    if let Some(r) = rows.iter().find(|r| r.id == id).cloned() {
+                        self.drain(r, then, &reason);
+                    }
+                }
+                Action::Destroy { id, reason } => {
+                    if let Some(r) = rows.iter().find(|r| r.id == id).cloned() {
+                        self.destroy(r, &reason).await;
+                    }
+                }
+                Action::Fail { reason } => {
+                    if let Some(d) = &running_deploy {
+                        self.failed(d, &reason, &row);
+                    }
+                }
+                Action::Complete => {
+                    if let Some(d) = &running_deploy {
+                        let secs = (now - d.started_ms.unwrap_or(d.requested_ms)) as f64 / 1000.0;
+                        let msg = format!(
+                            "{} of {} to {} succeeded in {secs:.1}s: {desired} healthy",
+                            d.kind,
+                            name,
+                            short(&d.to_digest)
+                        );
+                        let _ = self
+                            .store()
+                            .fleet_deploy_finished(d.id, "succeeded", &msg, now);
+                        self.fleet
+                            .metrics
+                            .deploys
+                            .get_or_create(&ResultLabel {
+                                service: name.clone(),
+                                result: "succeeded".into(),
+                            })
+                            .inc();
+                        self.record(
+                            "deploy.succeeded",
+                            "info",
+                            msg,
+                            serde_json::json!({"deploy": d.id, "to": d.to_digest, "seconds": secs}),
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// The first start of a service: its image's newest build, built now when
+    /// there is none.
+    async fn first_deploy(&mut self) {
+        if self.build_backoff.is_some_and(|t| Instant::now() < t) {
+            return;
+        }
+        let (spec, image, resolver) = (
+            self.fleet.spec.clone(),
+            self.image.clone(),
+            self.fleet.resolver.clone(),
+        );
+        let found = tokio::task::spawn_blocking(move || {
+            match steward_image::manifest(&spec, &image, None, resolver.as_ref()) {
+                Ok(m) => Ok((m, false)),
+                Err(steward_image::ImageError::NotBuilt(_)) => {
+                    steward_image::build(&spec, &image, resolver.as_ref(), &mut |_| {})
+                        .map(|r| (r.manifest, true))
+                }
+                Err(e) => Err(e),
+            }
+        })
+        .await;
+        match found {
+            Ok(Ok((m, built))) => {
+                if built {
+                    self.record(
+                        "image.built",
+                        "info",
+                        format!("image {} built: {}", self.image.name, short(&m.digest)),
+                        serde_json::json!({"image": self.image.name, "digest": m.digest}),
+                    );
+                }
+                let _ = self.store().fleet_request_deploy(
+                    &self.svc.name,
+                    &m.digest,
+                    "serve",
+                    "initial",
+                    true,
+                    now_ms(),
+                );
+            }
+            Ok(Err(e)) => {
+                self.error("build", format!("image {}: {e}", self.image.name));
+                self.build_backoff = Some(Instant::now() + Duration::from_secs(30));
+            }
+            Err(e) => self.error("build", format!("image {}: {e}", self.image.name)),
+        }
+    }
+
+    /// Liveness and readiness of every instance that should be running; state
+    /// changes are written through.
+    async fn observe(&mut self, rows: &mut [InstanceRow]) {
+        let now = now_ms();
+        let mut probes = tokio::task::JoinSet::new();
+        for (i, r) in rows.iter_mut().enumerate() {
+            match r.state.as_str() {
+                "starting" | "ready" | "unready" => {}
+                "draining" => {
+                    let mine = self
+                        .draining
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .contains(&r.id);
+                    if !mine {
+                        // Left over from an earlier steward: finish it.
+                        let then = if r.reason.as_deref().is_some_and(|x| x.starts_with("park")) {
+                            After::Park
+                        } else {
+                            After::Destroy
+                        };
+                        self.drain(r.clone(), then, "resuming an interrupted drain");
+                    }
+                    continue;
+                }
+                _ => continue,
+            }
+            let alive = running(r).is_some_and(|run| self.fleet.provider.alive(run));
+            if !alive {
+                if r.state != "failed" {
+                    self.record(
+                        "fleet.instance_exited",
+                        "warning",
+                        format!("instance {} exited without being asked", r.id),
+                        serde_json::json!({"instance": r.id}),
+                    );
+                    r.state = "failed".into();
+                    r.reason = Some(format!("exited; see `steward logs {} {}`", r.service, r.id));
+                    r.updated_ms = now;
+                    let _ = self.store().fleet_put_instance(r);
+                }
+                continue;
+            }
+            let live = self.live.entry(r.id.clone()).or_insert(Live {
+                next_probe: Instant::now(),
+            });
+            if Instant::now() < live.next_probe {
+                continue;
+            }
+            let addr: Option<SocketAddr> = r.addr.parse().ok();
+            let check = addr.and_then(|a| self.svc.readiness_for(a));
+            let every = match (&check, r.state.as_str()) {
+                (_, "starting") => STARTING_PROBE,
+                (Some(c), _) => c.interval.0.min(READY_PROBE_MAX),
+                (None, _) => READY_PROBE_MAX,
+            };
+            live.next_probe = Instant::now() + every;
+            let prober = self.fleet.prober.clone();
+            probes.spawn(async move {
+                let pass = match check {
+                    None => true,
+                    Some(mut c) => {
+                        c.timeout = steward_spec::Dur(c.timeout.0.min(Duration::from_secs(2)));
+                        let out = prober.run(&c).await;
+                        let j = steward_health::judge(&c, &out);
+                        j.status != steward_state::Status::Fail
+                    }
+                };
+                (i, pass)
+            });
+        }
+        while let Some(Ok((i, pass))) = probes.join_next().await {
+            let r = &mut rows[i];
+            let now = now_ms();
+            let next = match (r.state.as_str(), pass) {
+                ("starting", true) | ("unready", true) => "ready",
+                ("ready", false) => "unready",
+                _ => continue,
+            };
+            if next == "ready" {
+                r.ready_ms = Some(now);
+                self.record(
+                    "fleet.instance_ready",
+                    "info",
+                    format!("instance {} is ready on {}", r.id, r.addr),
+                    serde_json::json!({"instance": r.id, "addr": r.addr}),
+                );
+            } else {
+                self.record(
+                    "fleet.instance_unready",
+                    "warning",
+                    format!("instance {} stopped passing readiness", r.id),
+                    serde_json::json!({"instance": r.id}),
+                );
+            }
+            r.state = next.into();
+            r.updated_ms = now;
+            let _ = self.store().fleet_put_instance(r);
+        }
+        self.live.retain(|id, _| rows.iter().any(|r| &r.id == id));
+    }
+
+    fn update_pool(&self, rows: &[InstanceRow]) {
+        if self.svc.listen.is_none() {
+            return;
+        }
+        let ready: Vec<(String, SocketAddr)> = rows
+            .iter()
+            .filter(|r| r.state == "ready")
+            .filter_map(|r| Some((r.id.clone(), r.addr.parse().ok()?)))
+            .collect();
+        self.pool.set(&ready);
+    }
+
+    fn count(&self, rows: &[InstanceRow]) {
+        for state in [
+            "starting", "ready", "unready", "draining", "parked", "failed",
+        ] {
+            let n = rows.iter().filter(|r| r.state == state).count();
+            self.fleet
+                .metrics
+                .instances
+                .get_or_create(&StateLabel {
+                    service: self.svc.name.clone(),
+                    state: state.into(),
+                })
+                .set(n as i64);
+        }
+    }
+
+    fn env(&self) -> Result<Vec<(String, String)>, String> {
+        self.svc
+            .env
+            .iter()
+            .map(|(k, v)| {
+                v.resolve(self.fleet.resolver.as_ref())
+                    .map(|s| (k.clone(), s.expose().to_string()))
+                    .map_err(|e| format!("env {k}: {e}"))
+            })
+            .collect()
+    }
+
+    async fn start(&mut self, digest: &str, reason: &str) -> Result<(), String> {
+        let id = format!("{}-{}", self.svc.name, crate::short_id());
+        let env = self.env()?;
+        let (spec, image, resolver, provider, svc, store) = (
+            self.fleet.spec.clone(),
+            self.image.clone(),
+            self.fleet.resolver.clone(),
+            self.fleet.provider.clone(),
+            self.svc.clone(),
+            self.fleet.store.clone(),
+        );
+        let digest = digest.to_string();
+        let id2 = id.clone();
+        let row = tokio::task::spawn_blocking(move || -> Result<InstanceRow, String> {
+            let cache = spec.settings.state_dir.join("fleet/images");
+            let root = steward_image::unpack(&spec, &image, &digest, &cache, resolver.as_ref())
+                .map_err(|e| e.to_string())?;
+            let created = provider.create(&id2, &root).map_err(|e| e.to_string())?;
+            let now = now_ms();
+            // Recorded before the process exists: a crash in between leaves a
+            // record the next run cleans up, never an unknown process.
+            let mut row = InstanceRow {
+                id: id2.clone(),
+                service: svc.name.clone(),
+                digest: digest.clone(),
+                state: "starting".into(),
+                addr: created.addr.to_string(),
+                pid: None,
+                pid_start: None,
+                dir: created.dir.display().to_string(),
+                created_ms: now,
+                ready_ms: None,
+                updated_ms: now,
+                reason: None,
+            };
+            store.fleet_put_instance(&row).map_err(|e| e.to_string())?;
+            match provider.start(&id2, &svc, &digest, &created, &env) {
+                Ok(run) => {
+                    row.pid = Some(run.pid);
+                    row.pid_start = run.pid_start;
+                    store.fleet_put_instance(&row).map_err(|e| e.to_string())?;
+                    Ok(row)
+                }
+                Err(e) => {
+                    provider.destroy(&created.dir);
+                    let _ = store.fleet_delete_instance(&id2);
+                    Err(e.to_string())
+                }
+            }
+        })
+        .await
+        .map_err(|e| e.to_string())??;
+        self.record(
+            "fleet.instance_started",
+            "info",
+            format!("instance {id} started on {} ({reason})", row.addr),
+            serde_json::json!({"instance": id, "addr": row.addr, "digest": row.digest, "pid": row.pid}),
+        );
+        Ok(())
+    }
+
+    async fn revive(&mut self, mut r: InstanceRow) -> Result<(), String> {
+        let env = self.env()?;
+        let port = crate::provider::free_port().map_err(|e| e.to_string())?;
+        let created = Created {
+            dir: r.dir.clone().into(),
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+        };
+        let (provider, svc, store) = (
+            self.fleet.provider.clone(),
+            self.svc.clone(),
+            self.fleet.store.clone(),
+        );
+        let r2 = tokio::task::spawn_blocking(move || -> Result<InstanceRow, String> {
+            let run = provider
+                .start(&r.id, &svc, &r.digest, &created, &env)
+                .map_err(|e| e.to_string())?;
+            r.state = "starting".into();
+            r.addr = created.addr.to_string();
+            r.pid = Some(run.pid);
+            r.pid_start = run.pid_start;
+            r.ready_ms = None;
+            r.updated_ms = now_ms();
+            r.reason = None;
+            store.fleet_put_instance(&r).map_err(|e| e.to_string())?;
+            Ok(r)
+        })
+        .await
+        .map_err(|e| e.to_string())??;
+        self.record(
+            "fleet.instance_revived",
+            "info",
+            format!("parked instance {} started again on {}", r2.id, r2.addr),
+            serde_json::json!({"instance": r2.id, "addr": r2.addr, "digest": r2.digest}),
+        );
+        Ok(())
+    }
+
+    /// Takes the instance out of the proxy, lets its requests finish (up to
+    /// `drain_timeout`), stops it, then parks or destroys it — in the background.
+    fn drain(&mut self, mut r: InstanceRow, then: After, reason: &str) {
+        {
+            let mut d = self.draining.lock().unwrap_or_else(|e| e.into_inner());
+            if !d.insert(r.id.clone()) {
+                return;
+            }
+        }
+        let upstream = self.pool.remove(&r.id);
+        let verb = match then {
+            After::Park => "park",
+            After::Destroy => "destroy",
+        };
+        if r.state != "draining" {
+            r.state = "draining".into();
+            r.reason = Some(format!("{verb}: {reason}"));
+            r.updated_ms = now_ms();
+            let _ = self.store().fleet_put_instance(&r);
+            self.fleet
+                .metrics
+                .replaced
+                .get_or_create(&ResultLabel {
+                    service: self.svc.name.clone(),
+                    result: reason.into(),
+                })
+                .inc();
+            self.record(
+                "fleet.instance_draining",
+                "info",
+                format!("instance {} draining ({reason})", r.id),
+                serde_json::json!({"instance": r.id, "then": verb}),
+            );
+        }
+        let (provider, store, draining) = (
+            self.fleet.provider.clone(),
+            self.fleet.store.clone(),
+            self.draining.clone(),
+        );
+        let (drain_timeout, stop_timeout) = (self.svc.drain_timeout, self.svc.stop_timeout);
+        let service = self.svc.name.clone();
+        tokio::spawn(async move {
+            let deadline = Instant::now() + drain_timeout;
+            if let Some(u) = &upstream {
+                while u.inflight() > 0 && Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+            let id = r.id.clone();
+            let _ = tokio::task::spawn_blocking(move || {
+                if let Some(run) = running(&r) {
+                    provider.stop(run, stop_timeout);
+                }
+                let msg = match then {
+                    After::Park => {
+                        r.state = "parked".into();
+                        r.pid = None;
+                        r.pid_start = None;
+                        r.updated_ms = now_ms();
+                        let _ = store.fleet_put_instance(&r);
+                        format!("instance {} stopped and parked for a rollback", r.id)
+                    }
+                    After::Destroy => {
+                        provider.destroy(std::path::Path::new(&r.dir));
+                        let _ = store.fleet_delete_instance(&r.id);
+                        format!("instance {} stopped and destroyed", r.id)
+                    }
+                };
+                let _ = store.append_event(&event(
+                    "fleet.instance_stopped",
+                    &service,
+                    "info",
+                    msg,
+                    serde_json::json!({"instance": r.id}),
+                ));
+            })
+            .await;
+            draining
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&id);
+        });
+    }
+
+    async fn destroy(&mut self, r: InstanceRow, reason: &str) {
+        self.pool.remove(&r.id);
+        let provider = self.fleet.provider.clone();
+        let store = self.fleet.store.clone();
+        let grace = self.svc.stop_timeout;
+        let id = r.id.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            if let Some(run) = running(&r) {
+                provider.stop(run, grace);
+            }
+            provider.destroy(std::path::Path::new(&r.dir));
+            let _ = store.fleet_delete_instance(&r.id);
+        })
+        .await;
+        self.fleet
+            .metrics
+            .replaced
+            .get_or_create(&ResultLabel {
+                service: self.svc.name.clone(),
+                result: reason.into(),
+            })
+            .inc();
+        self.record(
+            "fleet.instance_destroyed",
+            "info",
+            format!("instance {id} destroyed ({reason})"),
+            serde_json::json!({"instance": id}),
+        );
+    }
+
+    fn failed(&self, d: &steward_state::DeployRow, reason: &str, row: &steward_state::ServiceRow) {
+        let now = now_ms();
+        let name = &self.svc.name;
+        let back = d
+            .from_digest
+            .clone()
+            .or_else(|| row.previous.clone())
+            .filter(|p| p != &d.to_digest);
+        let result = if self.svc.rollout.auto_revert && back.is_some() {
+            "reverted"
+        } else {
+            "failed"
+        };
+        let msg = format!(
+            "{} of {name} to {} {result}: {reason}",
+            d.kind,
+            short(&d.to_digest)
+        );
+        let _ = self.store().fleet_deploy_finished(d.id, result, &msg, now);
+        self.fleet
+            .metrics
+            .deploys
+            .get_or_create(&ResultLabel {
+                service: name.clone(),
+                result: result.into(),
+            })
+            .inc();
+        self.record(
+            &format!("deploy.{result}"),
+            "error",
+            msg,
+            serde_json::json!({"deploy": d.id, "to": d.to_digest, "reason": reason}),
+        );
+        if result == "reverted"
+            && let Some(back) = back
+        {
+            let _ = self
+                .store()
+                .fleet_request_deploy(name, &back, "serve", "revert", true, now);
+        }
+    }
+}
+
+fn view(r: &InstanceRow) -> View {
+    let phase = match r.state.as_str() {
+        "starting" => Phase::Starting {
+            since: r.updated_ms,
+        },
+        "ready" => Phase::Ready {
+            since: r.ready_ms.unwrap_or(r.updated_ms),
+        },
+        "unready" => Phase::Unready {
+            since: r.updated_ms,
+        },
+        "draining" => Phase::Draining,
+        "parked" => Phase::Parked,
+        _ => Phase::Exited,
+    };
+    View {
+        id: r.id.clone(),
+        digest: r.digest.clone(),
+        phase,
+        created_ms: r.created_ms,
+    }
+}
+
+/// `sha256:0123456789ab…` shortened to 12 hex digits.
+pub fn short(digest: &str) -> String {
+    digest
+        .trim_start_matches("sha256:")
+        .chars()
+        .take(12)
+        .collect()
+}

@@ -1,0 +1,444 @@
+//! `[service.NAME]`: instances made from an image, the proxy in front of them,
+//! how they are replaced and how new versions roll out.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::diag::Diagnostics;
+use crate::duration::Dur;
+use crate::model::{Check, Probe};
+use crate::secret::{Resolver, Text};
+
+/// Placeholders a service command may use.
+pub const PLACEHOLDERS: &[&str] = &["{addr}", "{host}", "{port}", "{root}", "{instance}"];
+
+/// How many instances a service runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Replicas {
+    /// Fewest instances `scale` accepts; also the count a first start runs.
+    pub min: u32,
+    /// Most instances `scale` accepts.
+    pub max: u32,
+}
+
+/// How a new version replaces the running one.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Rollout {
+    /// New instances started at once (each must be healthy before the next batch).
+    pub max_parallel: u32,
+    /// How long a new instance must stay ready before it counts as healthy.
+    pub min_healthy_time: Duration,
+    /// A new instance not healthy within this is failed.
+    pub healthy_deadline: Duration,
+    /// The whole rollout must finish within this.
+    pub progress_deadline: Duration,
+    /// On failure, go back to the previous version by itself.
+    pub auto_revert: bool,
+    /// Instances of the new version started first, alongside the old ones.
+    pub canary: u32,
+    /// Carry on past healthy canaries without `steward deploy --promote`.
+    pub auto_promote: bool,
+    /// Ready instances never drop below this share of the replicas (percent).
+    pub min_healthy_percent: u32,
+}
+
+impl Default for Rollout {
+    fn default() -> Self {
+        Rollout {
+            max_parallel: 1,
+            min_healthy_time: Duration::from_secs(10),
+            healthy_deadline: Duration::from_secs(120),
+            progress_deadline: Duration::from_secs(600),
+            auto_revert: true,
+            canary: 0,
+            auto_promote: true,
+            min_healthy_percent: 100,
+        }
+    }
+}
+
+/// A service: identical instances of one image behind one address.
+#[derive(Debug, Clone)]
+pub struct Service {
+    /// Its name.
+    pub name: String,
+    /// The `[image.*]` its instances are made from.
+    pub image: String,
+    /// The instance's command; placeholders: see [`PLACEHOLDERS`].
+    pub command: Vec<String>,
+    /// Extra environment of each instance.
+    pub env: BTreeMap<String, Text>,
+    /// Instance counts.
+    pub replicas: Replicas,
+    /// Where the built-in proxy listens (none: instances take no traffic, e.g. workers).
+    pub listen: Option<SocketAddr>,
+    /// The check run against each instance to decide whether it takes traffic.
+    pub readiness: Option<Arc<Check>>,
+    /// A ready instance failing readiness longer than this is replaced.
+    pub health_grace: Duration,
+    /// Rollout parameters.
+    pub rollout: Rollout,
+    /// How long a removed instance may finish its requests.
+    pub drain_timeout: Duration,
+    /// How long an instance has between SIGTERM and SIGKILL.
+    pub stop_timeout: Duration,
+    /// Instances older than this are replaced.
+    pub max_instance_lifetime: Option<Duration>,
+    /// Run each instance in its own namespaces when steward is root (`auto`),
+    /// always (`true`) or never (`false`).
+    pub isolate: Isolation,
+    /// cgroup memory limit of an isolated instance, bytes.
+    pub memory: Option<u64>,
+}
+
+/// Whether instances run sandboxed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isolation {
+    /// Sandboxed when steward runs as root, a plain process otherwise.
+    Auto,
+    /// Always sandboxed (an error without root).
+    Always,
+    /// Always a plain process.
+    Never,
+}
+
+impl Service {
+    /// The readiness check aimed at one instance: an HTTP check's URL keeps its
+    /// path but points at `addr`; a TCP check connects to `addr`.
+    pub fn readiness_for(&self, addr: SocketAddr) -> Option<Check> {
+        let check = self.readiness.as_deref()?;
+        let mut c = check.clone();
+        match &mut c.probe {
+            Probe::Http(p) => {
+                let written = p.url.as_written();
+                let (scheme, rest) = written.split_once("://").unwrap_or(("http", written));
+                let path = rest.find('/').map(|i| &rest[i..]).unwrap_or("/");
+                p.url = Text::new(format!("{scheme}://{addr}{path}"));
+            }
+            Probe::Tcp { address } => *address = addr.to_string(),
+            _ => {}
+        }
+        Some(c)
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawService {
+    image: Spanned<String>,
+    command: Spanned<Vec<String>>,
+    #[serde(default)]
+    env: BTreeMap<String, Spanned<String>>,
+    replicas: Option<Spanned<RawReplicas>>,
+    listen: Option<Spanned<String>>,
+    readiness: Option<Spanned<String>>,
+    health_grace: Option<Dur>,
+    rollout: Option<Spanned<RawRollout>>,
+    drain_timeout: Option<Dur>,
+    stop_timeout: Option<Dur>,
+    max_instance_lifetime: Option<Dur>,
+    isolate: Option<Spanned<RawIsolate>>,
+    memory: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawReplicas {
+    Fixed(u32),
+    Range { min: u32, max: u32 },
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawIsolate {
+    Bool(bool),
+    Word(String),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRollout {
+    max_parallel: Option<u32>,
+    min_healthy_time: Option<Dur>,
+    healthy_deadline: Option<Dur>,
+    progress_deadline: Option<Dur>,
+    auto_revert: Option<bool>,
+    canary: Option<u32>,
+    auto_promote: Option<bool>,
+    min_healthy_percent: Option<u32>,
+}
+
+/// Parses `512M`, `2G`, `1048576` into bytes.
+fn bytes(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let (num, mul) = match s.char_indices().find(|(_, c)| c.is_ascii_alphabetic()) {
+        Some((i, _)) => {
+            let mul = match s[i..].to_ascii_uppercase().as_str() {
+                "K" | "KB" | "KIB" => 1 << 10,
+                "M" | "MB" | "MIB" => 1 << 20,
+                "G" | "GB" | "GIB" => 1 << 30,
+                _ => return None,
+            };
+            (&s[..i], mul)
+        }
+        None => (s, 1),
+    };
+    num.trim().parse::<u64>().ok().map(|n| n * mul)
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn service(
+    d: &mut Diagnostics,
+    name: &str,
+    span: Range<usize>,
+    raw: RawService,
+    resolver: &dyn Resolver,
+    images: &BTreeSet<&str>,
+    checks: &BTreeMap<String, Arc<Check>>,
+    taken: &mut BTreeMap<SocketAddr, String>,
+) -> Option<Service> {
+    let before = d.errors.len();
+    crate::validate::unknown_ref(d, &raw.image, "image", images);
+    let command = raw.command.get_ref().clone();
+    if command.is_empty() || command[0].is_empty() {
+        d.error(raw.command.span(), "empty command", "nothing to run", None);
+    }
+    for arg in &command {
+        let mut rest = arg.as_str();
+        while let Some(i) = rest.find('{') {
+            let tail = &rest[i..];
+            match tail.find('}') {
+                Some(j) if PLACEHOLDERS.contains(&&tail[..=j]) => rest = &tail[j + 1..],
+                Some(j) => {
+                    d.error(
+                        raw.command.span(),
+                        format!("unknown placeholder `{}`", &tail[..=j]),
+                        "unknown placeholder",
+                        Some(format!("known: {}", PLACEHOLDERS.join(", "))),
+                    );
+                    rest = &tail[j + 1..];
+                }
+                None => break,
+            }
+        }
+    }
+    let mut env = BTreeMap::new();
+    for (k, v) in raw.env {
+        let t = Text::new(v.get_ref().clone());
+        crate::validate::secret_ok(d, &t, v.span(), resolver);
+        env.insert(k, t);
+    }
+    let replicas = match raw.replicas.as_ref().map(|r| (r.get_ref(), r.span())) {
+        None => Replicas { min: 1, max: 1 },
+        Some((RawReplicas::Fixed(n), s)) => {
+            if *n == 0 {
+                d.error(
+                    s,
+                    "replicas must be at least 1",
+                    "zero",
+                    Some("remove the service to run none".into()),
+                );
+            }
+            Replicas { min: *n, max: *n }
+        }
+        Some((RawReplicas::Range { min, max }, s)) => {
+            if *min == 0 || min > max {
+                d.error(
+                    s,
+                    format!("replicas need 1 <= min <= max, got min = {min}, max = {max}"),
+                    "bad range",
+                    None,
+                );
+            }
+            Replicas {
+                min: *min,
+                max: *max,
+            }
+        }
+    };
+    let listen = raw
+        .listen
+        .as_ref()
+        .and_then(|l| match l.get_ref().parse::<SocketAddr>() {
+            Ok(a) => {
+                if let Some(other) = taken.insert(a, name.to_string()) {
+                    d.error(
+                        l.span(),
+                        format!("`{a}` is already the listen address of {other}"),
+                        "address taken",
+                        None,
+                    );
+                }
+                Some(a)
+            }
+            Err(_) => {
+                d.error(
+                    l.span(),
+                    format!("invalid listen address `{}`", l.get_ref()),
+                    "expected ip:port",
+                    Some("e.g. `127.0.0.1:8000`".into()),
+                );
+                None
+            }
+        });
+    let readiness = raw.readiness.as_ref().and_then(|r| {
+        let known: BTreeSet<&str> = checks.keys().map(String::as_str).collect();
+        if !crate::validate::unknown_ref(d, r, "check", &known) {
+            return None;
+        }
+        let c = checks[r.get_ref()].clone();
+        match &c.probe {
+            Probe::Http(p) if !p.url.as_written().contains("${") => Some(c),
+            Probe::Http(_) => {
+                d.error(
+                    r.span(),
+                    format!("check `{}` has a reference in its URL", r.get_ref()),
+                    "cannot aim at instances",
+                    Some(
+                        "a readiness check's URL is re-aimed at each instance; write it literally"
+                            .into(),
+                    ),
+                );
+                None
+            }
+            Probe::Tcp { .. } => Some(c),
+            _ => {
+                d.error(
+                    r.span(),
+                    format!("check `{}` is not an http or tcp check", r.get_ref()),
+                    "cannot aim at instances",
+                    Some("readiness runs an http or tcp check against each instance".into()),
+                );
+                None
+            }
+        }
+    });
+    let mut rollout = Rollout::default();
+    if let Some(r) = &raw.rollout {
+        let s = r.span();
+        let r = r.get_ref();
+        rollout.max_parallel = r.max_parallel.unwrap_or(rollout.max_parallel);
+        rollout.min_healthy_time = r
+            .min_healthy_time
+            .map(|d| d.0)
+            .unwrap_or(rollout.min_healthy_time);
+        rollout.healthy_deadline = r
+            .healthy_deadline
+            .map(|d| d.0)
+            .unwrap_or(rollout.healthy_deadline);
+        rollout.progress_deadline = r
+            .progress_deadline
+            .map(|d| d.0)
+            .unwrap_or(rollout.progress_deadline);
+        rollout.auto_revert = r.auto_revert.unwrap_or(rollout.auto_revert);
+        rollout.canary = r.canary.unwrap_or(rollout.canary);
+        rollout.auto_promote = r.auto_promote.unwrap_or(rollout.auto_promote);
+        rollout.min_healthy_percent = r.min_healthy_percent.unwrap_or(rollout.min_healthy_percent);
+        if rollout.max_parallel == 0 {
+            d.error(s.clone(), "`max_parallel` must be at least 1", "zero", None);
+        }
+        if rollout.min_healthy_percent > 100 {
+            d.error(
+                s.clone(),
+                "`min_healthy_percent` is at most 100",
+                "above 100",
+                None,
+            );
+        }
+        if rollout.healthy_deadline <= rollout.min_healthy_time {
+            d.error(
+                s.clone(),
+                format!(
+                    "`healthy_deadline` ({}) must be longer than `min_healthy_time` ({})",
+                    Dur(rollout.healthy_deadline),
+                    Dur(rollout.min_healthy_time)
+                ),
+                "no instance could ever be healthy in time",
+                None,
+            );
+        }
+        if rollout.progress_deadline < rollout.healthy_deadline {
+            d.error(
+                s,
+                "`progress_deadline` must be at least `healthy_deadline`",
+                "too short",
+                None,
+            );
+        }
+    }
+    let isolate = match raw.isolate.as_ref().map(|i| (i.get_ref(), i.span())) {
+        None => Isolation::Auto,
+        Some((RawIsolate::Bool(true), _)) => Isolation::Always,
+        Some((RawIsolate::Bool(false), _)) => Isolation::Never,
+        Some((RawIsolate::Word(w), _)) if w == "auto" => Isolation::Auto,
+        Some((RawIsolate::Word(w), s)) => {
+            d.error(
+                s,
+                format!("unknown isolate value `{w}`"),
+                "expected true, false or \"auto\"",
+                None,
+            );
+            Isolation::Auto
+        }
+    };
+    let memory = raw.memory.as_ref().and_then(|m| {
+        let b = bytes(m.get_ref());
+        if b.is_none() {
+            d.error(
+                m.span(),
+                format!("invalid memory size `{}`", m.get_ref()),
+                "expected e.g. 512M",
+                None,
+            );
+        }
+        b
+    });
+    let _ = span;
+    if d.errors.len() > before {
+        return None;
+    }
+    Some(Service {
+        name: name.into(),
+        image: raw.image.into_inner(),
+        command,
+        env,
+        replicas,
+        listen,
+        readiness,
+        health_grace: raw
+            .health_grace
+            .map(|d| d.0)
+            .unwrap_or(Duration::from_secs(30)),
+        rollout,
+        drain_timeout: raw
+            .drain_timeout
+            .map(|d| d.0)
+            .unwrap_or(Duration::from_secs(30)),
+        stop_timeout: raw
+            .stop_timeout
+            .map(|d| d.0)
+            .unwrap_or(Duration::from_secs(10)),
+        max_instance_lifetime: raw.max_instance_lifetime.map(|d| d.0),
+        isolate,
+        memory,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bytes;
+
+    #[test]
+    fn memory_sizes() {
+        assert_eq!(bytes("512M"), Some(512 << 20));
+        assert_eq!(bytes("2G"), Some(2 << 30));
+        assert_eq!(bytes("1024"), Some(1024));
+        assert_eq!(bytes("12X"), None);
+    }
+}

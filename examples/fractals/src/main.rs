@@ -1,0 +1,557 @@
+//! fractals: steward's demo application, a Rust re-imagining of the OpenStack
+//! First App's fractal generator.
+//!
+//! - `fractals api --listen ADDR`: create, list and fetch fractal jobs, an HTML
+//!   gallery, `/health` (IETF health+json) and `/metrics` (Prometheus text, with
+//!   the queue depth an autoscaler would scale workers on);
+//! - `fractals worker [--listen ADDR]`: takes jobs from the queue and renders
+//!   Mandelbrot or Julia PNGs (CPU-bound); with `--listen` it answers `/health`
+//!   and `/metrics` too.
+//!
+//! The queue is an SQLite database and the images live in an object store
+//! directory, both under `--data` (shared by every instance). A job a worker
+//! took but did not finish within a minute (the worker was replaced) is taken
+//! again by another.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use axum::Json;
+use axum::extract::{Path as UrlPath, State};
+use axum::http::{StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use bytes::Bytes;
+use clap::{Parser, Subcommand};
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::{Deserialize, Serialize};
+use steward_health_endpoint::{HealthEndpoint, Observation};
+use steward_objects::{LocalStore, ObjectStore};
+
+#[derive(Parser)]
+#[command(version, about = "fractals: steward's demo application")]
+struct Cli {
+    /// Where the job queue and the images live (shared by every instance).
+    #[arg(
+        long,
+        env = "FRACTALS_DATA",
+        default_value = "fractals-data",
+        global = true
+    )]
+    data: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the API and the gallery.
+    Api {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+    },
+    /// Render queued fractals.
+    Worker {
+        /// Serve /health and /metrics here too.
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        /// How often an idle worker looks for work, in milliseconds.
+        #[arg(long, default_value_t = 200)]
+        poll_ms: u64,
+    },
+}
+
+/// A job as clients create it.
+#[derive(Debug, Deserialize)]
+struct NewJob {
+    #[serde(default = "default_kind")]
+    kind: String,
+    #[serde(default = "default_size")]
+    width: u32,
+    #[serde(default = "default_size")]
+    height: u32,
+    #[serde(default = "default_iterations")]
+    iterations: u32,
+    /// Julia constant (real, imaginary).
+    #[serde(default)]
+    c: Option<(f64, f64)>,
+}
+
+fn default_kind() -> String {
+    "mandelbrot".into()
+}
+fn default_size() -> u32 {
+    256
+}
+fn default_iterations() -> u32 {
+    256
+}
+
+#[derive(Debug, Serialize)]
+struct Job {
+    id: String,
+    kind: String,
+    width: u32,
+    height: u32,
+    iterations: u32,
+    status: String,
+    created_ms: i64,
+    finished_ms: Option<i64>,
+    worker: Option<String>,
+    render_ms: Option<i64>,
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn open(data: &Path) -> rusqlite::Result<Connection> {
+    let conn = Connection::open(data.join("fractals.db"))?;
+    conn.busy_timeout(Duration::from_secs(10))?;
+    conn.pragma_update(None, "journal_mode", "wal")?;
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS job (
+            id TEXT PRIMARY KEY, kind TEXT NOT NULL, width INTEGER NOT NULL,
+            height INTEGER NOT NULL, iterations INTEGER NOT NULL,
+            cre REAL, cim REAL, status TEXT NOT NULL, created_ms INTEGER NOT NULL,
+            started_ms INTEGER, finished_ms INTEGER, worker TEXT, render_ms INTEGER);
+         CREATE INDEX IF NOT EXISTS job_status ON job (status, created_ms);",
+    )?;
+    Ok(conn)
+}
+
+fn job_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Job> {
+    Ok(Job {
+        id: r.get(0)?,
+        kind: r.get(1)?,
+        width: r.get(2)?,
+        height: r.get(3)?,
+        iterations: r.get(4)?,
+        status: r.get(5)?,
+        created_ms: r.get(6)?,
+        finished_ms: r.get(7)?,
+        worker: r.get(8)?,
+        render_ms: r.get(9)?,
+    })
+}
+
+const JOB_COLS: &str =
+    "id, kind, width, height, iterations, status, created_ms, finished_ms, worker, render_ms";
+
+struct App {
+    data: PathBuf,
+    images: LocalStore,
+    requests: AtomicU64,
+    errors: AtomicU64,
+    rendered: AtomicU64,
+    started: Instant,
+    instance: String,
+}
+
+type Shared = Arc<App>;
+
+fn queue_depth(data: &Path) -> rusqlite::Result<(i64, i64, i64)> {
+    let conn = open(data)?;
+    conn.query_row(
+        "SELECT
+            coalesce(sum(status = 'queued'), 0),
+            coalesce(sum(status = 'running'), 0),
+            coalesce(sum(status = 'done'), 0) FROM job",
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+    )
+}
+
+fn health(app: Shared) -> HealthEndpoint {
+    let version = std::env::var("STEWARD_IMAGE").unwrap_or_else(|_| "dev".into());
+    let db = app.clone();
+    HealthEndpoint::builder()
+        .service_id("fractals")
+        .version(env!("CARGO_PKG_VERSION"))
+        .release_id(version)
+        .description(format!("fractals instance {}", app.instance))
+        .check("sqlite:responseTime", "datastore", move || {
+            let app = db.clone();
+            async move {
+                let t = Instant::now();
+                let data = app.data.clone();
+                match tokio::task::spawn_blocking(move || queue_depth(&data)).await {
+                    Ok(Ok(_)) => {
+                        Observation::pass().observed(t.elapsed().as_secs_f64() * 1000.0, "ms")
+                    }
+                    Ok(Err(e)) => Observation::fail(format!("job queue: {e}")),
+                    Err(e) => Observation::fail(e.to_string()),
+                }
+            }
+        })
+        .liveness("uptime", {
+            let app = app.clone();
+            move || {
+                let s = app.started.elapsed().as_secs_f64();
+                async move { Observation::pass().observed(s, "s") }
+            }
+        })
+        .build()
+}
+
+async fn metrics(State(app): State<Shared>) -> Response {
+    let data = app.data.clone();
+    let depth = tokio::task::spawn_blocking(move || queue_depth(&data)).await;
+    let (queued, running, done) = match depth {
+        Ok(Ok(d)) => d,
+        _ => return (StatusCode::SERVICE_UNAVAILABLE, "queue unavailable\n").into_response(),
+    };
+    let body = format!(
+        "# HELP fractals_http_requests_total Requests answered by this instance.\n\
+         # TYPE fractals_http_requests_total counter\n\
+         fractals_http_requests_total {}\n\
+         # HELP fractals_http_errors_total Requests answered with a server error.\n\
+         # TYPE fractals_http_errors_total counter\n\
+         fractals_http_errors_total {}\n\
+         # HELP fractals_queue_depth Jobs waiting for a worker.\n\
+         # TYPE fractals_queue_depth gauge\n\
+         fractals_queue_depth {queued}\n\
+         # HELP fractals_jobs Jobs by status.\n\
+         # TYPE fractals_jobs gauge\n\
+         fractals_jobs{{status=\"queued\"}} {queued}\n\
+         fractals_jobs{{status=\"running\"}} {running}\n\
+         fractals_jobs{{status=\"done\"}} {done}\n\
+         # HELP fractals_rendered_total Fractals this instance rendered.\n\
+         # TYPE fractals_rendered_total counter\n\
+         fractals_rendered_total {}\n",
+        app.requests.load(Ordering::Relaxed),
+        app.errors.load(Ordering::Relaxed),
+        app.rendered.load(Ordering::Relaxed),
+    );
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
+}
+
+fn internal(app: &App, e: impl std::fmt::Display) -> Response {
+    app.errors.fetch_add(1, Ordering::Relaxed);
+    (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response()
+}
+
+async fn create(State(app): State<Shared>, Json(new): Json<NewJob>) -> Response {
+    app.requests.fetch_add(1, Ordering::Relaxed);
+    if !matches!(new.kind.as_str(), "mandelbrot" | "julia") {
+        return (
+            StatusCode::BAD_REQUEST,
+            "kind must be mandelbrot or julia\n",
+        )
+            .into_response();
+    }
+    if !(8..=4096).contains(&new.width)
+        || !(8..=4096).contains(&new.height)
+        || !(1..=100_000).contains(&new.iterations)
+    {
+        return (
+            StatusCode::BAD_REQUEST,
+            "width and height are 8..4096, iterations 1..100000\n",
+        )
+            .into_response();
+    }
+    let mut b = [0u8; 8];
+    getrandom::fill(&mut b).expect("the OS random source");
+    let id = hex::encode(b);
+    let (cre, cim) = new.c.unwrap_or((-0.8, 0.156));
+    let data = app.data.clone();
+    let id2 = id.clone();
+    let done =
+        tokio::task::spawn_blocking(move || {
+            open(&data)?.execute(
+            "INSERT INTO job (id, kind, width, height, iterations, cre, cim, status, created_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'queued', ?8)",
+            params![id2, new.kind, new.width, new.height, new.iterations, cre, cim, now_ms()],
+        )
+        })
+        .await;
+    match done {
+        Ok(Ok(_)) => (
+            StatusCode::CREATED,
+            [(header::LOCATION, format!("/fractals/{id}"))],
+            Json(serde_json::json!({"id": id, "status": "queued"})),
+        )
+            .into_response(),
+        Ok(Err(e)) => internal(&app, e),
+        Err(e) => internal(&app, e),
+    }
+}
+
+async fn list(State(app): State<Shared>) -> Response {
+    app.requests.fetch_add(1, Ordering::Relaxed);
+    let data = app.data.clone();
+    let jobs = tokio::task::spawn_blocking(move || -> rusqlite::Result<Vec<Job>> {
+        let conn = open(&data)?;
+        let mut stmt = conn.prepare(&format!(
+            "SELECT {JOB_COLS} FROM job ORDER BY created_ms DESC LIMIT 100"
+        ))?;
+        stmt.query_map([], job_row)?.collect()
+    })
+    .await;
+    match jobs {
+        Ok(Ok(jobs)) => Json(jobs).into_response(),
+        Ok(Err(e)) => internal(&app, e),
+        Err(e) => internal(&app, e),
+    }
+}
+
+fn find(data: &Path, id: &str) -> rusqlite::Result<Option<Job>> {
+    open(data)?
+        .query_row(
+            &format!("SELECT {JOB_COLS} FROM job WHERE id = ?1"),
+            params![id],
+            job_row,
+        )
+        .optional()
+}
+
+async fn get_job(State(app): State<Shared>, UrlPath(id): UrlPath<String>) -> Response {
+    app.requests.fetch_add(1, Ordering::Relaxed);
+    let data = app.data.clone();
+    match tokio::task::spawn_blocking(move || find(&data, &id)).await {
+        Ok(Ok(Some(j))) => Json(j).into_response(),
+        Ok(Ok(None)) => (StatusCode::NOT_FOUND, "no such fractal\n").into_response(),
+        Ok(Err(e)) => internal(&app, e),
+        Err(e) => internal(&app, e),
+    }
+}
+
+async fn image(State(app): State<Shared>, UrlPath(id): UrlPath<String>) -> Response {
+    app.requests.fetch_add(1, Ordering::Relaxed);
+    if !id.chars().all(|c| c.is_ascii_hexdigit()) {
+        return (StatusCode::NOT_FOUND, "no such fractal\n").into_response();
+    }
+    match app.images.get(&format!("{id}.png")) {
+        Ok(png) => ([(header::CONTENT_TYPE, "image/png")], png).into_response(),
+        Err(_) => (StatusCode::NOT_FOUND, "not rendered (yet)\n").into_response(),
+    }
+}
+
+async fn gallery(State(app): State<Shared>) -> Response {
+    app.requests.fetch_add(1, Ordering::Relaxed);
+    let data = app.data.clone();
+    let jobs = tokio::task::spawn_blocking(move || -> rusqlite::Result<Vec<Job>> {
+        let conn = open(&data)?;
+        let mut stmt = conn.prepare(&format!(
+            "SELECT {JOB_COLS} FROM job WHERE status = 'done' ORDER BY created_ms DESC LIMIT 48"
+        ))?;
+        stmt.query_map([], job_row)?.collect()
+    })
+    .await;
+    let Ok(Ok(jobs)) = jobs else {
+        return internal(&app, "job queue unavailable");
+    };
+    let mut html = String::from(
+        "<!doctype html><meta charset=utf-8><title>fractals</title>\
+         <style>body{font-family:sans-serif;margin:2em}img{margin:4px;width:160px}</style>\
+         <h1>fractals</h1><p>POST /fractals {\"kind\":\"mandelbrot\"} to add one.</p>",
+    );
+    for j in jobs {
+        html.push_str(&format!(
+            "<a href=\"/fractals/{0}\"><img src=\"/fractals/{0}/image\" alt=\"{1} {0}\"></a>",
+            j.id, j.kind
+        ));
+    }
+    Html(html).into_response()
+}
+
+/// Renders a fractal as an 8-bit grayscale-ramp RGB PNG.
+fn render(kind: &str, w: u32, h: u32, iterations: u32, c: (f64, f64)) -> Vec<u8> {
+    let mut pixels = Vec::with_capacity((w * h * 3) as usize);
+    for y in 0..h {
+        for x in 0..w {
+            let (px, py) = (
+                (x as f64 / w as f64) * 3.5 - 2.5,
+                (y as f64 / h as f64) * 2.0 - 1.0,
+            );
+            let (mut zr, mut zi, cr, ci) = if kind == "julia" {
+                (px + 0.75, py, c.0, c.1)
+            } else {
+                (0.0, 0.0, px, py)
+            };
+            let mut n = 0;
+            while n < iterations && zr * zr + zi * zi <= 4.0 {
+                let t = zr * zr - zi * zi + cr;
+                zi = 2.0 * zr * zi + ci;
+                zr = t;
+                n += 1;
+            }
+            let v = if n == iterations {
+                0
+            } else {
+                (255 * n / iterations) as u8
+            };
+            pixels.extend_from_slice(&[v, v.saturating_mul(2), 255 - v]);
+        }
+    }
+    let mut out = Vec::new();
+    {
+        let mut enc = png::Encoder::new(&mut out, w, h);
+        enc.set_color(png::ColorType::Rgb);
+        enc.set_depth(png::BitDepth::Eight);
+        let mut writer = enc.write_header().expect("a PNG header in memory");
+        writer
+            .write_image_data(&pixels)
+            .expect("PNG data in memory");
+    }
+    out
+}
+
+/// Takes the oldest queued job (or one abandoned by a replaced worker).
+fn claim(
+    conn: &Connection,
+    worker: &str,
+) -> rusqlite::Result<Option<(String, String, u32, u32, u32, f64, f64)>> {
+    let now = now_ms();
+    conn.query_row(
+        "UPDATE job SET status = 'running', started_ms = ?1, worker = ?2
+         WHERE id = (SELECT id FROM job
+                     WHERE status = 'queued' OR (status = 'running' AND started_ms < ?1 - 60000)
+                     ORDER BY created_ms LIMIT 1)
+         RETURNING id, kind, width, height, iterations, cre, cim",
+        params![now, worker],
+        |r| {
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get::<_, Option<f64>>(5)?.unwrap_or(-0.8),
+                r.get::<_, Option<f64>>(6)?.unwrap_or(0.156),
+            ))
+        },
+    )
+    .optional()
+}
+
+fn work(app: Shared, poll: Duration) {
+    loop {
+        let claimed = open(&app.data).and_then(|c| claim(&c, &app.instance));
+        let job = match claimed {
+            Ok(Some(j)) => j,
+            Ok(None) => {
+                std::thread::sleep(poll);
+                continue;
+            }
+            Err(e) => {
+                eprintln!("fractals worker: queue: {e}");
+                std::thread::sleep(Duration::from_secs(1));
+                continue;
+            }
+        };
+        let (id, kind, w, h, iterations, cre, cim) = job;
+        let t = Instant::now();
+        let png = render(&kind, w, h, iterations, (cre, cim));
+        let took = t.elapsed().as_millis() as i64;
+        if let Err(e) = app.images.put(&format!("{id}.png"), &[Bytes::from(png)]) {
+            eprintln!("fractals worker: storing {id}: {e}");
+            let _ = open(&app.data).and_then(|c| {
+                c.execute(
+                    "UPDATE job SET status = 'queued' WHERE id = ?1",
+                    params![id],
+                )
+            });
+            std::thread::sleep(Duration::from_secs(1));
+            continue;
+        }
+        let _ = open(&app.data).and_then(|c| {
+            c.execute(
+                "UPDATE job SET status = 'done', finished_ms = ?2, render_ms = ?3 WHERE id = ?1",
+                params![id, now_ms(), took],
+            )
+        });
+        app.rendered.fetch_add(1, Ordering::Relaxed);
+        println!(
+            "fractals worker {}: rendered {kind} {id} ({w}x{h}) in {took} ms",
+            app.instance
+        );
+    }
+}
+
+async fn shutdown() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let cli = Cli::parse();
+    if let Err(e) = std::fs::create_dir_all(cli.data.join("images")) {
+        eprintln!("fractals: cannot create {}: {e}", cli.data.display());
+        std::process::exit(2);
+    }
+    if let Err(e) = open(&cli.data) {
+        eprintln!("fractals: job queue {}: {e}", cli.data.display());
+        std::process::exit(2);
+    }
+    let app = Arc::new(App {
+        images: LocalStore::new(cli.data.join("images")),
+        data: cli.data.clone(),
+        requests: AtomicU64::new(0),
+        errors: AtomicU64::new(0),
+        rendered: AtomicU64::new(0),
+        started: Instant::now(),
+        instance: std::env::var("STEWARD_INSTANCE").unwrap_or_else(|_| "local".into()),
+    });
+    let (listen, router) = match cli.command {
+        Command::Api { listen } => {
+            let router = axum::Router::new()
+                .route("/", get(gallery))
+                .route("/fractals", get(list).post(create))
+                .route("/fractals/{id}", get(get_job))
+                .route("/fractals/{id}/image", get(image))
+                .route("/metrics", get(metrics))
+                .merge(health(app.clone()).router())
+                .with_state(app.clone());
+            (Some(listen), router)
+        }
+        Command::Worker { listen, poll_ms } => {
+            let worker = app.clone();
+            std::thread::spawn(move || work(worker, Duration::from_millis(poll_ms)));
+            let router = axum::Router::new()
+                .route("/metrics", get(metrics))
+                .merge(health(app.clone()).router())
+                .with_state(app.clone());
+            (listen, router)
+        }
+    };
+    match listen {
+        Some(addr) => {
+            let listener = match tokio::net::TcpListener::bind(addr).await {
+                Ok(l) => l,
+                Err(e) => {
+                    eprintln!("fractals: cannot listen on {addr}: {e}");
+                    std::process::exit(2);
+                }
+            };
+            println!("fractals {} listening on http://{addr}", app.instance);
+            let _ = axum::serve(listener, router)
+                .with_graceful_shutdown(shutdown())
+                .await;
+        }
+        None => shutdown().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn renders_a_png() {
+        let png = super::render("mandelbrot", 32, 16, 50, (0.0, 0.0));
+        assert_eq!(&png[1..4], b"PNG");
+        let julia = super::render("julia", 32, 16, 50, (-0.8, 0.156));
+        assert_ne!(png, julia);
+    }
+}
