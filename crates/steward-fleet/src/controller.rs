@@ -911,6 +911,7 @@ fn view(r: &InstanceRow) -> View {
         digest: r.digest.clone(),
         phase,
         created_ms: r.created_ms,
+        ever_ready: r.ready_ms.is_some(),
     }
 }
 

@@ -56,6 +56,8 @@ pub struct View {
     pub phase: Phase,
     /// When it was created (ms).
     pub created_ms: i64,
+    /// It passed readiness at least once.
+    pub ever_ready: bool,
 }
 
 /// Everything the planner looks at.
@@ -175,7 +177,9 @@ pub fn decide(input: &Input) -> Decision {
 
     // Exited instances serve nothing: remove them right away.
     for v in input.instances.iter().filter(|v| v.phase == Phase::Exited) {
-        if input.deploy_started.is_some() && is_new(v) && !input.halted {
+        // A new instance that dies before it was ever ready fails the deploy;
+        // one that served first is only replaced, like any other.
+        if input.deploy_started.is_some() && is_new(v) && !v.ever_ready && !input.halted {
             return Decision {
                 actions: vec![Action::Fail {
                     reason: format!("new instance {} exited", v.id),
@@ -430,6 +434,7 @@ mod tests {
             digest: digest.into(),
             phase,
             created_ms: 0,
+            ever_ready: false,
         }
     }
 
@@ -496,6 +501,26 @@ mod tests {
             v("b1", "B", Phase::Exited),
         ]));
         assert!(matches!(d.actions[..], [Action::Fail { .. }]), "{d:?}");
+    }
+
+    #[test]
+    fn a_crash_after_serving_is_healed_not_a_failed_deploy() {
+        let d = decide(&input(vec![
+            v("b1", "B", LONG_READY),
+            View {
+                ever_ready: true,
+                ..v("b2", "B", Phase::Exited)
+            },
+        ]));
+        assert!(
+            !d.actions.iter().any(|a| matches!(a, Action::Fail { .. })),
+            "{d:?}"
+        );
+        assert!(d.actions.iter().any(|a| matches!(a, Action::Start { .. })));
+        assert!(d.actions.contains(&Action::Destroy {
+            id: "b2".into(),
+            reason: "its process exited".into()
+        }));
     }
 
     #[test]
@@ -630,6 +655,7 @@ mod tests {
                     digest: if *newer { "B".into() } else { "A".into() },
                     phase: *p,
                     created_ms: *created,
+                    ever_ready: false,
                 })
                 .collect();
             let mut i = input(instances.clone());

@@ -80,14 +80,17 @@ pub trait Provider: Send + Sync {
 /// Instances as processes on this machine.
 pub struct Local {
     home: PathBuf,
+    state_dir: PathBuf,
     children: Mutex<HashMap<i64, Child>>,
 }
 
 impl Local {
-    /// Instances live under `home` (`STATE_DIR/fleet/instances`).
-    pub fn new(home: PathBuf) -> Self {
+    /// Instances live under `STATE_DIR/fleet/instances`.
+    pub fn new(state_dir: &Path) -> Self {
+        let state_dir = std::path::absolute(state_dir).unwrap_or_else(|_| state_dir.to_path_buf());
         Local {
-            home,
+            home: state_dir.join("fleet/instances"),
+            state_dir,
             children: Mutex::default(),
         }
     }
@@ -102,8 +105,9 @@ pub fn free_port() -> std::io::Result<u16> {
 }
 
 /// Replaces the command placeholders for one instance.
-pub fn expand(arg: &str, addr: SocketAddr, root: &Path, id: &str) -> String {
+pub fn expand(arg: &str, addr: SocketAddr, root: &Path, id: &str, state_dir: &Path) -> String {
     arg.replace("{addr}", &addr.to_string())
+        .replace("{state_dir}", &state_dir.display().to_string())
         .replace("{host}", &addr.ip().to_string())
         .replace("{port}", &addr.port().to_string())
         .replace("{root}", &root.display().to_string())
@@ -176,7 +180,7 @@ impl Provider for Local {
         let argv: Vec<String> = service
             .command
             .iter()
-            .map(|a| expand(a, created.addr, &root, id))
+            .map(|a| expand(a, created.addr, &root, id, &self.state_dir))
             .collect();
         // An absolute program path means the one inside the image.
         let program = {
@@ -202,7 +206,10 @@ impl Provider for Local {
             .env("STEWARD_IMAGE", digest)
             .env("STEWARD_ROOT", &root)
             .env("PORT", created.addr.port().to_string())
-            .envs(env.iter().map(|(k, v)| (k, v)))
+            .envs(
+                env.iter()
+                    .map(|(k, v)| (k, expand(v, created.addr, &root, id, &self.state_dir))),
+            )
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log2)
@@ -269,8 +276,10 @@ impl Provider for Local {
     }
 
     fn destroy(&self, dir: &Path) {
-        if dir.starts_with(&self.home) {
-            let _ = std::fs::remove_dir_all(dir);
+        let dir = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
+        // Only ever inside the instances' home.
+        if dir.starts_with(&self.home) && dir != self.home {
+            let _ = std::fs::remove_dir_all(&dir);
         }
     }
 }
@@ -284,12 +293,13 @@ mod tests {
         let a: SocketAddr = "127.0.0.1:8123".parse().unwrap();
         assert_eq!(
             expand(
-                "--listen={addr} {host}:{port} {root}/x {instance}",
+                "--listen={addr} {host}:{port} {root}/x {instance} {state_dir}",
                 a,
                 Path::new("/r"),
-                "api-1"
+                "api-1",
+                Path::new("/s")
             ),
-            "--listen=127.0.0.1:8123 127.0.0.1:8123 /r/x api-1"
+            "--listen=127.0.0.1:8123 127.0.0.1:8123 /r/x api-1 /s"
         );
     }
 
@@ -298,7 +308,7 @@ mod tests {
         let home = tempfile_dir();
         let image = home.join("image");
         std::fs::create_dir_all(image.join("bin")).unwrap();
-        let local = Local::new(home.join("instances"));
+        let local = Local::new(&home);
         let created = local.create("t-1", &image).unwrap();
         assert!(created.dir.join("root/bin").is_dir());
         let service = test_service(vec!["sleep".into(), "30".into()]);
@@ -307,7 +317,7 @@ mod tests {
             .unwrap();
         assert!(local.alive(run));
         // Another provider (a restarted steward) sees it by pid and start time.
-        let other = Local::new(home.join("instances"));
+        let other = Local::new(&home);
         assert!(other.alive(run));
         assert!(!other.alive(Running {
             pid: run.pid,

@@ -21,6 +21,9 @@ pub enum Reference {
     Env(String),
     /// `${file:PATH}`: the file's content with one trailing newline removed.
     File(PathBuf),
+    /// `${generated:PATH}`: like `file`, but a missing file is first created
+    /// holding a random secret (mode 0600), as Ansible's `password` lookup does.
+    Generated(PathBuf),
 }
 
 impl fmt::Display for Reference {
@@ -28,6 +31,7 @@ impl fmt::Display for Reference {
         match self {
             Reference::Env(n) => write!(f, "${{env:{n}}}"),
             Reference::File(p) => write!(f, "${{file:{}}}", p.display()),
+            Reference::Generated(p) => write!(f, "${{generated:{}}}", p.display()),
         }
     }
 }
@@ -57,6 +61,10 @@ pub trait Resolver: Send + Sync {
     fn env(&self, name: &str) -> Option<String>;
     /// Content of a file.
     fn file(&self, path: &Path) -> Result<String, String>;
+    /// Content of a file made with a random secret when missing.
+    fn generated(&self, path: &Path) -> Result<String, String> {
+        self.file(path)
+    }
 }
 
 /// Resolves from the process environment and the file system.
@@ -71,6 +79,39 @@ impl Resolver for OsResolver {
         refuse_shared(path)?;
         std::fs::read_to_string(path).map_err(|e| e.to_string())
     }
+    fn generated(&self, path: &Path) -> Result<String, String> {
+        if !path.exists() {
+            generate(path)?;
+        }
+        self.file(path)
+    }
+}
+
+/// Writes 32 random hex characters to a new file only its owner can read.
+#[cfg(unix)]
+fn generate(path: &Path) -> Result<(), String> {
+    use std::io::{Read, Write};
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut bytes = [0u8; 16];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .map_err(|e| format!("no random source: {e}"))?;
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| e.to_string())?;
+    writeln!(f, "{hex}").map_err(|e| e.to_string())
+}
+
+#[cfg(not(unix))]
+fn generate(_: &Path) -> Result<(), String> {
+    Err("generated secrets need a Unix system".into())
 }
 
 /// A secret file any user on the machine can read is already leaked: refuse it.
@@ -121,9 +162,12 @@ fn pieces(raw: &str) -> Result<Vec<Piece<'_>>, SecretError> {
                 )));
             }
             Some(("file", path)) if !path.is_empty() => Reference::File(PathBuf::from(path)),
+            Some(("generated", path)) if !path.is_empty() => {
+                Reference::Generated(PathBuf::from(path))
+            }
             _ => {
                 return Err(SecretError::Syntax(format!(
-                    "unknown reference `${{{inner}}}`: use `${{env:NAME}}` or `${{file:/path}}`"
+                    "unknown reference `${{{inner}}}`: use `${{env:NAME}}`, `${{file:/path}}` or `${{generated:/path}}`"
                 )));
             }
         };
@@ -183,6 +227,16 @@ impl Text {
                         path: path.clone(),
                         reason,
                     })?;
+                    out.push_str(content.strip_suffix('\n').unwrap_or(&content));
+                }
+                Piece::Ref(Reference::Generated(path)) => {
+                    let content =
+                        resolver
+                            .generated(&path)
+                            .map_err(|reason| SecretError::File {
+                                path: path.clone(),
+                                reason,
+                            })?;
                     out.push_str(content.strip_suffix('\n').unwrap_or(&content));
                 }
             }

@@ -16,7 +16,14 @@ use crate::model::{Check, Probe};
 use crate::secret::{Resolver, Text};
 
 /// Placeholders a service command may use.
-pub const PLACEHOLDERS: &[&str] = &["{addr}", "{host}", "{port}", "{root}", "{instance}"];
+pub const PLACEHOLDERS: &[&str] = &[
+    "{addr}",
+    "{host}",
+    "{port}",
+    "{root}",
+    "{instance}",
+    "{state_dir}",
+];
 
 /// How many instances a service runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -5,6 +5,7 @@ mod backup;
 mod check;
 mod converge;
 mod doctor;
+mod fleet;
 mod image;
 mod serve;
 mod table;
@@ -100,10 +101,86 @@ enum Command {
         #[command(subcommand)]
         action: ConvergeCommand,
     },
+    /// Roll a service out to a new image (built now unless `--image` names one),
+    /// health-gated, with automatic rollback; follows it to the end.
+    Deploy {
+        /// The service.
+        service: String,
+        /// An image digest (or unique prefix) already built.
+        #[arg(long)]
+        image: Option<String>,
+        /// Let a deploy waiting on its canaries continue.
+        #[arg(long)]
+        promote: bool,
+        /// Return once the deploy is recorded instead of following it.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Go back to the version before the current one (parked instances restart at once).
+    Rollback {
+        /// The service.
+        service: String,
+        /// Return once recorded.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Set how many instances a service runs (within its spec's replicas).
+    Scale {
+        /// The service.
+        service: String,
+        /// Instances wanted.
+        replicas: u32,
+    },
+    /// Services, their instances and deploy history.
+    Fleet {
+        #[command(subcommand)]
+        action: FleetCommand,
+    },
+    /// Output of a service's instances.
+    Logs {
+        /// The service.
+        service: String,
+        /// One instance (id or its suffix).
+        instance: Option<String>,
+        /// Lines per instance.
+        #[arg(long, default_value_t = 100)]
+        tail: usize,
+        /// Keep printing new output.
+        #[arg(long)]
+        follow: bool,
+    },
+    /// Build the images of DIR/steward.toml and serve it: instances, proxies,
+    /// checks, backups, dashboard.
+    Up {
+        /// A directory holding steward.toml (or a spec file).
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+        /// Listen address of the API and dashboard.
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+    },
     /// Manage API tokens for `auth = "token"` (stored only as hashes).
     Token {
         #[command(subcommand)]
         action: TokenCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum FleetCommand {
+    /// Each service: version, desired and ready counts, instances.
+    Status {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Deploys: who, what, when, result.
+    History {
+        /// Only this service.
+        service: Option<String>,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -351,14 +428,15 @@ fn main() -> ExitCode {
             match load_spec(&path) {
                 Ok(spec) => {
                     println!(
-                        "{}: valid ({} checks, {} alert channels, {} maintenance windows, {} converge sets, {} backups, {} images)",
+                        "{}: valid ({} checks, {} alert channels, {} maintenance windows, {} converge sets, {} backups, {} images, {} services)",
                         path.display(),
                         spec.checks.len(),
                         spec.alerts.len(),
                         spec.maintenance.len(),
                         spec.converge.len(),
                         spec.backups.len(),
-                        spec.images.len()
+                        spec.images.len(),
+                        spec.services.len()
                     );
                     exit::OK
                 }
@@ -427,6 +505,27 @@ fn main() -> ExitCode {
                 },
             )
         }
+        Command::Deploy {
+            service,
+            image,
+            promote,
+            no_wait,
+        } => fleet::deploy(&cli.spec, &service, image.as_deref(), promote, !no_wait),
+        Command::Rollback { service, no_wait } => fleet::rollback(&cli.spec, &service, !no_wait),
+        Command::Scale { service, replicas } => fleet::scale(&cli.spec, &service, replicas),
+        Command::Fleet { action } => match action {
+            FleetCommand::Status { json } => fleet::status(&cli.spec, json),
+            FleetCommand::History { service, json } => {
+                fleet::history(&cli.spec, service.as_deref(), json)
+            }
+        },
+        Command::Logs {
+            service,
+            instance,
+            tail,
+            follow,
+        } => fleet::logs(&cli.spec, &service, instance.as_deref(), tail, follow),
+        Command::Up { dir, listen } => fleet::up(&dir, listen),
         Command::Token { action } => token::run(
             &cli.spec,
             match action {
@@ -448,7 +547,7 @@ fn main() -> ExitCode {
 /// `serve` runs its async work on one thread: probes are I/O-bound, and a
 /// single-threaded scheduler never pays for waking idle workers (measured with
 /// benches/probe.sh). Blocking work (SQLite reads, DNS) still uses tokio's pool.
-fn serve_runtime() -> tokio::runtime::Runtime {
+pub(crate) fn serve_runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .thread_name("steward")
@@ -462,4 +561,13 @@ fn runtime() -> tokio::runtime::Runtime {
         .thread_name("steward")
         .build()
         .expect("tokio runtime")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_command_line_is_well_formed() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
 }

@@ -52,6 +52,14 @@ pub(crate) async fn run(spec_path: &Path, listen: Option<SocketAddr>) -> u8 {
         }
     };
     let addr = listener.local_addr().unwrap_or(listen);
+    // Services' proxy addresses too: a taken one stops the start, not one service.
+    let proxies = match steward_fleet::controller::bind(&spec).await {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return exit::USAGE;
+        }
+    };
     let tls_files = spec
         .settings
         .tls
@@ -81,6 +89,10 @@ pub(crate) async fn run(spec_path: &Path, listen: Option<SocketAddr>) -> u8 {
     backup_metrics.register(&mut registry);
     let image_metrics = steward_image::controller::ImageMetrics::default();
     image_metrics.register(&mut registry);
+    let fleet_metrics = steward_fleet::controller::FleetMetrics::default();
+    fleet_metrics.register(&mut registry);
+    let proxy_metrics = steward_fleet::proxy::ProxyMetrics::default();
+    proxy_metrics.register(&mut registry);
 
     let cancel = CancellationToken::new();
     let resolver: Arc<dyn Resolver> = Arc::new(OsResolver);
@@ -155,6 +167,22 @@ pub(crate) async fn run(spec_path: &Path, listen: Option<SocketAddr>) -> u8 {
         cancel.clone(),
     ));
 
+    // Services: instances, proxies, rollouts.
+    let fleet = {
+        let fleet = steward_fleet::controller::Fleet {
+            spec: spec.clone(),
+            store: store.clone(),
+            resolver: resolver.clone(),
+            provider: Arc::new(steward_fleet::provider::Local::new(
+                &spec.settings.state_dir,
+            )),
+            prober: Prober::new(resolver.clone()),
+            metrics: fleet_metrics,
+            proxy_metrics,
+        };
+        tokio::spawn(fleet.run(proxies, cancel.clone()))
+    };
+
     // Drift detection (and auto-correct) for converge sets that ask for it.
     let drift: Vec<_> = spec
         .converge
@@ -192,9 +220,10 @@ pub(crate) async fn run(spec_path: &Path, listen: Option<SocketAddr>) -> u8 {
         "serve.started",
         "info",
         format!(
-            "steward {} serving on http://{addr} with {} checks",
+            "steward {} serving on http://{addr} with {} checks and {} services",
             env!("CARGO_PKG_VERSION"),
-            spec.checks.len()
+            spec.checks.len(),
+            spec.services.len()
         ),
         serde_json::json!({"listen": addr.to_string(), "checks": spec.checks.len()}),
     ));
@@ -236,6 +265,7 @@ pub(crate) async fn run(spec_path: &Path, listen: Option<SocketAddr>) -> u8 {
     }
     let _ = backups.await;
     let _ = images.await;
+    let _ = fleet.await;
     let _ = summaries.await;
     let _ = store.append_event(&event(
         "serve.stopped",

@@ -1,0 +1,540 @@
+//! `steward deploy|rollback|scale|fleet|logs|up`: the fleet's one-shot commands.
+//! They write what should happen into the state store and follow the running
+//! `serve`, which does it; nothing here starts or stops an instance itself.
+
+use std::io::{Read, Seek, SeekFrom};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use steward_spec::{OsResolver, Service, Spec};
+use steward_state::{EventQuery, Store, now_ms};
+
+use crate::exit;
+
+fn open(spec: &Spec) -> Result<Store, u8> {
+    Store::open(&spec.settings.state_dir).map_err(|e| {
+        eprintln!("error: {e}");
+        exit::USAGE
+    })
+}
+
+fn service<'a>(spec: &'a Spec, name: &str) -> Result<&'a Service, u8> {
+    let names = [name.to_string()];
+    match crate::select(spec, &spec.services, &names, "service", "service.NAME") {
+        Ok(mut s) => Ok(s.remove(0)),
+        Err(e) => {
+            eprintln!("error: {e}");
+            Err(exit::USAGE)
+        }
+    }
+}
+
+fn short(d: &str) -> String {
+    steward_fleet::controller::short(d)
+}
+
+/// `steward deploy SERVICE`: build (or reuse) the image, point the service at
+/// it, and follow the rollout.
+pub(crate) fn deploy(
+    spec_path: &Path,
+    name: &str,
+    image: Option<&str>,
+    promote: bool,
+    wait: bool,
+) -> u8 {
+    let spec = match crate::load_spec(spec_path) {
+        Ok(s) => s,
+        Err(c) => return c,
+    };
+    let svc = match service(&spec, name) {
+        Ok(s) => s.clone(),
+        Err(c) => return c,
+    };
+    let store = match open(&spec) {
+        Ok(s) => s,
+        Err(c) => return c,
+    };
+    if promote {
+        return match store.fleet_promote(name, now_ms()) {
+            Ok(true) => {
+                println!("{name}: canaries promoted; the rollout continues");
+                exit::OK
+            }
+            Ok(false) => {
+                eprintln!("error: {name} has no deploy waiting for promotion");
+                exit::FAILED
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                exit::FAILED
+            }
+        };
+    }
+    let img = &spec.images[&svc.image];
+    let manifest = match image {
+        Some(d) => steward_image::manifest(&spec, img, Some(d), &OsResolver),
+        None => steward_image::build(&spec, img, &OsResolver, &mut |m| {
+            eprintln!("image {}: {m}", img.name)
+        })
+        .map(|r| r.manifest),
+    };
+    let manifest = match manifest {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return exit::FAILED;
+        }
+    };
+    let current = store.fleet_service(name).ok().flatten();
+    let latest = store
+        .fleet_deploys(Some(name), 1)
+        .ok()
+        .and_then(|mut d| d.pop());
+    if current.as_ref().and_then(|c| c.target.as_deref()) == Some(manifest.digest.as_str())
+        && latest
+            .as_ref()
+            .is_none_or(|d| d.result.as_deref() != Some("failed"))
+    {
+        println!("{name} already runs {}", short(&manifest.digest));
+        return exit::OK;
+    }
+    let promoted = svc.rollout.canary == 0 || svc.rollout.auto_promote;
+    let id = match store.fleet_request_deploy(
+        name,
+        &manifest.digest,
+        &steward_fleet::controller::who(),
+        "deploy",
+        promoted,
+        now_ms(),
+    ) {
+        Ok(id) => id,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return exit::FAILED;
+        }
+    };
+    let _ = store.append_event(&steward_state::NewEvent::now(
+        "deploy.requested",
+        name,
+        "info",
+        format!("deploy of {name} to {} requested", short(&manifest.digest)),
+        serde_json::json!({"deploy": id, "to": manifest.digest}),
+    ));
+    println!(
+        "deploy #{id}: {name} -> {} ({})",
+        short(&manifest.digest),
+        manifest.version.as_deref().unwrap_or("no version")
+    );
+    if !wait {
+        return exit::OK;
+    }
+    follow(&store, &svc, id)
+}
+
+/// `steward rollback SERVICE`: back to the version before the current one.
+pub(crate) fn rollback(spec_path: &Path, name: &str, wait: bool) -> u8 {
+    let spec = match crate::load_spec(spec_path) {
+        Ok(s) => s,
+        Err(c) => return c,
+    };
+    let svc = match service(&spec, name) {
+        Ok(s) => s.clone(),
+        Err(c) => return c,
+    };
+    let store = match open(&spec) {
+        Ok(s) => s,
+        Err(c) => return c,
+    };
+    let Some(previous) = store
+        .fleet_service(name)
+        .ok()
+        .flatten()
+        .and_then(|r| r.previous)
+    else {
+        eprintln!("error: {name} has no earlier version to roll back to");
+        return exit::FAILED;
+    };
+    let id = match store.fleet_request_deploy(
+        name,
+        &previous,
+        &steward_fleet::controller::who(),
+        "rollback",
+        true,
+        now_ms(),
+    ) {
+        Ok(id) => id,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return exit::FAILED;
+        }
+    };
+    println!("rollback #{id}: {name} -> {}", short(&previous));
+    if !wait {
+        return exit::OK;
+    }
+    follow(&store, &svc, id)
+}
+
+/// Prints the service's events while the deploy runs; exit 0 when it
+/// succeeded, 1 otherwise.
+fn follow(store: &Store, svc: &Service, id: i64) -> u8 {
+    let started = Instant::now();
+    let limit = svc.rollout.progress_deadline + Duration::from_secs(60);
+    let mut seen = store
+        .events(&EventQuery {
+            limit: 1,
+            ..Default::default()
+        })
+        .ok()
+        .and_then(|e| e.first().map(|e| e.id))
+        .unwrap_or(0);
+    loop {
+        if let Ok(events) = store.events(&EventQuery {
+            subject: Some(svc.name.clone()),
+            limit: 100,
+            ..Default::default()
+        }) {
+            let mut fresh: Vec<_> = events.into_iter().filter(|e| e.id > seen).collect();
+            fresh.sort_by_key(|e| e.id);
+            for e in fresh {
+                println!("  {}", e.event.message);
+                seen = e.id;
+            }
+        }
+        let Ok(Some(d)) = store.fleet_deploy(id) else {
+            eprintln!("error: deploy #{id} vanished from the state store");
+            return exit::FAILED;
+        };
+        if let Some(result) = &d.result {
+            let msg = d.reason.clone().unwrap_or_default();
+            return if result == "succeeded" {
+                println!("{msg}");
+                exit::OK
+            } else {
+                eprintln!("deploy #{id} {result}: {msg}");
+                exit::FAILED
+            };
+        }
+        if d.started_ms.is_none() && started.elapsed() > Duration::from_secs(10) {
+            println!(
+                "queued: no running `steward serve` has taken it up yet; it rolls out when one does"
+            );
+            return exit::OK;
+        }
+        if started.elapsed() > limit {
+            eprintln!(
+                "deploy #{id} still running after {:?}; see `steward fleet status`",
+                limit
+            );
+            return exit::FAILED;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// `steward scale SERVICE N`.
+pub(crate) fn scale(spec_path: &Path, name: &str, n: u32) -> u8 {
+    let spec = match crate::load_spec(spec_path) {
+        Ok(s) => s,
+        Err(c) => return c,
+    };
+    let svc = match service(&spec, name) {
+        Ok(s) => s.clone(),
+        Err(c) => return c,
+    };
+    if n < svc.replicas.min || n > svc.replicas.max {
+        eprintln!(
+            "error: {name} runs between {} and {} instances (replicas in the spec); {n} is outside",
+            svc.replicas.min, svc.replicas.max
+        );
+        return exit::USAGE;
+    }
+    let store = match open(&spec) {
+        Ok(s) => s,
+        Err(c) => return c,
+    };
+    if let Err(e) = store.fleet_set_replicas(name, n, now_ms()) {
+        eprintln!("error: {e}");
+        return exit::FAILED;
+    }
+    let _ = store.append_event(&steward_state::NewEvent::now(
+        "fleet.scaled",
+        name,
+        "info",
+        format!(
+            "{name} scaled to {n} by {}",
+            steward_fleet::controller::who()
+        ),
+        serde_json::json!({"replicas": n}),
+    ));
+    println!("{name}: {n} instances wanted");
+    exit::OK
+}
+
+/// `steward fleet status`.
+pub(crate) fn status(spec_path: &Path, json: bool) -> u8 {
+    let spec = match crate::load_spec(spec_path) {
+        Ok(s) => s,
+        Err(c) => return c,
+    };
+    let store = match open(&spec) {
+        Ok(s) => s,
+        Err(c) => return c,
+    };
+    let report = steward_fleet::status::report(&spec, &store);
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).unwrap_or_default()
+        );
+        return exit::OK;
+    }
+    if report.is_empty() {
+        println!("{} has no [service.*] entries", spec.file);
+        return exit::OK;
+    }
+    for s in &report {
+        println!(
+            "{}: {} ({}), {}/{} ready{}{}",
+            s.service,
+            s.target
+                .as_deref()
+                .map(short)
+                .unwrap_or_else(|| "not deployed".into()),
+            s.image,
+            s.ready,
+            s.desired,
+            s.listen
+                .as_ref()
+                .map(|l| format!(", proxy http://{l}"))
+                .unwrap_or_default(),
+            s.deploy
+                .as_ref()
+                .filter(|d| d.result.is_none())
+                .map(|d| format!(", {} #{} running", d.kind, d.id))
+                .unwrap_or_default()
+        );
+        let mut rows = Vec::new();
+        for i in &s.instances {
+            rows.push(vec![
+                i.id.clone(),
+                i.state.clone(),
+                short(&i.digest),
+                i.addr.clone(),
+                i.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+                age(now_ms() - i.created_ms),
+            ]);
+        }
+        print!(
+            "{}",
+            crate::table::render(
+                &["INSTANCE", "STATE", "VERSION", "ADDRESS", "PID", "AGE"],
+                &rows
+            )
+        );
+    }
+    exit::OK
+}
+
+/// `steward fleet history`.
+pub(crate) fn history(spec_path: &Path, name: Option<&str>, json: bool) -> u8 {
+    let spec = match crate::load_spec(spec_path) {
+        Ok(s) => s,
+        Err(c) => return c,
+    };
+    let store = match open(&spec) {
+        Ok(s) => s,
+        Err(c) => return c,
+    };
+    let deploys = store.fleet_deploys(name, 50).unwrap_or_default();
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&deploys).unwrap_or_default()
+        );
+        return exit::OK;
+    }
+    let mut rows = Vec::new();
+    for d in &deploys {
+        rows.push(vec![
+            d.id.to_string(),
+            d.service.clone(),
+            d.kind.clone(),
+            d.from_digest
+                .as_deref()
+                .map(short)
+                .unwrap_or_else(|| "-".into()),
+            short(&d.to_digest),
+            d.who.clone(),
+            format!("{} ago", age(now_ms() - d.requested_ms)),
+            d.result.clone().unwrap_or_else(|| "running".into()),
+        ]);
+    }
+    print!(
+        "{}",
+        crate::table::render(
+            &[
+                "#", "SERVICE", "KIND", "FROM", "TO", "WHO", "WHEN", "RESULT"
+            ],
+            &rows
+        )
+    );
+    exit::OK
+}
+
+fn age(ms: i64) -> String {
+    let s = ms / 1000;
+    match s {
+        ..60 => format!("{s}s"),
+        60..3600 => format!("{}m", s / 60),
+        3600..86400 => format!("{}h", s / 3600),
+        _ => format!("{}d", s / 86400),
+    }
+}
+
+/// `steward logs SERVICE [INSTANCE]`: the instances' output, optionally followed.
+pub(crate) fn logs(
+    spec_path: &Path,
+    name: &str,
+    instance: Option<&str>,
+    tail: usize,
+    follow: bool,
+) -> u8 {
+    let spec = match crate::load_spec(spec_path) {
+        Ok(s) => s,
+        Err(c) => return c,
+    };
+    if let Err(c) = service(&spec, name) {
+        return c;
+    }
+    let store = match open(&spec) {
+        Ok(s) => s,
+        Err(c) => return c,
+    };
+    let rows = store.fleet_instances(Some(name)).unwrap_or_default();
+    let rows: Vec<_> = rows
+        .into_iter()
+        .filter(|r| instance.is_none_or(|i| r.id == i || r.id.ends_with(i)))
+        .collect();
+    if rows.is_empty() {
+        eprintln!(
+            "error: {}",
+            match instance {
+                Some(i) => format!("{name} has no instance `{i}` (see `steward fleet status`)"),
+                None => format!("{name} has no instances"),
+            }
+        );
+        return exit::FAILED;
+    }
+    let many = rows.len() > 1;
+    let mut offsets = Vec::new();
+    for r in &rows {
+        let path = Path::new(&r.dir).join("log");
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        for l in &lines[lines.len().saturating_sub(tail)..] {
+            if many {
+                println!("{} | {l}", r.id);
+            } else {
+                println!("{l}");
+            }
+        }
+        offsets.push((r.id.clone(), path, text.len() as u64));
+    }
+    while follow {
+        std::thread::sleep(Duration::from_millis(250));
+        for (id, path, off) in offsets.iter_mut() {
+            let Ok(mut f) = std::fs::File::open(&*path) else {
+                continue;
+            };
+            if f.seek(SeekFrom::Start(*off)).is_err() {
+                continue;
+            }
+            let mut more = String::new();
+            if f.read_to_string(&mut more).is_ok() && !more.is_empty() {
+                *off += more.len() as u64;
+                for l in more.lines() {
+                    if many {
+                        println!("{id} | {l}");
+                    } else {
+                        println!("{l}");
+                    }
+                }
+            }
+        }
+    }
+    exit::OK
+}
+
+/// `steward up DIR`: builds the images of `DIR/steward.toml` and serves it.
+pub(crate) fn up(dir: &Path, listen: Option<std::net::SocketAddr>) -> u8 {
+    // The project's directory is the working directory, as for a compose
+    // file: relative references (`${file:…}`) mean files next to the spec.
+    let (dir, file) = if dir.is_dir() {
+        (dir.to_path_buf(), std::path::PathBuf::from("steward.toml"))
+    } else {
+        (
+            dir.parent().map(Path::to_path_buf).unwrap_or_default(),
+            dir.file_name().map(Into::into).unwrap_or_default(),
+        )
+    };
+    if !dir.as_os_str().is_empty()
+        && let Err(e) = std::env::set_current_dir(&dir)
+    {
+        eprintln!("error: {}: {e}", dir.display());
+        return exit::USAGE;
+    }
+    let spec_path = file;
+    let spec = match crate::load_spec(&spec_path) {
+        Ok(s) => s,
+        Err(c) => return c,
+    };
+    let store = match open(&spec) {
+        Ok(s) => s,
+        Err(c) => return c,
+    };
+    let used: std::collections::BTreeSet<&str> =
+        spec.services.values().map(|s| s.image.as_str()).collect();
+    let mut built = std::collections::BTreeMap::new();
+    for name in used {
+        let img = &spec.images[name];
+        eprintln!("building image {name}");
+        match steward_image::build(&spec, img, &OsResolver, &mut |m| eprintln!("  {m}")) {
+            Ok(r) => {
+                eprintln!(
+                    "image {name}: {} ({:.1}s{})",
+                    short(&r.manifest.digest),
+                    r.seconds,
+                    if r.reused { ", unchanged" } else { "" }
+                );
+                built.insert(name.to_string(), r.manifest.digest);
+            }
+            Err(e) => {
+                eprintln!("error: image {name}: {e}");
+                return exit::FAILED;
+            }
+        }
+    }
+    // Services already deployed from an older build roll out the new one.
+    for svc in spec.services.values() {
+        let digest = &built[&svc.image];
+        let target = store
+            .fleet_service(&svc.name)
+            .ok()
+            .flatten()
+            .and_then(|r| r.target);
+        if target.as_ref().is_some_and(|t| t != digest) {
+            let _ = store.fleet_request_deploy(
+                &svc.name,
+                digest,
+                &steward_fleet::controller::who(),
+                "deploy",
+                true,
+                now_ms(),
+            );
+            eprintln!("{}: rolling out {}", svc.name, short(digest));
+        }
+    }
+    drop(store);
+    crate::serve_runtime().block_on(crate::serve::run(&spec_path, listen))
+}

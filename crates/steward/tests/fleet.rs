@@ -1,0 +1,513 @@
+//! The fleet end to end: real instances (the fractals demo app) behind steward's
+//! proxy, real traffic from a bounded load generator, rollouts, rollbacks,
+//! failed deploys, scaling, and kill -9 of instances and of steward itself.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use common::{BIN, Serve, events, steward};
+
+/// The demo app, built next to steward by `cargo build --workspace`.
+fn fractals_bin() -> PathBuf {
+    let p = Path::new(BIN).with_file_name("fractals");
+    assert!(
+        p.exists(),
+        "{} is missing: build the workspace first (`cargo build --workspace`, as scripts/test does)",
+        p.display()
+    );
+    p
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Project {
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+    spec: PathBuf,
+    proxy: String,
+}
+
+/// Instances outlive a killed steward by design; a test must not leave them behind.
+impl Drop for Project {
+    fn drop(&mut self) {
+        let Ok(store) = steward_state::Store::open(&self.state()) else {
+            return;
+        };
+        for i in store.fleet_instances(None).unwrap_or_default() {
+            if let Some(pid) = i.pid {
+                let _ = Command::new("kill")
+                    .args(["-9", "--", &format!("-{pid}")])
+                    .stderr(Stdio::null())
+                    .status();
+            }
+        }
+    }
+}
+
+impl Project {
+    /// A spec with an `api` service of the fractals app (2 to 4 instances)
+    /// behind a proxy on a free port; `app` is the artifact, `base/release`
+    /// makes versions differ.
+    fn new(extra_rollout: &str) -> Project {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_path_buf();
+        std::fs::create_dir_all(root.join("base/etc")).unwrap();
+        std::fs::write(root.join("base/etc/release"), "v1\n").unwrap();
+        std::fs::copy(fractals_bin(), root.join("app")).unwrap();
+        let proxy = format!("127.0.0.1:{}", free_port());
+        let spec = format!(
+            r#"
+[steward]
+state_dir = "state"
+
+[check.api]
+type = "http"
+url = "http://{proxy}/health"
+interval = "1s"
+timeout = "2s"
+conditions = ["[STATUS] == 200", "[BODY].status == pass"]
+
+[image.app]
+base = "dir:base"
+artifacts = [{{ from = "app", to = "/usr/local/bin/fractals", mode = "0755" }}]
+
+[service.api]
+image = "app"
+command = ["/usr/local/bin/fractals", "api", "--listen", "{{addr}}"]
+env = {{ FRACTALS_DATA = "{{state_dir}}/data" }}
+replicas = {{ min = 2, max = 4 }}
+listen = "{proxy}"
+readiness = "api"
+rollout = {{ max_parallel = 1, min_healthy_time = "1s", healthy_deadline = "8s", progress_deadline = "60s"{extra_rollout} }}
+drain_timeout = "5s"
+stop_timeout = "5s"
+"#
+        );
+        std::fs::write(root.join("steward.toml"), spec).unwrap();
+        Project {
+            spec: root.join("steward.toml"),
+            root,
+            proxy,
+            _dir: dir,
+        }
+    }
+
+    fn state(&self) -> PathBuf {
+        self.root.join("state")
+    }
+
+    fn steward(&self, args: &[&str]) -> (i32, String, String) {
+        steward(&self.spec, args, &[])
+    }
+
+    fn status(&self) -> serde_json::Value {
+        let (code, out, err) = self.steward(&["fleet", "status", "--json"]);
+        assert_eq!(code, 0, "{err}");
+        serde_json::from_str::<serde_json::Value>(&out).unwrap()[0].clone()
+    }
+
+    /// Instances of `api` in `state`, with their digests.
+    fn instances(&self, state: &str) -> Vec<(String, String)> {
+        self.status()["instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|i| i["state"] == state)
+            .map(|i| {
+                (
+                    i["id"].as_str().unwrap().to_string(),
+                    i["digest"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    }
+
+    fn wait_ready(&self, n: usize, digest: Option<&str>) {
+        wait_long(&format!("{n} ready instances"), || {
+            let ready = self.instances("ready");
+            ready.len() == n && digest.is_none_or(|d| ready.iter().all(|(_, x)| x == d))
+        });
+    }
+
+    fn target(&self) -> String {
+        self.status()["target"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    fn serve(&self) -> Serve {
+        common::serve(&self.spec, &[])
+    }
+}
+
+/// Polls for up to 90 s (rollouts take several health gates).
+fn wait_long(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+impl Project {
+    /// Like [`wait_long`], printing the fleet's state and events on a timeout.
+    fn wait(&self, what: &str, mut f: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        while !f() {
+            if Instant::now() > deadline {
+                let events: Vec<String> = events(&self.state(), "", None)
+                    .into_iter()
+                    .filter(|e| !e.event.kind.starts_with("check."))
+                    .map(|e| format!("{} {}", e.event.kind, e.event.message))
+                    .collect();
+                panic!(
+                    "timed out waiting for {what}\nstatus: {:#}\nevents:\n{}",
+                    self.status(),
+                    events.join("\n")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// A bounded load generator: two keep-alive clients sending requests through
+/// the proxy until stopped (or 200,000 requests), counting failures.
+struct Load {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
+    errors: Arc<std::sync::Mutex<Vec<String>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(addr: &str) -> Load {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let stop = Arc::new(AtomicBool::new(false));
+        let ok = Arc::new(AtomicU64::new(0));
+        let failed = Arc::new(AtomicU64::new(0));
+        let errors = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (s, o, f, e, url) = (
+            stop.clone(),
+            ok.clone(),
+            failed.clone(),
+            errors.clone(),
+            format!("http://{addr}"),
+        );
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let client = reqwest::Client::builder()
+                    .timeout(Duration::from_secs(10))
+                    .build()
+                    .unwrap();
+                let mut tasks = Vec::new();
+                for n in 0..2 {
+                    let (s, o, f, e, url, client) =
+                        (s.clone(), o.clone(), f.clone(), e.clone(), url.clone(), client.clone());
+                    tasks.push(tokio::spawn(async move {
+                        let mut i = 0u64;
+                        while !s.load(Ordering::Relaxed) && i < 100_000 {
+                            i += 1;
+                            // A mix of reads and small writes (writes are retried
+                            // only when nothing reached an instance).
+                            let r = if (i + n) % 5 == 0 {
+                                client
+                                    .post(format!("{url}/fractals"))
+                                    .json(&serde_json::json!({"width": 16, "height": 16, "iterations": 10}))
+                                    .send()
+                                    .await
+                            } else {
+                                client.get(format!("{url}/health")).send().await
+                            };
+                            match r {
+                                Ok(r) if r.status().is_success() => {
+                                    let _ = r.bytes().await;
+                                    o.fetch_add(1, Ordering::Relaxed);
+                                }
+                                Ok(r) => {
+                                    f.fetch_add(1, Ordering::Relaxed);
+                                    let status = r.status();
+                                    let body = r.text().await.unwrap_or_default();
+                                    e.lock().unwrap().push(format!("{status}: {body}"));
+                                }
+                                Err(err) => {
+                                    f.fetch_add(1, Ordering::Relaxed);
+                                    e.lock().unwrap().push(err.to_string());
+                                }
+                            }
+                            tokio::time::sleep(Duration::from_millis(2)).await;
+                        }
+                    }));
+                }
+                for t in tasks {
+                    let _ = t.await;
+                }
+            });
+        });
+        Load {
+            stop,
+            ok,
+            failed,
+            errors,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops and returns (succeeded, failed, first errors).
+    fn finish(mut self) -> (u64, u64, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            t.join().unwrap();
+        }
+        let errors = self
+            .errors
+            .lock()
+            .unwrap()
+            .iter()
+            .take(5)
+            .cloned()
+            .collect();
+        (
+            self.ok.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed),
+            errors,
+        )
+    }
+}
+
+fn release_id(proxy: &str) -> String {
+    let body = common::http_get(proxy, "/health");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+    v["releaseId"].as_str().unwrap_or_default().to_string()
+}
+
+fn pid_alive(pid: i64) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    !stat.is_empty()
+        && !stat
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z')
+}
+
+#[test]
+fn up_rolls_a_new_version_out_under_load_and_rolls_back_instantly() {
+    let p = Project::new("");
+    // `steward up DIR`: builds the image, starts the instances, serves.
+    let up = Serve {
+        child: Command::new(BIN)
+            .args(["--log-format", "json", "up"])
+            .arg(&p.root)
+            .args(["--listen", "127.0.0.1:0"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+        addr: String::new(),
+    };
+    p.wait_ready(2, None);
+    wait_long("the first deploy to finish", || {
+        p.status()["deploy"]["result"] == "succeeded"
+    });
+    let v1 = p.target();
+    assert_eq!(release_id(&p.proxy), v1, "the proxy reaches the instances");
+
+    let load = Load::start(&p.proxy);
+    std::fs::write(p.root.join("base/etc/release"), "v2\n").unwrap();
+    let (code, out, err) = p.steward(&["deploy", "api"]);
+    assert_eq!(code, 0, "deploy failed:\n{out}\n{err}");
+    assert!(out.contains("succeeded"), "{out}");
+    let v2 = p.target();
+    assert_ne!(v1, v2);
+    p.wait_ready(2, Some(&v2));
+    // Red/black: the old version's instances are kept, stopped.
+    wait_long("the old instances parked", || {
+        p.instances("parked").len() == 2
+    });
+    assert!(p.instances("parked").iter().all(|(_, d)| d == &v1));
+    assert_eq!(release_id(&p.proxy), v2);
+
+    // Rollback starts the parked instances again instead of making new ones.
+    let (code, out, err) = p.steward(&["rollback", "api"]);
+    assert_eq!(code, 0, "rollback failed:\n{out}\n{err}");
+    p.wait_ready(2, Some(&v1));
+    assert_eq!(
+        events(&p.state(), "fleet.instance_revived", Some("api")).len(),
+        2
+    );
+    let (ok, failed, errors) = load.finish();
+    assert!(ok > 100, "the load generator ran ({ok} requests)");
+    assert_eq!(
+        failed, 0,
+        "failed requests during rollout and rollback: {errors:?}"
+    );
+
+    let (code, out, _) = p.steward(&["fleet", "history"]);
+    assert_eq!(code, 0);
+    for kind in ["initial", "deploy", "rollback"] {
+        assert!(out.contains(kind), "{out}");
+    }
+    assert_eq!(out.matches("succeeded").count(), 3, "{out}");
+    drop(up);
+}
+
+#[test]
+fn a_version_that_never_gets_ready_is_reverted_without_failed_requests() {
+    let p = Project::new("");
+    let serve = p.serve();
+    p.wait_ready(2, None);
+    let v1 = p.target();
+    let load = Load::start(&p.proxy);
+    // The new "version" runs but never answers.
+    std::fs::write(p.root.join("app"), "#!/bin/sh\nexec sleep 600\n").unwrap();
+    let started = Instant::now();
+    let (code, out, err) = p.steward(&["deploy", "api"]);
+    assert_eq!(code, 1, "the deploy must fail:\n{out}\n{err}");
+    assert!(err.contains("reverted"), "{err}");
+    assert!(err.contains("not ready within healthy_deadline"), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(40),
+        "halted within the health deadline, not the progress deadline"
+    );
+    p.wait_ready(2, Some(&v1));
+    assert_eq!(p.target(), v1, "the service points back at the old version");
+    wait_long("the broken instance destroyed", || {
+        p.status()["instances"].as_array().unwrap().len() == 2
+    });
+    let (ok, failed, errors) = load.finish();
+    assert!(ok > 50);
+    assert_eq!(failed, 0, "{errors:?}");
+    assert_eq!(events(&p.state(), "deploy.reverted", Some("api")).len(), 1);
+    drop(serve);
+}
+
+#[test]
+fn a_killed_instance_is_replaced_and_scaling_drains_first() {
+    let p = Project::new("");
+    let serve = p.serve();
+    p.wait_ready(2, None);
+    let load = Load::start(&p.proxy);
+
+    // Scale out and in under load.
+    let (code, _, err) = p.steward(&["scale", "api", "4"]);
+    assert_eq!(code, 0, "{err}");
+    p.wait_ready(4, None);
+    let (code, _, err) = p.steward(&["scale", "api", "2"]);
+    assert_eq!(code, 0, "{err}");
+    p.wait_ready(2, None);
+    wait_long("two instances left", || {
+        p.status()["instances"].as_array().unwrap().len() == 2
+    });
+    let drained = events(&p.state(), "fleet.instance_draining", Some("api"));
+    assert_eq!(drained.len(), 2, "scale-in drains before it stops");
+    let (ok, failed, errors) = load.finish();
+    assert!(ok > 50);
+    assert_eq!(failed, 0, "{errors:?}");
+    let (code, _, err) = p.steward(&["scale", "api", "9"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("between 2 and 4"), "{err}");
+
+    // kill -9 one instance: it is replaced.
+    let victim = &p.status()["instances"][0];
+    let (id, pid) = (
+        victim["id"].as_str().unwrap().to_string(),
+        victim["pid"].as_i64().unwrap(),
+    );
+    Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap();
+    p.wait("the killed instance replaced", || {
+        let ready = p.instances("ready");
+        ready.len() == 2 && !ready.iter().any(|(i, _)| i == &id)
+    });
+    assert!(!events(&p.state(), "fleet.instance_exited", Some("api")).is_empty());
+    // Its output is kept until it goes; the replacement's is there.
+    let (code, out, _) = p.steward(&["logs", "api"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("listening on"), "{out}");
+    drop(serve);
+}
+
+#[test]
+fn kill_9_of_steward_mid_rollout_resumes_and_finishes() {
+    let p = Project::new("");
+    let mut serve = p.serve();
+    p.wait_ready(2, None);
+    let v1 = p.target();
+    std::fs::write(p.root.join("base/etc/release"), "v2\n").unwrap();
+    let (code, _, err) = p.steward(&["deploy", "api", "--no-wait"]);
+    assert_eq!(code, 0, "{err}");
+    // Wait until the rollout is under way: a new instance exists.
+    wait_long("a new instance", || {
+        let st = p.status();
+        st["instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|i| i["digest"].as_str() != Some(v1.as_str()))
+    });
+    serve.child.kill().unwrap(); // SIGKILL
+    serve.child.wait().unwrap();
+    // The instances outlive steward (their own process groups).
+    let running: Vec<i64> = p.status()["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|i| i["pid"].as_i64())
+        .collect();
+    assert!(running.len() >= 2);
+    assert!(
+        running.iter().all(|pid| pid_alive(*pid)),
+        "instances survived"
+    );
+
+    let serve = p.serve();
+    let v2 = p.status()["target"].as_str().unwrap().to_string();
+    assert_ne!(v1, v2);
+    p.wait_ready(2, Some(&v2));
+    wait_long("the deploy recorded as succeeded", || {
+        p.status()["deploy"]["result"] == "succeeded"
+    });
+    // Every process steward knows of is accounted for: v2 running, v1 parked.
+    wait_long("old instances parked", || p.instances("parked").len() == 2);
+    for (_, d) in p.instances("parked") {
+        assert_eq!(d, v1);
+    }
+    for pid in running {
+        let adopted = p.status()["instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|i| i["pid"].as_i64() == Some(pid));
+        assert!(
+            adopted || !pid_alive(pid),
+            "process {pid} was left running unmanaged"
+        );
+    }
+    // No directory without a record.
+    let dirs = std::fs::read_dir(p.state().join("fleet/instances"))
+        .unwrap()
+        .count();
+    assert_eq!(dirs, p.status()["instances"].as_array().unwrap().len());
+    drop(serve);
+}
