@@ -157,6 +157,7 @@ impl Fleet {
         let mut tasks = Vec::new();
         let mut listeners: HashMap<String, TcpListener> =
             bound.into_iter().map(|b| (b.service, b.listener)).collect();
+        tasks.push(tokio::spawn(self.clone().rebuild_stale(cancel.clone())));
         for svc in self.spec.services.values() {
             let pool = Arc::new(Pool::default());
             if let Some(l) = listeners.remove(&svc.name) {
@@ -185,6 +186,103 @@ impl Fleet {
         }
         for t in tasks {
             let _ = t.await;
+        }
+    }
+
+    /// `auto_rebuild`: a new `image.stale` event about an image rebuilds it
+    /// (updates installed, cache ignored) and rolls the new build out to every
+    /// service using it, through the normal health-gated rollout.
+    async fn rebuild_stale(self, cancel: CancellationToken) {
+        let images: Vec<Image> = self
+            .spec
+            .images
+            .values()
+            .filter(|i| i.auto_rebuild)
+            .filter(|i| self.spec.services.values().any(|s| s.image == i.name))
+            .cloned()
+            .collect();
+        if images.is_empty() {
+            return;
+        }
+        let mut tick = tokio::time::interval(Duration::from_secs(2));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = cancel.cancelled() => return,
+            }
+            for image in &images {
+                let key = format!("fleet.rebuilt.{}", image.name);
+                let Ok(Some(stale)) = self.store.latest_event("image.stale", &image.name) else {
+                    continue;
+                };
+                let handled: i64 = self
+                    .store
+                    .meta(&key)
+                    .ok()
+                    .flatten()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
+                if stale.id <= handled {
+                    continue;
+                }
+                // Recorded first: a rebuild that fails is not retried in a loop;
+                // the next audit's verdict brings the next attempt.
+                let _ = self.store.set_meta(&key, &stale.id.to_string());
+                let (spec, img, resolver) =
+                    (self.spec.clone(), image.clone(), self.resolver.clone());
+                let built = tokio::task::spawn_blocking(move || {
+                    let options = steward_image::BuildOptions {
+                        force: true,
+                        upgrade: true,
+                    };
+                    steward_image::build_with(&spec, &img, resolver.as_ref(), options, &mut |_| {})
+                })
+                .await;
+                let manifest = match built {
+                    Ok(Ok(r)) => r.manifest,
+                    Ok(Err(e)) => {
+                        let _ = self.store.append_event(&event(
+                            "image.rebuild_failed",
+                            &image.name,
+                            "error",
+                            format!("rebuilding stale image {} failed: {e}", image.name),
+                            serde_json::json!({}),
+                        ));
+                        continue;
+                    }
+                    Err(_) => continue,
+                };
+                let _ = self.store.append_event(&event(
+                    "image.rebuilt",
+                    &image.name,
+                    "info",
+                    format!(
+                        "stale image {} rebuilt: {}",
+                        image.name,
+                        short(&manifest.digest)
+                    ),
+                    serde_json::json!({"digest": manifest.digest, "stale_event": stale.id}),
+                ));
+                for svc in self
+                    .spec
+                    .services
+                    .values()
+                    .filter(|s| s.image == image.name)
+                {
+                    let current = self.store.fleet_service(&svc.name).ok().flatten();
+                    if current.and_then(|c| c.target).as_deref() == Some(manifest.digest.as_str()) {
+                        continue;
+                    }
+                    let _ = self.store.fleet_request_deploy(
+                        &svc.name,
+                        &manifest.digest,
+                        "serve (auto_rebuild)",
+                        "rebuild",
+                        true,
+                        now_ms(),
+                    );
+                }
+            }
         }
     }
 

@@ -233,11 +233,32 @@ fn copy_tree(from: &Path, to: &Path) -> Result<(), ImageError> {
     }
 }
 
+/// How a build goes beyond the default.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BuildOptions {
+    /// Build even when an image with identical inputs exists.
+    pub force: bool,
+    /// Debian base: install every available update before converging (what a
+    /// rebuild of a stale image needs; identical inputs give newer packages).
+    pub upgrade: bool,
+}
+
 /// Builds an image (or reuses the one with identical inputs). `say` hears progress.
 pub fn build(
     spec: &Spec,
     image: &Image,
     resolver: &dyn Resolver,
+    say: &mut dyn FnMut(&str),
+) -> Result<BuildReport, ImageError> {
+    build_with(spec, image, resolver, BuildOptions::default(), say)
+}
+
+/// [`build`] with options.
+pub fn build_with(
+    spec: &Spec,
+    image: &Image,
+    resolver: &dyn Resolver,
+    options: BuildOptions,
     say: &mut dyn FnMut(&str),
 ) -> Result<BuildReport, ImageError> {
     let started = Instant::now();
@@ -271,7 +292,7 @@ pub fn build(
         &image.name,
         &format!("inputs/{}", inputs.trim_start_matches("sha256:")),
     );
-    if let Ok(digest) = store.get(&pointer) {
+    if let Some(Ok(digest)) = (!options.force).then(|| store.get(&pointer)) {
         let digest = String::from_utf8_lossy(&digest).trim().to_string();
         if let Ok(m) = store.get(&key(
             &image.name,
@@ -300,6 +321,26 @@ pub fn build(
             say("copying the Debian base root");
             copy_tree(&debian_root()?, &root)?;
             let _ = std::fs::remove_file(root.join(".steward-complete"));
+            if options.upgrade {
+                say("installing available updates");
+                for args in [&["update", "-qq"][..], &["-y", "-qq", "dist-upgrade"][..]] {
+                    let out = Command::new("chroot")
+                        .arg(&root)
+                        .arg("apt-get")
+                        .args(args)
+                        .env("DEBIAN_FRONTEND", "noninteractive")
+                        .stdin(Stdio::null())
+                        .output()
+                        .map_err(|e| ImageError::Build(format!("chroot apt-get: {e}")))?;
+                    if !out.status.success() {
+                        return Err(ImageError::Build(format!(
+                            "apt-get {} failed in the image: {}",
+                            args.join(" "),
+                            String::from_utf8_lossy(&out.stderr).trim()
+                        )));
+                    }
+                }
+            }
         }
         ImageBase::Dir(dir) => copy_tree(dir, &root)?,
         ImageBase::Empty => {}

@@ -181,6 +181,14 @@ fn readme_documents_every_key() {
             "[image.x]\nbase = \"empty\"\nartifacts = [{ zzzzzzzzzzzz = 1 }]\n",
         ),
         (
+            "service",
+            "[image.i]\nbase = \"empty\"\n[service.x]\nimage = \"i\"\ncommand = [\"a\"]\nzzzzzzzzzzzz = 1\n",
+        ),
+        (
+            "service rollout",
+            "[image.i]\nbase = \"empty\"\n[service.x]\nimage = \"i\"\ncommand = [\"a\"]\nrollout = { zzzzzzzzzzzz = 1 }\n",
+        ),
+        (
             "backup",
             "[backup.x]\nsource = { paths = [\"/a\"] }\npassword = \"${env:DATABASE_URL}\"\nzzzzzzzzzzzz = 1\n",
         ),

@@ -511,3 +511,32 @@ fn kill_9_of_steward_mid_rollout_resumes_and_finishes() {
     assert_eq!(dirs, p.status()["instances"].as_array().unwrap().len());
     drop(serve);
 }
+
+#[test]
+fn a_stale_image_is_rebuilt_and_rolled_out_by_itself() {
+    let p = Project::new("");
+    let spec = std::fs::read_to_string(&p.spec).unwrap().replace(
+        "base = \"dir:base\"\n",
+        "base = \"dir:base\"\naudit = { every = \"1s\", max_age = \"1s\", auto_rebuild = true }\n",
+    );
+    std::fs::write(&p.spec, spec).unwrap();
+    let (code, _, err) = p.steward(&["image", "build"]);
+    assert_eq!(code, 0, "{err}");
+    // What the next build would bring (in real life: security updates).
+    std::fs::write(p.root.join("base/etc/release"), "v2\n").unwrap();
+    let serve = p.serve();
+    p.wait_ready(2, None);
+    let v1 = p.target();
+    p.wait("the rebuilt image rolled out", || {
+        let t = p.target();
+        t != v1 && p.instances("ready").iter().filter(|(_, d)| d == &t).count() == 2
+    });
+    assert!(!events(&p.state(), "image.stale", Some("app")).is_empty());
+    assert_eq!(events(&p.state(), "image.rebuilt", Some("app")).len(), 1);
+    let (_, out, _) = p.steward(&["fleet", "history"]);
+    assert!(
+        out.contains("rebuild") && out.contains("serve (auto_rebuild)"),
+        "{out}"
+    );
+    drop(serve);
+}
