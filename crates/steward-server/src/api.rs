@@ -26,6 +26,11 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/deliveries", get(deliveries))
         .route("/doctor", get(doctor))
         .route("/backups", get(backups))
+        .route("/services", get(services))
+        .route("/services/{name}/scale", axum::routing::post(scale))
+        .route("/services/{name}/deploy", axum::routing::post(deploy))
+        .route("/services/{name}/rollback", axum::routing::post(rollback))
+        .route("/deploys", get(deploys))
 }
 
 /// A JSON error body with a status code.
@@ -317,6 +322,133 @@ async fn backups(
         .await
         .map(Json)
         .map_err(internal)
+}
+
+async fn services(
+    State(s): State<AppState>,
+) -> Result<Json<Vec<steward_fleet::status::ServiceStatus>>, ApiError> {
+    let (spec, store) = (s.spec.clone(), s.store.clone());
+    tokio::task::spawn_blocking(move || steward_fleet::status::report(&spec, &store))
+        .await
+        .map(Json)
+        .map_err(internal)
+}
+
+async fn deploys(
+    State(s): State<AppState>,
+    Query(q): Query<LimitQuery>,
+) -> Result<Json<Vec<steward_state::DeployRow>>, ApiError> {
+    let store = s.store.clone();
+    let limit = q.limit.unwrap_or(50).min(1000);
+    blocking(move || store.fleet_deploys(None, limit))
+        .await
+        .map(Json)
+}
+
+fn service<'a>(s: &'a AppState, name: &str) -> Result<&'a steward_spec::Service, ApiError> {
+    s.spec
+        .services
+        .get(name)
+        .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no service `{name}`")))
+}
+
+/// `POST /api/v1/services/NAME/scale` with `{"replicas": N}`: the interface an
+/// autoscaler calls, the same as `steward scale`.
+#[derive(Debug, Deserialize)]
+struct ScaleBody {
+    replicas: u32,
+}
+
+async fn scale(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    Json(body): Json<ScaleBody>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let svc = service(&s, &name)?;
+    let (min, max) = (svc.replicas.min, svc.replicas.max);
+    if body.replicas < min || body.replicas > max {
+        return Err(ApiError(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!(
+                "{name} runs between {min} and {max} instances; {} is outside",
+                body.replicas
+            ),
+        ));
+    }
+    let store = s.store.clone();
+    let n = body.replicas;
+    blocking(move || {
+        store.fleet_set_replicas(&name, n, now_ms())?;
+        store.append_event(&steward_state::NewEvent::now(
+            "fleet.scaled",
+            &name,
+            "info",
+            format!("{name} scaled to {n} through the API"),
+            serde_json::json!({"replicas": n}),
+        ))
+    })
+    .await?;
+    Ok(Json(serde_json::json!({"replicas": n})))
+}
+
+#[derive(Debug, Deserialize)]
+struct DeployBody {
+    /// A built digest (or unique prefix); default: the newest build.
+    image: Option<String>,
+}
+
+async fn deploy(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+    body: Option<Json<DeployBody>>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let svc = service(&s, &name)?.clone();
+    let spec = s.spec.clone();
+    let want = body.and_then(|b| b.0.image);
+    let manifest = tokio::task::spawn_blocking(move || {
+        steward_image::manifest(
+            &spec,
+            &spec.images[&svc.image],
+            want.as_deref(),
+            &steward_spec::OsResolver,
+        )
+    })
+    .await
+    .map_err(internal)?
+    .map_err(|e| ApiError(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))?;
+    let store = s.store.clone();
+    let digest = manifest.digest.clone();
+    let id = blocking(move || {
+        store.fleet_request_deploy(&name, &digest, "api", "deploy", true, now_ms())
+    })
+    .await?;
+    Ok(Json(
+        serde_json::json!({"deploy": id, "to": manifest.digest}),
+    ))
+}
+
+async fn rollback(
+    State(s): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    service(&s, &name)?;
+    let store = s.store.clone();
+    let n = name.clone();
+    let previous = blocking(move || store.fleet_service(&n))
+        .await?
+        .and_then(|r| r.previous)
+        .ok_or_else(|| {
+            ApiError(
+                StatusCode::CONFLICT,
+                format!("{name} has no earlier version to roll back to"),
+            )
+        })?;
+    let store = s.store.clone();
+    let to = previous.clone();
+    let id =
+        blocking(move || store.fleet_request_deploy(&name, &to, "api", "rollback", true, now_ms()))
+            .await?;
+    Ok(Json(serde_json::json!({"deploy": id, "to": previous})))
 }
 
 async fn doctor(State(s): State<AppState>) -> Json<Vec<steward_doctor::Finding>> {

@@ -98,6 +98,32 @@ fn ago(ms: i64, now: i64) -> String {
     }
 }
 
+/// One service row on the status page.
+#[derive(serde::Serialize)]
+struct ServiceRow {
+    name: String,
+    version: String,
+    ready: u32,
+    desired: u32,
+    listen: String,
+    instances: Vec<(String, String)>,
+    deploy: String,
+    deploy_state: String,
+}
+
+/// One deploy on the status page.
+#[derive(serde::Serialize)]
+struct DeployLine {
+    id: i64,
+    service: String,
+    kind: String,
+    to: String,
+    who: String,
+    when: String,
+    result: String,
+    reason: String,
+}
+
 /// One backup row on the status page.
 #[derive(serde::Serialize)]
 struct BackupRow {
@@ -241,6 +267,68 @@ pub(crate) async fn status_page(
             error: b.last_error.unwrap_or_default(),
         })
         .collect();
+    let (services, deploys) = {
+        let (spec, store) = (s.spec.clone(), s.store.clone());
+        tokio::task::spawn_blocking(move || {
+            (
+                steward_fleet::status::report(&spec, &store),
+                store.fleet_deploys(None, 10).unwrap_or_default(),
+            )
+        })
+        .await
+        .unwrap_or_default()
+    };
+    let short = steward_fleet::controller::short;
+    let service_rows: Vec<ServiceRow> = services
+        .into_iter()
+        .map(|x| ServiceRow {
+            version: x
+                .target
+                .as_deref()
+                .map(short)
+                .unwrap_or_else(|| "not deployed".into()),
+            ready: x.ready,
+            desired: x.desired,
+            listen: x.listen.unwrap_or_default(),
+            instances: x
+                .instances
+                .iter()
+                .map(|i| (i.id.clone(), i.state.clone()))
+                .collect(),
+            deploy: x
+                .deploy
+                .as_ref()
+                .map(|d| {
+                    format!(
+                        "{} #{} by {} {}",
+                        d.kind,
+                        d.id,
+                        d.who,
+                        ago(d.requested_ms, now)
+                    )
+                })
+                .unwrap_or_default(),
+            deploy_state: x
+                .deploy
+                .as_ref()
+                .map(|d| d.result.clone().unwrap_or_else(|| "running".into()))
+                .unwrap_or_default(),
+            name: x.service,
+        })
+        .collect();
+    let deploy_lines: Vec<DeployLine> = deploys
+        .into_iter()
+        .map(|d| DeployLine {
+            id: d.id,
+            service: d.service,
+            kind: d.kind,
+            to: short(&d.to_digest),
+            who: d.who,
+            when: ago(d.requested_ms, now),
+            result: d.result.unwrap_or_else(|| "running".into()),
+            reason: d.reason.unwrap_or_default(),
+        })
+        .collect();
     let tmpl = env()
         .get_template("status.html")
         .expect("template registered");
@@ -253,6 +341,8 @@ pub(crate) async fn status_page(
         groups => minijinja::Value::from(minijinja::value::Serde(&groups)),
         gaps => minijinja::Value::from(minijinja::value::Serde(&gaps)),
         backups => minijinja::Value::from(minijinja::value::Serde(&backup_rows)),
+        services => minijinja::Value::from(minijinja::value::Serde(&service_rows)),
+        deploys => minijinja::Value::from(minijinja::value::Serde(&deploy_lines)),
         version => env!("CARGO_PKG_VERSION"),
         user => who.as_ref().map(|w| w.name.clone()),
         csrf => who.as_ref().and_then(|w| w.csrf.clone()),

@@ -298,6 +298,31 @@ fn release_id(proxy: &str) -> String {
     v["releaseId"].as_str().unwrap_or_default().to_string()
 }
 
+/// POSTs JSON over plain HTTP/1.0: status code and body.
+fn http_post(addr: &str, path: &str, json: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "POST {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{json}",
+        json.len()
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let code = out
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (
+        code,
+        out.split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default(),
+    )
+}
+
 fn pid_alive(pid: i64) -> bool {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     !stat.is_empty()
@@ -425,6 +450,34 @@ fn a_killed_instance_is_replaced_and_scaling_drains_first() {
     let (code, _, err) = p.steward(&["scale", "api", "9"]);
     assert_eq!(code, 2);
     assert!(err.contains("between 2 and 4"), "{err}");
+
+    // The same interface through the API (what an autoscaler calls), and the dashboard.
+    let (status, body) = http_post(
+        &serve.addr,
+        "/api/v1/services/api/scale",
+        r#"{"replicas": 3}"#,
+    );
+    assert_eq!(status, 200, "{body}");
+    p.wait_ready(3, None);
+    let (status, body) = http_post(
+        &serve.addr,
+        "/api/v1/services/api/scale",
+        r#"{"replicas": 5}"#,
+    );
+    assert_eq!(status, 422, "{body}");
+    let services: serde_json::Value =
+        serde_json::from_str(&common::http_get(&serve.addr, "/api/v1/services")).unwrap();
+    assert_eq!(services[0]["desired"], 3);
+    let page = common::http_get(&serve.addr, "/");
+    assert!(
+        page.contains("data-service=\"api\"") && page.contains("3/3"),
+        "{page}"
+    );
+    let (code, _, _) = p.steward(&["scale", "api", "2"]);
+    assert_eq!(code, 0);
+    p.wait("back to two", || {
+        p.status()["instances"].as_array().unwrap().len() == 2
+    });
 
     // kill -9 one instance: it is replaced.
     let victim = &p.status()["instances"][0];
