@@ -28,7 +28,7 @@ use crate::proxy::{Pool, Proxy, ProxyMetrics};
 /// Time between two looks at a service.
 const TICK: Duration = Duration::from_millis(200);
 /// Readiness probes of an instance not yet ready run this often.
-const STARTING_PROBE: Duration = Duration::from_millis(250);
+const STARTING_PROBE: Duration = Duration::from_millis(100);
 /// Readiness probes of a ready instance run at most this far apart.
 const READY_PROBE_MAX: Duration = Duration::from_secs(2);
 
@@ -176,6 +176,7 @@ impl Fleet {
                 draining: Arc::default(),
                 start_backoff: None,
                 build_backoff: None,
+                next_due: None,
             };
             let cancel = cancel.clone();
             tasks.push(tokio::spawn(async move {
@@ -317,6 +318,8 @@ struct ServiceLoop {
     draining: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
     start_backoff: Option<Instant>,
     build_backoff: Option<Instant>,
+    /// When the next instance becomes healthy (ready for `min_healthy_time`).
+    next_due: Option<Instant>,
 }
 
 fn running(r: &InstanceRow) -> Option<Running> {
@@ -356,11 +359,16 @@ impl ServiceLoop {
     }
 
     async fn run(&mut self, cancel: CancellationToken) {
-        let mut tick = tokio::time::interval(TICK);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            // The next look comes after a tick, or sooner when an instance is
+            // due to count as healthy: a rollout waits for no tick it need not.
+            let wake = self
+                .next_due
+                .take()
+                .map(|t| t.min(Instant::now() + TICK))
+                .unwrap_or_else(|| Instant::now() + TICK);
             tokio::select! {
-                _ = tick.tick() => {}
+                _ = tokio::time::sleep_until(wake.into()) => {}
                 _ = cancel.cancelled() => break,
             }
             self.step().await;
@@ -477,6 +485,14 @@ impl ServiceLoop {
             max_lifetime: self.svc.max_instance_lifetime,
             instances: rows.iter().map(view).collect(),
         };
+        let mht = self.svc.rollout.min_healthy_time.as_millis() as i64;
+        self.next_due = rows
+            .iter()
+            .filter(|r| r.state == "ready")
+            .filter_map(|r| r.ready_ms.map(|t| t + mht))
+            .filter(|due| *due > now)
+            .min()
+            .map(|due| Instant::now() + Duration::from_millis((due - now) as u64));
         let decision = decide(&input);
         for action in decision.actions {
             match action {

@@ -43,7 +43,10 @@ pub struct Upstream {
     pub id: String,
     /// Its address.
     pub addr: SocketAddr,
+    authority: hyper::http::uri::Authority,
     inflight: AtomicU64,
+    /// Its request and error counters, looked up once.
+    counters: std::sync::OnceLock<(Counter, Counter)>,
 }
 
 impl Upstream {
@@ -84,7 +87,12 @@ impl Pool {
                         Arc::new(Upstream {
                             id: id.clone(),
                             addr: *addr,
+                            authority: addr
+                                .to_string()
+                                .parse()
+                                .expect("a socket address is an authority"),
                             inflight: AtomicU64::new(0),
+                            counters: std::sync::OnceLock::new(),
                         })
                     })
             })
@@ -210,6 +218,11 @@ pub struct Proxy {
     pool: Arc<Pool>,
     client: Client<HttpConnector, Body>,
     metrics: ProxyMetrics,
+    /// Per status class (index 1 = 1xx ... 5 = 5xx), looked up once: the hot
+    /// path must not hash label sets.
+    by_class: Arc<[Counter; 6]>,
+    duration: Histogram,
+    retries: Counter,
 }
 
 fn client() -> Client<HttpConnector, Body> {
@@ -226,10 +239,28 @@ fn client() -> Client<HttpConnector, Body> {
 impl Proxy {
     /// A proxy for `service` routing to `pool`.
     pub fn new(service: &str, pool: Arc<Pool>, metrics: ProxyMetrics) -> Self {
+        let label = |code: &str| StatusLabel {
+            service: service.to_string(),
+            code: code.to_string(),
+        };
+        let by_class = Arc::new(std::array::from_fn(|i| {
+            metrics
+                .requests
+                .get_or_create(&label(&format!("{i}xx")))
+                .clone()
+        }));
+        let service_label = ServiceLabel {
+            service: service.to_string(),
+        };
+        let duration = metrics.duration.get_or_create(&service_label).clone();
+        let retries = metrics.retries.get_or_create(&service_label).clone();
         Proxy {
             service: service.into(),
             pool,
             client: client(),
+            by_class,
+            duration,
+            retries,
             metrics,
         }
     }
@@ -314,27 +345,37 @@ impl Proxy {
                 (None, Some(s)) => s.boxed(),
                 (None, None) => unreachable!("a streamed body is only sent once"),
             };
-            let mut builder = Request::builder()
-                .method(parts.method.clone())
-                .uri(format!(
-                    "http://{}{}",
-                    up.addr,
+            let uri = hyper::Uri::builder()
+                .scheme(hyper::http::uri::Scheme::HTTP)
+                .authority(up.authority.clone())
+                .path_and_query(
                     parts
                         .uri
                         .path_and_query()
-                        .map(|p| p.as_str())
-                        .unwrap_or("/")
-                ))
+                        .cloned()
+                        .unwrap_or_else(|| hyper::http::uri::PathAndQuery::from_static("/")),
+                )
+                .build()
+                .expect("a valid upstream URI");
+            let mut builder = Request::builder()
+                .method(parts.method.clone())
+                .uri(uri)
                 .version(hyper::Version::HTTP_11);
             if let Some(h) = builder.headers_mut() {
                 *h = parts.headers.clone();
             }
             let out = builder.body(body).expect("a valid request");
-            let labels = InstanceLabel {
-                service: self.service.to_string(),
-                instance: up.id.clone(),
-            };
-            self.metrics.upstream_requests.get_or_create(&labels).inc();
+            let (sent_counter, error_counter) = up.counters.get_or_init(|| {
+                let labels = InstanceLabel {
+                    service: self.service.to_string(),
+                    instance: up.id.clone(),
+                };
+                (
+                    self.metrics.upstream_requests.get_or_create(&labels).clone(),
+                    self.metrics.upstream_errors.get_or_create(&labels).clone(),
+                )
+            });
+            sent_counter.inc();
             up.inflight.fetch_add(1, Ordering::Relaxed);
             let guard = Inflight(up.clone());
             let sent = tokio::time::timeout(UPSTREAM_TIMEOUT, self.client.request(out)).await;
@@ -371,16 +412,11 @@ impl Proxy {
                 }
                 Ok(Err(e)) => {
                     drop(guard);
-                    self.metrics.upstream_errors.get_or_create(&labels).inc();
+                    error_counter.inc();
                     // Nothing reached the instance: safe to try another.
                     if e.is_connect() && buffered.is_some() {
                         tracing::debug!(instance = %up.id, "connect failed, retrying elsewhere: {e}");
-                        self.metrics
-                            .retries
-                            .get_or_create(&ServiceLabel {
-                                service: self.service.to_string(),
-                            })
-                            .inc();
+                        self.retries.inc();
                         tried.push(up.id.clone());
                         continue;
                     }
@@ -392,7 +428,7 @@ impl Proxy {
                 }
                 Err(_) => {
                     drop(guard);
-                    self.metrics.upstream_errors.get_or_create(&labels).inc();
+                    error_counter.inc();
                     return self.answer(
                         started,
                         error(
@@ -406,20 +442,9 @@ impl Proxy {
     }
 
     fn answer(&self, started: Instant, resp: Response<Body>) -> Response<Body> {
-        let class = format!("{}xx", resp.status().as_u16() / 100);
-        self.metrics
-            .requests
-            .get_or_create(&StatusLabel {
-                service: self.service.to_string(),
-                code: class,
-            })
-            .inc();
-        self.metrics
-            .duration
-            .get_or_create(&ServiceLabel {
-                service: self.service.to_string(),
-            })
-            .observe(started.elapsed().as_secs_f64());
+        let class = (resp.status().as_u16() / 100).min(5) as usize;
+        self.by_class[class].inc();
+        self.duration.observe(started.elapsed().as_secs_f64());
         resp
     }
 }

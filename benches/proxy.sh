@@ -1,0 +1,138 @@
+#!/usr/bin/env bash
+# Reverse-proxy throughput per CPU and p99 latency: steward's built-in proxy vs
+# Debian's nginx and HAProxy, in front of the same two upstream instances, in one run.
+#
+#   benches/proxy.sh [SECONDS] [CONNECTIONS]     defaults: 10 s, 32 connections
+#
+# The upstream instances are two nginx processes (one worker each) that steward
+# itself runs as the instances of a service; nginx and HAProxy are then pointed at
+# the very same addresses. Each proxy gets one CPU's worth of workers (steward's
+# serve runs on one thread; nginx worker_processes 1; HAProxy nbthread 1), all keep
+# connections to the upstreams alive. wrk (1 thread, keep-alive) drives each for the
+# same time; CPU time of the proxy process comes from /proc/PID/stat, so requests
+# per CPU-second compares the proxies' efficiency independent of the load driver.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DURATION=${1:-10}
+CONNS=${2:-32}
+need() { command -v "$1" >/dev/null || { echo "missing $1 (scripts/testbed install)" >&2; exit 2; }; }
+BENCH_NAME=proxy source benches/common.sh
+export PATH="$PATH:/usr/sbin:/sbin"
+need nginx; need haproxy; need wrk
+
+# --- the upstream instances, run by steward ------------------------------------------
+mkdir -p "$WORK/base/www"
+head -c 1024 /dev/zero | tr '\0' 'x' >"$WORK/base/www/index.html"
+# The instances live under steward's private state directory: as root, nginx's
+# workers must run as root to read them (unprivileged, the directive is ignored).
+cat >"$WORK/base/nginx.tmpl" <<'CONF'
+user root root; worker_processes 1; daemon off; pid nginx.pid; error_log stderr;
+events { worker_connections 8192; }
+http { access_log off; keepalive_requests 1000000;
+  client_body_temp_path /tmp; proxy_temp_path /tmp; fastcgi_temp_path /tmp;
+  uwsgi_temp_path /tmp; scgi_temp_path /tmp;
+  server { listen @ADDR@; root @ROOT@/www; } }
+CONF
+PROXY=127.0.0.1:$(free_port)
+API=127.0.0.1:$(free_port)
+cat >"$WORK/steward.toml" <<SPEC
+[steward]
+state_dir = "state"
+listen = "$API"
+
+[check.web]
+type = "tcp"
+address = "$PROXY"
+interval = "1s"
+
+[image.web]
+base = "dir:base"
+
+[service.web]
+image = "web"
+command = ["sh", "-c", "sed -e 's|@ADDR@|{addr}|' -e 's|@ROOT@|{root}|' {root}/nginx.tmpl > {root}/nginx.conf && exec nginx -c {root}/nginx.conf -p {root}"]
+replicas = 2
+listen = "$PROXY"
+readiness = "web"
+rollout = { min_healthy_time = "1s", healthy_deadline = "30s" }
+SPEC
+(cd "$WORK" && exec "$STEWARD" -f steward.toml serve >"$WORK/serve.log" 2>&1) & SERVE=$!
+PIDS+=($SERVE)
+for _ in $(seq 1 150); do
+  n=$("$STEWARD" -f "$WORK/steward.toml" fleet status --json 2>/dev/null \
+    | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["ready"])' 2>/dev/null || echo 0)
+  [ "$n" = 2 ] && break
+  sleep 0.2
+done
+[ "$n" = 2 ] || { echo "steward did not start the upstream instances" >&2; tail "$WORK/serve.log" >&2; exit 1; }
+mapfile -t UPSTREAMS < <("$STEWARD" -f "$WORK/steward.toml" fleet status --json \
+  | python3 -c 'import json,sys; [print(i["addr"]) for i in json.load(sys.stdin)[0]["instances"] if i["state"]=="ready"]')
+# steward's pid: the serve process (its instances run in their own process groups).
+STEWARD_PID=$SERVE
+
+# --- nginx and HAProxy as reverse proxies to the same instances -------------------------
+NGINX_PORT=$(free_port)
+servers=""; for u in "${UPSTREAMS[@]}"; do servers+="server $u; "; done
+start_nginx "upstream app { $servers keepalive 64; }
+  server { listen 127.0.0.1:$NGINX_PORT; location / { proxy_pass http://app;
+    proxy_http_version 1.1; proxy_set_header Connection \"\"; } }"
+NGINX_PID=$(cat "$WORK/nginx.pid")
+HAPROXY_PORT=$(free_port)
+{
+  echo "global"; echo "  nbthread 1"; echo "  maxconn 4096"
+  echo "defaults"; echo "  mode http"; echo "  timeout connect 2s"; echo "  timeout client 30s"; echo "  timeout server 30s"
+  echo "  http-reuse always"; echo "  option http-keep-alive"
+  echo "frontend f"; echo "  bind 127.0.0.1:$HAPROXY_PORT"; echo "  default_backend b"
+  echo "backend b"; echo "  balance leastconn"
+  i=0; for u in "${UPSTREAMS[@]}"; do echo "  server s$i $u"; i=$((i+1)); done
+} >"$WORK/haproxy.cfg"
+haproxy -f "$WORK/haproxy.cfg" -db >"$WORK/haproxy.log" 2>&1 & HAPROXY_PID=$!
+PIDS+=($HAPROXY_PID)
+sleep 0.5
+
+# CPU ticks of a process and its children (nginx's workers).
+tree_ticks() {
+  local t; t=$(cpu_ticks "$1")
+  [ "$1" = "$STEWARD_PID" ] && { echo "$t"; return; } # its children are the upstreams
+  for c in $(pgrep -P "$1"); do t=$((t + $(cpu_ticks "$c"))); done
+  echo "$t"
+}
+
+# run NAME PID ADDR -> "rps p50_ms p99_ms rps_per_cpu"
+run() {
+  local name=$1 pid=$2 addr=$3 c0 c1 out rps p50 p99 reqs cpu
+  wrk -t1 -c"$CONNS" -d2s "http://$addr/" >/dev/null 2>&1 # warm the connection pools
+  c0=$(tree_ticks "$pid")
+  out=$(wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "http://$addr/")
+  c1=$(tree_ticks "$pid")
+  if grep -q "Non-2xx\|Socket errors" <<<"$out"; then
+    echo "$name: errors during the run:" >&2; echo "$out" >&2
+    curl -si "http://$addr/" | head -8 >&2; exit 1
+  fi
+  rps=$(awk '/^Requests\/sec/ {print $2}' <<<"$out")
+  reqs=$(awk '/requests in/ {print $1}' <<<"$out")
+  p50=$(awk '$1=="50%" {print $2}' <<<"$out")
+  p99=$(awk '$1=="99%" {print $2}' <<<"$out")
+  cpu=$(python3 -c "print(max(($c1-$c0)/$hz, 0.01))")
+  echo "$rps $(ms "$p50") $(ms "$p99") $(python3 -c "print(round($reqs/$cpu))") $cpu"
+}
+# wrk prints 812.00us / 1.20ms / 2.01s
+ms() { python3 -c "
+v='$1'
+for u,f in (('us',0.001),('ms',1),('s',1000)):
+    if v.endswith(u): print(round(float(v[:-len(u)])*f,3)); break"; }
+
+echo "proxy benchmark: ${DURATION}s per proxy, $CONNS keep-alive connections, 2 nginx upstream instances, 1 KiB responses"
+read -r s_rps s_p50 s_p99 s_eff s_cpu < <(run steward "$STEWARD_PID" "$PROXY")
+read -r n_rps n_p50 n_p99 n_eff n_cpu < <(run nginx "$NGINX_PID" "127.0.0.1:$NGINX_PORT")
+read -r h_rps h_p50 h_p99 h_eff h_cpu < <(run haproxy "$HAPROXY_PID" "127.0.0.1:$HAPROXY_PORT")
+printf '%-10s %12s %10s %10s %14s %8s\n' proxy "req/s" "p50 ms" "p99 ms" "req/CPU-s" "CPU s"
+printf '%-10s %12s %10s %10s %14s %8s\n' steward "$s_rps" "$s_p50" "$s_p99" "$s_eff" "$s_cpu"
+printf '%-10s %12s %10s %10s %14s %8s\n' nginx "$n_rps" "$n_p50" "$n_p99" "$n_eff" "$n_cpu"
+printf '%-10s %12s %10s %10s %14s %8s\n' haproxy "$h_rps" "$h_p50" "$h_p99" "$h_eff" "$h_cpu"
+python3 - "$s_eff" "$n_eff" "$h_eff" "$s_p99" "$n_p99" "$h_p99" <<'PY'
+import sys
+s, n, h, sp, np_, hp = map(float, sys.argv[1:])
+print(f"throughput per CPU: steward/nginx {s/n:.2f}x, steward/haproxy {s/h:.2f}x (target: >= 1 vs nginx)")
+print(f"p99 latency: steward/nginx {sp/np_:.2f}x, steward/haproxy {sp/hp:.2f}x (target: <= 1 vs nginx)")
+PY
