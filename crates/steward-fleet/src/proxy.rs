@@ -371,7 +371,10 @@ impl Proxy {
                     instance: up.id.clone(),
                 };
                 (
-                    self.metrics.upstream_requests.get_or_create(&labels).clone(),
+                    self.metrics
+                        .upstream_requests
+                        .get_or_create(&labels)
+                        .clone(),
                     self.metrics.upstream_errors.get_or_create(&labels).clone(),
                 )
             });

@@ -33,7 +33,7 @@ pub use image::{Artifact, Image, ImageBase};
 pub use model::*;
 pub use raw::{AlertKind, AuthMode, CheckKind, SmtpTls};
 pub use secret::{OsResolver, Reference, Resolver, Secret, SecretError, Text};
-pub use service::{Isolation, PLACEHOLDERS, Replicas, Rollout, Service};
+pub use service::{PLACEHOLDERS, Replicas, Rollout, Service};
 
 use std::path::Path;
 

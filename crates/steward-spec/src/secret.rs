@@ -325,4 +325,19 @@ mod tests {
             Err(SecretError::Syntax(_))
         ));
     }
+
+    #[cfg(unix)]
+    #[test]
+    fn generated_secrets_are_made_once_and_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("steward-gen-{}", std::process::id()));
+        let path = dir.join("sub/pw");
+        let t = Text::new(format!("${{generated:{}}}", path.display()));
+        let first = t.resolve(&OsResolver).unwrap();
+        assert_eq!(first.expose().len(), 32);
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert_eq!(t.resolve(&OsResolver).unwrap().expose(), first.expose(), "made once");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -97,22 +97,6 @@ pub struct Service {
     pub stop_timeout: Duration,
     /// Instances older than this are replaced.
     pub max_instance_lifetime: Option<Duration>,
-    /// Run each instance in its own namespaces when steward is root (`auto`),
-    /// always (`true`) or never (`false`).
-    pub isolate: Isolation,
-    /// cgroup memory limit of an isolated instance, bytes.
-    pub memory: Option<u64>,
-}
-
-/// Whether instances run sandboxed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Isolation {
-    /// Sandboxed when steward runs as root, a plain process otherwise.
-    Auto,
-    /// Always sandboxed (an error without root).
-    Always,
-    /// Always a plain process.
-    Never,
 }
 
 impl Service {
@@ -150,8 +134,6 @@ pub(crate) struct RawService {
     drain_timeout: Option<Dur>,
     stop_timeout: Option<Dur>,
     max_instance_lifetime: Option<Dur>,
-    isolate: Option<Spanned<RawIsolate>>,
-    memory: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -159,13 +141,6 @@ pub(crate) struct RawService {
 enum RawReplicas {
     Fixed(u32),
     Range { min: u32, max: u32 },
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-enum RawIsolate {
-    Bool(bool),
-    Word(String),
 }
 
 #[derive(Debug, Deserialize)]
@@ -179,24 +154,6 @@ struct RawRollout {
     canary: Option<u32>,
     auto_promote: Option<bool>,
     min_healthy_percent: Option<u32>,
-}
-
-/// Parses `512M`, `2G`, `1048576` into bytes.
-fn bytes(s: &str) -> Option<u64> {
-    let s = s.trim();
-    let (num, mul) = match s.char_indices().find(|(_, c)| c.is_ascii_alphabetic()) {
-        Some((i, _)) => {
-            let mul = match s[i..].to_ascii_uppercase().as_str() {
-                "K" | "KB" | "KIB" => 1 << 10,
-                "M" | "MB" | "MIB" => 1 << 20,
-                "G" | "GB" | "GIB" => 1 << 30,
-                _ => return None,
-            };
-            (&s[..i], mul)
-        }
-        None => (s, 1),
-    };
-    num.trim().parse::<u64>().ok().map(|n| n * mul)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -379,33 +336,6 @@ pub(crate) fn service(
             );
         }
     }
-    let isolate = match raw.isolate.as_ref().map(|i| (i.get_ref(), i.span())) {
-        None => Isolation::Auto,
-        Some((RawIsolate::Bool(true), _)) => Isolation::Always,
-        Some((RawIsolate::Bool(false), _)) => Isolation::Never,
-        Some((RawIsolate::Word(w), _)) if w == "auto" => Isolation::Auto,
-        Some((RawIsolate::Word(w), s)) => {
-            d.error(
-                s,
-                format!("unknown isolate value `{w}`"),
-                "expected true, false or \"auto\"",
-                None,
-            );
-            Isolation::Auto
-        }
-    };
-    let memory = raw.memory.as_ref().and_then(|m| {
-        let b = bytes(m.get_ref());
-        if b.is_none() {
-            d.error(
-                m.span(),
-                format!("invalid memory size `{}`", m.get_ref()),
-                "expected e.g. 512M",
-                None,
-            );
-        }
-        b
-    });
     let _ = span;
     if d.errors.len() > before {
         return None;
@@ -432,20 +362,5 @@ pub(crate) fn service(
             .map(|d| d.0)
             .unwrap_or(Duration::from_secs(10)),
         max_instance_lifetime: raw.max_instance_lifetime.map(|d| d.0),
-        isolate,
-        memory,
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::bytes;
-
-    #[test]
-    fn memory_sizes() {
-        assert_eq!(bytes("512M"), Some(512 << 20));
-        assert_eq!(bytes("2G"), Some(2 << 30));
-        assert_eq!(bytes("1024"), Some(1024));
-        assert_eq!(bytes("12X"), None);
-    }
 }
