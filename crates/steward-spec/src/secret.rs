@@ -337,7 +337,11 @@ mod tests {
         assert_eq!(first.expose().len(), 32);
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
-        assert_eq!(t.resolve(&OsResolver).unwrap().expose(), first.expose(), "made once");
+        assert_eq!(
+            t.resolve(&OsResolver).unwrap().expose(),
+            first.expose(),
+            "made once"
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

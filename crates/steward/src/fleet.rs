@@ -441,7 +441,10 @@ pub(crate) fn logs(
         }
         offsets.push((r.id.clone(), path, text.len() as u64));
     }
-    while follow {
+    if !follow {
+        return exit::OK;
+    }
+    loop {
         std::thread::sleep(Duration::from_millis(250));
         for (id, path, off) in offsets.iter_mut() {
             let Ok(mut f) = std::fs::File::open(&*path) else {
@@ -463,7 +466,6 @@ pub(crate) fn logs(
             }
         }
     }
-    exit::OK
 }
 
 /// `steward up DIR`: builds the images of `DIR/steward.toml` and serves it.

@@ -227,7 +227,7 @@ impl Load {
                             i += 1;
                             // A mix of reads and small writes (writes are retried
                             // only when nothing reached an instance).
-                            let r = if (i + n) % 5 == 0 {
+                            let r = if (i + n).is_multiple_of(5) {
                                 client
                                     .post(format!("{url}/fractals"))
                                     .json(&serde_json::json!({"width": 16, "height": 16, "iterations": 10}))

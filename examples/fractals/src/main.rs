@@ -404,11 +404,11 @@ fn render(kind: &str, w: u32, h: u32, iterations: u32, c: (f64, f64)) -> Vec<u8>
     out
 }
 
+/// A job a worker took: id, kind, width, height, iterations, Julia constant.
+type Claimed = (String, String, u32, u32, u32, f64, f64);
+
 /// Takes the oldest queued job (or one abandoned by a replaced worker).
-fn claim(
-    conn: &Connection,
-    worker: &str,
-) -> rusqlite::Result<Option<(String, String, u32, u32, u32, f64, f64)>> {
+fn claim(conn: &Connection, worker: &str) -> rusqlite::Result<Option<Claimed>> {
     let now = now_ms();
     conn.query_row(
         "UPDATE job SET status = 'running', started_ms = ?1, worker = ?2
