@@ -335,7 +335,10 @@ impl ServiceLoop {
     }
 
     fn record(&self, kind: &str, severity: &str, message: String, data: serde_json::Value) {
-        tracing::info!(service = %self.svc.name, kind, "{message}");
+        match severity {
+            "error" | "warning" => tracing::warn!(service = %self.svc.name, kind, "{message}"),
+            _ => tracing::info!(service = %self.svc.name, kind, "{message}"),
+        }
         let _ = self
             .store()
             .append_event(&event(kind, &self.svc.name, severity, message, data));
@@ -767,7 +770,9 @@ impl ServiceLoop {
             let cache = spec.settings.state_dir.join("fleet/images");
             let root = steward_image::unpack(&spec, &image, &digest, &cache, resolver.as_ref())
                 .map_err(|e| e.to_string())?;
-            let created = provider.create(&id2, &root).map_err(|e| e.to_string())?;
+            let created = provider
+                .create(&id2, &svc, &root)
+                .map_err(|e| e.to_string())?;
             let now = now_ms();
             // Recorded before the process exists: a crash in between leaves a
             // record the next run cleans up, never an unknown process.
@@ -813,11 +818,13 @@ impl ServiceLoop {
 
     async fn revive(&mut self, mut r: InstanceRow) -> Result<(), String> {
         let env = self.env()?;
-        let port = crate::provider::free_port().map_err(|e| e.to_string())?;
-        let created = Created {
-            dir: r.dir.clone().into(),
-            addr: SocketAddr::from(([127, 0, 0, 1], port)),
-        };
+        let dir: std::path::PathBuf = r.dir.clone().into();
+        let addr = self
+            .fleet
+            .provider
+            .address(&dir)
+            .map_err(|e| e.to_string())?;
+        let created = Created { dir, addr };
         let (provider, svc, store) = (
             self.fleet.provider.clone(),
             self.svc.clone(),

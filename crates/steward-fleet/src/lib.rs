@@ -13,6 +13,7 @@ pub mod controller;
 pub mod plan;
 pub mod provider;
 pub mod proxy;
+pub mod sandbox;
 pub mod status;
 
 /// A random instance id suffix: 6 hex digits.

@@ -28,6 +28,14 @@ pub enum ProviderError {
         /// The cause.
         source: std::io::Error,
     },
+    /// Making the sandbox of an isolated instance failed.
+    #[error("instance {id}: {reason}")]
+    Sandbox {
+        /// Instance id.
+        id: String,
+        /// The cause.
+        reason: String,
+    },
     /// Copying the image failed.
     #[error("instance {id}: copying the image failed: {reason}")]
     Copy {
@@ -59,7 +67,14 @@ pub struct Running {
 /// Creates, starts, stops and destroys instances.
 pub trait Provider: Send + Sync {
     /// Makes an instance's home from an unpacked image; starts nothing.
-    fn create(&self, id: &str, image_root: &Path) -> Result<Created, ProviderError>;
+    fn create(
+        &self,
+        id: &str,
+        service: &Service,
+        image_root: &Path,
+    ) -> Result<Created, ProviderError>;
+    /// The address a (parked) instance in `dir` serves on when started again.
+    fn address(&self, dir: &Path) -> std::io::Result<SocketAddr>;
     /// Starts the instance's process.
     fn start(
         &self,
@@ -128,7 +143,19 @@ fn proc_start(pid: i64) -> Option<i64> {
 }
 
 impl Provider for Local {
-    fn create(&self, id: &str, image_root: &Path) -> Result<Created, ProviderError> {
+    fn address(&self, dir: &Path) -> std::io::Result<SocketAddr> {
+        match crate::sandbox::load(dir) {
+            Some(s) => Ok(s.addr),
+            None => Ok(SocketAddr::from(([127, 0, 0, 1], free_port()?))),
+        }
+    }
+
+    fn create(
+        &self,
+        id: &str,
+        service: &Service,
+        image_root: &Path,
+    ) -> Result<Created, ProviderError> {
         let io = |what| {
             move |source| ProviderError::Io {
                 id: id.to_string(),
@@ -138,6 +165,18 @@ impl Provider for Local {
         };
         let dir = self.home.join(id);
         std::fs::create_dir_all(&dir).map_err(io("creating its directory"))?;
+        if service.isolate {
+            return match crate::sandbox::create(id, &dir, image_root, service.memory) {
+                Ok(s) => Ok(Created { dir, addr: s.addr }),
+                Err(reason) => {
+                    self.destroy(&dir);
+                    Err(ProviderError::Sandbox {
+                        id: id.into(),
+                        reason,
+                    })
+                }
+            };
+        }
         let root = dir.join("root");
         // Each instance gets its own copy: nothing it writes reaches the image
         // or another instance (reflinks keep this cheap where supported).
@@ -177,16 +216,23 @@ impl Provider for Local {
             }
         };
         let root = created.dir.join("root");
+        let sandbox = crate::sandbox::load(&created.dir);
+        // Inside a sandbox the image is `/`.
+        let seen_root = if sandbox.is_some() {
+            PathBuf::from("/")
+        } else {
+            root.clone()
+        };
         let argv: Vec<String> = service
             .command
             .iter()
-            .map(|a| expand(a, created.addr, &root, id, &self.state_dir))
+            .map(|a| expand(a, created.addr, &seen_root, id, &self.state_dir))
             .collect();
         // An absolute program path means the one inside the image.
         let program = {
             let p = Path::new(&argv[0]);
             let inside = root.join(p.strip_prefix("/").unwrap_or(p));
-            if p.is_absolute() && inside.exists() {
+            if p.is_absolute() && inside.exists() && sandbox.is_none() {
                 inside
             } else {
                 p.to_path_buf()
@@ -198,8 +244,24 @@ impl Provider for Local {
             .open(created.dir.join("log"))
             .map_err(io("opening its log"))?;
         let log2 = log.try_clone().map_err(io("opening its log"))?;
-        let child = Command::new(&program)
-            .args(&argv[1..])
+        let mut command = match &sandbox {
+            Some(sb) => {
+                let mut mounts = Vec::new();
+                for (host, inside, ro) in &service.mounts {
+                    let host =
+                        PathBuf::from(expand(host, created.addr, &root, id, &self.state_dir));
+                    std::fs::create_dir_all(&host).map_err(io("creating a mounted directory"))?;
+                    mounts.push((host, inside.clone(), *ro));
+                }
+                crate::sandbox::command(sb, id, &root, &mounts, &argv)
+            }
+            None => {
+                let mut c = Command::new(&program);
+                c.args(&argv[1..]);
+                c
+            }
+        };
+        let child = command
             .current_dir(&root)
             .env("STEWARD_SERVICE", &service.name)
             .env("STEWARD_INSTANCE", id)
@@ -279,6 +341,7 @@ impl Provider for Local {
         let dir = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
         // Only ever inside the instances' home.
         if dir.starts_with(&self.home) && dir != self.home {
+            crate::sandbox::destroy(&dir);
             let _ = std::fs::remove_dir_all(&dir);
         }
     }
@@ -309,9 +372,9 @@ mod tests {
         let image = home.join("image");
         std::fs::create_dir_all(image.join("bin")).unwrap();
         let local = Local::new(&home);
-        let created = local.create("t-1", &image).unwrap();
-        assert!(created.dir.join("root/bin").is_dir());
         let service = test_service(vec!["sleep".into(), "30".into()]);
+        let created = local.create("t-1", &service, &image).unwrap();
+        assert!(created.dir.join("root/bin").is_dir());
         let run = local
             .start("t-1", &service, "sha256:x", &created, &[])
             .unwrap();

@@ -97,6 +97,13 @@ pub struct Service {
     pub stop_timeout: Duration,
     /// Instances older than this are replaced.
     pub max_instance_lifetime: Option<Duration>,
+    /// Each instance in its own sandbox: an overlay root over the image, its
+    /// own network namespace and address, bubblewrap (needs root).
+    pub isolate: bool,
+    /// cgroup memory limit of an isolated instance, bytes.
+    pub memory: Option<u64>,
+    /// Host directories visible inside isolated instances: `(host, inside, read_only)`.
+    pub mounts: Vec<(String, String, bool)>,
 }
 
 impl Service {
@@ -134,6 +141,11 @@ pub(crate) struct RawService {
     drain_timeout: Option<Dur>,
     stop_timeout: Option<Dur>,
     max_instance_lifetime: Option<Dur>,
+    #[serde(default)]
+    isolate: bool,
+    memory: Option<Spanned<String>>,
+    #[serde(default)]
+    mounts: Vec<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -154,6 +166,24 @@ struct RawRollout {
     canary: Option<u32>,
     auto_promote: Option<bool>,
     min_healthy_percent: Option<u32>,
+}
+
+/// Parses `512M`, `2G`, `1048576` into bytes.
+fn bytes(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let (num, mul) = match s.char_indices().find(|(_, c)| c.is_ascii_alphabetic()) {
+        Some((i, _)) => {
+            let mul = match s[i..].to_ascii_uppercase().as_str() {
+                "K" | "KB" | "KIB" => 1 << 10,
+                "M" | "MB" | "MIB" => 1 << 20,
+                "G" | "GB" | "GIB" => 1 << 30,
+                _ => return None,
+            };
+            (&s[..i], mul)
+        }
+        None => (s, 1),
+    };
+    num.trim().parse::<u64>().ok().map(|n| n * mul)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -336,6 +366,50 @@ pub(crate) fn service(
             );
         }
     }
+    let memory = raw.memory.as_ref().and_then(|m| {
+        let b = bytes(m.get_ref());
+        if b.is_none() {
+            d.error(
+                m.span(),
+                format!("invalid memory size `{}`", m.get_ref()),
+                "expected e.g. 512M",
+                None,
+            );
+        } else if !raw.isolate {
+            d.error(
+                m.span(),
+                "`memory` limits only isolated instances",
+                "needs isolate = true",
+                None,
+            );
+        }
+        b
+    });
+    let mut mounts = Vec::new();
+    for m in &raw.mounts {
+        let parts: Vec<&str> = m.get_ref().split(':').collect();
+        match parts[..] {
+            [host, inside] | [host, inside, "ro"]
+                if !host.is_empty() && inside.starts_with('/') =>
+            {
+                mounts.push((host.to_string(), inside.to_string(), parts.len() == 3));
+            }
+            _ => d.error(
+                m.span(),
+                format!("invalid mount `{}`", m.get_ref()),
+                "expected HOST:/INSIDE or HOST:/INSIDE:ro",
+                Some("e.g. \"{state_dir}/data:/data\"".into()),
+            ),
+        }
+    }
+    if !raw.mounts.is_empty() && !raw.isolate {
+        d.error(
+            raw.mounts[0].span(),
+            "`mounts` apply only to isolated instances (plain ones see the host)",
+            "needs isolate = true",
+            None,
+        );
+    }
     let _ = span;
     if d.errors.len() > before {
         return None;
@@ -362,5 +436,21 @@ pub(crate) fn service(
             .map(|d| d.0)
             .unwrap_or(Duration::from_secs(10)),
         max_instance_lifetime: raw.max_instance_lifetime.map(|d| d.0),
+        isolate: raw.isolate,
+        memory,
+        mounts,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bytes;
+
+    #[test]
+    fn memory_sizes() {
+        assert_eq!(bytes("512M"), Some(512 << 20));
+        assert_eq!(bytes("2G"), Some(2 << 30));
+        assert_eq!(bytes("1024"), Some(1024));
+        assert_eq!(bytes("12X"), None);
+    }
 }

@@ -468,6 +468,50 @@ pub(crate) fn logs(
     }
 }
 
+/// `steward down`: stops and destroys every instance (parked ones too) and
+/// their sandboxes; the services keep their versions, so the next `serve`
+/// starts fresh instances of them.
+pub(crate) fn down(spec_path: &Path) -> u8 {
+    use steward_fleet::provider::{Local, Provider, Running};
+    let spec = match crate::load_spec(spec_path) {
+        Ok(s) => s,
+        Err(c) => return c,
+    };
+    let store = match open(&spec) {
+        Ok(s) => s,
+        Err(c) => return c,
+    };
+    let provider = Local::new(&spec.settings.state_dir);
+    let rows = store.fleet_instances(None).unwrap_or_default();
+    for r in &rows {
+        let grace = spec
+            .services
+            .get(&r.service)
+            .map(|s| s.stop_timeout)
+            .unwrap_or(Duration::from_secs(10));
+        if let Some(pid) = r.pid {
+            provider.stop(
+                Running {
+                    pid,
+                    pid_start: r.pid_start,
+                },
+                grace,
+            );
+        }
+        provider.destroy(Path::new(&r.dir));
+        let _ = store.fleet_delete_instance(&r.id);
+        println!("{}: {} stopped and destroyed", r.service, r.id);
+    }
+    let _ = store.append_event(&steward_state::NewEvent::now(
+        "fleet.down",
+        "steward",
+        "info",
+        format!("{} instances destroyed by `steward down`", rows.len()),
+        serde_json::json!({"instances": rows.len()}),
+    ));
+    exit::OK
+}
+
 /// `steward up DIR`: builds the images of `DIR/steward.toml` and serves it.
 pub(crate) fn up(dir: &Path, listen: Option<std::net::SocketAddr>) -> u8 {
     // The project's directory is the working directory, as for a compose

@@ -159,6 +159,8 @@ enum Command {
         #[arg(long)]
         listen: Option<std::net::SocketAddr>,
     },
+    /// Stop and destroy every instance (stop `serve` first); versions are kept.
+    Down,
     /// Manage API tokens for `auth = "token"` (stored only as hashes).
     Token {
         #[command(subcommand)]
@@ -526,6 +528,7 @@ fn main() -> ExitCode {
             follow,
         } => fleet::logs(&cli.spec, &service, instance.as_deref(), tail, follow),
         Command::Up { dir, listen } => fleet::up(&dir, listen),
+        Command::Down => fleet::down(&cli.spec),
         Command::Token { action } => token::run(
             &cli.spec,
             match action {

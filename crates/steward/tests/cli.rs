@@ -628,7 +628,7 @@ fn validate_ok_and_missing_file() {
         (
             code,
             stdout.trim_end().ends_with(
-                "valid (1 checks, 0 alert channels, 0 maintenance windows, 0 converge sets, 0 backups, 0 images)"
+                "valid (1 checks, 0 alert channels, 0 maintenance windows, 0 converge sets, 0 backups, 0 images, 0 services)"
             )
         ),
         (0, true),

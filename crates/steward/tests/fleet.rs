@@ -38,20 +38,17 @@ struct Project {
     proxy: String,
 }
 
-/// Instances outlive a killed steward by design; a test must not leave them behind.
+/// Instances outlive a killed steward by design; a test must not leave them
+/// (or their sandboxes) behind: `steward down` takes them all away.
 impl Drop for Project {
     fn drop(&mut self) {
-        let Ok(store) = steward_state::Store::open(&self.state()) else {
-            return;
-        };
-        for i in store.fleet_instances(None).unwrap_or_default() {
-            if let Some(pid) = i.pid {
-                let _ = Command::new("kill")
-                    .args(["-9", "--", &format!("-{pid}")])
-                    .stderr(Stdio::null())
-                    .status();
-            }
-        }
+        let _ = Command::new(BIN)
+            .arg("-f")
+            .arg(&self.spec)
+            .arg("down")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
     }
 }
 
@@ -592,4 +589,121 @@ fn a_stale_image_is_rebuilt_and_rolled_out_by_itself() {
         "{out}"
     );
     drop(serve);
+}
+
+/// As root: each instance in its own overlay root over a Debian image, its own
+/// network namespace and address, a memory cgroup, under bubblewrap.
+#[test]
+fn isolated_instances_get_their_own_root_network_and_memory_limit() {
+    let debian = common::testbed("STEWARD_TEST_DEBIAN_ROOT");
+    let p = Project::new("");
+    let spec = std::fs::read_to_string(&p.spec)
+        .unwrap()
+        .replace("base = \"dir:base\"", "base = \"debian\"")
+        .replace(
+            "env = { FRACTALS_DATA = \"{state_dir}/data\" }",
+            "env = { FRACTALS_DATA = \"/data\" }\nisolate = true\nmemory = \"256M\"\nmounts = [\"{state_dir}/data:/data\"]",
+        );
+    std::fs::write(&p.spec, spec).unwrap();
+    let env = [("STEWARD_DEBIAN_ROOT".to_string(), debian)];
+    let (code, _, err) = steward(&p.spec, &["image", "build"], &env);
+    assert_eq!(code, 0, "{err}");
+    let serve = common::serve(&p.spec, &env);
+    p.wait_ready(2, None);
+    let st = p.status();
+    let instances = st["instances"].as_array().unwrap().clone();
+    for i in &instances {
+        let addr = i["addr"].as_str().unwrap();
+        assert!(
+            addr.starts_with("10.213.") && addr.ends_with(":8080"),
+            "{addr}"
+        );
+        let pid = i["pid"].as_i64().unwrap();
+        // The instance's own network namespace and overlay root.
+        let ns = |p: i64, what: &str| std::fs::read_link(format!("/proc/{p}/ns/{what}")).unwrap();
+        assert_ne!(ns(pid, "net"), ns(std::process::id() as i64, "net"));
+        let dir = p
+            .state()
+            .join("fleet/instances")
+            .join(i["id"].as_str().unwrap());
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        assert!(
+            mounts.contains(&format!("{} ", dir.join("root").display())),
+            "overlay mounted"
+        );
+        let sandbox: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.join("sandbox.json")).unwrap()).unwrap();
+        let cg = sandbox["cgroup"].as_str().unwrap();
+        assert_eq!(
+            std::fs::read_to_string(format!("{cg}/memory.limit_in_bytes"))
+                .unwrap()
+                .trim(),
+            (256u64 << 20).to_string()
+        );
+        assert!(
+            !std::fs::read_to_string(format!("{cg}/cgroup.procs"))
+                .unwrap()
+                .trim()
+                .is_empty()
+        );
+    }
+    // Through the proxy, and the shared data directory works across instances.
+    let (status, body) = http_post(&p.proxy, "/fractals", r#"{"width": 16, "height": 16}"#);
+    assert_eq!(status, 201, "{body}");
+    assert!(
+        p.state().join("data/fractals.db").exists(),
+        "the mount reached the host"
+    );
+    // What an instance writes stays in its upper layer, never in the image.
+    let first = instances[0]["id"].as_str().unwrap();
+    let upper = p.state().join("fleet/instances").join(first).join("upper");
+    assert!(upper.is_dir());
+
+    // Scaling in destroys one: its mount, namespace and cgroup go with it.
+    let (code, _, _) = p.steward(&["scale", "api", "2"]);
+    assert_eq!(code, 0);
+    let (code, _, _) = p.steward(&["scale", "api", "3"]);
+    assert_eq!(code, 0);
+    p.wait_ready(3, None);
+    let before: Vec<String> = p.instances("ready").into_iter().map(|(i, _)| i).collect();
+    let (code, _, _) = p.steward(&["scale", "api", "2"]);
+    assert_eq!(code, 0);
+    p.wait("one instance destroyed", || {
+        p.status()["instances"].as_array().unwrap().len() == 2
+    });
+    let gone = before
+        .iter()
+        .find(|i| !p.instances("ready").iter().any(|(x, _)| &x == i))
+        .unwrap()
+        .clone();
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mounts.contains(&gone), "its overlay is unmounted");
+    assert!(!p.state().join("fleet/instances").join(&gone).exists());
+
+    // `steward down` takes the rest away, sandboxes included.
+    drop(serve);
+    let netns: Vec<String> = instances
+        .iter()
+        .map(|i| {
+            let dir = p
+                .state()
+                .join("fleet/instances")
+                .join(i["id"].as_str().unwrap());
+            let sb: serde_json::Value = serde_json::from_slice(
+                &std::fs::read(dir.join("sandbox.json")).unwrap_or_default(),
+            )
+            .unwrap_or_default();
+            sb["netns"].as_str().unwrap_or_default().to_string()
+        })
+        .filter(|n| !n.is_empty())
+        .collect();
+    let (code, out, err) = p.steward(&["down"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.lines().count(), 2, "{out}");
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mounts.contains(&p.state().join("fleet/instances").display().to_string()));
+    for n in netns {
+        assert!(!Path::new("/run/netns").join(&n).exists(), "{n} deleted");
+    }
+    assert_eq!(p.status()["instances"].as_array().unwrap().len(), 0);
 }
