@@ -707,3 +707,34 @@ fn isolated_instances_get_their_own_root_network_and_memory_limit() {
     }
     assert_eq!(p.status()["instances"].as_array().unwrap().len(), 0);
 }
+
+#[test]
+fn a_canary_waits_for_promotion_next_to_the_old_version() {
+    let p = Project::new(", canary = 1, auto_promote = false");
+    let serve = p.serve();
+    p.wait_ready(2, None);
+    let v1 = p.target();
+    std::fs::write(p.root.join("base/etc/release"), "v2\n").unwrap();
+    let (code, _, err) = p.steward(&["deploy", "api", "--no-wait"]);
+    assert_eq!(code, 0, "{err}");
+    let v2 = p.target();
+    p.wait("a healthy canary", || {
+        let ready = p.instances("ready");
+        ready.iter().filter(|(_, d)| d == &v2).count() == 1
+            && ready.iter().filter(|(_, d)| d == &v1).count() == 2
+    });
+    // It stays that way: one canary, both old instances serving, deploy running.
+    std::thread::sleep(Duration::from_secs(3));
+    let ready = p.instances("ready");
+    assert_eq!(ready.len(), 3, "{ready:?}");
+    assert!(p.status()["deploy"]["result"].is_null());
+    let (code, out, err) = p.steward(&["deploy", "api", "--promote"]);
+    assert_eq!(code, 0, "{out}{err}");
+    p.wait_ready(2, Some(&v2));
+    p.wait("the deploy finished", || {
+        p.status()["deploy"]["result"] == "succeeded"
+    });
+    let (code, _, err) = p.steward(&["deploy", "api", "--promote"]);
+    assert_eq!(code, 1, "nothing left to promote: {err}");
+    drop(serve);
+}
