@@ -8,10 +8,13 @@
 //!   Mandelbrot or Julia PNGs (CPU-bound); with `--listen` it answers `/health`
 //!   and `/metrics` too.
 //!
-//! The queue is an SQLite database and the images live in an object store
-//! directory, both under `--data` (shared by every instance). A job a worker
-//! took but did not finish within a minute (the worker was replaced) is taken
-//! again by another.
+//! Jobs live in an SQLite database and the images in an object store
+//! directory, both under `--data` (shared by every instance). By default the
+//! database is also the queue: workers poll it, and a job a worker took but did
+//! not finish within a minute (the worker was replaced) is taken again by
+//! another. With `--amqp URL` (RabbitMQ), the API publishes each new job's id to
+//! the durable queue `fractal-jobs` and workers consume it with manual
+//! acknowledgements: a job whose worker dies unacknowledged is redelivered.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -42,6 +45,9 @@ struct Cli {
         global = true
     )]
     data: PathBuf,
+    /// Use this RabbitMQ (amqp://user:pass@host:port/vhost) as the job queue.
+    #[arg(long, env = "FRACTALS_AMQP", global = true)]
+    amqp: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -145,8 +151,55 @@ fn job_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Job> {
 const JOB_COLS: &str =
     "id, kind, width, height, iterations, status, created_ms, finished_ms, worker, render_ms";
 
+/// The RabbitMQ queue jobs go through with `--amqp`.
+const AMQP_QUEUE: &str = "fractal-jobs";
+
+/// Connection arguments from an AMQP URI; `%2f` in the vhost means `/`.
+fn amqp_args(uri: &str) -> Result<amqprs::connection::OpenConnectionArguments, String> {
+    let rest = uri
+        .strip_prefix("amqp://")
+        .ok_or("the AMQP URL must start with amqp://")?;
+    let (auth, rest) = rest.rsplit_once('@').unwrap_or(("guest:guest", rest));
+    let (user, pass) = auth.split_once(':').unwrap_or((auth, ""));
+    let (hostport, vhost) = rest.split_once('/').unwrap_or((rest, ""));
+    let (host, port) = match hostport.rsplit_once(':') {
+        Some((h, p)) => (h, p.parse::<u16>().map_err(|_| "bad AMQP port")?),
+        None => (hostport, 5672),
+    };
+    let vhost = match vhost {
+        "" | "%2f" | "%2F" => "/".to_string(),
+        v => v.to_string(),
+    };
+    let mut args = amqprs::connection::OpenConnectionArguments::new(host, port, user, pass);
+    args.virtual_host(&vhost);
+    Ok(args.finish())
+}
+
+/// Opens a channel with the durable job queue declared.
+async fn amqp_channel(
+    uri: &str,
+) -> Result<(amqprs::connection::Connection, amqprs::channel::Channel), String> {
+    use amqprs::channel::QueueDeclareArguments;
+    let conn = amqprs::connection::Connection::open(&amqp_args(uri)?)
+        .await
+        .map_err(|e| format!("RabbitMQ: {e}"))?;
+    let ch = conn
+        .open_channel(None)
+        .await
+        .map_err(|e| format!("RabbitMQ channel: {e}"))?;
+    ch.queue_declare(QueueDeclareArguments::durable_client_named(AMQP_QUEUE))
+        .await
+        .map_err(|e| format!("declaring {AMQP_QUEUE}: {e}"))?;
+    Ok((conn, ch))
+}
+
 struct App {
     data: PathBuf,
+    /// With `--amqp`: the URL and the API's publishing channel (opened lazily,
+    /// reopened after a failure).
+    amqp: Option<String>,
+    publisher:
+        tokio::sync::Mutex<Option<(amqprs::connection::Connection, amqprs::channel::Channel)>>,
     images: LocalStore,
     requests: AtomicU64,
     errors: AtomicU64,
@@ -272,6 +325,23 @@ async fn create(State(app): State<Shared>, Json(new): Json<NewJob>) -> Response 
         )
         })
         .await;
+    if let (Ok(Ok(_)), Some(uri)) = (&done, &app.amqp)
+        && let Err(e) = publish(&app, uri, &id).await
+    {
+        // Not queued means not accepted: the job goes again.
+        let data = app.data.clone();
+        let id2 = id.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            open(&data)?.execute("DELETE FROM job WHERE id = ?1", params![id2])
+        })
+        .await;
+        app.errors.fetch_add(1, Ordering::Relaxed);
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("job queue unavailable: {e}\n"),
+        )
+            .into_response();
+    }
     match done {
         Ok(Ok(_)) => (
             StatusCode::CREATED,
@@ -282,6 +352,35 @@ async fn create(State(app): State<Shared>, Json(new): Json<NewJob>) -> Response 
         Ok(Err(e)) => internal(&app, e),
         Err(e) => internal(&app, e),
     }
+}
+
+async fn publish(app: &App, uri: &str, id: &str) -> Result<(), String> {
+    use amqprs::BasicProperties;
+    use amqprs::channel::BasicPublishArguments;
+    let mut guard = app.publisher.lock().await;
+    for attempt in 0..2 {
+        if guard.is_none() {
+            *guard = Some(amqp_channel(uri).await?);
+        }
+        let (_, ch) = guard.as_ref().expect("opened above");
+        let sent = ch
+            .basic_publish(
+                BasicProperties::default().with_persistence(true).finish(),
+                id.as_bytes().to_vec(),
+                BasicPublishArguments::new("", AMQP_QUEUE),
+            )
+            .await;
+        match sent {
+            Ok(()) => return Ok(()),
+            // A broken connection is reopened once.
+            Err(e) if attempt == 0 => {
+                eprintln!("fractals api: publishing: {e}; reconnecting");
+                *guard = None;
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    unreachable!("the loop returns")
 }
 
 async fn list(State(app): State<Shared>) -> Response {
@@ -432,6 +531,116 @@ fn claim(conn: &Connection, worker: &str) -> rusqlite::Result<Option<Claimed>> {
     .optional()
 }
 
+/// Renders job `id` if it is still to be done (a redelivered job may not be).
+fn render_by_id(app: &App, id: &str) -> Result<(), String> {
+    let conn = open(&app.data).map_err(|e| e.to_string())?;
+    let now = now_ms();
+    let job: Option<Claimed> = conn
+        .query_row(
+            "UPDATE job SET status = 'running', started_ms = ?2, worker = ?3
+             WHERE id = ?1 AND status IN ('queued', 'running')
+             RETURNING id, kind, width, height, iterations, cre, cim",
+            params![id, now, app.instance],
+            |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get::<_, Option<f64>>(5)?.unwrap_or(-0.8),
+                    r.get::<_, Option<f64>>(6)?.unwrap_or(0.156),
+                ))
+            },
+        )
+        .optional()
+        .map_err(|e| e.to_string())?;
+    match job {
+        Some(j) => finish(app, j),
+        None => Ok(()),
+    }
+}
+
+/// Renders a claimed job, stores the PNG and marks the job done.
+fn finish(app: &App, job: Claimed) -> Result<(), String> {
+    let (id, kind, w, h, iterations, cre, cim) = job;
+    let t = Instant::now();
+    let png = render(&kind, w, h, iterations, (cre, cim));
+    let took = t.elapsed().as_millis() as i64;
+    if let Err(e) = app.images.put(&format!("{id}.png"), &[Bytes::from(png)]) {
+        let _ = open(&app.data).and_then(|c| {
+            c.execute(
+                "UPDATE job SET status = 'queued' WHERE id = ?1",
+                params![id],
+            )
+        });
+        return Err(format!("storing {id}: {e}"));
+    }
+    open(&app.data)
+        .and_then(|c| {
+            c.execute(
+                "UPDATE job SET status = 'done', finished_ms = ?2, render_ms = ?3 WHERE id = ?1",
+                params![id, now_ms(), took],
+            )
+        })
+        .map_err(|e| e.to_string())?;
+    app.rendered.fetch_add(1, Ordering::Relaxed);
+    println!(
+        "fractals worker {}: rendered {kind} {id} ({w}x{h}) in {took} ms",
+        app.instance
+    );
+    Ok(())
+}
+
+/// The worker with RabbitMQ: one unacknowledged job at a time; the ack follows
+/// the stored result, so a worker that dies mid-job leaves it to another.
+async fn work_amqp(app: Shared, uri: String) {
+    use amqprs::channel::{BasicAckArguments, BasicConsumeArguments, BasicQosArguments};
+    loop {
+        let (conn, ch) = match amqp_channel(&uri).await {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("fractals worker: {e}; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        let consumed = async {
+            ch.basic_qos(BasicQosArguments::new(0, 1, false))
+                .await
+                .map_err(|e| e.to_string())?;
+            let (_, mut rx) = ch
+                .basic_consume_rx(BasicConsumeArguments::new(AMQP_QUEUE, &app.instance))
+                .await
+                .map_err(|e| e.to_string())?;
+            while let Some(msg) = rx.recv().await {
+                let (Some(deliver), Some(content)) = (msg.deliver, msg.content) else {
+                    continue;
+                };
+                let id = String::from_utf8_lossy(&content).to_string();
+                let a = app.clone();
+                match tokio::task::spawn_blocking(move || render_by_id(&a, &id)).await {
+                    Ok(Ok(())) => {
+                        ch.basic_ack(BasicAckArguments::new(deliver.delivery_tag(), false))
+                            .await
+                            .map_err(|e| e.to_string())?;
+                    }
+                    // Not acknowledged: RabbitMQ hands it out again once this channel goes.
+                    Ok(Err(e)) => return Err(e),
+                    Err(e) => return Err(e.to_string()),
+                }
+            }
+            Ok::<(), String>(())
+        }
+        .await;
+        if let Err(e) = consumed {
+            eprintln!("fractals worker: {e}; reconnecting");
+        }
+        let _ = conn.close().await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
 fn work(app: Shared, poll: Duration) {
     loop {
         let claimed = open(&app.data).and_then(|c| claim(&c, &app.instance));
@@ -447,32 +656,10 @@ fn work(app: Shared, poll: Duration) {
                 continue;
             }
         };
-        let (id, kind, w, h, iterations, cre, cim) = job;
-        let t = Instant::now();
-        let png = render(&kind, w, h, iterations, (cre, cim));
-        let took = t.elapsed().as_millis() as i64;
-        if let Err(e) = app.images.put(&format!("{id}.png"), &[Bytes::from(png)]) {
-            eprintln!("fractals worker: storing {id}: {e}");
-            let _ = open(&app.data).and_then(|c| {
-                c.execute(
-                    "UPDATE job SET status = 'queued' WHERE id = ?1",
-                    params![id],
-                )
-            });
+        if let Err(e) = finish(&app, job) {
+            eprintln!("fractals worker: {e}");
             std::thread::sleep(Duration::from_secs(1));
-            continue;
         }
-        let _ = open(&app.data).and_then(|c| {
-            c.execute(
-                "UPDATE job SET status = 'done', finished_ms = ?2, render_ms = ?3 WHERE id = ?1",
-                params![id, now_ms(), took],
-            )
-        });
-        app.rendered.fetch_add(1, Ordering::Relaxed);
-        println!(
-            "fractals worker {}: rendered {kind} {id} ({w}x{h}) in {took} ms",
-            app.instance
-        );
     }
 }
 
@@ -502,6 +689,8 @@ async fn main() {
         requests: AtomicU64::new(0),
         errors: AtomicU64::new(0),
         rendered: AtomicU64::new(0),
+        amqp: cli.amqp.clone(),
+        publisher: tokio::sync::Mutex::new(None),
         started: Instant::now(),
         instance: std::env::var("STEWARD_INSTANCE").unwrap_or_else(|_| "local".into()),
     });
@@ -519,7 +708,14 @@ async fn main() {
         }
         Command::Worker { listen, poll_ms } => {
             let worker = app.clone();
-            std::thread::spawn(move || work(worker, Duration::from_millis(poll_ms)));
+            match cli.amqp.clone() {
+                Some(uri) => {
+                    tokio::spawn(work_amqp(worker, uri));
+                }
+                None => {
+                    std::thread::spawn(move || work(worker, Duration::from_millis(poll_ms)));
+                }
+            }
             let router = axum::Router::new()
                 .route("/metrics", get(metrics))
                 .merge(health(app.clone()).router())

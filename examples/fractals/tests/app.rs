@@ -146,3 +146,116 @@ async fn a_job_is_rendered_by_a_worker_and_served_by_the_api() {
     assert!(metrics.contains("fractals_rendered_total 1"), "{metrics}");
     let _ = std::fs::remove_dir_all(&data);
 }
+
+/// With RabbitMQ (the test bed's) as the queue: jobs published by the API are
+/// rendered by consuming workers, and a worker killed mid-queue loses nothing.
+#[tokio::test]
+async fn jobs_go_through_rabbitmq_when_configured() {
+    let amqp = std::env::var("STEWARD_TEST_AMQP_URL").expect(
+        "STEWARD_TEST_AMQP_URL is not set: start the test servers with `scripts/testbed up` and source `scripts/testbed env`",
+    );
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let data = std::env::temp_dir().join(format!("fractals-amqp-{}", port()));
+    let api_port = port();
+    let spawn = |args: &[&str], name: &str| {
+        Kill(
+            Command::new(BIN)
+                .args(["--data", data.to_str().unwrap(), "--amqp", &amqp])
+                .args(args)
+                .env("STEWARD_INSTANCE", name)
+                .spawn()
+                .unwrap(),
+        )
+    };
+    let _api = spawn(
+        &["api", "--listen", &format!("127.0.0.1:{api_port}")],
+        "api",
+    );
+    let client = reqwest::Client::new();
+    let api = format!("http://127.0.0.1:{api_port}");
+    wait_ok(&client, &format!("{api}/health")).await;
+    let mut ids = Vec::new();
+    for n in 0..6 {
+        // The first one takes a while: the worker that takes it dies mid-render.
+        let size = if n == 0 { 1024 } else { 64 };
+        let r: serde_json::Value = client
+            .post(format!("{api}/fractals"))
+            .json(&serde_json::json!({"width": size, "height": size, "iterations": 5000}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        ids.push(r["id"].as_str().unwrap().to_string());
+    }
+    // A worker killed (SIGKILL) while it renders the first job, then two that stay.
+    let mut doomed = spawn(&["worker"], "doomed");
+    let t = Instant::now();
+    loop {
+        let job: serde_json::Value = client
+            .get(format!("{api}/fractals/{}", ids[0]))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if job["status"] == "running" && job["worker"] == "doomed" {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "the first worker never took the job: {job}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = doomed.0.kill();
+    let _ = doomed.0.wait();
+    let _a = spawn(&["worker"], "a");
+    let _b = spawn(&["worker"], "b");
+    let t = Instant::now();
+    loop {
+        let jobs: Vec<serde_json::Value> = client
+            .get(format!("{api}/fractals"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let done = jobs
+            .iter()
+            .filter(|j| {
+                ids.contains(&j["id"].as_str().unwrap().to_string()) && j["status"] == "done"
+            })
+            .count();
+        if done == ids.len() {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "{done} of {} rendered",
+            ids.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for id in &ids {
+        let png = client
+            .get(format!("{api}/fractals/{id}/image"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(png.status(), 200);
+    }
+    let first: serde_json::Value = client
+        .get(format!("{api}/fractals/{}", ids[0]))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_ne!(first["worker"], "doomed", "redelivered to a live worker");
+    let _ = std::fs::remove_dir_all(&data);
+}
