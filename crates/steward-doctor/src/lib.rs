@@ -68,6 +68,7 @@ pub fn diagnose(spec: &Spec, facts: &Facts) -> Vec<Finding> {
     exposed_listener(spec, &mut out);
     converge_gaps(spec, &mut out);
     backup_gaps(spec, facts, &mut out);
+    fleet_gaps(spec, &mut out);
     out.sort_by(|a, b| {
         b.severity
             .cmp(&a.severity)
@@ -406,6 +407,48 @@ fn converge_gaps(spec: &Spec, out: &mut Vec<Finding>) {
     }
 }
 
+fn fleet_gaps(spec: &Spec, out: &mut Vec<Finding>) {
+    for svc in spec.services.values() {
+        let subject = format!("service.{}", svc.name);
+        if svc.listen.is_some() && svc.readiness.is_none() {
+            out.push(finding(
+                Severity::Warning,
+                "service-without-readiness",
+                subject.clone(),
+                format!(
+                    "`{}` takes traffic as soon as its process runs, before it can answer, and a deploy cannot tell a broken version from a working one",
+                    svc.name
+                ),
+                "add `readiness = \"CHECK\"` naming an http check of its health endpoint",
+            ));
+        }
+        if svc.listen.is_some() && svc.replicas.max < 2 {
+            out.push(finding(
+                Severity::Info,
+                "service-single-instance",
+                subject.clone(),
+                format!(
+                    "`{}` runs one instance: replacing or losing it leaves nothing to fail traffic over to",
+                    svc.name
+                ),
+                "set `replicas = { min = 2, max = … }`",
+            ));
+        }
+        if !svc.rollout.auto_revert {
+            out.push(finding(
+                Severity::Info,
+                "service-no-auto-revert",
+                subject,
+                format!(
+                    "a failed deploy of `{}` halts half-way and waits for someone to run `steward rollback`",
+                    svc.name
+                ),
+                "set `rollout = { auto_revert = true, … }` unless a person must look first",
+            ));
+        }
+    }
+}
+
 fn nothing_watching(spec: &Spec, facts: &Facts, out: &mut Vec<Finding>) {
     if spec.checks.is_empty() {
         out.push(finding(
@@ -518,6 +561,35 @@ mod tests {
             !rules(&watched, &WATCHED)
                 .iter()
                 .any(|r| r.0 == "converge-no-drift-check")
+        );
+    }
+
+    #[test]
+    fn services_without_readiness_failover_or_revert_are_found() {
+        let base = "[check.h]\ntype = \"http\"\nurl = \"http://127.0.0.1:1/health\"\n[image.i]\nbase = \"empty\"\n";
+        let bare = format!(
+            "{base}[service.web]\nimage = \"i\"\ncommand = [\"x\"]\nlisten = \"127.0.0.1:9000\"\nrollout = {{ auto_revert = false }}\n"
+        );
+        let found = rules(&bare, &WATCHED);
+        for rule in [
+            "service-without-readiness",
+            "service-single-instance",
+            "service-no-auto-revert",
+        ] {
+            assert!(
+                found.contains(&(rule, "service.web".into())),
+                "{rule}: {found:?}"
+            );
+        }
+        let good = format!(
+            "{base}[service.web]\nimage = \"i\"\ncommand = [\"x\"]\nlisten = \"127.0.0.1:9000\"\nreadiness = \"h\"\nreplicas = {{ min = 2, max = 4 }}\n"
+        );
+        assert!(
+            !rules(&good, &WATCHED)
+                .iter()
+                .any(|r| r.0.starts_with("service-")),
+            "{:?}",
+            rules(&good, &WATCHED)
         );
     }
 
