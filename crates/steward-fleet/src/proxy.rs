@@ -261,20 +261,32 @@ impl Conn {
     }
 }
 
-/// A parsed message head (request or response), owned.
+/// A parsed message head (request or response): the head's bytes and where
+/// each part lies in them, plus what the proxy asks of it, worked out once.
 #[derive(Debug, Default)]
 struct Head {
-    /// Request: method. Response: empty.
-    method: String,
-    /// Request: target. Response: empty.
-    target: String,
+    raw: bytes::Bytes,
+    /// Request: method. Response: reason phrase.
+    first: std::ops::Range<usize>,
+    /// Request: target.
+    target: std::ops::Range<usize>,
     /// Response: status.
     status: u16,
-    /// Response: reason phrase.
-    reason: String,
     /// HTTP/1.x minor version.
     minor: u8,
-    headers: Vec<(String, Vec<u8>)>,
+    headers: Vec<(std::ops::Range<usize>, std::ops::Range<usize>)>,
+    conn_close: bool,
+    conn_keep_alive: bool,
+    conn_upgrade: bool,
+    /// `Connection` names other headers (rare): they are dropped too.
+    conn_named: Vec<String>,
+    /// `Transfer-Encoding` present, and whether its last coding is chunked.
+    te: Option<bool>,
+    /// Content-Length.
+    length: Option<u64>,
+    /// Content-Length invalid or conflicting.
+    bad_length: bool,
+    expect_continue: bool,
 }
 
 /// How a message body is delimited.
@@ -298,121 +310,169 @@ enum HeadError {
     Timeout,
 }
 
+fn tokens(v: &[u8]) -> impl Iterator<Item = &[u8]> {
+    v.split(|b| *b == b',')
+        .map(<[u8]>::trim_ascii)
+        .filter(|t| !t.is_empty())
+}
+
+fn is_hop_by_hop(name: &[u8]) -> bool {
+    HOP_BY_HOP
+        .iter()
+        .any(|h| h.as_bytes().eq_ignore_ascii_case(name))
+}
+
 impl Head {
+    fn bytes(&self, r: &std::ops::Range<usize>) -> &[u8] {
+        &self.raw[r.clone()]
+    }
+
     fn get(&self, name: &str) -> Option<&[u8]> {
         self.headers
             .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_slice())
+            .find(|(n, _)| self.raw[n.clone()].eq_ignore_ascii_case(name.as_bytes()))
+            .map(|(_, v)| &self.raw[v.clone()])
     }
 
-    /// The comma-separated tokens of every `name` header, lowercased.
-    fn tokens(&self, name: &str) -> Vec<String> {
-        self.headers
-            .iter()
-            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
-            .flat_map(|(_, v)| {
-                String::from_utf8_lossy(v)
-                    .split(',')
-                    .map(|t| t.trim().to_ascii_lowercase())
-                    .collect::<Vec<_>>()
-            })
-            .filter(|t| !t.is_empty())
-            .collect()
+    /// Works out connection options, framing and expectations from the headers.
+    fn derive(&mut self) {
+        let mut te_last = None;
+        let mut length: Result<Option<u64>, ()> = Ok(None);
+        for (n, v) in &self.headers {
+            let (name, value) = (&self.raw[n.clone()], &self.raw[v.clone()]);
+            if name.eq_ignore_ascii_case(b"connection") {
+                for t in tokens(value) {
+                    if t.eq_ignore_ascii_case(b"close") {
+                        self.conn_close = true;
+                    } else if t.eq_ignore_ascii_case(b"keep-alive") {
+                        self.conn_keep_alive = true;
+                    } else if t.eq_ignore_ascii_case(b"upgrade") {
+                        self.conn_upgrade = true;
+                    } else {
+                        self.conn_named
+                            .push(String::from_utf8_lossy(t).to_ascii_lowercase());
+                    }
+                }
+            } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+                if let Some(last) = tokens(value).last() {
+                    te_last = Some(last.eq_ignore_ascii_case(b"chunked"));
+                }
+            } else if name.eq_ignore_ascii_case(b"content-length") {
+                let parsed = std::str::from_utf8(value)
+                    .ok()
+                    .and_then(|s| s.trim().parse::<u64>().ok());
+                length = match (length, parsed) {
+                    (Ok(None), Some(n)) => Ok(Some(n)),
+                    (Ok(Some(m)), Some(n)) if m == n => Ok(Some(n)),
+                    _ => Err(()),
+                };
+            } else if name.eq_ignore_ascii_case(b"expect") {
+                self.expect_continue = value.trim_ascii().eq_ignore_ascii_case(b"100-continue");
+            }
+        }
+        self.te = te_last;
+        match length {
+            Ok(l) => self.length = l,
+            Err(()) => self.bad_length = true,
+        }
     }
 
     /// Body framing per RFC 9112 §6.3 (`request` decides the no-length case).
     fn framing(&self, request: bool) -> Result<Framing, String> {
-        let te = self.tokens("transfer-encoding");
-        if !te.is_empty() {
-            return if te.last().map(String::as_str) == Some("chunked") {
-                Ok(Framing::Chunked)
-            } else if request {
-                Err("a request body must be chunked when transfer-encoded".into())
-            } else {
-                Ok(Framing::Close)
-            };
-        }
-        let lengths: Vec<&[u8]> = self
-            .headers
-            .iter()
-            .filter(|(n, _)| n.eq_ignore_ascii_case("content-length"))
-            .map(|(_, v)| v.as_slice())
-            .collect();
-        match lengths.first() {
-            None if request => Ok(Framing::None),
-            None => Ok(Framing::Close),
-            Some(first) => {
-                if lengths.iter().any(|l| l != first) {
-                    return Err("conflicting Content-Length headers".into());
-                }
-                std::str::from_utf8(first)
-                    .ok()
-                    .and_then(|s| s.trim().parse::<u64>().ok())
-                    .map(Framing::Length)
-                    .ok_or_else(|| "invalid Content-Length".into())
+        match self.te {
+            Some(true) => return Ok(Framing::Chunked),
+            Some(false) if request => {
+                return Err("a request body must be chunked when transfer-encoded".into());
             }
+            Some(false) => return Ok(Framing::Close),
+            None => {}
+        }
+        match (self.bad_length, self.length) {
+            (true, _) => Err("invalid or conflicting Content-Length".into()),
+            (false, Some(n)) => Ok(Framing::Length(n)),
+            (false, None) if request => Ok(Framing::None),
+            (false, None) => Ok(Framing::Close),
         }
     }
 
-    fn upgrade(&self) -> Option<Vec<u8>> {
-        if self.tokens("connection").iter().any(|t| t == "upgrade") {
-            self.get("upgrade").map(<[u8]>::to_vec)
+    fn upgrade(&self) -> Option<&[u8]> {
+        if self.conn_upgrade {
+            self.get("upgrade")
         } else {
             None
         }
     }
 
+    /// Whether the sender wants the connection closed after this message.
+    fn closes(&self) -> bool {
+        self.conn_close || (self.minor == 0 && !self.conn_keep_alive)
+    }
+
     /// The headers to forward: without hop-by-hop ones and those `Connection` names.
-    fn end_to_end(&self) -> impl Iterator<Item = &(String, Vec<u8>)> {
-        let named = self.tokens("connection");
-        self.headers.iter().filter(move |(n, _)| {
-            let n = n.to_ascii_lowercase();
-            !HOP_BY_HOP.contains(&n.as_str()) && !named.contains(&n)
-        })
+    fn end_to_end(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        self.headers
+            .iter()
+            .map(|(n, v)| (&self.raw[n.clone()], &self.raw[v.clone()]))
+            .filter(|(n, _)| {
+                !is_hop_by_hop(n)
+                    && (self.conn_named.is_empty()
+                        || !self
+                            .conn_named
+                            .iter()
+                            .any(|c| c.as_bytes().eq_ignore_ascii_case(n)))
+            })
     }
 }
 
 fn parse_head(buf: &[u8], request: bool) -> Result<Option<(usize, Head)>, HeadError> {
     let mut raw = [httparse::EMPTY_HEADER; 128];
-    let owned = |raw: &[httparse::Header<'_>]| -> Vec<(String, Vec<u8>)> {
-        raw.iter()
-            .map(|h| (h.name.to_string(), h.value.to_vec()))
-            .collect()
+    let base = buf.as_ptr() as usize;
+    let at = |s: &[u8]| {
+        let start = s.as_ptr() as usize - base;
+        start..start + s.len()
     };
-    if request {
+    let ranges =
+        |raw: &[httparse::Header<'_>]| -> Vec<(std::ops::Range<usize>, std::ops::Range<usize>)> {
+            raw.iter()
+                .map(|h| (at(h.name.as_bytes()), at(h.value)))
+                .collect()
+        };
+    let mut head = if request {
         let mut req = httparse::Request::new(&mut raw);
         match req.parse(buf) {
-            Ok(httparse::Status::Complete(n)) => Ok(Some((
+            Ok(httparse::Status::Complete(n)) => (
                 n,
                 Head {
-                    method: req.method.unwrap_or("GET").to_string(),
-                    target: req.path.unwrap_or("/").to_string(),
+                    first: at(req.method.unwrap_or_default().as_bytes()),
+                    target: at(req.path.unwrap_or_default().as_bytes()),
                     minor: req.version.unwrap_or(1),
-                    headers: owned(req.headers),
+                    headers: ranges(req.headers),
                     ..Head::default()
                 },
-            ))),
-            Ok(httparse::Status::Partial) => Ok(None),
-            Err(e) => Err(HeadError::Invalid(e.to_string())),
+            ),
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(e) => return Err(HeadError::Invalid(e.to_string())),
         }
     } else {
         let mut resp = httparse::Response::new(&mut raw);
         match resp.parse(buf) {
-            Ok(httparse::Status::Complete(n)) => Ok(Some((
+            Ok(httparse::Status::Complete(n)) => (
                 n,
                 Head {
+                    first: resp.reason.map(|r| at(r.as_bytes())).unwrap_or(0..0),
                     status: resp.code.unwrap_or(502),
-                    reason: resp.reason.unwrap_or("").to_string(),
                     minor: resp.version.unwrap_or(1),
-                    headers: owned(resp.headers),
+                    headers: ranges(resp.headers),
                     ..Head::default()
                 },
-            ))),
-            Ok(httparse::Status::Partial) => Ok(None),
-            Err(e) => Err(HeadError::Invalid(e.to_string())),
+            ),
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(e) => return Err(HeadError::Invalid(e.to_string())),
         }
-    }
+    };
+    head.1.raw = bytes::Bytes::copy_from_slice(&buf[..head.0]);
+    head.1.derive();
+    Ok(Some(head))
 }
 
 /// Reads one head from `c` within `limit`.
@@ -520,8 +580,17 @@ async fn copy_body(src: &mut Conn, dst: &mut TcpStream, f: Framing) -> std::io::
     }
 }
 
-fn push_header(out: &mut Vec<u8>, name: &str, value: &[u8]) {
-    out.extend_from_slice(name.as_bytes());
+/// A status code's three digits.
+fn itoa3(n: u16) -> [u8; 3] {
+    [
+        b'0' + (n / 100 % 10) as u8,
+        b'0' + (n / 10 % 10) as u8,
+        b'0' + (n % 10) as u8,
+    ]
+}
+
+fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
     out.extend_from_slice(b": ");
     out.extend_from_slice(value);
     out.extend_from_slice(b"\r\n");
@@ -664,11 +733,9 @@ impl Proxy {
                 return Outcome::Close;
             }
         };
-        let client_close = head.minor == 0
-            && !head.tokens("connection").iter().any(|t| t == "keep-alive")
-            || head.tokens("connection").iter().any(|t| t == "close");
-        let upgrade = head.upgrade();
-        if head.tokens("expect").iter().any(|t| t == "100-continue") {
+        let client_close = head.closes();
+        let upgrade = head.upgrade().map(<[u8]>::to_vec);
+        if head.expect_continue {
             // Answered here: the body is read (or streamed) right after.
             if client
                 .s
@@ -681,35 +748,35 @@ impl Proxy {
         }
         // The head the instance gets.
         let mut out = Vec::with_capacity(512);
-        out.extend_from_slice(head.method.as_bytes());
+        out.extend_from_slice(head.bytes(&head.first));
         out.push(b' ');
-        out.extend_from_slice(head.target.as_bytes());
+        out.extend_from_slice(head.bytes(&head.target));
         out.extend_from_slice(b" HTTP/1.1\r\n");
         let mut forwarded_for = peer.ip().to_string();
         for (n, v) in head.end_to_end() {
-            if n.eq_ignore_ascii_case("x-forwarded-for") {
+            if n.eq_ignore_ascii_case(b"x-forwarded-for") {
                 forwarded_for = format!("{}, {forwarded_for}", String::from_utf8_lossy(v));
                 continue;
             }
-            if n.eq_ignore_ascii_case("expect")
-                || n.eq_ignore_ascii_case("x-forwarded-host")
-                || n.eq_ignore_ascii_case("x-forwarded-proto")
+            if n.eq_ignore_ascii_case(b"expect")
+                || n.eq_ignore_ascii_case(b"x-forwarded-host")
+                || n.eq_ignore_ascii_case(b"x-forwarded-proto")
             {
                 continue;
             }
             push_header(&mut out, n, v);
         }
-        push_header(&mut out, "x-forwarded-for", forwarded_for.as_bytes());
+        push_header(&mut out, b"x-forwarded-for", forwarded_for.as_bytes());
         if let Some(host) = head.get("host") {
-            push_header(&mut out, "x-forwarded-host", host);
+            push_header(&mut out, b"x-forwarded-host", host);
         }
-        push_header(&mut out, "x-forwarded-proto", b"http");
+        push_header(&mut out, b"x-forwarded-proto", b"http");
         if framing == Framing::Chunked {
-            push_header(&mut out, "transfer-encoding", b"chunked");
+            push_header(&mut out, b"transfer-encoding", b"chunked");
         }
         if let Some(u) = &upgrade {
-            push_header(&mut out, "connection", b"upgrade");
-            push_header(&mut out, "upgrade", u);
+            push_header(&mut out, b"connection", b"upgrade");
+            push_header(&mut out, b"upgrade", u);
         }
         out.extend_from_slice(b"\r\n");
         // Small bodies are read now, so a failed connection can be retried.
@@ -830,8 +897,9 @@ impl Proxy {
             let resp = loop {
                 match read_head(&mut upstream, false, UPSTREAM_TIMEOUT).await {
                     Ok(h) if (100..200).contains(&h.status) && h.status != 101 => {
-                        let mut interim =
-                            format!("HTTP/1.1 {} {}\r\n", h.status, h.reason).into_bytes();
+                        let mut interim = format!("HTTP/1.1 {} ", h.status).into_bytes();
+                        interim.extend_from_slice(h.bytes(&h.first));
+                        interim.extend_from_slice(b"\r\n");
                         for (n, v) in h.end_to_end() {
                             push_header(&mut interim, n, v);
                         }
@@ -899,14 +967,18 @@ impl Proxy {
         let status = resp.status;
         self.count(started, status);
         let mut out = Vec::with_capacity(512);
-        out.extend_from_slice(format!("HTTP/1.1 {} {}\r\n", status, resp.reason).as_bytes());
+        out.extend_from_slice(b"HTTP/1.1 ");
+        out.extend_from_slice(itoa3(status).as_slice());
+        out.push(b' ');
+        out.extend_from_slice(resp.bytes(&resp.first));
+        out.extend_from_slice(b"\r\n");
         for (n, v) in resp.end_to_end() {
             push_header(&mut out, n, v);
         }
         if status == 101 && upgrade {
-            push_header(&mut out, "connection", b"upgrade");
+            push_header(&mut out, b"connection", b"upgrade");
             if let Some(u) = resp.get("upgrade") {
-                push_header(&mut out, "upgrade", u);
+                push_header(&mut out, b"upgrade", u);
             }
             out.extend_from_slice(b"\r\n");
             out.extend_from_slice(&upstream.buf);
@@ -924,7 +996,7 @@ impl Proxy {
             let _ = tokio::io::copy_bidirectional(&mut client.s, &mut upstream.s).await;
             return Outcome::Close;
         }
-        let no_body = req.method.eq_ignore_ascii_case("HEAD")
+        let no_body = req.bytes(&req.first).eq_ignore_ascii_case(b"HEAD")
             || status == 204
             || status == 304
             || (100..200).contains(&status);
@@ -948,15 +1020,13 @@ impl Proxy {
                 }
             }
         };
-        let upstream_close = resp.minor == 0
-            && !resp.tokens("connection").iter().any(|t| t == "keep-alive")
-            || resp.tokens("connection").iter().any(|t| t == "close");
+        let upstream_close = resp.closes();
         let close = client_close || framing == Framing::Close;
         if framing == Framing::Chunked {
-            push_header(&mut out, "transfer-encoding", b"chunked");
+            push_header(&mut out, b"transfer-encoding", b"chunked");
         }
         if close {
-            push_header(&mut out, "connection", b"close");
+            push_header(&mut out, b"connection", b"close");
         }
         out.extend_from_slice(b"\r\n");
         // A body already read (a small response) goes out with its head.
@@ -1047,13 +1117,13 @@ mod tests {
             "GET / HTTP/1.1\r\nConnection: keep-alive, x-private\r\nX-Private: 1\r\nKeep-Alive: timeout=5\r\nX-App: kept\r\nTE: trailers\r\n\r\n",
             true,
         );
-        let names: Vec<&str> = h.end_to_end().map(|(n, _)| n.as_str()).collect();
-        assert_eq!(names, vec!["X-App"]);
+        let names: Vec<&[u8]> = h.end_to_end().map(|(n, _)| n).collect();
+        assert_eq!(names, vec![&b"X-App"[..]]);
         let h = head(
             "GET / HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
             true,
         );
-        assert_eq!(h.upgrade().as_deref(), Some(&b"websocket"[..]));
+        assert_eq!(h.upgrade(), Some(&b"websocket"[..]));
         let h = head("GET / HTTP/1.1\r\nUpgrade: websocket\r\n\r\n", true);
         assert_eq!(
             h.upgrade(),
