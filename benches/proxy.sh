@@ -2,7 +2,7 @@
 # Reverse-proxy throughput per CPU and p99 latency: steward's built-in proxy vs
 # Debian's nginx and HAProxy, in front of the same two upstream instances, in one run.
 #
-#   benches/proxy.sh [SECONDS] [CONNECTIONS]     defaults: 10 s, 32 connections
+#   benches/proxy.sh [SECONDS] [CONNECTIONS] [ROUNDS]   defaults: 10 s, 32 connections, 3 rounds
 #
 # The upstream instances are two nginx processes (one worker each) that steward
 # itself runs as the instances of a service; nginx and HAProxy are then pointed at
@@ -11,10 +11,13 @@
 # connections to the upstreams alive. wrk (1 thread, keep-alive) drives each for the
 # same time; CPU time of the proxy process comes from /proc/PID/stat, so requests
 # per CPU-second compares the proxies' efficiency independent of the load driver.
+# The proxies take turns, round after round, and medians are reported, so a
+# noisy moment on the machine does not land on one proxy only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${1:-10}
 CONNS=${2:-32}
+ROUNDS=${3:-3}
 need() { command -v "$1" >/dev/null || { echo "missing $1 (scripts/testbed install)" >&2; exit 2; }; }
 BENCH_NAME=proxy source benches/common.sh
 export PATH="$PATH:/usr/sbin:/sbin"
@@ -122,17 +125,28 @@ v='$1'
 for u,f in (('us',0.001),('ms',1),('s',1000)):
     if v.endswith(u): print(round(float(v[:-len(u)])*f,3)); break"; }
 
-echo "proxy benchmark: ${DURATION}s per proxy, $CONNS keep-alive connections, 2 nginx upstream instances, 1 KiB responses"
-read -r s_rps s_p50 s_p99 s_eff s_cpu < <(run steward "$STEWARD_PID" "$PROXY")
-read -r n_rps n_p50 n_p99 n_eff n_cpu < <(run nginx "$NGINX_PID" "127.0.0.1:$NGINX_PORT")
-read -r h_rps h_p50 h_p99 h_eff h_cpu < <(run haproxy "$HAPROXY_PID" "127.0.0.1:$HAPROXY_PORT")
-printf '%-10s %12s %10s %10s %14s %8s\n' proxy "req/s" "p50 ms" "p99 ms" "req/CPU-s" "CPU s"
-printf '%-10s %12s %10s %10s %14s %8s\n' steward "$s_rps" "$s_p50" "$s_p99" "$s_eff" "$s_cpu"
-printf '%-10s %12s %10s %10s %14s %8s\n' nginx "$n_rps" "$n_p50" "$n_p99" "$n_eff" "$n_cpu"
-printf '%-10s %12s %10s %10s %14s %8s\n' haproxy "$h_rps" "$h_p50" "$h_p99" "$h_eff" "$h_cpu"
-python3 - "$s_eff" "$n_eff" "$h_eff" "$s_p99" "$n_p99" "$h_p99" <<'PY'
-import sys
-s, n, h, sp, np_, hp = map(float, sys.argv[1:])
-print(f"throughput per CPU: steward/nginx {s/n:.2f}x, steward/haproxy {s/h:.2f}x (target: >= 1 vs nginx)")
-print(f"p99 latency: steward/nginx {sp/np_:.2f}x, steward/haproxy {sp/hp:.2f}x (target: <= 1 vs nginx)")
+echo "proxy benchmark: ${DURATION}s per proxy and round, $ROUNDS rounds, $CONNS keep-alive connections, 2 nginx upstream instances, 1 KiB responses"
+: >"$WORK/results"
+for round in $(seq 1 "$ROUNDS"); do
+  echo "steward $(run steward "$STEWARD_PID" "$PROXY")" >>"$WORK/results"
+  echo "nginx $(run nginx "$NGINX_PID" "127.0.0.1:$NGINX_PORT")" >>"$WORK/results"
+  echo "haproxy $(run haproxy "$HAPROXY_PID" "127.0.0.1:$HAPROXY_PORT")" >>"$WORK/results"
+  echo "round $round done" >&2
+done
+python3 - "$WORK/results" <<'PY'
+import statistics, sys
+rows = {}
+for line in open(sys.argv[1]):
+    name, rps, p50, p99, eff, cpu = line.split()
+    rows.setdefault(name, []).append((float(rps), float(p50), float(p99), float(eff), float(cpu)))
+med = {n: [statistics.median(col) for col in zip(*r)] for n, r in rows.items()}
+print(f"{'proxy':<10} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'req/CPU-s':>10}   (medians of {len(rows['steward'])} rounds)")
+for n in ("steward", "nginx", "haproxy"):
+    rps, p50, p99, eff, _ = med[n]
+    print(f"{n:<10} {rps:>10.0f} {p50:>8.3f} {p99:>8.3f} {eff:>10.0f}")
+s, ng, h = med["steward"], med["nginx"], med["haproxy"]
+print(f"throughput per CPU: steward/nginx {s[3]/ng[3]:.2f}x, steward/haproxy {s[3]/h[3]:.2f}x (target: >= 1 vs nginx)")
+print(f"p99 latency: steward/nginx {s[2]/ng[2]:.2f}x, steward/haproxy {s[2]/h[2]:.2f}x (target: <= 1 vs nginx)")
+per_round = [a[3] / b[3] for a, b in zip(rows["steward"], rows["nginx"])]
+print("per-round steward/nginx per CPU: " + ", ".join(f"{x:.2f}" for x in per_round))
 PY

@@ -158,35 +158,84 @@ impl Fleet {
         let mut listeners: HashMap<String, TcpListener> =
             bound.into_iter().map(|b| (b.service, b.listener)).collect();
         tasks.push(tokio::spawn(self.clone().rebuild_stale(cancel.clone())));
+        let mut proxies = Vec::new();
         for svc in self.spec.services.values() {
             let pool = Arc::new(Pool::default());
             if let Some(l) = listeners.remove(&svc.name) {
                 let proxy = Proxy::new(&svc.name, pool.clone(), self.proxy_metrics.clone());
-                tasks.push(tokio::spawn(proxy.serve(l, cancel.clone())));
+                match l.into_std() {
+                    Ok(l) => proxies.push((proxy, l)),
+                    Err(e) => tracing::error!(service = %svc.name, "proxy listener: {e}"),
+                }
             }
             let Some(image) = self.spec.images.get(&svc.image).cloned() else {
                 continue;
             };
-            let lp = ServiceLoop {
-                fleet: self.clone(),
-                svc: svc.clone(),
-                image,
-                pool,
-                live: HashMap::new(),
-                draining: Arc::default(),
-                start_backoff: None,
-                build_backoff: None,
-                next_due: None,
-            };
-            let cancel = cancel.clone();
+            let (fleet, svc, cancel) = (self.clone(), svc.clone(), cancel.clone());
             tasks.push(tokio::spawn(async move {
-                // A panic in one service's loop is recorded and the loop starts over.
-                let mut lp = lp;
-                lp.run(cancel).await;
+                // A panic in one service's loop is recorded and the loop starts
+                // over from the state store; other services go on.
+                loop {
+                    let mut lp = ServiceLoop {
+                        fleet: fleet.clone(),
+                        svc: svc.clone(),
+                        image: image.clone(),
+                        pool: pool.clone(),
+                        live: HashMap::new(),
+                        draining: Arc::default(),
+                        start_backoff: None,
+                        build_backoff: None,
+                        next_due: None,
+                    };
+                    let c = cancel.clone();
+                    match tokio::spawn(async move { lp.run(c).await }).await {
+                        Err(e) if e.is_panic() && !cancel.is_cancelled() => {
+                            tracing::error!(service = %svc.name, "fleet loop panicked; restarting it");
+                            let _ = fleet.store.append_event(&event(
+                                "controller.panicked",
+                                &svc.name,
+                                "error",
+                                format!("the fleet loop of {} panicked and was restarted", svc.name),
+                                serde_json::json!({"controller": "fleet"}),
+                            ));
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                        }
+                        _ => break,
+                    }
+                }
             }));
         }
+        // The proxies run on a thread of their own: the data path never waits
+        // behind the control plane's probes, SQLite writes or image unpacking.
+        let proxy_thread = (!proxies.is_empty()).then(|| {
+            let cancel = cancel.clone();
+            std::thread::Builder::new()
+                .name("steward-proxy".into())
+                .spawn(move || {
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .expect("the proxy's runtime");
+                    rt.block_on(async move {
+                        let mut set = tokio::task::JoinSet::new();
+                        for (proxy, l) in proxies {
+                            match TcpListener::from_std(l) {
+                                Ok(l) => {
+                                    set.spawn(proxy.serve(l, cancel.clone()));
+                                }
+                                Err(e) => tracing::error!("proxy listener: {e}"),
+                            }
+                        }
+                        while set.join_next().await.is_some() {}
+                    });
+                })
+                .expect("a thread for the proxies")
+        });
         for t in tasks {
             let _ = t.await;
+        }
+        if let Some(t) = proxy_thread {
+            let _ = tokio::task::spawn_blocking(move || t.join()).await;
         }
     }
 
