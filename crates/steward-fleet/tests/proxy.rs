@@ -181,3 +181,184 @@ async fn a_removed_instance_finishes_what_it_has_and_gets_nothing_new() {
     assert_eq!(up.inflight(), 0);
     cancel.cancel();
 }
+
+/// An upstream that reads request bodies by Content-Length and answers by
+/// path: `/chunked` (a chunked body with a trailer), `/big` (1 MiB; headers
+/// only for HEAD), `/close` (no length: the body ends when it closes), and
+/// anything else with the size of the body it got.
+async fn framing_upstream() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = l.accept().await else { return };
+            tokio::spawn(async move {
+                let mut r = BufReader::new(s);
+                loop {
+                    let mut head = String::new();
+                    loop {
+                        let mut line = String::new();
+                        if r.read_line(&mut line).await.unwrap_or(0) == 0 {
+                            return;
+                        }
+                        if line == "\r\n" {
+                            break;
+                        }
+                        head.push_str(&line);
+                    }
+                    let lower = head.to_ascii_lowercase();
+                    let len: usize = lower
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .map(|v| v.trim().parse().unwrap())
+                        .unwrap_or(0);
+                    let mut body = vec![0u8; len];
+                    r.read_exact(&mut body).await.unwrap();
+                    if lower.contains("transfer-encoding: chunked") {
+                        loop {
+                            let mut size = String::new();
+                            r.read_line(&mut size).await.unwrap();
+                            let n = usize::from_str_radix(size.trim(), 16).unwrap();
+                            if n == 0 {
+                                let mut end = String::new();
+                                r.read_line(&mut end).await.unwrap();
+                                break;
+                            }
+                            let mut chunk = vec![0u8; n + 2];
+                            r.read_exact(&mut chunk).await.unwrap();
+                            body.extend_from_slice(&chunk[..n]);
+                        }
+                    }
+                    let (method, path) = {
+                        let mut parts = head.split(' ');
+                        (
+                            parts.next().unwrap().to_string(),
+                            parts.next().unwrap().to_string(),
+                        )
+                    };
+                    let s = r.get_mut();
+                    let out: Vec<u8> = match path.as_str() {
+                        "/chunked" => b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: x-sum\r\n\r\n5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nx-sum: 11\r\n\r\n".to_vec(),
+                        "/big" if method == "HEAD" => b"HTTP/1.1 200 OK\r\nContent-Length: 1048576\r\n\r\n".to_vec(),
+                        "/big" => {
+                            let mut v = b"HTTP/1.1 200 OK\r\nContent-Length: 1048576\r\n\r\n".to_vec();
+                            v.extend(std::iter::repeat_n(b'x', 1 << 20));
+                            v
+                        }
+                        "/close" => {
+                            let _ = s.write_all(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nuntil the end").await;
+                            return;
+                        }
+                        _ => {
+                            let b = format!("got {}", body.len());
+                            format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{b}", b.len()).into_bytes()
+                        }
+                    };
+                    if s.write_all(&out).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// Sends `req` raw and reads until the proxy closes.
+async fn exchange(addr: SocketAddr, req: &[u8]) -> Vec<u8> {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(req).await.unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).await.unwrap();
+    out
+}
+
+#[tokio::test]
+async fn bodies_keep_their_framing_both_ways() {
+    let up = framing_upstream().await;
+    let pool = Arc::new(Pool::default());
+    pool.set(&[("u".into(), up)]);
+    let (addr, cancel) = proxy(pool).await;
+
+    // A chunked response passes as it is, trailer included.
+    let out = exchange(
+        addr,
+        b"GET /chunked HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    let text = String::from_utf8_lossy(&out);
+    assert!(
+        text.to_ascii_lowercase()
+            .contains("transfer-encoding: chunked"),
+        "{text}"
+    );
+    assert!(
+        text.ends_with("5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nx-sum: 11\r\n\r\n"),
+        "{text}"
+    );
+
+    // A large response by length.
+    let out = exchange(
+        addr,
+        b"GET /big HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    let body = &out[out.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4..];
+    assert_eq!(body.len(), 1 << 20);
+
+    // A large request body is streamed (beyond what is buffered for retries).
+    let mut req = format!(
+        "POST /upload HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+        200 * 1024
+    )
+    .into_bytes();
+    req.extend(std::iter::repeat_n(b'y', 200 * 1024));
+    let out = exchange(addr, &req).await;
+    assert!(String::from_utf8_lossy(&out).ends_with("got 204800"));
+
+    // A chunked request body arrives whole.
+    let out = exchange(
+        addr,
+        b"POST /upload HTTP/1.1\r\nHost: x\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+    )
+    .await;
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.ends_with("got 3"), "{text}");
+
+    // HEAD: a length but no body, and the connection stays usable.
+    let out = exchange(
+        addr,
+        b"HEAD /big HTTP/1.1\r\nHost: x\r\n\r\nGET /x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    let text = String::from_utf8_lossy(&out);
+    assert_eq!(text.matches("HTTP/1.1 200").count(), 2, "{text}");
+    assert!(text.ends_with("got 0"), "{text}");
+
+    // No length: the body ends when the instance closes, and so does the client's connection.
+    let out = exchange(addr, b"GET /close HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    let text = String::from_utf8_lossy(&out);
+    assert!(
+        text.to_ascii_lowercase().contains("connection: close"),
+        "{text}"
+    );
+    assert!(text.ends_with("until the end"), "{text}");
+
+    // Expect: 100-continue is answered by the proxy.
+    let out = exchange(
+        addr,
+        b"POST /e HTTP/1.1\r\nHost: x\r\nConnection: close\r\nExpect: 100-continue\r\nContent-Length: 4\r\n\r\nbody",
+    )
+    .await;
+    let text = String::from_utf8_lossy(&out);
+    assert!(
+        text.starts_with("HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200"),
+        "{text}"
+    );
+    assert!(text.ends_with("got 4"), "{text}");
+
+    // Nonsense gets a 400, not a hang.
+    let out = exchange(addr, b"\x01\x02 what\r\n\r\n").await;
+    assert!(String::from_utf8_lossy(&out).starts_with("HTTP/1.1 400"));
+    cancel.cancel();
+}
