@@ -393,6 +393,17 @@ impl ServiceLoop {
             .append_event(&event(kind, &self.svc.name, severity, message, data));
     }
 
+    fn count_removed(&self, reason: &str) {
+        self.fleet
+            .metrics
+            .replaced
+            .get_or_create(&ResultLabel {
+                service: self.svc.name.clone(),
+                result: reason.into(),
+            })
+            .inc();
+    }
+
     fn error(&self, stage: &str, message: String) {
         self.fleet
             .metrics
@@ -923,14 +934,7 @@ impl ServiceLoop {
             r.reason = Some(format!("{verb}: {reason}"));
             r.updated_ms = now_ms();
             let _ = self.store().fleet_put_instance(&r);
-            self.fleet
-                .metrics
-                .replaced
-                .get_or_create(&ResultLabel {
-                    service: self.svc.name.clone(),
-                    result: reason.into(),
-                })
-                .inc();
+            self.count_removed(reason);
             self.record(
                 "fleet.instance_draining",
                 "info",
@@ -1002,14 +1006,7 @@ impl ServiceLoop {
             let _ = store.fleet_delete_instance(&r.id);
         })
         .await;
-        self.fleet
-            .metrics
-            .replaced
-            .get_or_create(&ResultLabel {
-                service: self.svc.name.clone(),
-                result: reason.into(),
-            })
-            .inc();
+        self.count_removed(reason);
         self.record(
             "fleet.instance_destroyed",
             "info",

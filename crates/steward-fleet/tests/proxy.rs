@@ -11,6 +11,21 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
+/// A request head's lines up to the empty one; `None` once the peer is gone.
+async fn head_lines(r: &mut BufReader<TcpStream>) -> Option<String> {
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        if r.read_line(&mut line).await.unwrap_or(0) == 0 {
+            return None;
+        }
+        if line == "\r\n" {
+            return Some(head);
+        }
+        head.push_str(&line);
+    }
+}
+
 /// An upstream that answers plain requests with its name (after `delay`) and
 /// `Upgrade: echo` requests with 101, then echoes bytes back.
 async fn upstream(name: &'static str, delay: Duration) -> SocketAddr {
@@ -22,17 +37,9 @@ async fn upstream(name: &'static str, delay: Duration) -> SocketAddr {
             tokio::spawn(async move {
                 let mut r = BufReader::new(s);
                 loop {
-                    let mut head = String::new();
-                    loop {
-                        let mut line = String::new();
-                        if r.read_line(&mut line).await.unwrap_or(0) == 0 {
-                            return;
-                        }
-                        if line == "\r\n" {
-                            break;
-                        }
-                        head.push_str(&line);
-                    }
+                    let Some(head) = head_lines(&mut r).await else {
+                        return;
+                    };
                     let upgrade = head.to_ascii_lowercase().contains("upgrade: echo");
                     let s = r.get_mut();
                     if upgrade {
@@ -195,17 +202,9 @@ async fn framing_upstream() -> SocketAddr {
             tokio::spawn(async move {
                 let mut r = BufReader::new(s);
                 loop {
-                    let mut head = String::new();
-                    loop {
-                        let mut line = String::new();
-                        if r.read_line(&mut line).await.unwrap_or(0) == 0 {
-                            return;
-                        }
-                        if line == "\r\n" {
-                            break;
-                        }
-                        head.push_str(&line);
-                    }
+                    let Some(head) = head_lines(&mut r).await else {
+                        return;
+                    };
                     let lower = head.to_ascii_lowercase();
                     let len: usize = lower
                         .lines()

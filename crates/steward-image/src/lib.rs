@@ -212,6 +212,26 @@ fn inputs_digest(spec: &Spec, image: &Image) -> Result<String, ImageError> {
     Ok(format!("sha256:{}", hex::encode(h.finalize())))
 }
 
+/// Runs `apt-get ARGS` inside `root` (through chroot, non-interactive); its output.
+fn apt_in(root: &Path, args: &[&str]) -> Result<String, ImageError> {
+    let out = Command::new("chroot")
+        .arg(root)
+        .arg("apt-get")
+        .args(args)
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| ImageError::Build(format!("chroot apt-get: {e}")))?;
+    if !out.status.success() {
+        return Err(ImageError::Build(format!(
+            "apt-get {} failed in the image: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 fn key(image: &str, rest: &str) -> String {
     format!("images/{image}/{rest}")
 }
@@ -323,23 +343,8 @@ pub fn build_with(
             let _ = std::fs::remove_file(root.join(".steward-complete"));
             if options.upgrade {
                 say("installing available updates");
-                for args in [&["update", "-qq"][..], &["-y", "-qq", "dist-upgrade"][..]] {
-                    let out = Command::new("chroot")
-                        .arg(&root)
-                        .arg("apt-get")
-                        .args(args)
-                        .env("DEBIAN_FRONTEND", "noninteractive")
-                        .stdin(Stdio::null())
-                        .output()
-                        .map_err(|e| ImageError::Build(format!("chroot apt-get: {e}")))?;
-                    if !out.status.success() {
-                        return Err(ImageError::Build(format!(
-                            "apt-get {} failed in the image: {}",
-                            args.join(" "),
-                            String::from_utf8_lossy(&out.stderr).trim()
-                        )));
-                    }
-                }
+                apt_in(&root, &["update", "-qq"])?;
+                apt_in(&root, &["-y", "-qq", "dist-upgrade"])?;
             }
         }
         ImageBase::Dir(dir) => copy_tree(dir, &root)?,
@@ -591,24 +596,7 @@ pub fn audit(
         ar.set_preserve_ownerships(true);
         ar.unpack(&root)
             .map_err(|e| ImageError::Build(format!("unpacking: {e}")))?;
-        let apt = |args: &[&str]| -> Result<String, ImageError> {
-            let out = Command::new("chroot")
-                .arg(&root)
-                .arg("apt-get")
-                .args(args)
-                .env("DEBIAN_FRONTEND", "noninteractive")
-                .stdin(Stdio::null())
-                .output()
-                .map_err(|e| ImageError::Build(format!("chroot apt-get: {e}")))?;
-            if !out.status.success() {
-                return Err(ImageError::Build(format!(
-                    "apt-get {} failed in the image: {}",
-                    args.join(" "),
-                    String::from_utf8_lossy(&out.stderr).trim()
-                )));
-            }
-            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-        };
+        let apt = |args: &[&str]| apt_in(&root, args);
         apt(&["update", "-qq"])?;
         // A simulated upgrade lists every package apt would upgrade and from where:
         // `Inst NAME [OLD] (NEW SUITE…)`.

@@ -29,6 +29,15 @@ fn service<'a>(spec: &'a Spec, name: &str) -> Result<&'a Service, u8> {
     }
 }
 
+/// The spec, one of its services and the state store, or the exit code after
+/// saying what is wrong.
+fn context(spec_path: &Path, name: &str) -> Result<(Spec, Service, Store), u8> {
+    let spec = crate::load_spec(spec_path)?;
+    let svc = service(&spec, name)?.clone();
+    let store = open(&spec)?;
+    Ok((spec, svc, store))
+}
+
 fn short(d: &str) -> String {
     steward_fleet::controller::short(d)
 }
@@ -42,17 +51,9 @@ pub(crate) fn deploy(
     promote: bool,
     wait: bool,
 ) -> u8 {
-    let spec = match crate::load_spec(spec_path) {
-        Ok(s) => s,
-        Err(c) => return c,
-    };
-    let svc = match service(&spec, name) {
-        Ok(s) => s.clone(),
-        Err(c) => return c,
-    };
-    let store = match open(&spec) {
-        Ok(s) => s,
-        Err(c) => return c,
+    let (spec, svc, store) = match context(spec_path, name) {
+        Ok(c) => c,
+        Err(code) => return code,
     };
     if promote {
         return match store.fleet_promote(name, now_ms()) {
@@ -133,17 +134,9 @@ pub(crate) fn deploy(
 
 /// `steward rollback SERVICE`: back to the version before the current one.
 pub(crate) fn rollback(spec_path: &Path, name: &str, wait: bool) -> u8 {
-    let spec = match crate::load_spec(spec_path) {
-        Ok(s) => s,
-        Err(c) => return c,
-    };
-    let svc = match service(&spec, name) {
-        Ok(s) => s.clone(),
-        Err(c) => return c,
-    };
-    let store = match open(&spec) {
-        Ok(s) => s,
-        Err(c) => return c,
+    let (_, svc, store) = match context(spec_path, name) {
+        Ok(c) => c,
+        Err(code) => return code,
     };
     let Some(previous) = store
         .fleet_service(name)
@@ -234,13 +227,9 @@ fn follow(store: &Store, svc: &Service, id: i64) -> u8 {
 
 /// `steward scale SERVICE N`.
 pub(crate) fn scale(spec_path: &Path, name: &str, n: u32) -> u8 {
-    let spec = match crate::load_spec(spec_path) {
-        Ok(s) => s,
-        Err(c) => return c,
-    };
-    let svc = match service(&spec, name) {
-        Ok(s) => s.clone(),
-        Err(c) => return c,
+    let (_, svc, store) = match context(spec_path, name) {
+        Ok(c) => c,
+        Err(code) => return code,
     };
     if n < svc.replicas.min || n > svc.replicas.max {
         eprintln!(
@@ -249,10 +238,6 @@ pub(crate) fn scale(spec_path: &Path, name: &str, n: u32) -> u8 {
         );
         return exit::USAGE;
     }
-    let store = match open(&spec) {
-        Ok(s) => s,
-        Err(c) => return c,
-    };
     if let Err(e) = store.fleet_set_replicas(name, n, now_ms()) {
         eprintln!("error: {e}");
         return exit::FAILED;

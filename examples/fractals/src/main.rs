@@ -506,6 +506,18 @@ fn render(kind: &str, w: u32, h: u32, iterations: u32, c: (f64, f64)) -> Vec<u8>
 /// A job a worker took: id, kind, width, height, iterations, Julia constant.
 type Claimed = (String, String, u32, u32, u32, f64, f64);
 
+fn claimed_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Claimed> {
+    Ok((
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get::<_, Option<f64>>(5)?.unwrap_or(-0.8),
+        r.get::<_, Option<f64>>(6)?.unwrap_or(0.156),
+    ))
+}
+
 /// Takes the oldest queued job (or one abandoned by a replaced worker).
 fn claim(conn: &Connection, worker: &str) -> rusqlite::Result<Option<Claimed>> {
     let now = now_ms();
@@ -516,17 +528,7 @@ fn claim(conn: &Connection, worker: &str) -> rusqlite::Result<Option<Claimed>> {
                      ORDER BY created_ms LIMIT 1)
          RETURNING id, kind, width, height, iterations, cre, cim",
         params![now, worker],
-        |r| {
-            Ok((
-                r.get(0)?,
-                r.get(1)?,
-                r.get(2)?,
-                r.get(3)?,
-                r.get(4)?,
-                r.get::<_, Option<f64>>(5)?.unwrap_or(-0.8),
-                r.get::<_, Option<f64>>(6)?.unwrap_or(0.156),
-            ))
-        },
+        claimed_row,
     )
     .optional()
 }
@@ -541,17 +543,7 @@ fn render_by_id(app: &App, id: &str) -> Result<(), String> {
              WHERE id = ?1 AND status IN ('queued', 'running')
              RETURNING id, kind, width, height, iterations, cre, cim",
             params![id, now, app.instance],
-            |r| {
-                Ok((
-                    r.get(0)?,
-                    r.get(1)?,
-                    r.get(2)?,
-                    r.get(3)?,
-                    r.get(4)?,
-                    r.get::<_, Option<f64>>(5)?.unwrap_or(-0.8),
-                    r.get::<_, Option<f64>>(6)?.unwrap_or(0.156),
-                ))
-            },
+            claimed_row,
         )
         .optional()
         .map_err(|e| e.to_string())?;
