@@ -22,6 +22,16 @@ fn port() -> u16 {
         .port()
 }
 
+/// GET as JSON.
+async fn get_json<T: serde::de::DeserializeOwned>(client: &reqwest::Client, url: &str) -> T {
+    client.get(url).send().await.unwrap().json().await.unwrap()
+}
+
+/// GET as text.
+async fn get_text(client: &reqwest::Client, url: &str) -> String {
+    client.get(url).send().await.unwrap().text().await.unwrap()
+}
+
 async fn wait_ok(client: &reqwest::Client, url: &str) {
     let t = Instant::now();
     while t.elapsed() < Duration::from_secs(30) {
@@ -53,14 +63,7 @@ async fn a_job_is_rendered_by_a_worker_and_served_by_the_api() {
     let client = reqwest::Client::new();
     let api = format!("http://127.0.0.1:{api_port}");
     wait_ok(&client, &format!("{api}/health")).await;
-    let health: serde_json::Value = client
-        .get(format!("{api}/health"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let health: serde_json::Value = get_json(&client, &format!("{api}/health")).await;
     assert_eq!(health["status"], "pass");
 
     let created: serde_json::Value = client
@@ -73,14 +76,7 @@ async fn a_job_is_rendered_by_a_worker_and_served_by_the_api() {
         .await
         .unwrap();
     let id = created["id"].as_str().unwrap().to_string();
-    let metrics = client
-        .get(format!("{api}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = get_text(&client, &format!("{api}/metrics")).await;
     assert!(metrics.contains("fractals_queue_depth 1"), "{metrics}");
     let bad = client
         .post(format!("{api}/fractals"))
@@ -100,14 +96,7 @@ async fn a_job_is_rendered_by_a_worker_and_served_by_the_api() {
     );
     let t = Instant::now();
     loop {
-        let job: serde_json::Value = client
-            .get(format!("{api}/fractals/{id}"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let job: serde_json::Value = get_json(&client, &format!("{api}/fractals/{id}")).await;
         if job["status"] == "done" {
             assert!(job["worker"].is_string());
             break;
@@ -126,23 +115,9 @@ async fn a_job_is_rendered_by_a_worker_and_served_by_the_api() {
     assert_eq!(png.headers()["content-type"], "image/png");
     let bytes = png.bytes().await.unwrap();
     assert_eq!(&bytes[1..4], b"PNG");
-    let gallery = client
-        .get(format!("{api}/"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let gallery = get_text(&client, &format!("{api}/")).await;
     assert!(gallery.contains(&id));
-    let metrics = client
-        .get(format!("http://127.0.0.1:{worker_port}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = get_text(&client, &format!("http://127.0.0.1:{worker_port}/metrics")).await;
     assert!(metrics.contains("fractals_rendered_total 1"), "{metrics}");
     let _ = std::fs::remove_dir_all(&data);
 }
@@ -193,14 +168,7 @@ async fn jobs_go_through_rabbitmq_when_configured() {
     let mut doomed = spawn(&["worker"], "doomed");
     let t = Instant::now();
     loop {
-        let job: serde_json::Value = client
-            .get(format!("{api}/fractals/{}", ids[0]))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let job: serde_json::Value = get_json(&client, &format!("{api}/fractals/{}", ids[0])).await;
         if job["status"] == "running" && job["worker"] == "doomed" {
             break;
         }
@@ -216,14 +184,7 @@ async fn jobs_go_through_rabbitmq_when_configured() {
     let _b = spawn(&["worker"], "b");
     let t = Instant::now();
     loop {
-        let jobs: Vec<serde_json::Value> = client
-            .get(format!("{api}/fractals"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let jobs: Vec<serde_json::Value> = get_json(&client, &format!("{api}/fractals")).await;
         let done = jobs
             .iter()
             .filter(|j| {
@@ -248,14 +209,7 @@ async fn jobs_go_through_rabbitmq_when_configured() {
             .unwrap();
         assert_eq!(png.status(), 200);
     }
-    let first: serde_json::Value = client
-        .get(format!("{api}/fractals/{}", ids[0]))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let first: serde_json::Value = get_json(&client, &format!("{api}/fractals/{}", ids[0])).await;
     assert_ne!(first["worker"], "doomed", "redelivered to a live worker");
     let _ = std::fs::remove_dir_all(&data);
 }
