@@ -5,13 +5,49 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::{Deserialize, Deserializer};
 
 /// A spec string that may contain secret references.
-#[derive(Clone, PartialEq, Eq, Default)]
+#[derive(Clone, Default)]
 pub struct Text {
     raw: String,
+    /// The directory relative `${file:…}`/`${generated:…}` paths are taken
+    /// from: the spec's, for texts made while a spec is parsed.
+    base: Option<Arc<Path>>,
+}
+
+impl PartialEq for Text {
+    fn eq(&self, other: &Self) -> bool {
+        self.raw == other.raw
+    }
+}
+
+impl Eq for Text {}
+
+thread_local! {
+    static BASE: std::cell::RefCell<Option<Arc<Path>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// While alive, texts made on this thread take relative reference paths from
+/// `dir` (the spec parser holds one for the spec's directory).
+pub(crate) struct RelativeTo(Option<Arc<Path>>);
+
+impl RelativeTo {
+    pub(crate) fn dir(dir: &Path) -> Self {
+        RelativeTo(BASE.with(|b| b.replace(Some(Arc::from(dir)))))
+    }
+}
+
+impl Drop for RelativeTo {
+    fn drop(&mut self) {
+        BASE.with(|b| *b.borrow_mut() = self.0.take());
+    }
+}
+
+fn current_base() -> Option<Arc<Path>> {
+    BASE.with(|b| b.borrow().clone())
 }
 
 /// One `${kind:arg}` reference inside a [`Text`].
@@ -98,7 +134,10 @@ fn generate(path: &Path) -> Result<(), String> {
         .map_err(|e| format!("no random source: {e}"))?;
     let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
     if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+        // Directories made for a secret are its owner's alone.
+        std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
+            .create(dir)
+            .map_err(|e| e.to_string())?;
     }
     let mut f = std::fs::OpenOptions::new()
         .write(true)
@@ -189,7 +228,18 @@ fn is_env_name(s: &str) -> bool {
 impl Text {
     /// A text without references (or with them, unresolved).
     pub fn new(raw: impl Into<String>) -> Self {
-        Self { raw: raw.into() }
+        Self {
+            raw: raw.into(),
+            base: current_base(),
+        }
+    }
+
+    /// A reference's path as it is read: relative ones from the spec's directory.
+    fn located(&self, path: &Path) -> PathBuf {
+        match &self.base {
+            Some(base) if path.is_relative() => base.join(path),
+            _ => path.to_path_buf(),
+        }
     }
 
     /// The string as written in the spec (references unresolved; safe to show).
@@ -223,20 +273,21 @@ impl Text {
                     out.push_str(&resolver.env(&n).ok_or(SecretError::MissingEnv(n))?)
                 }
                 Piece::Ref(Reference::File(path)) => {
-                    let content = resolver.file(&path).map_err(|reason| SecretError::File {
-                        path: path.clone(),
-                        reason,
+                    let content = resolver.file(&self.located(&path)).map_err(|reason| {
+                        SecretError::File {
+                            path: path.clone(),
+                            reason,
+                        }
                     })?;
                     out.push_str(content.strip_suffix('\n').unwrap_or(&content));
                 }
                 Piece::Ref(Reference::Generated(path)) => {
-                    let content =
-                        resolver
-                            .generated(&path)
-                            .map_err(|reason| SecretError::File {
-                                path: path.clone(),
-                                reason,
-                            })?;
+                    let content = resolver.generated(&self.located(&path)).map_err(|reason| {
+                        SecretError::File {
+                            path: path.clone(),
+                            reason,
+                        }
+                    })?;
                     out.push_str(content.strip_suffix('\n').unwrap_or(&content));
                 }
             }
@@ -255,7 +306,7 @@ impl<'de> Deserialize<'de> for Text {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let raw = String::deserialize(d)?;
         pieces(&raw).map_err(serde::de::Error::custom)?;
-        Ok(Text { raw })
+        Ok(Text::new(raw))
     }
 }
 
@@ -342,6 +393,25 @@ mod tests {
             first.expose(),
             "made once"
         );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn relative_reference_paths_mean_the_spec_directory() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("steward-rel-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("pw"), "hunter2\n").unwrap();
+        std::fs::set_permissions(dir.join("pw"), std::fs::Permissions::from_mode(0o600)).unwrap();
+        let t = {
+            let _spec = RelativeTo::dir(&dir);
+            Text::new("${file:pw}")
+        };
+        assert_eq!(t.resolve(&OsResolver).unwrap().expose(), "hunter2");
+        // Outside a spec, relative still means the working directory.
+        let err = Text::new("${file:pw}").resolve(&OsResolver).unwrap_err();
+        assert!(matches!(err, SecretError::File { ref path, .. } if path == Path::new("pw")));
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -40,6 +40,11 @@ pub(crate) fn parse(
     resolver: &dyn Resolver,
 ) -> Result<Spec, SpecErrors> {
     let mut d = Diagnostics::new(name, src);
+    // Relative secret-reference paths mean files next to the spec, like every
+    // other relative path in it.
+    let _relative = crate::secret::RelativeTo::dir(
+        &std::path::absolute(base_dir).unwrap_or_else(|_| base_dir.to_path_buf()),
+    );
     let (root, syntax) = DeTable::parse_recoverable(src);
     if !syntax.is_empty() {
         let mut previous_duplicate = false;

@@ -499,23 +499,11 @@ pub(crate) fn down(spec_path: &Path) -> u8 {
 
 /// `steward up DIR`: builds the images of `DIR/steward.toml` and serves it.
 pub(crate) fn up(dir: &Path, listen: Option<std::net::SocketAddr>) -> u8 {
-    // The project's directory is the working directory, as for a compose
-    // file: relative references (`${file:…}`) mean files next to the spec.
-    let (dir, file) = if dir.is_dir() {
-        (dir.to_path_buf(), std::path::PathBuf::from("steward.toml"))
+    let spec_path = if dir.is_dir() {
+        dir.join("steward.toml")
     } else {
-        (
-            dir.parent().map(Path::to_path_buf).unwrap_or_default(),
-            dir.file_name().map(Into::into).unwrap_or_default(),
-        )
+        dir.to_path_buf()
     };
-    if !dir.as_os_str().is_empty()
-        && let Err(e) = std::env::set_current_dir(&dir)
-    {
-        eprintln!("error: {}: {e}", dir.display());
-        return exit::USAGE;
-    }
-    let spec_path = file;
     let spec = match crate::load_spec(&spec_path) {
         Ok(s) => s,
         Err(c) => return c,
