@@ -497,10 +497,7 @@ impl ServiceLoop {
             }
         };
         let row = row.expect("a target implies a row");
-        let desired = row
-            .replicas
-            .unwrap_or(self.svc.replicas.min)
-            .clamp(self.svc.replicas.min, self.svc.replicas.max);
+        let desired = self.svc.replicas.desired(row.replicas);
         let latest = self
             .store()
             .fleet_deploys(Some(&name), 1)

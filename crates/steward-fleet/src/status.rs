@@ -44,11 +44,7 @@ pub fn report(spec: &Spec, store: &Store) -> Vec<ServiceStatus> {
                 image: s.image.clone(),
                 target: row.as_ref().and_then(|r| r.target.clone()),
                 previous: row.as_ref().and_then(|r| r.previous.clone()),
-                desired: row
-                    .as_ref()
-                    .and_then(|r| r.replicas)
-                    .unwrap_or(s.replicas.min)
-                    .clamp(s.replicas.min, s.replicas.max),
+                desired: s.replicas.desired(row.as_ref().and_then(|r| r.replicas)),
                 min: s.replicas.min,
                 max: s.replicas.max,
                 ready: instances.iter().filter(|i| i.state == "ready").count() as u32,

@@ -365,14 +365,10 @@ async fn scale(
     Json(body): Json<ScaleBody>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let svc = service(&s, &name)?;
-    let (min, max) = (svc.replicas.min, svc.replicas.max);
-    if body.replicas < min || body.replicas > max {
+    if let Err(e) = svc.replicas.check(body.replicas) {
         return Err(ApiError(
             StatusCode::UNPROCESSABLE_ENTITY,
-            format!(
-                "{name} runs between {min} and {max} instances; {} is outside",
-                body.replicas
-            ),
+            format!("{name} {e}"),
         ));
     }
     let store = s.store.clone();

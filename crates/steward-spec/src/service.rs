@@ -34,6 +34,26 @@ pub struct Replicas {
     pub max: u32,
 }
 
+impl Replicas {
+    /// The count to run, given the one last asked for (clamped: the spec's
+    /// range may have moved since).
+    pub fn desired(&self, asked: Option<u32>) -> u32 {
+        asked.unwrap_or(self.min).clamp(self.min, self.max)
+    }
+
+    /// Whether `n` may be asked for; the error names the range.
+    pub fn check(&self, n: u32) -> Result<(), String> {
+        if (self.min..=self.max).contains(&n) {
+            Ok(())
+        } else {
+            Err(format!(
+                "runs between {} and {} instances (replicas in the spec); {n} is outside",
+                self.min, self.max
+            ))
+        }
+    }
+}
+
 /// How a new version replaces the running one.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Rollout {

@@ -231,11 +231,8 @@ pub(crate) fn scale(spec_path: &Path, name: &str, n: u32) -> u8 {
         Ok(c) => c,
         Err(code) => return code,
     };
-    if n < svc.replicas.min || n > svc.replicas.max {
-        eprintln!(
-            "error: {name} runs between {} and {} instances (replicas in the spec); {n} is outside",
-            svc.replicas.min, svc.replicas.max
-        );
+    if let Err(e) = svc.replicas.check(n) {
+        eprintln!("error: {name} {e}");
         return exit::USAGE;
     }
     if let Err(e) = store.fleet_set_replicas(name, n, now_ms()) {
