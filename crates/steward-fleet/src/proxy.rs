@@ -64,11 +64,18 @@ pub struct Upstream {
     inflight: AtomicU64,
     /// Idle keep-alive connections to it.
     idle: Mutex<Vec<Conn>>,
+    /// Out of rotation: its connections are not kept any more.
+    retired: std::sync::atomic::AtomicBool,
     /// Its request and error counters, looked up once.
     counters: std::sync::OnceLock<(Counter, Counter)>,
 }
 
 impl Upstream {
+    fn retire(&self) {
+        self.retired.store(true, Ordering::Relaxed);
+        self.idle.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+
     /// Requests it is handling now.
     pub fn inflight(&self) -> u64 {
         self.inflight.load(Ordering::Relaxed)
@@ -108,11 +115,18 @@ impl Pool {
                             addr: *addr,
                             inflight: AtomicU64::new(0),
                             idle: Mutex::default(),
+                            retired: Default::default(),
                             counters: std::sync::OnceLock::new(),
                         })
                     })
             })
             .collect();
+        for gone in ready
+            .iter()
+            .filter(|u| !next.iter().any(|n| Arc::ptr_eq(n, u)))
+        {
+            gone.retire();
+        }
         *ready = Arc::new(next);
     }
 
@@ -121,7 +135,8 @@ impl Pool {
     pub fn remove(&self, id: &str) -> Option<Arc<Upstream>> {
         let mut ready = self.ready.write().unwrap_or_else(|e| e.into_inner());
         let found = ready.iter().find(|u| u.id == id).cloned();
-        if found.is_some() {
+        if let Some(u) = &found {
+            u.retire();
             let rest: Vec<_> = ready.iter().filter(|u| u.id != id).cloned().collect();
             *ready = Arc::new(rest);
         }
@@ -684,6 +699,7 @@ impl Proxy {
     }
 
     async fn connection(&self, mut client: Conn, peer: SocketAddr) {
+        let peer = peer.ip().to_string();
         loop {
             let head = match read_head(&mut client, true, CLIENT_TIMEOUT).await {
                 Ok(h) => h,
@@ -713,14 +729,14 @@ impl Proxy {
                     return;
                 }
             };
-            match self.request(&mut client, head, peer).await {
+            match self.request(&mut client, head, &peer).await {
                 Outcome::KeepAlive => {}
                 Outcome::Close => return,
             }
         }
     }
 
-    async fn request(&self, client: &mut Conn, head: Head, peer: SocketAddr) -> Outcome {
+    async fn request(&self, client: &mut Conn, head: Head, peer: &str) -> Outcome {
         let started = Instant::now();
         let framing = match head.framing(true) {
             Ok(f) => f,
@@ -752,10 +768,10 @@ impl Proxy {
         out.push(b' ');
         out.extend_from_slice(head.bytes(&head.target));
         out.extend_from_slice(b" HTTP/1.1\r\n");
-        let mut forwarded_for = peer.ip().to_string();
+        let mut forwarded_for = std::borrow::Cow::Borrowed(peer);
         for (n, v) in head.end_to_end() {
             if n.eq_ignore_ascii_case(b"x-forwarded-for") {
-                forwarded_for = format!("{}, {forwarded_for}", String::from_utf8_lossy(v));
+                forwarded_for = format!("{}, {peer}", String::from_utf8_lossy(v)).into();
                 continue;
             }
             if n.eq_ignore_ascii_case(b"expect")
@@ -1051,7 +1067,7 @@ impl Proxy {
         // Back to the pool when the instance keeps it, nothing is left over,
         // and it still takes traffic.
         let reusable = !upstream_close && framing != Framing::Close && upstream.buf.is_empty();
-        if reusable && self.pool.ready().iter().any(|u| Arc::ptr_eq(u, &up)) {
+        if reusable && !up.retired.load(Ordering::Relaxed) {
             let mut idle = up.idle.lock().unwrap_or_else(|e| e.into_inner());
             if idle.len() < MAX_IDLE {
                 idle.push(upstream);
