@@ -52,10 +52,7 @@ fn ip(args: &[&str]) -> Result<(), String> {
 
 /// Whether this process may make sandboxes.
 pub fn check_privileges() -> Result<(), String> {
-    let uid = std::fs::metadata("/proc/self")
-        .map(|m| std::os::unix::fs::MetadataExt::uid(&m))
-        .unwrap_or(u32::MAX);
-    if uid != 0 {
+    if !nix::unistd::geteuid().is_root() {
         return Err(
             "isolate = true needs root (overlayfs, network namespaces, cgroups); run steward as root or set isolate = false".into(),
         );

@@ -11,6 +11,22 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
+/// A loopback server running `each` on every connection it accepts.
+async fn listen<F, Fut>(each: F) -> SocketAddr
+where
+    F: Fn(BufReader<TcpStream>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            tokio::spawn(each(BufReader::new(s)));
+        }
+    });
+    addr
+}
+
 /// A request head's lines up to the empty one; `None` once the peer is gone.
 async fn head_lines(r: &mut BufReader<TcpStream>) -> Option<String> {
     let mut head = String::new();
@@ -29,13 +45,7 @@ async fn head_lines(r: &mut BufReader<TcpStream>) -> Option<String> {
 /// An upstream that answers plain requests with its name (after `delay`) and
 /// `Upgrade: echo` requests with 101, then echoes bytes back.
 async fn upstream(name: &'static str, delay: Duration) -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((s, _)) = l.accept().await else { return };
-            tokio::spawn(async move {
-                let mut r = BufReader::new(s);
+    listen(move |mut r| async move {
                 loop {
                     let Some(head) = head_lines(&mut r).await else {
                         return;
@@ -66,10 +76,8 @@ async fn upstream(name: &'static str, delay: Duration) -> SocketAddr {
                         return;
                     }
                 }
-            });
-        }
-    });
-    addr
+    })
+    .await
 }
 
 async fn proxy(pool: Arc<Pool>) -> (SocketAddr, CancellationToken) {
@@ -194,13 +202,7 @@ async fn a_removed_instance_finishes_what_it_has_and_gets_nothing_new() {
 /// only for HEAD), `/close` (no length: the body ends when it closes), and
 /// anything else with the size of the body it got.
 async fn framing_upstream() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((s, _)) = l.accept().await else { return };
-            tokio::spawn(async move {
-                let mut r = BufReader::new(s);
+    listen(move |mut r| async move {
                 loop {
                     let Some(head) = head_lines(&mut r).await else {
                         return;
@@ -257,10 +259,8 @@ async fn framing_upstream() -> SocketAddr {
                         return;
                     }
                 }
-            });
-        }
-    });
-    addr
+    })
+    .await
 }
 
 /// Sends `req` raw and reads until the proxy closes.
