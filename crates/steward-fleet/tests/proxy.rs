@@ -364,3 +364,227 @@ async fn bodies_keep_their_framing_both_ways() {
     assert!(String::from_utf8_lossy(&out).starts_with("HTTP/1.1 400"));
     cancel.cancel();
 }
+
+/// An instance that answers each path with crafted response bytes (see
+/// `responses_are_framed_as_strictly_as_requests`), keeping its connection
+/// open for the next request; any other path is echoed back.
+async fn crafted_upstream() -> SocketAddr {
+    listen(move |mut r| async move {
+        loop {
+            let Some(head) = head_lines(&mut r).await else {
+                return;
+            };
+            let path = head.split(' ').nth(1).unwrap_or("/").to_string();
+            let s = r.get_mut();
+            let out: Vec<u8> = match path.as_str() {
+                "/both" => b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n".to_vec(),
+                "/gzip" => b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nok".to_vec(),
+                "/badlen" => b"HTTP/1.1 200 OK\r\nContent-Length: 1x\r\n\r\nok".to_vec(),
+                "/twolens" => b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nok".to_vec(),
+                "/te-http10" => b"HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n".to_vec(),
+                "/switch" => b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\nConnection: upgrade\r\n\r\n".to_vec(),
+                "/hints" => b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </s.css>; rel=preload\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec(),
+                "/interim-flood" => {
+                    let mut v = b"HTTP/1.1 103 Early Hints\r\n\r\n".repeat(20);
+                    v.extend_from_slice(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+                    v
+                }
+                "/head-body" | "/no-content" => {
+                    let status = if path == "/head-body" { "200 OK" } else { "204 No Content" };
+                    format!("HTTP/1.1 {status}\r\nContent-Length: 5\r\n\r\nhello").into_bytes()
+                }
+                "/not-modified" => b"HTTP/1.1 304 Not Modified\r\nContent-Length: 5\r\nETag: \"x\"\r\n\r\n".to_vec(),
+                "/chunked" => b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n".to_vec(),
+                "/overlong" => b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\npoison".to_vec(),
+                "/poison-later" => {
+                    if s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await.is_err() {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\npoison".to_vec()
+                }
+                "/bad-chunk" => b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\n".to_vec(),
+                "/bad-chunk-later" => {
+                    if s.write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n").await.is_err() {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    b"zz\r\n".to_vec()
+                }
+                other => format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{other}", other.len()).into_bytes(),
+            };
+            if s.write_all(&out).await.is_err() {
+                return;
+            }
+        }
+    })
+    .await
+}
+
+/// `exchange`, but failing instead of hanging when the proxy keeps the
+/// connection open.
+async fn exchange_closed(addr: SocketAddr, req: &[u8]) -> String {
+    let out = tokio::time::timeout(Duration::from_secs(5), exchange(addr, req))
+        .await
+        .unwrap_or_else(|_| panic!("the proxy kept the connection open after {req:?}"));
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test]
+async fn responses_are_framed_as_strictly_as_requests() {
+    let up = crafted_upstream().await;
+    let pool = Arc::new(Pool::default());
+    pool.set(&[("u".into(), up)]);
+    let (addr, cancel) = proxy(pool).await;
+    let then_after = |first: &str| {
+        format!(
+            "{first}\r\nHost: x\r\n\r\nGET /after HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+    };
+
+    // Responses whose framing is ambiguous are refused (502) and the client's
+    // connection ends, so nothing after them is read as their body.
+    for path in [
+        "/both",
+        "/gzip",
+        "/badlen",
+        "/twolens",
+        "/te-http10",
+        "/switch",
+    ] {
+        let text =
+            exchange_closed(addr, then_after(&format!("GET {path} HTTP/1.1")).as_bytes()).await;
+        assert!(text.starts_with("HTTP/1.1 502"), "{path}: {text}");
+        assert_eq!(text.matches("HTTP/1.1 ").count(), 1, "{path}: {text}");
+        assert!(!text.contains("/after"), "{path}: {text}");
+    }
+
+    // An endless stream of interim responses ends in a 502 after 16.
+    let text = exchange_closed(addr, then_after("GET /interim-flood HTTP/1.1").as_bytes()).await;
+    assert_eq!(text.matches("HTTP/1.1 103").count(), 16, "{text}");
+    assert!(
+        text.contains("HTTP/1.1 502") && !text.contains("/after"),
+        "{text}"
+    );
+
+    // Interim responses: 103 goes on, 100 (the proxy answers Expect itself) does
+    // not, and an HTTP/1.0 client gets neither (RFC 9110 §15.2).
+    let text = exchange_closed(
+        addr,
+        b"GET /hints HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(
+        text.starts_with(
+            "HTTP/1.1 103 Early Hints\r\nLink: </s.css>; rel=preload\r\n\r\nHTTP/1.1 200 OK\r\n"
+        ),
+        "{text}"
+    );
+    assert!(
+        !text.contains("100 Continue") && text.ends_with("ok"),
+        "{text}"
+    );
+    let text = exchange_closed(addr, b"GET /hints HTTP/1.0\r\n\r\n").await;
+    assert!(
+        text.starts_with("HTTP/1.1 200 OK\r\n") && text.ends_with("ok"),
+        "{text}"
+    );
+
+    // No body on HEAD, 204 and 304 whatever the instance sends; a 204 loses its
+    // length, a HEAD and a 304 keep theirs; the next request on the same client
+    // connection gets its own answer, not the stray body.
+    let text = exchange_closed(addr, then_after("HEAD /head-body HTTP/1.1").as_bytes()).await;
+    assert!(
+        text.starts_with("HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nHTTP/1.1 200"),
+        "{text}"
+    );
+    assert!(
+        text.ends_with("/after") && !text.contains("hello"),
+        "{text}"
+    );
+    let text = exchange_closed(addr, then_after("GET /no-content HTTP/1.1").as_bytes()).await;
+    assert!(
+        text.starts_with("HTTP/1.1 204 No Content\r\n\r\nHTTP/1.1 200"),
+        "{text}"
+    );
+    assert!(
+        text.ends_with("/after") && !text.contains("hello"),
+        "{text}"
+    );
+    let text = exchange_closed(addr, then_after("GET /not-modified HTTP/1.1").as_bytes()).await;
+    assert!(text.starts_with("HTTP/1.1 304 Not Modified\r\n"), "{text}");
+    assert!(
+        text.contains("content-length: 5\r\n") && text.ends_with("/after"),
+        "{text}"
+    );
+
+    // An HTTP/1.0 client cannot read chunks: the body comes plain, ended by close.
+    let text = exchange_closed(addr, b"GET /chunked HTTP/1.0\r\n\r\n").await;
+    assert!(
+        !text.to_ascii_lowercase().contains("transfer-encoding"),
+        "{text}"
+    );
+    assert!(
+        text.contains("connection: close\r\n") && text.ends_with("\r\n\r\nhello"),
+        "{text}"
+    );
+
+    // Bytes beyond a response's framing — at once or later, on an idle pooled
+    // connection — never become the answer to another client's request.
+    for path in ["/overlong", "/poison-later"] {
+        for _ in 0..3 {
+            let (status, body) = get(addr, path).await;
+            assert_eq!((status, body.as_str()), (200, "ok"), "{path}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let (status, body) = get(addr, "/after").await;
+            assert_eq!((status, body.as_str()), (200, "/after"), "after {path}");
+        }
+    }
+
+    // A chunked body already broken when its head arrives is a 502; one that
+    // breaks mid-way ends the client's connection before its last chunk, so
+    // the truncation shows.
+    let text = exchange_closed(addr, b"GET /bad-chunk HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert!(text.starts_with("HTTP/1.1 502"), "{text}");
+    let text = exchange_closed(addr, b"GET /bad-chunk-later HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert!(
+        text.starts_with("HTTP/1.1 200 OK\r\n") && text.ends_with("5\r\nhello\r\n"),
+        "{text}"
+    );
+    cancel.cancel();
+}
+
+/// An instance that tells how each request's body arrived.
+#[tokio::test]
+async fn refused_requests_reach_no_instance_and_close_the_connection() {
+    let up = framing_upstream().await;
+    let pool = Arc::new(Pool::default());
+    pool.set(&[("u".into(), up)]);
+    let (addr, cancel) = proxy(pool.clone()).await;
+    for (req, status) in [
+        (&b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 6\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n"[..], "400"),
+        (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nffffffffffffffffff\r\n", "400"),
+        (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n-1\r\n", "400"),
+        (b"CONNECT x:443 HTTP/1.1\r\nHost: x\r\n\r\n", "405"),
+    ] {
+        let text = exchange_closed(addr, req).await;
+        assert!(text.starts_with(&format!("HTTP/1.1 {status}")), "{text}");
+        assert!(text.contains("connection: close"), "{text}");
+        assert_eq!(text.matches("HTTP/1.1").count(), 1, "{text}");
+    }
+    // A chunked body too large to check first is streamed; when it breaks, the
+    // instance's connection goes too (its request never completes) and the
+    // client gets a 400.
+    let mut req = b"POST /big HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    req.extend_from_slice(format!("{:x}\r\n", 100 * 1024).as_bytes());
+    req.extend(std::iter::repeat_n(b'y', 100 * 1024));
+    req.extend_from_slice(b"\r\nnot-a-size\r\n");
+    let text = exchange_closed(addr, &req).await;
+    assert!(text.starts_with("HTTP/1.1 400"), "{text}");
+    assert_eq!(
+        pool.ready().iter().map(|u| u.inflight()).sum::<u64>(),
+        0,
+        "nothing left in flight"
+    );
+    cancel.cancel();
+}

@@ -10,13 +10,12 @@
 //! one write. (A hyper server + client pair measured 0.65× nginx's requests
 //! per CPU here; `benches/proxy.sh`.)
 //!
-//! Framing is decided by [`h1`] (RFC 9112, strictly: anything ambiguous is
+//! Framing is decided by `steward-http1` (RFC 9112, strictly: anything ambiguous is
 //! refused with 400 — or 502 from an instance — and the connection closed),
 //! and what is forwarded is re-serialised from that decision, so a client and
 //! an instance can never read one byte stream as different requests. The
 //! instances and their idle connections are in [`pool`].
 
-pub mod h1;
 mod pool;
 
 pub use pool::{Pool, Upstream};
@@ -27,12 +26,13 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
-use h1::{BodyFraming, Chunked, FramingError, Head, Kind, ResponseFraming};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+use steward_http1 as h1;
+use steward_http1::{BodyFraming, Chunked, FramingError, Head, Kind, ResponseFraming, Via};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
@@ -370,6 +370,15 @@ impl Proxy {
 
     async fn connection(&self, mut client: Conn, peer: SocketAddr) {
         let peer = peer.ip().to_string();
+        let local = client
+            .s
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_else(|_| "localhost".into());
+        let via = Via {
+            client: &peer,
+            host: &local,
+        };
         loop {
             let head = match read_head(&mut client, Kind::Request, CLIENT_TIMEOUT).await {
                 Ok(h) => h,
@@ -391,14 +400,14 @@ impl Proxy {
                     return;
                 }
             };
-            match self.request(&mut client, head, &peer).await {
+            match self.request(&mut client, head, &via).await {
                 Outcome::KeepAlive => {}
                 Outcome::Close => return,
             }
         }
     }
 
-    async fn request(&self, client: &mut Conn, head: Head, peer: &str) -> Outcome {
+    async fn request(&self, client: &mut Conn, head: Head, via: &Via<'_>) -> Outcome {
         let started = Instant::now();
         let framing = head.request_framing();
         let client_close = head.closes();
@@ -415,7 +424,7 @@ impl Proxy {
         }
         // The head the instance gets, re-serialised from the decided framing.
         let mut out = Vec::with_capacity(512);
-        head.write_request(&mut out, peer, framing);
+        head.write_request(&mut out, via, framing);
         let head_len = out.len();
         // Small bodies are read now, so a failed connection can be retried;
         // a chunked one is decoded (and so checked) up to the limit first.

@@ -922,16 +922,24 @@ fn fields(c: &mut Vec<Case>) {
             None => k,
         });
     }
-    c.push(
-        case("field-too-many", {
-            let mut f = String::from("Host: a\r\n");
-            for i in 0..200 {
-                f.push_str(&format!("X-{i}: {i}\r\n"));
-            }
-            req("GET / HTTP/1.1", &f, b"")
-        })
-        .strict("at most 128 fields in a head"),
-    );
+    c.push(case("field-too-many", {
+        let mut f = String::from("Host: a\r\n");
+        for i in 0..200 {
+            f.push_str(&format!("X-{i}: {i}\r\n"));
+        }
+        req("GET / HTTP/1.1", &f, b"")
+    }));
+    let n_fields = |n: usize| {
+        let mut f = String::from("Host: a\r\n");
+        for i in 1..n {
+            f.push_str(&format!("X-{i}: {i}\r\n"));
+        }
+        req("GET / HTTP/1.1", &f, b"")
+    };
+    c.push(case("field-ninety-four", n_fields(94)));
+    c.push(case("field-ninety-five", n_fields(95)).strict(
+        "at most 94 fields in a request, so that with the fields steward adds it still fits an instance's limit (hyper: 100)",
+    ));
 }
 
 const URI_HOST: &str = "RFC 3986 §3.2.2: a host is ASCII letters, digits and sub-delims; no `\\`, `?`, `#` (internationalised names travel as punycode)";

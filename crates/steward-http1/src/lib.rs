@@ -1,27 +1,31 @@
-//! HTTP/1.1 message framing for the proxy, per RFC 9112, without I/O.
+//! HTTP/1.1 message framing for steward's proxy, per RFC 9112, without I/O.
 //!
 //! A proxy and the instance behind it must agree on where each message ends,
 //! or a client can hide a second request inside the first (request
-//! smuggling). So this module decides exactly one framing for every message
+//! smuggling). So this crate decides exactly one framing for every message
 //! and refuses whatever leaves room for two readings:
 //!
 //! - heads are parsed by httparse (tokens, no whitespace before a colon, no
-//!   obsolete line folding, no bare CR) and then checked again here: no
-//!   control characters in values, one `Host` on HTTP/1.1 requests (RFC 9112
-//!   §3.2), a request target in origin, absolute or asterisk form, no CONNECT;
-//! - `Content-Length` is one header of decimal digits that fits in 63 bits;
-//! - `Transfer-Encoding` is exactly `chunked`, only on HTTP/1.1, and never
-//!   together with `Content-Length` (§6.1 allows rejecting that; it is the
+//!   obsolete line folding, no bare CR, one space between the parts of the
+//!   request line) and then checked again here: a method of upper-case
+//!   letters, `_` and `-` (nginx's rule, checked as bytes arrive), no control
+//!   characters in values, exactly one valid `Host` on HTTP/1.1 requests (RFC
+//!   9112 §3.2), a target in origin or absolute form, no CONNECT;
+//! - `Content-Length` is one field of decimal digits within 63 bits;
+//! - `Transfer-Encoding` is exactly one `chunked`, only on HTTP/1.1, and never
+//!   together with `Content-Length` (§6.1 allows refusing that; it is the
 //!   classic CL.TE / TE.CL desynchronisation);
-//! - chunk-size lines are hex digits that fit in 63 bits, optional whitespace,
-//!   well-formed extensions (`;name[=token|"quoted"]`), and CRLF — never a bare
-//!   LF or CR; chunk data ends in CRLF; trailers are fields like any other.
+//! - chunk-size lines are hex digits below 2^59 (nginx's bound), optional
+//!   whitespace, well-formed extensions (`;name[=token|"quoted"]`), and CRLF —
+//!   never a bare LF or CR; chunk data ends in CRLF; trailers are fields like
+//!   any other.
 //!
 //! What goes on is re-serialised from these decisions, never copied from the
 //! sender's framing headers: one `content-length` or `transfer-encoding:
 //! chunked` with the chunk sizes parsed (extensions dropped, trailers
-//! re-written field by field). The proxy and the fuzz targets use the same
-//! functions, so what is fuzzed is what runs.
+//! re-written field by field). steward's proxy (`steward-fleet`) and the fuzz
+//! targets (`fuzz/fuzz_targets/http1_*.rs`) use the same functions, so what
+//! is fuzzed is what runs.
 
 use std::ops::Range;
 
@@ -29,8 +33,14 @@ use bytes::Bytes;
 
 /// Largest message head.
 pub const MAX_HEAD: usize = 64 * 1024;
-/// Most header fields in one head.
+/// Most header fields httparse reads in one head.
 const MAX_HEADERS: usize = 128;
+/// Most fields in a request from a client: what the proxy forwards (up to six
+/// fields more: `Host`, `X-Forwarded-*`, framing, upgrade) then still fits the
+/// limit of common instance servers (hyper's default is 100).
+const MAX_REQUEST_FIELDS: usize = 94;
+/// Most fields in a response from an instance (the proxy adds up to two).
+const MAX_RESPONSE_FIELDS: usize = 124;
 /// Longest chunk-size line (with extensions).
 const MAX_CHUNK_LINE: usize = 4096;
 /// Largest trailer section.
@@ -76,7 +86,8 @@ pub enum FramingError {
     /// The head does not parse (httparse's reason).
     #[error("malformed message head: {0}")]
     Syntax(&'static str),
-    /// More than 128 header fields.
+    /// More header fields than the proxy can pass on (94 in a request, 124
+    /// in a response).
     #[error("too many header fields")]
     TooManyHeaders,
     /// A control character (other than HTAB) in a field value.
@@ -144,6 +155,15 @@ pub enum Kind {
     Request,
     /// A response head.
     Response,
+}
+
+/// Where a forwarded request came from.
+#[derive(Debug, Clone, Copy)]
+pub struct Via<'a> {
+    /// The client's address (appended to `X-Forwarded-For`).
+    pub client: &'a str,
+    /// The address the client reached (`Host` for a request without one).
+    pub host: &'a str,
 }
 
 /// How a request body is delimited.
@@ -284,9 +304,12 @@ pub fn parse_response(buf: &[u8]) -> Result<Option<(usize, Head)>, FramingError>
 fn parse(buf: &[u8], kind: Kind) -> Result<Option<(usize, Head)>, FramingError> {
     let mut raw = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let base = buf.as_ptr() as usize;
-    let at = |s: &[u8]| {
-        let start = s.as_ptr() as usize - base;
-        start..start + s.len()
+    // Where a slice httparse returned lies in `buf`. A part it did not take
+    // from `buf` (a reason phrase that is not ASCII comes back as a static
+    // empty string) is empty.
+    let at = |s: &[u8]| match (s.as_ptr() as usize).checked_sub(base) {
+        Some(start) if start + s.len() <= buf.len() => start..start + s.len(),
+        _ => 0..0,
     };
     let ranges = |raw: &[httparse::Header<'_>]| -> Vec<(Range<usize>, Range<usize>)> {
         raw.iter()
@@ -331,6 +354,13 @@ fn parse(buf: &[u8], kind: Kind) -> Result<Option<(usize, Head)>, FramingError> 
             }
         }
     };
+    let most = match kind {
+        Kind::Request => MAX_REQUEST_FIELDS,
+        Kind::Response => MAX_RESPONSE_FIELDS,
+    };
+    if head.headers.len() > most {
+        return Err(FramingError::TooManyHeaders);
+    }
     head.raw = Bytes::copy_from_slice(&buf[..n]);
     head.decide()?;
     Ok(Some((n, head)))
@@ -534,7 +564,10 @@ impl Head {
     /// HTTP/1.1, the end-to-end fields (`Expect` answered by the proxy and
     /// `X-Forwarded-*` replaced), `X-Forwarded-For`/`-Host`/`-Proto`, and the
     /// framing decided — one `content-length` or `transfer-encoding: chunked`.
-    pub fn write_request(&self, out: &mut Vec<u8>, peer: &str, framing: BodyFraming) {
+    /// An HTTP/1.0 request without `Host` gets `via.host`, since an HTTP/1.1
+    /// request must carry one.
+    pub fn write_request(&self, out: &mut Vec<u8>, via: &Via<'_>, framing: BodyFraming) {
+        let peer = via.client;
         out.extend_from_slice(self.method());
         out.push(b' ');
         out.extend_from_slice(self.target());
@@ -566,8 +599,9 @@ impl Head {
             }
             None => push_field(out, b"x-forwarded-for", peer.as_bytes()),
         }
-        if let Some(host) = self.get("host") {
-            push_field(out, b"x-forwarded-host", host);
+        match self.get("host") {
+            Some(host) => push_field(out, b"x-forwarded-host", host),
+            None => push_field(out, b"host", via.host.as_bytes()),
         }
         push_field(out, b"x-forwarded-proto", b"http");
         match framing {
@@ -1030,7 +1064,11 @@ mod tests {
     fn forwarded_heads_carry_only_the_decided_framing() {
         let h = req("POST /p?q HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nConnection: keep-alive, x-private\r\nX-Private: 1\r\nX-Forwarded-For: 1.2.3.4\r\nX-Forwarded-For: 5.6.7.8\r\nExpect: 100-continue\r\nX-App: kept\r\n\r\n").unwrap();
         let mut out = Vec::new();
-        h.write_request(&mut out, "127.0.0.1", h.request_framing());
+        let via = Via {
+            client: "127.0.0.1",
+            host: "127.0.0.1:8000",
+        };
+        h.write_request(&mut out, &via, h.request_framing());
         let text = String::from_utf8(out).unwrap();
         assert_eq!(
             text,
