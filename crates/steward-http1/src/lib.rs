@@ -123,6 +123,10 @@ pub enum FramingError {
     /// A `Host` with characters no host or port has.
     #[error("invalid Host")]
     BadHost,
+    /// An absolute-form target naming another host than `Host` (the instance
+    /// would route by the target, RFC 9112 §3.2.2).
+    #[error("the request target's host and Host differ")]
+    HostMismatch,
     /// A chunk-size line that is not hex digits (below 2^59), optional
     /// whitespace and extensions, ended by CRLF.
     #[error("invalid chunk size")]
@@ -253,6 +257,16 @@ fn host_ok(v: &[u8]) -> bool {
     !v.is_empty()
         && v.iter()
             .all(|&b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=%:[]".contains(&b))
+}
+
+/// The authority of an absolute-form target (`http://AUTHORITY/...`).
+fn absolute_authority(target: &[u8]) -> Option<&[u8]> {
+    let rest = &target[target.windows(3).position(|w| w == b"://")? + 3..];
+    let end = rest
+        .iter()
+        .position(|b| matches!(b, b'/' | b'?' | b'#'))
+        .unwrap_or(rest.len());
+    Some(&rest[..end])
 }
 
 /// A method is upper-case letters, `_` and `-` (nginx's rule; every
@@ -496,6 +510,11 @@ impl Head {
                     .is_some_and(|p| p.eq_ignore_ascii_case(b"https://"));
             if !form_ok || target.iter().any(|b| *b <= b' ' || *b == 0x7f) {
                 return Err(FramingError::BadTarget);
+            }
+            if let (Some(authority), Some(host)) = (absolute_authority(target), self.get("host"))
+                && !authority.eq_ignore_ascii_case(host)
+            {
+                return Err(FramingError::HostMismatch);
             }
         }
         Ok(())
@@ -1050,6 +1069,10 @@ mod tests {
                 FramingError::Connect,
             ),
             ("GET a HTTP/1.1\r\nHost: a\r\n\r\n", FramingError::BadTarget),
+            (
+                "GET http://b/x HTTP/1.1\r\nHost: a\r\n\r\n",
+                FramingError::HostMismatch,
+            ),
         ] {
             assert_eq!(req(raw).unwrap_err(), err, "{raw:?}");
         }

@@ -977,9 +977,16 @@ fn hosts(c: &mut Vec<Case>) {
             None => k,
         });
     }
+    c.push(
+        case(
+            "host-absolute-form-other",
+            req("GET http://b/x HTTP/1.1", "Host: a\r\n", b""),
+        )
+        .strict("RFC 9112 §3.2.2: an instance routes an absolute-form request by its target, steward's X-Forwarded-Host says Host: the two must agree"),
+    );
     c.push(case(
-        "host-absolute-form-other",
-        req("GET http://b/x HTTP/1.1", "Host: a\r\n", b""),
+        "host-absolute-form-same",
+        req("GET http://a:80/x HTTP/1.1", "Host: A:80\r\n", b""),
     ));
     c.push(case(
         "host-http10-two",

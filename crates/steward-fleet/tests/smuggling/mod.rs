@@ -237,38 +237,79 @@ fn answered_by_intermediary(raw: &[u8]) -> bool {
     false
 }
 
-/// A private nginx proxying to `upstream`, killed on drop.
-struct Nginx {
+/// A reference reverse proxy (nginx, HAProxy) run privately for the test,
+/// proxying to a recorder; killed on drop.
+struct Reference {
     addr: SocketAddr,
     child: std::process::Child,
     _dir: tempfile::TempDir,
 }
 
-impl Drop for Nginx {
+impl Drop for Reference {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
 }
 
-fn nginx_binary() -> PathBuf {
-    ["/usr/sbin/nginx", "/usr/bin/nginx"]
+fn binary(name: &str) -> Option<PathBuf> {
+    ["/usr/sbin", "/usr/bin"]
         .iter()
-        .map(PathBuf::from)
+        .map(|d| PathBuf::from(d).join(name))
         .find(|p| p.exists())
-        .expect("nginx is needed for the differential framing test (scripts/testbed install)")
 }
 
-async fn nginx(upstream: SocketAddr) -> Nginx {
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+/// Starts `program` with `args` (`{conf}` replaced by the config file's path)
+/// and waits for it to listen on `port`.
+async fn reference(
+    program: PathBuf,
+    conf: String,
+    args: &[&str],
+    dir: tempfile::TempDir,
+    port: u16,
+) -> Reference {
+    let conf_path = dir.path().join("proxy.conf");
+    std::fs::write(&conf_path, conf).unwrap();
+    let mut child = std::process::Command::new(&program)
+        .args(
+            args.iter()
+                .map(|a| a.replace("{conf}", &conf_path.display().to_string())),
+        )
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    for _ in 0..100 {
+        if TcpStream::connect(addr).await.is_ok() {
+            return Reference {
+                addr,
+                child,
+                _dir: dir,
+            };
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("{} did not start on {addr}", program.display());
+}
+
+/// nginx (Debian's) in front of `upstream`, with the same limits as steward
+/// (64 KiB heads, no body limit: framing is under test, not sizes); the
+/// client's port goes to the instance so each case finds its own requests.
+async fn nginx(upstream: SocketAddr) -> Reference {
+    let program = binary("nginx")
+        .expect("nginx is needed for the differential framing test (scripts/testbed install)");
     let dir = tempfile::tempdir().unwrap();
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    let port = free_port();
     let d = dir.path().display();
-    // The same limits as steward (64 KiB heads, no body limit: framing is
-    // under test, not sizes); the client's port goes to the
-    // instance so each case finds its own requests.
     let conf = format!(
         "daemon off; master_process off; worker_processes 1;
 error_log {d}/error.log; pid {d}/nginx.pid;
@@ -291,33 +332,34 @@ http {{
 }}
 "
     );
-    let conf_path = dir.path().join("nginx.conf");
-    std::fs::write(&conf_path, conf).unwrap();
-    let child = std::process::Command::new(nginx_binary())
-        .arg("-c")
-        .arg(&conf_path)
-        .arg("-p")
-        .arg(dir.path())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    // From here on the child is waited for by `Nginx`'s drop, or below.
-    let mut child = child;
-    for _ in 0..100 {
-        if TcpStream::connect(addr).await.is_ok() {
-            return Nginx {
-                addr,
-                child,
-                _dir: dir,
-            };
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    panic!("nginx did not start on {addr}");
+    let prefix = d.to_string();
+    reference(program, conf, &["-c", "{conf}", "-p", &prefix], dir, port).await
+}
+
+/// HAProxy (Debian's) in front of `upstream`, for the comparison
+/// `benches/smuggling.sh` reports (not asserted: a point of comparison).
+async fn haproxy(upstream: SocketAddr) -> Reference {
+    let program = binary("haproxy").expect("haproxy (scripts/testbed install)");
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let conf = format!(
+        "global
+  maxconn 1024
+  tune.bufsize 131072
+defaults
+  mode http
+  timeout connect 2s
+  timeout client 30s
+  timeout server 30s
+frontend f
+  bind 127.0.0.1:{port}
+  http-request set-header X-Peer-Port %[src_port]
+  default_backend b
+backend b
+  server s {upstream}
+"
+    );
+    reference(program, conf, &["-f", "{conf}", "-db"], dir, port).await
 }
 
 async fn direct(case: &corpus::Case) -> Observed {
@@ -333,8 +375,8 @@ async fn direct(case: &corpus::Case) -> Observed {
     }
 }
 
-async fn through_nginx(nginx: &Nginx, rec: &Recorder, case: &corpus::Case) -> Observed {
-    let (port, out, closed, s) = exchange(nginx.addr, &case.bytes).await;
+async fn through(proxy: &Reference, rec: &Recorder, case: &corpus::Case) -> Observed {
+    let (port, out, closed, s) = exchange(proxy.addr, &case.bytes).await;
     drop(s);
     Observed {
         seen: rec.take(port),
@@ -400,26 +442,60 @@ async fn framing_matches_the_reference_parsers_on_every_case() {
     }
     let nginx_rec = Recorder::start().await;
     let nginx = Arc::new(nginx(nginx_rec.addr).await);
+    // HAProxy is a point of comparison only (benches/smuggling.sh).
+    let haproxy_rec = Recorder::start().await;
+    let haproxy = match std::env::var_os("STEWARD_HAPROXY") {
+        Some(_) => Some(Arc::new(haproxy(haproxy_rec.addr).await)),
+        None => None,
+    };
 
-    let limit = Arc::new(tokio::sync::Semaphore::new(24));
+    let limit = Arc::new(tokio::sync::Semaphore::new(32));
     let mut runs = Vec::new();
     for case in cases {
         let (limit, nginx, nginx_rec) = (limit.clone(), nginx.clone(), nginx_rec.clone());
+        let (haproxy, haproxy_rec) = (haproxy.clone(), haproxy_rec.clone());
         runs.push(tokio::spawn(async move {
             let _permit = limit.acquire().await.unwrap();
-            let (h, n, (s, s_errors)) = tokio::join!(
+            let (h, n, (s, s_errors), ha) = tokio::join!(
                 direct(&case),
-                through_nginx(&nginx, &nginx_rec, &case),
-                through_steward(&case)
+                through(&nginx, &nginx_rec, &case),
+                through_steward(&case),
+                async {
+                    match &haproxy {
+                        Some(p) => Some(through(p, &haproxy_rec, &case).await),
+                        None => None,
+                    }
+                }
             );
-            (case, h, n, s, s_errors)
+            (case, h, n, s, s_errors, ha)
         }));
     }
 
     let mut failures = Vec::new();
     let (mut forwarded, mut refused, mut stricter) = (0, 0, Vec::new());
+    let mut versus_haproxy = Vec::new();
     for run in runs {
-        let (case, hyper, nginx, steward, steward_errors) = run.await.unwrap();
+        let (case, hyper, nginx, steward, steward_errors, haproxy) = run.await.unwrap();
+        if let Some(ha) = &haproxy {
+            let outcome = |o: &Observed| {
+                if o.refused {
+                    format!("refused after {} request(s)", o.seen.len())
+                } else {
+                    format!("forwarded {} request(s)", o.seen.len())
+                }
+            };
+            let same = ha.refused == steward.refused
+                && methods_and_bodies(&ha.seen) == methods_and_bodies(&steward.seen);
+            if !same {
+                versus_haproxy.push(format!(
+                    "{:<44} steward {:<28} haproxy {:<28} {}",
+                    case.name,
+                    outcome(&steward),
+                    outcome(ha),
+                    case.strict.unwrap_or("")
+                ));
+            }
+        }
         let mut fail = |why: String| {
             failures.push(format!(
                 "{}: {why}\n  bytes:   {}\n  hyper:   {hyper:?}\n  nginx:   {nginx:?}\n  steward: {steward:?}",
@@ -489,6 +565,16 @@ async fn framing_matches_the_reference_parsers_on_every_case() {
     );
     for s in &stricter {
         eprintln!("  stricter: {s}");
+    }
+    if haproxy.is_some() {
+        eprintln!(
+            "versus HAProxy: {} of {} cases differ",
+            versus_haproxy.len(),
+            forwarded + refused
+        );
+        for d in &versus_haproxy {
+            eprintln!("  differs: {d}");
+        }
     }
     assert!(
         failures.is_empty(),
