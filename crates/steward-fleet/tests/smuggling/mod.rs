@@ -30,7 +30,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 /// How long a client waits for more bytes before it counts the exchange as over.
-const IDLE: Duration = Duration::from_millis(400);
+const IDLE: Duration = Duration::from_secs(1);
 
 /// A request as an instance parsed it.
 #[derive(Debug, Clone, PartialEq, Eq)]
