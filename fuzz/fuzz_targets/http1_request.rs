@@ -92,8 +92,9 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(again.upgrade(), head.upgrade());
     let mut kept_again = kept(&again);
     if head.get("host").is_none() {
-        // HTTP/1.0 without Host: HTTP/1.1 needs one, the proxy's address.
-        assert_eq!(again.get("host"), Some(&b"127.0.0.1:8000"[..]));
+        // HTTP/1.0 without Host: HTTP/1.1 needs one — the target's
+        // authority or the proxy's address.
+        assert!(again.get("host").is_some(), "forwarded without Host");
         kept_again.retain(|(n, _)| n != b"host");
     }
     assert_eq!(kept_again, kept(&head));

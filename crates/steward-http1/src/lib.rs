@@ -511,10 +511,17 @@ impl Head {
             if !form_ok || target.iter().any(|b| *b <= b' ' || *b == 0x7f) {
                 return Err(FramingError::BadTarget);
             }
-            if let (Some(authority), Some(host)) = (absolute_authority(target), self.get("host"))
-                && !authority.eq_ignore_ascii_case(host)
-            {
-                return Err(FramingError::HostMismatch);
+            if let Some(authority) = absolute_authority(target) {
+                // An http(s) URI without a valid host is invalid (RFC 9110 §4.2.1).
+                if !host_ok(authority) {
+                    return Err(FramingError::BadTarget);
+                }
+                if self
+                    .get("host")
+                    .is_some_and(|h| !authority.eq_ignore_ascii_case(h))
+                {
+                    return Err(FramingError::HostMismatch);
+                }
             }
         }
         Ok(())
@@ -583,8 +590,8 @@ impl Head {
     /// HTTP/1.1, the end-to-end fields (`Expect` answered by the proxy and
     /// `X-Forwarded-*` replaced), `X-Forwarded-For`/`-Host`/`-Proto`, and the
     /// framing decided — one `content-length` or `transfer-encoding: chunked`.
-    /// An HTTP/1.0 request without `Host` gets `via.host`, since an HTTP/1.1
-    /// request must carry one.
+    /// An HTTP/1.0 request without `Host` gets its absolute-form target's
+    /// authority, else `via.host`, since an HTTP/1.1 request must carry one.
     pub fn write_request(&self, out: &mut Vec<u8>, via: &Via<'_>, framing: BodyFraming) {
         let peer = via.client;
         out.extend_from_slice(self.method());
@@ -620,7 +627,13 @@ impl Head {
         }
         match self.get("host") {
             Some(host) => push_field(out, b"x-forwarded-host", host),
-            None => push_field(out, b"host", via.host.as_bytes()),
+            // HTTP/1.0 without Host: the target's authority (RFC 9112
+            // §3.2.2), else the address the client reached.
+            None => push_field(
+                out,
+                b"host",
+                absolute_authority(self.target()).unwrap_or(via.host.as_bytes()),
+            ),
         }
         push_field(out, b"x-forwarded-proto", b"http");
         match framing {
@@ -1072,6 +1085,11 @@ mod tests {
             (
                 "GET http://b/x HTTP/1.1\r\nHost: a\r\n\r\n",
                 FramingError::HostMismatch,
+            ),
+            ("GET http://?/x HTTP/1.0\r\n\r\n", FramingError::BadTarget),
+            (
+                "GET https:///x HTTP/1.1\r\nHost: a\r\n\r\n",
+                FramingError::BadTarget,
             ),
         ] {
             assert_eq!(req(raw).unwrap_err(), err, "{raw:?}");

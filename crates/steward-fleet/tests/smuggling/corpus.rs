@@ -985,6 +985,17 @@ fn hosts(c: &mut Vec<Case>) {
         .strict("RFC 9112 §3.2.2: an instance routes an absolute-form request by its target, steward's X-Forwarded-Host says Host: the two must agree"),
     );
     c.push(case(
+        "host-absolute-form-http10",
+        req("GET http://b:81/x HTTP/1.0", "", b""),
+    ));
+    c.push(
+        case(
+            "host-absolute-form-empty-authority",
+            req("GET http://?/x HTTP/1.0", "", b""),
+        )
+        .strict("RFC 9110 §4.2.1: an http URI with an empty host is invalid and must be rejected"),
+    );
+    c.push(case(
         "host-absolute-form-same",
         req("GET http://a:80/x HTTP/1.1", "Host: A:80\r\n", b""),
     ));
