@@ -70,13 +70,6 @@ impl Placeholder {
     fn allows_path(self) -> bool {
         matches!(self, Placeholder::Body | Placeholder::Value)
     }
-
-    fn is_duration(self) -> bool {
-        matches!(
-            self,
-            Placeholder::CertificateExpiration | Placeholder::ResponseTime
-        )
-    }
 }
 
 /// One step of a body path: `.name` or `[index]`.
@@ -106,9 +99,9 @@ pub enum Operand {
     Len(Selector),
     /// `has([X])`
     Has(Selector),
-    /// `any(a, b, ...)` (right-hand side only)
+    /// `any(a, b, ...)` (written on either side; kept on the right once parsed)
     Any(Vec<String>),
-    /// `pat(glob)` (right-hand side only)
+    /// `pat(glob)` (written on either side; kept on the right once parsed)
     Pat(String),
     /// A literal as written.
     Literal(String),
@@ -231,8 +224,22 @@ impl Condition {
         if r.is_empty() {
             return Err(err("missing right-hand side", at..text.len()));
         }
-        let left = parse_operand(l, lstart, false)?;
-        let right = parse_operand(r, rstart, true)?;
+        let left = parse_operand(l, lstart)?;
+        let right = parse_operand(r, rstart)?;
+        let is_fn = |o: &Operand| matches!(o, Operand::Any(_) | Operand::Pat(_));
+        if is_fn(&left) && is_fn(&right) {
+            return Err(err(
+                "any() and pat() compare with a value: one side must be a placeholder or a literal",
+                0..text.len(),
+            ));
+        }
+        // Gatus accepts any() and pat() on either side; steward keeps them on
+        // the right, where evaluation looks for them.
+        let (left, right, rstart, r) = if is_fn(&left) {
+            (right, left, lstart, l)
+        } else {
+            (left, right, rstart, r)
+        };
         if matches!(left, Operand::Literal(_)) && matches!(right, Operand::Literal(_)) {
             return Err(err(
                 "condition compares two literals: one side must be a placeholder such as [STATUS] or [BODY]",
@@ -265,7 +272,7 @@ impl Condition {
     }
 }
 
-fn parse_operand(s: &str, offset: usize, right: bool) -> Result<Operand, ConditionError> {
+fn parse_operand(s: &str, offset: usize) -> Result<Operand, ConditionError> {
     let span = offset..offset + s.len();
     for (fname, kind) in [("len(", 0), ("has(", 1), ("any(", 2), ("pat(", 3)] {
         if let Some(inner) = s.strip_prefix(fname) {
@@ -294,10 +301,6 @@ fn parse_operand(s: &str, offset: usize, right: bool) -> Result<Operand, Conditi
                         Operand::Has(sel)
                     })
                 }
-                _ if !right => Err(err(
-                    format!("{}() belongs on the right-hand side", &fname[..3]),
-                    span.clone(),
-                )),
                 2 => {
                     let items: Vec<String> =
                         inner.split(',').map(|x| x.trim().to_string()).collect();
@@ -327,7 +330,8 @@ fn parse_selector(s: &str, offset: usize) -> Result<Option<Selector>, ConditionE
         )
     })?;
     let name = &rest[..close];
-    let placeholder = Placeholder::parse(name).ok_or_else(|| {
+    // Placeholders are case-insensitive, as in Gatus (`[status]`); paths are not.
+    let placeholder = Placeholder::parse(&name.to_ascii_uppercase()).ok_or_else(|| {
         let names: Vec<&str> = Placeholder::ALL.iter().map(|(_, n)| *n).collect();
         let hint = crate::diag::did_you_mean(name, names.iter().copied())
             .map(|b| format!(" (did you mean [{b}]?)"))
@@ -417,52 +421,125 @@ pub struct Observed {
     json_value: OnceLock<Option<serde_json::Value>>,
 }
 
-/// A resolved operand value.
+/// What one side of a condition resolves to: the text Gatus would compare,
+/// or that the value is not there (Gatus's `(INVALID)`).
 #[derive(Debug, Clone, PartialEq)]
-enum Val {
-    Missing,
-    Null,
-    Bool(bool),
-    Num(f64),
-    Str(String),
-    Json(serde_json::Value),
+enum Side {
+    Text(String),
+    Invalid,
 }
 
-impl Val {
-    fn text(&self) -> String {
+impl Side {
+    fn text(&self) -> &str {
         match self {
-            Val::Missing => "<missing>".into(),
-            Val::Null => "null".into(),
-            Val::Bool(b) => b.to_string(),
-            Val::Num(n) => fmt_num(*n),
-            Val::Str(s) => s.clone(),
-            Val::Json(j) => j.to_string(),
-        }
-    }
-    fn num(&self) -> Option<f64> {
-        match self {
-            Val::Num(n) => Some(*n),
-            Val::Str(s) => s.trim().parse().ok(),
-            Val::Bool(_) | Val::Missing | Val::Null | Val::Json(_) => None,
+            Side::Text(t) => t,
+            Side::Invalid => "INVALID",
         }
     }
 }
 
-fn fmt_num(n: f64) -> String {
-    if n.fract() == 0.0 && n.abs() < 1e15 {
-        format!("{}", n as i64)
+/// Gatus's integer reading (Go's `strconv.ParseInt(s, 0, 64)`): an optional
+/// sign, `0x`/`0o`/`0b` prefixes, a leading `0` meaning octal, and `_`
+/// between digits.
+fn go_int(s: &str) -> Option<i64> {
+    let (neg, body) = match s.as_bytes().first()? {
+        b'+' => (false, &s[1..]),
+        b'-' => (true, &s[1..]),
+        _ => (false, s),
+    };
+    let b = body.as_bytes();
+    let (radix, digits, prefixed) = match b {
+        [b'0', p, _, ..] if p.eq_ignore_ascii_case(&b'x') => (16, &body[2..], true),
+        [b'0', p, _, ..] if p.eq_ignore_ascii_case(&b'o') => (8, &body[2..], true),
+        [b'0', p, _, ..] if p.eq_ignore_ascii_case(&b'b') => (2, &body[2..], true),
+        [b'0', _, ..] => (8, &body[1..], true),
+        [] => return None,
+        _ => (10, body, false),
+    };
+    // Underscores only between digits (or right after a base prefix).
+    let d = digits.as_bytes();
+    if d.is_empty()
+        || d.last() == Some(&b'_')
+        || (!prefixed && d.first() == Some(&b'_'))
+        || digits.contains("__")
+    {
+        return None;
+    }
+    let clean: String = digits.chars().filter(|c| *c != '_').collect();
+    let magnitude = u64::from_str_radix(&clean, radix).ok()?;
+    if neg {
+        0i64.checked_sub_unsigned(magnitude)
     } else {
-        format!("{n:.3}")
+        i64::try_from(magnitude).ok()
     }
 }
 
-fn from_json(v: &serde_json::Value) -> Val {
+/// A side as a number for `<`, `<=`, `>`, `>=`: a duration (in
+/// milliseconds), then an integer as Gatus reads it, then a float. Gatus
+/// reads anything else as 0; steward never lets it satisfy an ordering.
+fn ordinal(side: &Side) -> Option<f64> {
+    let t = match side {
+        Side::Text(t) => t.trim(),
+        Side::Invalid => return None,
+    };
+    if let Ok(d) = Dur::parse(t)
+        && !d.0.is_zero()
+    {
+        return Some(d.0.as_secs_f64() * 1000.0);
+    }
+    go_int(t)
+        .map(|n| n as f64)
+        .or_else(|| t.parse::<f64>().ok().filter(|f| !f.is_nan()))
+}
+
+/// Equality as Gatus decides it: two integers (in any base Go reads) by
+/// value, anything else by text.
+fn same(a: &Side, b: &Side) -> bool {
+    match (a, b) {
+        (Side::Text(a), Side::Text(b)) => match (go_int(a), go_int(b)) {
+            (Some(x), Some(y)) => x == y,
+            _ => a == b,
+        },
+        _ => false,
+    }
+}
+
+/// A JSON value's text as Gatus resolves it: strings as they are, objects as
+/// compact JSON with sorted keys (Go's `json.Marshal`, HTML characters
+/// escaped), arrays as Go prints them (`[a b c]`), numbers and booleans as
+/// written.
+fn json_text(v: &serde_json::Value) -> String {
     match v {
-        serde_json::Value::Null => Val::Null,
-        serde_json::Value::Bool(b) => Val::Bool(*b),
-        serde_json::Value::Number(n) => Val::Num(n.as_f64().unwrap_or(f64::NAN)),
-        serde_json::Value::String(s) => Val::Str(s.clone()),
-        other => Val::Json(other.clone()),
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Object(_) => go_marshal(v),
+        serde_json::Value::Array(_) => go_print(v),
+        other => other.to_string(),
+    }
+}
+
+fn go_marshal(v: &serde_json::Value) -> String {
+    v.to_string()
+        .replace('<', "\\u003c")
+        .replace('>', "\\u003e")
+        .replace('&', "\\u0026")
+}
+
+/// Go's `%v` of a decoded JSON value.
+fn go_print(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::Null => "<nil>".into(),
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Array(a) => {
+            format!("[{}]", a.iter().map(go_print).collect::<Vec<_>>().join(" "))
+        }
+        serde_json::Value::Object(m) => format!(
+            "map[{}]",
+            m.iter()
+                .map(|(k, v)| format!("{k}:{}", go_print(v)))
+                .collect::<Vec<_>>()
+                .join(" ")
+        ),
+        other => other.to_string(),
     }
 }
 
@@ -476,46 +553,83 @@ impl Observed {
             .as_ref()
     }
 
-    fn select(&self, sel: &Selector) -> Val {
-        let opt_num = |v: Option<f64>| v.map(Val::Num).unwrap_or(Val::Missing);
-        let opt_str = |v: &Option<String>| v.clone().map(Val::Str).unwrap_or(Val::Missing);
-        match sel.placeholder {
-            Placeholder::Status => opt_num(self.status.map(f64::from)),
-            Placeholder::ResponseTime => opt_num(self.response_time_ms),
-            Placeholder::CertificateExpiration => {
-                opt_num(self.certificate_expiration_ms.map(|v| v as f64))
-            }
-            Placeholder::Connected => Val::Bool(self.connected),
-            Placeholder::Ip => opt_str(&self.ip),
-            Placeholder::DnsRcode => opt_str(&self.dns_rcode),
-            Placeholder::ExitCode => opt_num(self.exit_code.map(f64::from)),
-            Placeholder::Messages => opt_num(self.messages.map(|v| v as f64)),
-            Placeholder::Consumers => opt_num(self.consumers.map(|v| v as f64)),
-            Placeholder::Body | Placeholder::Value => {
-                let raw = if sel.placeholder == Placeholder::Body {
-                    &self.body
-                } else {
-                    &self.value
-                };
-                if sel.path.is_empty() {
-                    return opt_str(raw);
-                }
-                let Some(mut cur) = self.json(sel.placeholder) else {
-                    return Val::Missing;
-                };
-                for seg in &sel.path {
-                    let next = match seg {
-                        PathSeg::Key(k) => cur.get(k),
-                        PathSeg::Index(i) => cur.get(*i),
-                    };
-                    match next {
-                        Some(n) => cur = n,
-                        None => return Val::Missing,
-                    }
-                }
-                from_json(cur)
-            }
+    /// The raw text of a placeholder (no path).
+    fn raw(&self, p: Placeholder) -> Option<String> {
+        let num = |v: Option<i64>| v.map(|n| n.to_string());
+        match p {
+            Placeholder::Status => num(self.status.map(i64::from)),
+            // Whole milliseconds, as Gatus (`Duration.Milliseconds()`).
+            Placeholder::ResponseTime => num(self.response_time_ms.map(|ms| ms as i64)),
+            Placeholder::CertificateExpiration => num(self.certificate_expiration_ms),
+            Placeholder::Connected => Some(self.connected.to_string()),
+            Placeholder::Ip => self.ip.clone(),
+            Placeholder::DnsRcode => self.dns_rcode.clone(),
+            Placeholder::ExitCode => num(self.exit_code.map(i64::from)),
+            Placeholder::Messages => num(self.messages.map(|n| n as i64)),
+            Placeholder::Consumers => num(self.consumers.map(|n| n as i64)),
+            Placeholder::Body => self.body.clone(),
+            Placeholder::Value => self.value.clone(),
         }
+    }
+
+    /// The JSON value a path leads to; `None` when the document is not
+    /// JSON, the path does not exist or leads to `null`.
+    fn walk(&self, sel: &Selector) -> Option<&serde_json::Value> {
+        let mut cur = self.json(sel.placeholder)?;
+        for seg in &sel.path {
+            cur = match seg {
+                PathSeg::Key(k) => cur.get(k)?,
+                PathSeg::Index(i) => cur.get(*i)?,
+            };
+        }
+        (!cur.is_null()).then_some(cur)
+    }
+
+    fn select(&self, sel: &Selector) -> Side {
+        if sel.path.is_empty() {
+            return match self.raw(sel.placeholder) {
+                // Gatus trims the body it compares.
+                Some(t) if sel.placeholder == Placeholder::Body => Side::Text(t.trim().to_string()),
+                Some(t) => Side::Text(t),
+                None => Side::Invalid,
+            };
+        }
+        match self.walk(sel) {
+            Some(v) => Side::Text(json_text(v)),
+            None => Side::Invalid,
+        }
+    }
+
+    /// `len()`: an array's element count, a string's length in bytes, an
+    /// object's length as compact JSON; a whole body that is not a JSON
+    /// array, its length in bytes (Gatus's meaning).
+    fn len(&self, sel: &Selector) -> Side {
+        if sel.path.is_empty() {
+            let Some(raw) = self.raw(sel.placeholder) else {
+                return Side::Invalid;
+            };
+            let looks_like_array = raw.starts_with('[') && raw.ends_with(']');
+            let n = match self.json(sel.placeholder) {
+                Some(serde_json::Value::Array(a)) if looks_like_array => a.len(),
+                _ if looks_like_array => raw.trim().len(),
+                _ => raw.len(),
+            };
+            return Side::Text(n.to_string());
+        }
+        match self.walk(sel) {
+            Some(serde_json::Value::Array(a)) => Side::Text(a.len().to_string()),
+            Some(v) => Side::Text(json_text(v).len().to_string()),
+            None => Side::Invalid,
+        }
+    }
+
+    /// `has()`: the path leads to a value that is not `null`; without a
+    /// path, the value is not empty.
+    fn has(&self, sel: &Selector) -> bool {
+        if sel.path.is_empty() {
+            return matches!(self.select(sel), Side::Text(t) if !t.is_empty());
+        }
+        self.walk(sel).is_some()
     }
 }
 
@@ -528,7 +642,7 @@ pub struct Verdict {
     pub resolved: String,
 }
 
-fn describe(o: &Operand, v: &Val) -> String {
+fn describe(o: &Operand, v: &Side) -> String {
     match o {
         Operand::Select(s) => format!("{} ({})", sel_text(s), v.text()),
         Operand::Len(s) => format!("len({}) ({})", sel_text(s), v.text()),
@@ -556,71 +670,41 @@ fn sel_text(s: &Selector) -> String {
 impl Condition {
     /// Evaluates the condition against what a probe observed.
     pub fn evaluate(&self, obs: &Observed) -> Verdict {
-        let resolve = |o: &Operand| -> Val {
+        let resolve = |o: &Operand| -> Side {
             match o {
                 Operand::Select(s) => obs.select(s),
-                Operand::Len(s) => match obs.select(s) {
-                    Val::Missing => Val::Missing,
-                    Val::Json(serde_json::Value::Array(a)) => Val::Num(a.len() as f64),
-                    Val::Json(serde_json::Value::Object(m)) => Val::Num(m.len() as f64),
-                    Val::Str(s) => Val::Num(s.chars().count() as f64),
-                    other => Val::Num(other.text().chars().count() as f64),
-                },
-                Operand::Has(s) => Val::Bool(!matches!(obs.select(s), Val::Missing)),
-                Operand::Literal(l) => Val::Str(l.clone()),
-                Operand::Any(_) | Operand::Pat(_) => Val::Missing,
+                Operand::Len(s) => obs.len(s),
+                Operand::Has(s) => Side::Text(obs.has(s).to_string()),
+                Operand::Literal(l) => Side::Text(l.clone()),
+                Operand::Any(_) | Operand::Pat(_) => Side::Invalid,
             }
         };
         let lv = resolve(&self.left);
         let rv = resolve(&self.right);
-        let duration_side =
-            |o: &Operand| matches!(o, Operand::Select(s) if s.placeholder.is_duration());
-        let as_ms = |o: &Operand, v: &Val, other: &Operand| -> Option<f64> {
-            if let (Operand::Literal(l), true) = (o, duration_side(other))
-                && let Ok(d) = Dur::parse(l)
-            {
-                return Some(d.0.as_secs_f64() * 1000.0);
-            }
-            v.num()
-        };
         let success = match (&self.right, self.op) {
             (Operand::Any(items), op) => {
-                let t = lv.text();
-                let hit = !matches!(lv, Val::Missing) && items.contains(&t);
-                if op == Op::Eq { hit } else { !hit }
+                let hit = matches!(&lv, Side::Text(t) if items.iter().any(|i| i.trim() == t));
+                hit == (op == Op::Eq)
             }
             (Operand::Pat(p), op) => {
-                let hit =
-                    !matches!(lv, Val::Missing) && wildmatch::WildMatch::new(p).matches(&lv.text());
-                if op == Op::Eq { hit } else { !hit }
+                let hit = matches!(&lv, Side::Text(t) if p == "*" || wildmatch::WildMatch::new(p).matches(t));
+                hit == (op == Op::Eq)
             }
-            (_, op) => {
-                if matches!(lv, Val::Missing) || matches!(rv, Val::Missing) {
-                    op == Op::Ne && !(matches!(lv, Val::Missing) && matches!(rv, Val::Missing))
-                } else {
-                    let ln = as_ms(&self.left, &lv, &self.right);
-                    let rn = as_ms(&self.right, &rv, &self.left);
-                    match (ln, rn) {
-                        (Some(a), Some(b)) => match op {
-                            Op::Eq => a == b,
-                            Op::Ne => a != b,
-                            Op::Lt => a < b,
-                            Op::Le => a <= b,
-                            Op::Gt => a > b,
-                            Op::Ge => a >= b,
-                        },
-                        _ => {
-                            let (a, b) = (lv.text(), rv.text());
-                            match op {
-                                Op::Eq => a == b,
-                                Op::Ne => a != b,
-                                // Ordering needs numbers; a non-number never satisfies it.
-                                _ => false,
-                            }
-                        }
-                    }
-                }
-            }
+            (_, Op::Eq) => same(&lv, &rv),
+            // A value that is not there differs from everything (Gatus compares
+            // its `(INVALID)` text).
+            (_, Op::Ne) => !same(&lv, &rv),
+            (_, op) => match (ordinal(&lv), ordinal(&rv)) {
+                (Some(a), Some(b)) => match op {
+                    Op::Lt => a < b,
+                    Op::Le => a <= b,
+                    Op::Gt => a > b,
+                    _ => a >= b,
+                },
+                // Gatus reads a non-number as 0 (so a missing field passes
+                // `< 5`); steward lets it satisfy no ordering.
+                _ => false,
+            },
         };
         Verdict {
             success,

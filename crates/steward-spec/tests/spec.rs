@@ -351,3 +351,528 @@ service = [{ name = "web", enabled = true }]
     assert!(err.errors[0].message.contains("cannot read included file"));
     assert_eq!(err.errors[0].line, 3);
 }
+
+/// Builds what a Gatus `Result` holds: its zero values (status 0, empty body,
+/// not connected, 0 ms) unless the case sets them.
+fn gatus_result(o: &serde_json::Value) -> steward_spec::Observed {
+    let int = |k: &str| o.get(k).and_then(serde_json::Value::as_i64);
+    let text = |k: &str| {
+        Some(
+            o.get(k)
+                .and_then(serde_json::Value::as_str)
+                .unwrap_or("")
+                .to_string(),
+        )
+    };
+    let mut r = steward_spec::Observed::default();
+    r.connected = o.get("connected").and_then(serde_json::Value::as_bool) == Some(true);
+    r.status = Some(int("status").unwrap_or(0) as u16);
+    r.response_time_ms = Some(int("response_time_ms").unwrap_or(0) as f64);
+    r.certificate_expiration_ms = Some(int("certificate_expiration_ms").unwrap_or(0));
+    r.body = text("body");
+    r.ip = text("ip");
+    r.dns_rcode = text("dns_rcode");
+    r
+}
+
+/// Where steward decides a Gatus case differently on purpose, and why.
+const DELIBERATE: &[(&str, &str)] = &[(
+    "no-placeholders",
+    "a condition without a placeholder can never change: steward refuses it when the spec loads",
+)];
+
+/// Every scenario of Gatus's own condition tests (ported as data in
+/// `tests/fixtures/gatus-conditions.json`, with their origin) gives the same
+/// verdict in steward, except the deliberate differences listed above.
+#[test]
+fn conditions_decide_as_gatus_does_on_its_own_test_cases() {
+    let raw = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/gatus-conditions.json"),
+    )
+    .unwrap();
+    let doc: serde_json::Value = serde_json::from_str(&raw).unwrap();
+    let cases = doc["cases"].as_array().unwrap();
+    assert!(cases.len() >= 90);
+    let mut wrong = Vec::new();
+    for c in cases {
+        let name = c["name"].as_str().unwrap();
+        let text = c["condition"].as_str().unwrap();
+        let gatus = c["gatus"].as_bool().unwrap();
+        let deliberate = DELIBERATE.iter().find(|(n, _)| *n == name);
+        let steward = steward_spec::Condition::parse(text)
+            .map(|cond| cond.evaluate(&gatus_result(&c["observed"])));
+        match (steward, deliberate) {
+            (Ok(v), None) if v.success == gatus => {}
+            (Ok(v), None) => wrong.push(format!(
+                "{name}: `{text}` is {} in steward ({}), {gatus} in Gatus",
+                v.success, v.resolved
+            )),
+            (Err(e), None) => wrong.push(format!("{name}: `{text}` refused: {}", e.message)),
+            (outcome, Some((_, why))) => {
+                let same = matches!(&outcome, Ok(v) if v.success == gatus);
+                assert!(
+                    !same,
+                    "{name} is listed as a deliberate difference ({why}) but agrees"
+                );
+            }
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "{} cases disagree with Gatus:\n{}",
+        wrong.len(),
+        wrong.join("\n")
+    );
+}
+
+/// Gatus's condition rules beyond its own test cases, read from its source
+/// (`config/endpoint/condition.go`, `placeholder.go`, `jsonpath/jsonpath.go`):
+/// condition, what the probe saw (as in the fixture), steward's verdict,
+/// Gatus's verdict, and the rule — `deliberate:` where the two differ.
+const GATUS_RULES: &[(&str, &str, bool, bool, &str)] = &[
+    (
+        "[BODY] == 0x1A",
+        r#"{"body":"26"}"#,
+        true,
+        true,
+        "== reads both sides with Go's ParseInt(s, 0, 64): hex",
+    ),
+    (
+        "[BODY] == 26",
+        r#"{"body":"0x1a"}"#,
+        true,
+        true,
+        "hex on the observed side too",
+    ),
+    (
+        "[BODY] == 010",
+        r#"{"body":"8"}"#,
+        true,
+        true,
+        "a leading 0 is octal in Go",
+    ),
+    ("[BODY] == 0o17", r#"{"body":"15"}"#, true, true, "0o octal"),
+    (
+        "[BODY] == 0B101",
+        r#"{"body":"5"}"#,
+        true,
+        true,
+        "binary, prefix in either case",
+    ),
+    (
+        "[BODY] == 1_000",
+        r#"{"body":"1000"}"#,
+        true,
+        true,
+        "underscores between digits",
+    ),
+    (
+        "[BODY] == 1__0",
+        r#"{"body":"10"}"#,
+        false,
+        false,
+        "a double underscore is no number: compared as text",
+    ),
+    (
+        "[BODY] == _10",
+        r#"{"body":"10"}"#,
+        false,
+        false,
+        "a leading underscore is no number",
+    ),
+    ("[BODY] == -0x10", r#"{"body":"-16"}"#, true, true, "signs"),
+    ("[BODY] == +7", r#"{"body":"7"}"#, true, true, "a plus sign"),
+    (
+        "[BODY] == 08",
+        r#"{"body":"8"}"#,
+        false,
+        false,
+        "08 is not octal: compared as text",
+    ),
+    (
+        "[BODY] == 1.0",
+        r#"{"body":"1"}"#,
+        false,
+        false,
+        "== compares non-integers as text",
+    ),
+    (
+        "[BODY] == 9223372036854775807",
+        r#"{"body":"0x7fffffffffffffff"}"#,
+        true,
+        true,
+        "the largest int64",
+    ),
+    (
+        "[BODY] == 18446744073709551616",
+        r#"{"body":"18446744073709551616"}"#,
+        true,
+        true,
+        "beyond int64: text",
+    ),
+    (
+        "[BODY] == 0b102",
+        r#"{"body":"0b102"}"#,
+        true,
+        true,
+        "not a number: equal as text",
+    ),
+    (
+        "[BODY] > 0x0F",
+        r#"{"body":"16"}"#,
+        true,
+        true,
+        "orderings read bases too",
+    ),
+    (
+        "[BODY] < 0b11",
+        r#"{"body":"2"}"#,
+        true,
+        true,
+        "binary in an ordering",
+    ),
+    (
+        "[BODY] >= 1.5",
+        r#"{"body":"1.5"}"#,
+        true,
+        true,
+        "floats in an ordering",
+    ),
+    (
+        "[BODY] > 1",
+        r#"{"body":"1.5"}"#,
+        true,
+        false,
+        "deliberate: steward compares floats as floats; Gatus truncates 1.5 to 1",
+    ),
+    (
+        "[BODY] < 5",
+        r#"{"body":"abc"}"#,
+        false,
+        true,
+        "deliberate: a non-number satisfies no ordering; Gatus reads it as 0",
+    ),
+    (
+        "[BODY].missing < 5",
+        r#"{"body":"{}"}"#,
+        false,
+        true,
+        "deliberate: a missing field satisfies no ordering; Gatus reads its (INVALID) as 0",
+    ),
+    (
+        "[BODY].uptime > 1h",
+        r#"{"body":"{\"uptime\":\"2h\"}"}"#,
+        true,
+        true,
+        "durations on either side become milliseconds",
+    ),
+    (
+        "[BODY].ms < 1s",
+        r#"{"body":"{\"ms\":500}"}"#,
+        true,
+        true,
+        "a number against a duration: milliseconds",
+    ),
+    (
+        "[CERTIFICATE_EXPIRATION] > 7d",
+        r#"{"certificate_expiration_ms":86400000}"#,
+        false,
+        true,
+        "deliberate: steward reads `d` as days; Go's durations have no `d` (Gatus reads 7d as 0)",
+    ),
+    (
+        "[RESPONSE_TIME] == 120",
+        r#"{"response_time_ms":120}"#,
+        true,
+        true,
+        "response time in whole milliseconds",
+    ),
+    (
+        "len([BODY]) == 3",
+        r#"{"body":"[1,2,3]"}"#,
+        true,
+        true,
+        "len of an array body: its element count",
+    ),
+    (
+        "len([BODY]) == 7",
+        r#"{"body":"[1,2,3"}"#,
+        false,
+        false,
+        "not JSON: its length",
+    ),
+    (
+        "len([BODY]) == 6",
+        r#"{"body":"[1,2,3"}"#,
+        true,
+        true,
+        "a body that is not a JSON array: its length in bytes",
+    ),
+    (
+        "len([BODY].name) == 6",
+        r#"{"body":"{\"name\":\"héllo\"}"}"#,
+        true,
+        true,
+        "len of a string counts bytes, as Go",
+    ),
+    (
+        "len([BODY].obj) == 13",
+        r#"{"body":"{\"obj\":{\"b\":1,\"a\":2}}"}"#,
+        true,
+        true,
+        "len of an object: its compact JSON with sorted keys",
+    ),
+    (
+        "len([BODY].n) == 3",
+        r#"{"body":"{\"n\":123}"}"#,
+        true,
+        true,
+        "len of a number: its text",
+    ),
+    (
+        "len([BODY].ok) == 5",
+        r#"{"body":"{\"ok\":false}"}"#,
+        true,
+        true,
+        "len of a boolean: its text",
+    ),
+    (
+        "len([BODY].x) == 0",
+        r#"{"body":"{\"x\":null}"}"#,
+        false,
+        false,
+        "null has no length",
+    ),
+    (
+        "len([STATUS]) == 3",
+        r#"{"status":200}"#,
+        true,
+        true,
+        "len of another placeholder: its text",
+    ),
+    (
+        "has([BODY].x) == false",
+        r#"{"body":"{\"x\":null}"}"#,
+        true,
+        true,
+        "has: null counts as absent",
+    ),
+    (
+        "has([BODY].x) == true",
+        r#"{"body":"{\"x\":0}"}"#,
+        true,
+        true,
+        "has: 0 is present",
+    ),
+    (
+        "has([BODY]) == true",
+        r#"{"body":"x"}"#,
+        true,
+        true,
+        "has([BODY]): a body that is not empty",
+    ),
+    (
+        "has([BODY]) == false",
+        r#"{"body":"  \n"}"#,
+        true,
+        true,
+        "whitespace only is empty",
+    ),
+    (
+        "has([STATUS]) == true",
+        r#"{"status":200}"#,
+        true,
+        true,
+        "has of another placeholder: not empty",
+    ),
+    (
+        "has([BODY].a.b) == false",
+        r#"{"body":"{\"a\":\"text\"}"}"#,
+        true,
+        true,
+        "a path through a string leads nowhere",
+    ),
+    (
+        "[status] == 200",
+        r#"{"status":200}"#,
+        true,
+        true,
+        "placeholders are case-insensitive",
+    ),
+    (
+        "[Body].Name == x",
+        r#"{"body":"{\"Name\":\"x\"}"}"#,
+        true,
+        true,
+        "paths keep their case",
+    ),
+    (
+        "[BODY].name == x",
+        r#"{"body":"{\"Name\":\"x\"}"}"#,
+        false,
+        false,
+        "keys are case-sensitive",
+    ),
+    (
+        "any(200, 204) == [STATUS]",
+        r#"{"status":204}"#,
+        true,
+        true,
+        "any() on the left",
+    ),
+    (
+        "pat(web-*) == [BODY].name",
+        r#"{"body":"{\"name\":\"web-1\"}"}"#,
+        true,
+        true,
+        "pat() on the left",
+    ),
+    (
+        "[STATUS] != any(200, 204)",
+        r#"{"status":500}"#,
+        true,
+        true,
+        "!= any()",
+    ),
+    (
+        "[BODY] == any( a ,b )",
+        r#"{"body":"a"}"#,
+        true,
+        true,
+        "any() options are trimmed",
+    ),
+    (
+        "[BODY] == pat(*)",
+        r#"{"body":""}"#,
+        true,
+        true,
+        "pat(*) matches even nothing",
+    ),
+    (
+        "[BODY].list == pat(*b*)",
+        r#"{"body":"{\"list\":[\"a\",\"b\"]}"}"#,
+        true,
+        true,
+        "an array is compared as Go prints it",
+    ),
+    (
+        "[BODY].list == pat(*a b*)",
+        r#"{"body":"{\"list\":[\"a\",\"b\"]}"}"#,
+        true,
+        true,
+        "Go prints arrays as [a b]",
+    ),
+    (
+        "[BODY].obj == {\"a\":1}",
+        r#"{"body":"{\"obj\":{\"a\":1}}"}"#,
+        true,
+        true,
+        "an object is compared as compact JSON",
+    ),
+    (
+        "[BODY].html == <b>",
+        r#"{"body":"{\"html\":\"<b>\"}"}"#,
+        true,
+        true,
+        "strings are not escaped",
+    ),
+    (
+        "[BODY] == test",
+        r#"{"body":"  test \n"}"#,
+        true,
+        true,
+        "the body is trimmed",
+    ),
+    (
+        "[BODY][1] == 2",
+        r#"{"body":"[1,2]"}"#,
+        true,
+        true,
+        "an index into an array body",
+    ),
+    (
+        "[BODY].a[0][1] == 3",
+        r#"{"body":"{\"a\":[[2,3]]}"}"#,
+        true,
+        true,
+        "nested indexes",
+    ),
+    (
+        "[BODY].a[5] == 3",
+        r#"{"body":"{\"a\":[1]}"}"#,
+        false,
+        false,
+        "an index past the end leads nowhere",
+    ),
+    (
+        "[BODY].x != y",
+        r#"{"body":"{}"}"#,
+        true,
+        true,
+        "a missing field differs from everything",
+    ),
+    (
+        "[BODY].x == [BODY].y",
+        r#"{"body":"{}"}"#,
+        false,
+        false,
+        "two missing fields are not equal",
+    ),
+    (
+        "[BODY].flag == true",
+        r#"{"body":"{\"flag\":true}"}"#,
+        true,
+        true,
+        "booleans by text",
+    ),
+    (
+        "[BODY].n == 1.5",
+        r#"{"body":"{\"n\":1.5}"}"#,
+        true,
+        true,
+        "a float field by text",
+    ),
+    ("[CONNECTED] == false", r#"{}"#, true, true, "not connected"),
+    (
+        "[IP] == pat(10.*)",
+        r#"{"ip":"10.1.2.3"}"#,
+        true,
+        true,
+        "patterns on any placeholder",
+    ),
+];
+
+#[test]
+fn conditions_follow_gatus_rules_beyond_its_tests() {
+    assert!(
+        GATUS_RULES.len()
+            + serde_json::from_str::<serde_json::Value>(
+                &std::fs::read_to_string(
+                    Path::new(env!("CARGO_MANIFEST_DIR"))
+                        .join("tests/fixtures/gatus-conditions.json")
+                )
+                .unwrap()
+            )
+            .unwrap()["cases"]
+                .as_array()
+                .unwrap()
+                .len()
+            >= 80
+    );
+    let mut wrong = Vec::new();
+    for (text, observed, steward, gatus, rule) in GATUS_RULES {
+        assert_eq!(
+            steward != gatus,
+            rule.starts_with("deliberate:"),
+            "{text}: a difference from Gatus must be marked deliberate, and only then"
+        );
+        let o: serde_json::Value = serde_json::from_str(observed).unwrap();
+        let v = steward_spec::Condition::parse(text)
+            .unwrap_or_else(|e| panic!("{text}: {}", e.message))
+            .evaluate(&gatus_result(&o));
+        if v.success != *steward {
+            wrong.push(format!("{text} ({rule}): {} — {}", v.success, v.resolved));
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
