@@ -3,7 +3,70 @@
 use std::ops::Range;
 use std::sync::Arc;
 
-use miette::{Diagnostic, NamedSource, SourceSpan};
+use miette::{Diagnostic, MietteError, MietteSpanContents, SourceCode, SourceSpan, SpanContents};
+
+/// Lines longer than this (in characters) near an error are cut to a window.
+const WIDE_LINE: usize = 160;
+/// Characters kept on either side of an error on a cut line.
+const WINDOW: usize = 60;
+
+/// The text an error shows. Usually the whole spec; when a line near the
+/// error is long, only the error's line and its neighbours, each long one cut
+/// to a window around the error — read by miette with the real line and
+/// column numbers, so a spec with a 50 KB line still gets a one-screen report
+/// that points at the right place.
+#[derive(Debug, Clone)]
+struct Excerpt {
+    name: String,
+    text: Arc<str>,
+    /// 0-based line of the file where `text` starts.
+    first_line: usize,
+    /// 0-based line of `text` where the error is, and the characters of that
+    /// line hidden before the window.
+    error_line: usize,
+    hidden: usize,
+}
+
+impl SourceCode for Excerpt {
+    fn read_span<'a>(
+        &'a self,
+        span: &SourceSpan,
+        context_lines_before: usize,
+        context_lines_after: usize,
+    ) -> Result<Box<dyn SpanContents<'a> + 'a>, MietteError> {
+        let inner =
+            self.text
+                .as_ref()
+                .read_span(span, context_lines_before, context_lines_after)?;
+        // Columns in characters, as steward reports them everywhere (miette
+        // counts bytes), plus what the window hides on the error's line.
+        let off = span.offset();
+        let line_start = self
+            .text
+            .get(..off)
+            .and_then(|t| t.rfind('\n'))
+            .map_or(0, |i| i + 1);
+        let column = match self.text.get(line_start..off) {
+            Some(before) if context_lines_before == 0 => {
+                before.chars().count()
+                    + if inner.line() == self.error_line {
+                        self.hidden
+                    } else {
+                        0
+                    }
+            }
+            _ => inner.column(),
+        };
+        Ok(Box::new(MietteSpanContents::new_named(
+            self.name.clone(),
+            inner.data(),
+            *inner.span(),
+            inner.line() + self.first_line,
+            column,
+            inner.line_count(),
+        )))
+    }
+}
 
 /// One problem in a spec file, pointing at the offending text.
 #[derive(Debug, Clone, thiserror::Error, Diagnostic)]
@@ -12,7 +75,7 @@ pub struct SpecError {
     /// What is wrong, in one sentence.
     pub message: String,
     #[source_code]
-    src: NamedSource<Arc<str>>,
+    src: Excerpt,
     #[label("{label}")]
     span: SourceSpan,
     label: String,
@@ -28,7 +91,7 @@ pub struct SpecError {
 impl SpecError {
     /// The file this error points into.
     pub fn file(&self) -> &str {
-        self.src.name()
+        &self.src.name
     }
 }
 
@@ -69,11 +132,12 @@ impl Diagnostics {
     ) {
         let span = clamp(span, self.src.len());
         let (line, column) = line_col(&self.src, span.start);
+        let (src, span) = excerpt(&self.name, &self.src, span, line);
         self.errors.push(SpecError {
-            message: message.into(),
-            src: NamedSource::new(self.name.clone(), self.src.clone()),
+            message: clip(message.into()),
+            src,
             span: span.into(),
-            label: label.into(),
+            label: clip(label.into()),
             help,
             line,
             column,
@@ -105,6 +169,89 @@ impl Diagnostics {
             file: self.name,
             errors: self.errors,
         })
+    }
+}
+
+/// The source an error at `span` (on 1-based `line`) shows, and the span in it.
+fn excerpt(name: &str, src: &Arc<str>, span: Range<usize>, line: usize) -> (Excerpt, Range<usize>) {
+    let whole = || Excerpt {
+        name: name.to_string(),
+        text: src.clone(),
+        first_line: 0,
+        error_line: line - 1,
+        hidden: 0,
+    };
+    let starts: Vec<usize> = std::iter::once(0)
+        .chain(src.match_indices('\n').map(|(i, _)| i + 1))
+        .collect();
+    let line_of = |i: usize| {
+        let start = starts[i];
+        let end = starts.get(i + 1).map(|e| e - 1).unwrap_or(src.len());
+        start..end
+    };
+    let at = line - 1;
+    let first = at.saturating_sub(1);
+    let last = (at + 1).min(starts.len() - 1);
+    let wide = (first..=last).any(|i| src[line_of(i)].chars().count() > WIDE_LINE);
+    if !wide {
+        return (whole(), span);
+    }
+    let mut text = String::new();
+    let (mut new_span, mut hidden) = (0..0, 0);
+    for i in first..=last {
+        let r = line_of(i);
+        let chars: Vec<(usize, char)> = src[r.clone()].char_indices().collect();
+        let (from, to) = if i == at {
+            let col = chars
+                .iter()
+                .take_while(|(b, _)| r.start + b < span.start)
+                .count();
+            let end = chars
+                .iter()
+                .take_while(|(b, _)| r.start + b < span.end.min(r.end))
+                .count()
+                .max(col + 1);
+            let from = col.saturating_sub(WINDOW);
+            (from, (end + WINDOW).min(col + 2 * WINDOW).min(chars.len()))
+        } else {
+            (0, (2 * WINDOW).min(chars.len()))
+        };
+        let byte = |c: usize| chars.get(c).map(|(b, _)| r.start + b).unwrap_or(r.end);
+        if from > 0 {
+            text.push('…');
+        }
+        let window_start = text.len();
+        text.push_str(&src[byte(from)..byte(to)]);
+        if i == at {
+            hidden = from.saturating_sub(usize::from(from > 0));
+            let start = window_start + span.start.max(byte(from)) - byte(from);
+            let end = window_start + span.end.clamp(span.start, byte(to)) - byte(from);
+            new_span = start..end.max(start);
+        }
+        if to < chars.len() {
+            text.push('…');
+        }
+        if i != last {
+            text.push('\n');
+        }
+    }
+    (
+        Excerpt {
+            name: name.to_string(),
+            text: Arc::from(text),
+            first_line: first,
+            error_line: at - first,
+            hidden,
+        },
+        new_span,
+    )
+}
+
+/// A message that quotes a long value keeps its start (3 × `WINDOW` characters).
+fn clip(text: String) -> String {
+    match text.char_indices().nth(3 * WINDOW) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text,
     }
 }
 
@@ -186,6 +333,37 @@ mod tests {
         assert_eq!(line_col(src, off), (1, 3));
         let off2 = src.rfind('=').unwrap();
         assert_eq!(line_col(src, off2), (2, 4));
+    }
+
+    #[test]
+    fn errors_on_long_lines_show_a_window_with_the_real_position() {
+        let long = "x".repeat(40_000);
+        let src = format!("[steward]\nname = \"{long}\"\nbogus = 1 # {long}\n[check.a]\n");
+        let mut d = Diagnostics::new("long.toml", &src);
+        let at = src.find("bogus").unwrap();
+        d.error(at..at + 5, "unknown key `bogus`", "here", None);
+        let late = src.rfind("xxx#").unwrap_or(src.len() - 20);
+        d.error(late..late + 1, "late", "here", None);
+        let e = d.finish().unwrap_err();
+        let text = format!("{:?}", miette::Report::new(e));
+        assert!(text.len() < 4_000, "{} bytes of report", text.len());
+        assert!(text.contains("long.toml:3:1]"), "{text}");
+        assert!(text.contains("bogus = 1"), "{text}");
+        assert!(text.contains('…'), "{text}");
+    }
+
+    #[test]
+    fn errors_far_into_a_long_line_keep_their_column() {
+        let src = format!("a = \"{}\" bogus\n", "é".repeat(20_000));
+        let mut d = Diagnostics::new("s.toml", &src);
+        let at = src.find("bogus").unwrap();
+        d.error(at..at + 5, "junk after a value", "here", None);
+        let e = d.finish().unwrap_err();
+        assert_eq!((e.errors[0].line, e.errors[0].column), (1, 20_008));
+        let text = format!("{:?}", miette::Report::new(e));
+        assert!(text.contains("s.toml:1:20008]"), "{text}");
+        assert!(text.contains("bogus"), "{text}");
+        assert!(text.len() < 4_000, "{} bytes", text.len());
     }
 
     #[test]

@@ -41,10 +41,29 @@ impl Spec {
     /// Reads, parses and validates a spec file, resolving references from the
     /// process environment and file system.
     pub fn load(path: &Path) -> Result<Spec, LoadError> {
-        let src = std::fs::read_to_string(path).map_err(|e| LoadError::Read {
+        let bytes = std::fs::read(path).map_err(|e| LoadError::Read {
             path: path.display().to_string(),
             reason: e.to_string(),
         })?;
+        let src = match String::from_utf8(bytes) {
+            Ok(src) => src,
+            Err(e) => {
+                // Point at the first byte that is not UTF-8; everything before
+                // it reads the same in the lossy copy shown.
+                let at = e.utf8_error().valid_up_to();
+                let shown = String::from_utf8_lossy(e.as_bytes()).into_owned();
+                let mut d = diag::Diagnostics::new(&path.display().to_string(), &shown);
+                d.error(
+                    at..at + '\u{FFFD}'.len_utf8(),
+                    "the spec is not valid UTF-8",
+                    "this byte",
+                    Some("save the file as UTF-8".into()),
+                );
+                return Err(LoadError::Invalid(
+                    d.finish().expect_err("an error was recorded"),
+                ));
+            }
+        };
         let base = path
             .parent()
             .map(|p| {

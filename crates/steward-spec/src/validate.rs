@@ -59,6 +59,15 @@ pub(crate) fn parse(
         return Err(d.finish().expect_err("syntax errors were recorded"));
     }
     let root = root.into_inner();
+    if root.is_empty() {
+        d.error(
+            0..0,
+            "the spec is empty: there is nothing to check, back up, converge, build or run",
+            "here",
+            Some("describe at least one [check.NAME], [backup.NAME], [converge.NAME], [image.NAME] or [service.NAME]; examples/quickstart.toml is a start".into()),
+        );
+        return Err(d.finish().expect_err("an error was recorded"));
+    }
 
     let mut settings_raw: Option<(RawSettings, Range<usize>)> = None;
     let mut checks: Vec<(String, Range<usize>, RawCheck)> = Vec::new();

@@ -620,6 +620,36 @@ fn validate_reports_every_problem_and_exits_2() {
     insta::assert_snapshot!(stderr);
 }
 
+/// Hostile spec files get a short, precise report and exit 2: a 50 KB line
+/// (a window around the error, its real line and column), an empty file
+/// (nothing to do), bytes that are not UTF-8 (the first one's position).
+#[test]
+fn validate_reports_hostile_files_briefly_and_precisely() {
+    let long = "x".repeat(50_000);
+    let p = Project::new(&format!(
+        "[steward]\nname = \"{long}\"\n\n[check.a]\ntype = \"tcp\"\naddress = \"127.0.0.1:1\"\ninterval = \"{long}\"\n"
+    ));
+    let (code, _, err) = p.run(&["validate"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.len() < 4_000, "{} bytes of report", err.len());
+    assert!(err.contains("steward.toml:7:12]"), "{err}");
+    assert!(err.contains('…'), "{err}");
+
+    let p = Project::new("# nothing here yet\n");
+    let (code, _, err) = p.run(&["validate"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("the spec is empty"), "{err}");
+
+    let p = Project::new("");
+    std::fs::write(p.spec(), b"[steward]\nname = \"caf\xe9\"\n").unwrap();
+    let (code, _, err) = p.run(&["validate"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("not valid UTF-8") && err.contains("steward.toml:2:12]"),
+        "{err}"
+    );
+}
+
 #[test]
 fn validate_ok_and_missing_file() {
     let p = Project::new("[check.api]\ntype = \"tcp\"\naddress = \"127.0.0.1:80\"\n");
