@@ -423,13 +423,13 @@ pub(crate) fn converge_set(
         let mut di = Diagnostics::new(&path.display().to_string(), &text);
         let (root, syntax) = toml::de::DeTable::parse_recoverable(&text);
         for e in &syntax {
-            di.toml(e, 0..0);
+            di.toml(e, 0..0, None);
         }
         if syntax.is_empty() {
             let span = root.span();
             let value = Spanned::new(span.clone(), toml::de::DeValue::Table(root.into_inner()));
             match RawConverge::deserialize(toml::de::ValueDeserializer::from(value)) {
-                Err(e) => di.toml(&e, span),
+                Err(e) => di.toml(&e, span, None),
                 Ok(mut inner) => {
                     if inner.include.is_some()
                         || inner.drift_check.is_some()

@@ -146,10 +146,20 @@ impl Diagnostics {
 
     /// Turns a TOML parse or deserialize error into a spec error, improving serde's
     /// wording (unknown fields get a "did you mean").
-    pub(crate) fn toml(&mut self, err: &toml::de::Error, fallback: Range<usize>) {
+    /// `key`, when given, is named in the message.
+    pub(crate) fn toml(
+        &mut self,
+        err: &toml::de::Error,
+        fallback: Range<usize>,
+        key: Option<&str>,
+    ) {
         let span = err.span().unwrap_or(fallback);
         let raw = err.message().trim().to_string();
         let (message, help) = improve_serde_message(&raw);
+        let message = match key {
+            Some(k) if !message.contains(&format!("`{k}`")) => format!("`{k}`: {message}"),
+            _ => message,
+        };
         self.error(span, message, "here", help);
     }
 
@@ -318,7 +328,29 @@ fn improve_serde_message(raw: &str) -> (String, Option<String>) {
             Some("every table and key may appear once; rename or merge the two".into()),
         );
     }
-    let first = raw.lines().next().unwrap_or(raw).to_string();
+    let first = raw.lines().next().unwrap_or(raw);
+    // serde names Rust types; say what a spec writer would.
+    let first = [
+        ("expected u8", "expected a whole number from 0 to 255"),
+        ("expected u16", "expected a whole number from 0 to 65535"),
+        (
+            "expected u32",
+            "expected a whole number from 0 to 4294967295",
+        ),
+        ("expected u64", "expected a whole number, 0 or more"),
+        ("expected usize", "expected a whole number, 0 or more"),
+        ("expected i64", "expected a whole number"),
+        ("expected f64", "expected a number"),
+        ("expected a boolean", "expected `true` or `false`"),
+    ]
+    .iter()
+    .fold(first.to_string(), |m, (rust, words)| {
+        if m.ends_with(rust) {
+            format!("{}{words}", &m[..m.len() - rust.len()])
+        } else {
+            m
+        }
+    });
     (first, None)
 }
 

@@ -150,7 +150,7 @@ impl Service {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawService {
     image: Spanned<String>,
-    command: Spanned<Vec<String>>,
+    command: Spanned<Vec<Spanned<String>>>,
     #[serde(default)]
     env: BTreeMap<String, Spanned<String>>,
     replicas: Option<Spanned<RawReplicas>>,
@@ -168,11 +168,54 @@ pub(crate) struct RawService {
     mounts: Vec<Spanned<String>>,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
+/// `replicas`: a count, or `{ min, max }` and nothing else. Deserialized by
+/// hand: an untagged enum would accept unknown keys in the table and, when
+/// nothing fits, only say "did not match any variant".
+#[derive(Debug)]
 enum RawReplicas {
     Fixed(u32),
     Range { min: u32, max: u32 },
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRange {
+    min: u32,
+    max: u32,
+}
+
+impl<'de> Deserialize<'de> for RawReplicas {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = RawReplicas;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a count of instances, or { min = N, max = M }")
+            }
+            fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<RawReplicas, E> {
+                u32::try_from(n).map(RawReplicas::Fixed).map_err(|_| {
+                    E::custom(format!(
+                        "replicas must be a count from 1 to {}, got {n}",
+                        u32::MAX
+                    ))
+                })
+            }
+            fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<RawReplicas, E> {
+                self.visit_i64(i64::try_from(n).unwrap_or(i64::MAX))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<RawReplicas, A::Error> {
+                let r = RawRange::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                Ok(RawReplicas::Range {
+                    min: r.min,
+                    max: r.max,
+                })
+            }
+        }
+        d.deserialize_any(Visit)
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -219,19 +262,24 @@ pub(crate) fn service(
 ) -> Option<Service> {
     let before = d.errors.len();
     crate::validate::unknown_ref(d, &raw.image, "image", images);
-    let command = raw.command.get_ref().clone();
+    let command: Vec<String> = raw
+        .command
+        .get_ref()
+        .iter()
+        .map(|a| a.get_ref().clone())
+        .collect();
     if command.is_empty() || command[0].is_empty() {
         d.error(raw.command.span(), "empty command", "nothing to run", None);
     }
-    for arg in &command {
-        let mut rest = arg.as_str();
+    for arg in raw.command.get_ref() {
+        let mut rest = arg.get_ref().as_str();
         while let Some(i) = rest.find('{') {
             let tail = &rest[i..];
             match tail.find('}') {
                 Some(j) if PLACEHOLDERS.contains(&&tail[..=j]) => rest = &tail[j + 1..],
                 Some(j) => {
                     d.error(
-                        raw.command.span(),
+                        arg.span(),
                         format!("unknown placeholder `{}`", &tail[..=j]),
                         "unknown placeholder",
                         Some(format!("known: {}", PLACEHOLDERS.join(", "))),

@@ -52,7 +52,7 @@ pub(crate) fn parse(
             // A repeated table yields one error per key; the first says it all.
             let duplicate = e.message().trim() == "duplicate key";
             if !(duplicate && previous_duplicate) {
-                d.toml(e, 0..0);
+                d.toml(e, 0..0, None);
             }
             previous_duplicate = duplicate;
         }
@@ -323,15 +323,56 @@ pub(crate) fn parse(
     })
 }
 
+/// Deserializes one spec entry, reporting every problem in it: serde stops at
+/// the first, so the key an error is about is taken out and the entry read
+/// again (at most 32 times), until it reads or nothing more can be told.
 fn de<T: for<'de> Deserialize<'de>>(d: &mut Diagnostics, value: Spanned<DeValue<'_>>) -> Option<T> {
     let span = value.span();
-    match T::deserialize(ValueDeserializer::from(value)) {
-        Ok(v) => Some(v),
-        Err(e) => {
-            d.toml(&e, span);
-            None
+    let mut value = value;
+    let mut taken_out: Vec<String> = Vec::new();
+    for _ in 0..32 {
+        let e = match T::deserialize(ValueDeserializer::from(value.clone())) {
+            Ok(v) if taken_out.is_empty() => return Some(v),
+            Ok(_) => return None,
+            Err(e) => e,
+        };
+        // A key taken out to look further is not missing.
+        let message = e.message();
+        if taken_out
+            .iter()
+            .any(|k| message.starts_with(&format!("missing field `{k}`")))
+        {
+            return None;
         }
+        let DeValue::Table(table) = value.get_mut() else {
+            d.toml(&e, span.clone(), None);
+            return None;
+        };
+        let unknown = message
+            .strip_prefix("unknown field `")
+            .and_then(|rest| rest.split('`').next())
+            .map(str::to_string);
+        let key = unknown.clone().or_else(|| {
+            let at = e.span()?.start;
+            table
+                .iter()
+                .find(|(k, v)| k.span().start <= at && at < v.span().end.max(k.span().end))
+                .map(|(k, _)| k.get_ref().to_string())
+        });
+        // Name the key in messages that do not (serde's type errors).
+        d.toml(
+            &e,
+            span.clone(),
+            key.as_deref().filter(|_| unknown.is_none()),
+        );
+        let Some(spanned) = key.and_then(|k| table.keys().find(|t| t.get_ref() == &k).cloned())
+        else {
+            return None;
+        };
+        table.remove(&spanned);
+        taken_out.push(spanned.into_inner().into_owned());
     }
+    None
 }
 
 fn valid_name(n: &str) -> bool {
