@@ -365,10 +365,7 @@ fn de<T: for<'de> Deserialize<'de>>(d: &mut Diagnostics, value: Spanned<DeValue<
             span.clone(),
             key.as_deref().filter(|_| unknown.is_none()),
         );
-        let Some(spanned) = key.and_then(|k| table.keys().find(|t| t.get_ref() == &k).cloned())
-        else {
-            return None;
-        };
+        let spanned = key.and_then(|k| table.keys().find(|t| t.get_ref() == &k).cloned())?;
         table.remove(&spanned);
         taken_out.push(spanned.into_inner().into_owned());
     }
