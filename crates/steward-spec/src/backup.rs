@@ -190,9 +190,9 @@ pub(crate) struct RawStore {
     kind: Spanned<String>,
     path: Option<String>,
     auth_url: Option<Spanned<String>>,
-    user: Option<Text>,
-    key: Option<Text>,
-    password: Option<Text>,
+    user: Option<Spanned<Text>>,
+    key: Option<Spanned<Text>>,
+    password: Option<Spanned<Text>>,
     project: Option<String>,
     user_domain: Option<String>,
     project_domain: Option<String>,
@@ -200,8 +200,8 @@ pub(crate) struct RawStore {
     container: Option<Spanned<String>>,
     endpoint: Option<Spanned<String>>,
     bucket: Option<Spanned<String>>,
-    access_key: Option<Text>,
-    secret_key: Option<Text>,
+    access_key: Option<Spanned<Text>>,
+    secret_key: Option<Spanned<Text>>,
     virtual_host_style: Option<bool>,
 }
 
@@ -336,15 +336,16 @@ pub(crate) fn store(
             let key = raw.key.or(raw.password).expect("checked");
             let user = raw.user.expect("checked");
             for t in [&user, &key] {
-                if let Err(e) = t.resolve(resolver) {
+                if let Err(e) = t.get_ref().resolve(resolver) {
                     d.error(
-                        span.clone(),
+                        t.span(),
                         format!("cannot resolve reference: {e}"),
                         "unresolvable",
                         None,
                     );
                 }
             }
+            let (user, key) = (user.into_inner(), key.into_inner());
             let container = raw.container.expect("checked");
             if container.get_ref().is_empty() || container.get_ref().contains('/') {
                 d.error(
@@ -387,24 +388,25 @@ pub(crate) fn store(
                     None,
                 );
             }
-            if !secret_key.has_references() {
+            if !secret_key.get_ref().has_references() {
                 d.error(
-                    span.clone(),
+                    secret_key.span(),
                     "an S3 secret_key must be a reference, not written in the spec",
                     "inline secret",
                     Some("use `${env:NAME}` or `${file:/path}`".into()),
                 );
             }
             for t in [&access_key, &secret_key] {
-                if let Err(e) = t.resolve(resolver) {
+                if let Err(e) = t.get_ref().resolve(resolver) {
                     d.error(
-                        span.clone(),
+                        t.span(),
                         format!("cannot resolve reference: {e}"),
                         "unresolvable",
                         None,
                     );
                 }
             }
+            let (access_key, secret_key) = (access_key.into_inner(), secret_key.into_inner());
             StoreKind::S3 {
                 endpoint: endpoint.into_inner(),
                 bucket: bucket.into_inner(),

@@ -76,7 +76,7 @@ pub(crate) struct RawCheck {
     // http
     pub(crate) url: Option<Spanned<Text>>,
     pub(crate) method: Option<Spanned<String>>,
-    pub(crate) headers: Option<Spanned<BTreeMap<String, Text>>>,
+    pub(crate) headers: Option<Spanned<BTreeMap<String, Spanned<Text>>>>,
     pub(crate) body: Option<Spanned<Text>>,
     pub(crate) ca_file: Option<Spanned<String>>,
     pub(crate) insecure_skip_verify: Option<Spanned<bool>>,
@@ -91,7 +91,7 @@ pub(crate) struct RawCheck {
     pub(crate) resolver: Option<Spanned<String>>,
     // exec
     pub(crate) command: Option<Spanned<Vec<String>>>,
-    pub(crate) env: Option<Spanned<BTreeMap<String, Text>>>,
+    pub(crate) env: Option<Spanned<BTreeMap<String, Spanned<Text>>>>,
     pub(crate) cwd: Option<Spanned<String>>,
     // postgres / redis / amqp
     pub(crate) query: Option<Spanned<String>>,
@@ -145,7 +145,7 @@ pub(crate) struct RawAlert {
     #[serde(rename = "type")]
     pub(crate) kind: Spanned<AlertKind>,
     pub(crate) url: Option<Spanned<Text>>,
-    pub(crate) headers: Option<Spanned<BTreeMap<String, Text>>>,
+    pub(crate) headers: Option<Spanned<BTreeMap<String, Spanned<Text>>>>,
     pub(crate) reminder: Option<Dur>,
     pub(crate) send_recovered: Option<bool>,
     pub(crate) send_warn: Option<bool>,

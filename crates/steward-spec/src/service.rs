@@ -194,10 +194,7 @@ impl<'de> Deserialize<'de> for RawReplicas {
             }
             fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<RawReplicas, E> {
                 u32::try_from(n).map(RawReplicas::Fixed).map_err(|_| {
-                    E::custom(format!(
-                        "replicas must be a count from 1 to {}, got {n}",
-                        u32::MAX
-                    ))
+                    E::custom(format!("expected a count from 1 to {}, got {n}", u32::MAX))
                 })
             }
             fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<RawReplicas, E> {

@@ -372,6 +372,14 @@ fn de<T: for<'de> Deserialize<'de>>(d: &mut Diagnostics, value: Spanned<DeValue<
     None
 }
 
+/// A map of spanned texts without the spans.
+fn unspan(m: &Spanned<BTreeMap<String, Spanned<Text>>>) -> BTreeMap<String, Text> {
+    m.get_ref()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.get_ref().clone()))
+        .collect()
+}
+
 fn valid_name(n: &str) -> bool {
     n.starts_with(|c: char| c.is_ascii_alphabetic())
         && n.chars()
@@ -671,7 +679,7 @@ fn check(
     }
     for m in [&c.headers, &c.env].into_iter().flatten() {
         for t in m.get_ref().values() {
-            texts.push((t, m.span()));
+            texts.push((t.get_ref(), t.span()));
         }
     }
     for (t, s) in texts {
@@ -716,11 +724,7 @@ fn check(
                     .map(|u| u.get_ref().clone())
                     .unwrap_or_default(),
                 method,
-                headers: c
-                    .headers
-                    .as_ref()
-                    .map(|h| h.get_ref().clone())
-                    .unwrap_or_default(),
+                headers: c.headers.as_ref().map(unspan).unwrap_or_default(),
                 body: c.body.as_ref().map(|b| b.get_ref().clone()),
                 ca_file: file_ref(d, &c.ca_file, base_dir),
                 insecure_skip_verify: c
@@ -828,11 +832,7 @@ fn check(
                     .as_ref()
                     .map(|v| v.get_ref().clone())
                     .unwrap_or_default(),
-                env: c
-                    .env
-                    .as_ref()
-                    .map(|v| v.get_ref().clone())
-                    .unwrap_or_default(),
+                env: c.env.as_ref().map(unspan).unwrap_or_default(),
                 cwd: c.cwd.as_ref().map(|p| base_dir.join(p.get_ref())),
                 max_output: c
                     .max_body
@@ -1074,7 +1074,7 @@ fn alert(
     }
     if let Some(h) = &a.headers {
         for t in h.get_ref().values() {
-            secret_ok(d, t, h.span(), resolver);
+            secret_ok(d, t.get_ref(), t.span(), resolver);
         }
     }
     let missing = |d: &mut Diagnostics, key: &str| {
@@ -1094,11 +1094,7 @@ fn alert(
             if kind == AlertKind::Webhook {
                 Channel::Webhook {
                     url: url.get_ref().clone(),
-                    headers: a
-                        .headers
-                        .as_ref()
-                        .map(|h| h.get_ref().clone())
-                        .unwrap_or_default(),
+                    headers: a.headers.as_ref().map(unspan).unwrap_or_default(),
                 }
             } else {
                 Channel::Slack {
