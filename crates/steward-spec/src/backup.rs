@@ -336,7 +336,7 @@ pub(crate) fn store(
             let key = raw.key.or(raw.password).expect("checked");
             let user = raw.user.expect("checked");
             for t in [&user, &key] {
-                if let Err(e) = t.get_ref().resolve(resolver) {
+                if let Err(e) = t.get_ref().check(resolver) {
                     d.error(
                         t.span(),
                         format!("cannot resolve reference: {e}"),
@@ -397,7 +397,7 @@ pub(crate) fn store(
                 );
             }
             for t in [&access_key, &secret_key] {
-                if let Err(e) = t.get_ref().resolve(resolver) {
+                if let Err(e) = t.get_ref().check(resolver) {
                     d.error(
                         t.span(),
                         format!("cannot resolve reference: {e}"),
@@ -494,7 +494,7 @@ pub(crate) fn backup(
             exclude: s.exclude.unwrap_or_default(),
         }
     } else if let Some(url) = s.postgres {
-        if let Err(e) = url.resolve(resolver) {
+        if let Err(e) = url.check(resolver) {
             d.error(
                 sspan.clone(),
                 format!("cannot resolve reference: {e}"),
@@ -585,7 +585,7 @@ pub(crate) fn backup(
                 "use `${env:NAME}` or `${file:/path}`; whoever has it can read every backup".into(),
             ),
         );
-    } else if let Err(e) = raw.password.get_ref().resolve(resolver) {
+    } else if let Err(e) = raw.password.get_ref().check(resolver) {
         d.error(
             raw.password.span(),
             format!("cannot resolve reference: {e}"),

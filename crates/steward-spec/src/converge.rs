@@ -537,7 +537,7 @@ fn collect(
             }
             (Some(t), None) => {
                 if t.has_references()
-                    && let Err(e) = t.resolve(resolver)
+                    && let Err(e) = t.check(resolver)
                 {
                     d.error(
                         r.span(),

@@ -139,13 +139,32 @@ fn generate(path: &Path) -> Result<(), String> {
             .create(dir)
             .map_err(|e| e.to_string())?;
     }
-    let mut f = std::fs::OpenOptions::new()
+    // Written whole to a private temporary file, then published under its
+    // name by a hard link, which fails if another process got there first:
+    // whoever reads the secret reads all of it, and two processes making it at
+    // once (serve and a CLI command) end up with one value.
+    let tmp = path.with_file_name(format!(
+        ".{}.{}.tmp",
+        path.file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("secret"),
+        std::process::id()
+    ));
+    let written = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
-        .open(path)
-        .map_err(|e| e.to_string())?;
-    writeln!(f, "{hex}").map_err(|e| e.to_string())
+        .open(&tmp)
+        .and_then(|mut f| {
+            writeln!(f, "{hex}")?;
+            f.sync_all()
+        })
+        .and_then(|()| match std::fs::hard_link(&tmp, path) {
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+            other => other,
+        });
+    let _ = std::fs::remove_file(&tmp);
+    written.map_err(|e| e.to_string())
 }
 
 #[cfg(not(unix))]
@@ -263,6 +282,36 @@ impl Text {
         self.references().map(|r| !r.is_empty()).unwrap_or(false)
     }
 
+    /// Checks that every reference would resolve, without side effects: a
+    /// `${generated:…}` file that does not exist yet is fine (it is made when
+    /// a command first uses it), one that exists must be readable and private.
+    /// This is what validation does, so a refused spec — or `validate` — leaves
+    /// the disk as it was.
+    pub fn check(&self, resolver: &dyn Resolver) -> Result<(), SecretError> {
+        for p in pieces(&self.raw)? {
+            match p {
+                Piece::Lit(_) => {}
+                Piece::Ref(Reference::Env(n)) => {
+                    resolver.env(&n).ok_or(SecretError::MissingEnv(n))?;
+                }
+                Piece::Ref(Reference::File(path)) => {
+                    resolver
+                        .file(&self.located(&path))
+                        .map_err(|reason| SecretError::File { path, reason })?;
+                }
+                Piece::Ref(Reference::Generated(path)) => {
+                    let at = self.located(&path);
+                    if at.exists() {
+                        resolver
+                            .file(&at)
+                            .map_err(|reason| SecretError::File { path, reason })?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Resolves every reference now.
     pub fn resolve(&self, resolver: &dyn Resolver) -> Result<Secret, SecretError> {
         let mut out = String::with_capacity(self.raw.len());
@@ -375,6 +424,18 @@ mod tests {
             Text::new("abc ${env:X").references(),
             Err(SecretError::Syntax(_))
         ));
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn checking_a_generated_secret_makes_nothing() {
+        let dir = std::env::temp_dir().join(format!("steward-gen-check-{}", std::process::id()));
+        let t = Text::new(format!("${{generated:{}}}", dir.join("pw").display()));
+        t.check(&OsResolver).unwrap();
+        assert!(!dir.exists(), "check created {}", dir.display());
+        t.resolve(&OsResolver).unwrap();
+        t.check(&OsResolver).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[cfg(unix)]

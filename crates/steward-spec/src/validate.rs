@@ -484,7 +484,7 @@ pub(crate) fn secret_ok(
     span: Range<usize>,
     resolver: &dyn Resolver,
 ) {
-    if let Err(e) = t.resolve(resolver) {
+    if let Err(e) = t.check(resolver) {
         d.error(
             span,
             format!("cannot resolve reference: {e}"),

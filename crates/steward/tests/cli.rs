@@ -650,6 +650,38 @@ fn validate_reports_hostile_files_briefly_and_precisely() {
     );
 }
 
+/// `validate` changes nothing on disk, also for a refused spec: a
+/// `${generated:…}` secret is made by the first command that uses it.
+#[test]
+fn validate_leaves_the_disk_as_it_was() {
+    let spec = |extra: &str| {
+        format!(
+            "[backup.files]\nsource = {{ paths = [\"data\"] }}\npassword = \"${{generated:secrets/backup-password}}\"\n{extra}"
+        )
+    };
+    let p = Project::new(&spec("bogus = 1\n"));
+    std::fs::create_dir(p.dir.path().join("data")).unwrap();
+    std::fs::write(p.dir.path().join("data/a.txt"), "a").unwrap();
+    let (code, _, err) = p.run(&["validate"]);
+    assert_eq!(code, 2, "{err}");
+    std::fs::write(p.spec(), spec("")).unwrap();
+    let (code, out, err) = p.run(&["validate"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let secret = p.dir.path().join("secrets/backup-password");
+    assert!(
+        !p.dir.path().join("secrets").exists(),
+        "validate made {}",
+        secret.display()
+    );
+    assert!(
+        !p.dir.path().join(".steward").exists(),
+        "validate made a state directory"
+    );
+    let (code, out, err) = p.run(&["backup", "run"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(std::fs::read_to_string(&secret).unwrap().trim().len(), 32);
+}
+
 #[test]
 fn validate_ok_and_missing_file() {
     let p = Project::new("[check.api]\ntype = \"tcp\"\naddress = \"127.0.0.1:80\"\n");
