@@ -155,7 +155,32 @@ impl Diagnostics {
     ) {
         let span = err.span().unwrap_or(fallback);
         let raw = err.message().trim().to_string();
-        let (message, help) = improve_serde_message(&raw);
+        let (mut message, help) = improve_serde_message(&raw);
+        if raw == "duplicate key" {
+            // Name what is duplicated — the whole table header when it is
+            // one — and the line where it first appears.
+            let line_start = self.src[..span.start.min(self.src.len())]
+                .rfind('\n')
+                .map_or(0, |i| i + 1);
+            let line_end = self.src[line_start..]
+                .find('\n')
+                .map_or(self.src.len(), |i| line_start + i);
+            let line = self.src[line_start..line_end].trim();
+            let header = line
+                .strip_prefix('[')
+                .and_then(|l| l.split(']').next())
+                .map(|h| h.trim_matches(['[', ' ']));
+            let name = header.unwrap_or_else(|| self.src.get(span.clone()).unwrap_or("").trim());
+            let first = header
+                .and_then(|_| self.src[..line_start].find(line))
+                .map(|at| line_col(&self.src, at).0);
+            if !name.is_empty() {
+                message = match first {
+                    Some(l) => format!("`{name}` is defined twice (first on line {l})"),
+                    None => format!("`{name}` is defined twice"),
+                };
+            }
+        }
         let message = match key {
             Some(k) if !message.contains(&format!("`{k}`")) => format!("`{k}`: {message}"),
             _ => message,

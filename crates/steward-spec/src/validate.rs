@@ -352,24 +352,57 @@ fn de<T: for<'de> Deserialize<'de>>(d: &mut Diagnostics, value: Spanned<DeValue<
             .strip_prefix("unknown field `")
             .and_then(|rest| rest.split('`').next())
             .map(str::to_string);
-        let key = unknown.clone().or_else(|| {
-            let at = e.span()?.start;
-            table
-                .iter()
-                .find(|(k, v)| k.span().start <= at && at < v.span().end.max(k.span().end))
-                .map(|(k, _)| k.get_ref().to_string())
-        });
+        let Some(key) = take_out(table, e.span().map(|s| s.start), unknown.as_deref()) else {
+            d.toml(&e, span.clone(), None);
+            return None;
+        };
         // Name the key in messages that do not (serde's type errors).
         d.toml(
             &e,
             span.clone(),
-            key.as_deref().filter(|_| unknown.is_none()),
+            Some(key.as_str()).filter(|_| unknown.is_none()),
         );
-        let spanned = key.and_then(|k| table.keys().find(|t| t.get_ref() == &k).cloned())?;
-        table.remove(&spanned);
-        taken_out.push(spanned.into_inner().into_owned());
+        taken_out.push(key);
     }
     None
+}
+
+/// Takes out of `table` the key an error at byte `at` is about — the
+/// innermost one, inside inline tables and arrays of tables, so the other
+/// keys around it are still read — and returns its name. For an unknown
+/// field, the key of that name.
+fn take_out(table: &mut DeTable<'_>, at: Option<usize>, unknown: Option<&str>) -> Option<String> {
+    let holds = |k: &Spanned<std::borrow::Cow<'_, str>>, v: &Spanned<DeValue<'_>>| {
+        at.is_some_and(|at| k.span().start <= at && at < v.span().end.max(k.span().end))
+    };
+    let entry = table
+        .iter()
+        .find(|(k, v)| holds(k, v))
+        .map(|(k, _)| k.clone());
+    if let Some(k) = &entry
+        && let Some(v) = table.get_mut(k)
+    {
+        let inner = match v.get_mut() {
+            DeValue::Table(t) => take_out(t, at, unknown),
+            DeValue::Array(items) => items
+                .iter_mut()
+                .find(|i| at.is_some_and(|at| i.span().contains(&at)))
+                .and_then(|i| match i.get_mut() {
+                    DeValue::Table(t) => take_out(t, at, unknown),
+                    _ => None,
+                }),
+            _ => None,
+        };
+        if inner.is_some() {
+            return inner;
+        }
+    }
+    let name = unknown
+        .map(str::to_string)
+        .or_else(|| entry.map(|k| k.get_ref().to_string()))?;
+    let key = table.keys().find(|k| k.get_ref() == &name).cloned()?;
+    table.remove(&key);
+    Some(name)
 }
 
 /// A map of spanned texts without the spans.

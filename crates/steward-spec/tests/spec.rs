@@ -242,7 +242,17 @@ fn readme_documents_every_key() {
         .chain(resource_probes);
     for (section, src) in probes {
         let err = Spec::parse("t.toml", &src, Path::new("/"), &NoEnv).unwrap_err();
-        let help = err.errors[0].help.clone().unwrap();
+        // The unknown key's error lists the known ones (other problems the
+        // probe causes, such as a missing required key, are reported too).
+        let help = err
+            .errors
+            .iter()
+            .find_map(|e| {
+                e.help
+                    .clone()
+                    .filter(|h| h.starts_with("known keys here: "))
+            })
+            .unwrap_or_else(|| panic!("no list of known keys for {section}: {err:?}"));
         let keys = help
             .strip_prefix("known keys here: ")
             .unwrap_or_else(|| panic!("{help}"));
