@@ -21,7 +21,7 @@ use steward_state::{InstanceRow, NewEvent, Store, now_ms};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::plan::{Action, After, Input, Phase, View, decide};
+use crate::plan::{Action, After, DeployKind, Input, Phase, View, decide};
 use crate::provider::{Created, Provider, Running};
 use crate::proxy::{Pool, Proxy, ProxyMetrics};
 
@@ -139,6 +139,26 @@ fn event(
 }
 
 /// `user@host` of whoever runs this process, for the deploy history.
+/// Points `svc` at version `to` and records the deploy: the one way a
+/// deploy is asked for (CLI, API, `up`, `serve` itself), so whether it starts
+/// promoted is decided in one place ([`DeployKind::starts_promoted`]).
+pub fn request_deploy(
+    store: &Store,
+    svc: &Service,
+    to: &str,
+    who: &str,
+    kind: DeployKind,
+) -> Result<i64, steward_state::StateError> {
+    store.fleet_request_deploy(
+        &svc.name,
+        to,
+        who,
+        kind.as_str(),
+        kind.starts_promoted(&svc.rollout),
+        now_ms(),
+    )
+}
+
 pub fn who() -> String {
     let user = std::env::var("USER")
         .or_else(|_| std::env::var("LOGNAME"))
@@ -323,13 +343,12 @@ impl Fleet {
                     if current.and_then(|c| c.target).as_deref() == Some(manifest.digest.as_str()) {
                         continue;
                     }
-                    let _ = self.store.fleet_request_deploy(
-                        &svc.name,
+                    let _ = request_deploy(
+                        &self.store,
+                        svc,
                         &manifest.digest,
                         "serve (auto_rebuild)",
-                        "rebuild",
-                        true,
-                        now_ms(),
+                        DeployKind::Rebuild,
                     );
                 }
             }
@@ -651,13 +670,12 @@ impl ServiceLoop {
                         serde_json::json!({"image": self.image.name, "digest": m.digest}),
                     );
                 }
-                let _ = self.store().fleet_request_deploy(
-                    &self.svc.name,
+                let _ = request_deploy(
+                    self.store(),
+                    &self.svc,
                     &m.digest,
                     "serve",
-                    "initial",
-                    true,
-                    now_ms(),
+                    DeployKind::Initial,
                 );
             }
             Ok(Err(e)) => {
@@ -1048,9 +1066,7 @@ impl ServiceLoop {
         if result == "reverted"
             && let Some(back) = back
         {
-            let _ = self
-                .store()
-                .fleet_request_deploy(name, &back, "serve", "revert", true, now);
+            let _ = request_deploy(self.store(), &self.svc, &back, "serve", DeployKind::Revert);
         }
     }
 }

@@ -145,6 +145,46 @@ fn ms(d: Duration) -> i64 {
     d.as_millis() as i64
 }
 
+/// Why a service is pointed at a version (the deploy history's `kind`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeployKind {
+    /// The first version a service runs.
+    Initial,
+    /// A new version, asked for (CLI, API, `up`).
+    Deploy,
+    /// A new build of the same image, made by `serve` (`auto_rebuild`).
+    Rebuild,
+    /// Back to the previous version, asked for.
+    Rollback,
+    /// Back to the previous version after a failed deploy, by `serve`.
+    Revert,
+}
+
+impl DeployKind {
+    /// The word the history records.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeployKind::Initial => "initial",
+            DeployKind::Deploy => "deploy",
+            DeployKind::Rebuild => "rebuild",
+            DeployKind::Rollback => "rollback",
+            DeployKind::Revert => "revert",
+        }
+    }
+
+    /// Whether a deploy of this kind starts promoted. A new version — a
+    /// deploy or a rebuild, from any door — stops after its canaries when the
+    /// rollout asks for that (`canary > 0` and `auto_promote = false`); a
+    /// first version has nothing to wait beside, and a rollback or a revert
+    /// goes back to a version that already ran.
+    pub fn starts_promoted(self, rollout: &Rollout) -> bool {
+        match self {
+            DeployKind::Deploy | DeployKind::Rebuild => rollout.canary == 0 || rollout.auto_promote,
+            DeployKind::Initial | DeployKind::Rollback | DeployKind::Revert => true,
+        }
+    }
+}
+
 /// The smallest number of instances that must keep serving.
 pub fn min_healthy(desired: u32, percent: u32) -> u32 {
     (desired * percent).div_ceil(100)
@@ -410,6 +450,37 @@ mod tests {
             min_healthy_time: Duration::from_secs(10),
             healthy_deadline: Duration::from_secs(60),
             ..Rollout::default()
+        }
+    }
+
+    #[test]
+    fn only_new_versions_wait_after_their_canaries() {
+        let gated = Rollout {
+            canary: 1,
+            auto_promote: false,
+            ..rollout()
+        };
+        for kind in [DeployKind::Deploy, DeployKind::Rebuild] {
+            assert!(
+                !kind.starts_promoted(&gated),
+                "{kind:?} waits for --promote"
+            );
+            assert!(
+                kind.starts_promoted(&rollout()),
+                "{kind:?} without canaries"
+            );
+            let auto = Rollout {
+                canary: 1,
+                ..rollout()
+            };
+            assert!(kind.starts_promoted(&auto), "{kind:?} with auto_promote");
+        }
+        for kind in [
+            DeployKind::Initial,
+            DeployKind::Rollback,
+            DeployKind::Revert,
+        ] {
+            assert!(kind.starts_promoted(&gated), "{kind:?} never waits");
         }
     }
 

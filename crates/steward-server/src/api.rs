@@ -1,6 +1,7 @@
 //! `/api/v1`: JSON for machines. Wire types live here, apart from spec types.
 
 use std::collections::BTreeMap;
+use steward_fleet::plan::DeployKind;
 
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
@@ -414,8 +415,9 @@ async fn deploy(
     .map_err(|e| ApiError(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))?;
     let store = s.store.clone();
     let digest = manifest.digest.clone();
+    let svc = s.spec.services[&name].clone();
     let id = blocking(move || {
-        store.fleet_request_deploy(&name, &digest, "api", "deploy", true, now_ms())
+        steward_fleet::controller::request_deploy(&store, &svc, &digest, "api", DeployKind::Deploy)
     })
     .await?;
     Ok(Json(
@@ -441,9 +443,11 @@ async fn rollback(
         })?;
     let store = s.store.clone();
     let to = previous.clone();
-    let id =
-        blocking(move || store.fleet_request_deploy(&name, &to, "api", "rollback", true, now_ms()))
-            .await?;
+    let svc = s.spec.services[&name].clone();
+    let id = blocking(move || {
+        steward_fleet::controller::request_deploy(&store, &svc, &to, "api", DeployKind::Rollback)
+    })
+    .await?;
     Ok(Json(serde_json::json!({"deploy": id, "to": previous})))
 }
 

@@ -5,6 +5,7 @@
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 use std::time::{Duration, Instant};
+use steward_fleet::plan::DeployKind;
 
 use steward_spec::{OsResolver, Service, Spec};
 use steward_state::{EventQuery, Store, now_ms};
@@ -99,14 +100,12 @@ pub(crate) fn deploy(
         println!("{name} already runs {}", short(&manifest.digest));
         return exit::OK;
     }
-    let promoted = svc.rollout.canary == 0 || svc.rollout.auto_promote;
-    let id = match store.fleet_request_deploy(
-        name,
+    let id = match steward_fleet::controller::request_deploy(
+        &store,
+        &svc,
         &manifest.digest,
         &steward_fleet::controller::who(),
-        "deploy",
-        promoted,
-        now_ms(),
+        DeployKind::Deploy,
     ) {
         Ok(id) => id,
         Err(e) => {
@@ -147,13 +146,12 @@ pub(crate) fn rollback(spec_path: &Path, name: &str, wait: bool) -> u8 {
         eprintln!("error: {name} has no earlier version to roll back to");
         return exit::FAILED;
     };
-    let id = match store.fleet_request_deploy(
-        name,
+    let id = match steward_fleet::controller::request_deploy(
+        &store,
+        &svc,
         &previous,
         &steward_fleet::controller::who(),
-        "rollback",
-        true,
-        now_ms(),
+        DeployKind::Rollback,
     ) {
         Ok(id) => id,
         Err(e) => {
@@ -540,13 +538,12 @@ pub(crate) fn up(dir: &Path, listen: Option<std::net::SocketAddr>) -> u8 {
             .flatten()
             .and_then(|r| r.target);
         if target.as_ref().is_some_and(|t| t != digest) {
-            let _ = store.fleet_request_deploy(
-                &svc.name,
+            let _ = steward_fleet::controller::request_deploy(
+                &store,
+                svc,
                 digest,
                 &steward_fleet::controller::who(),
-                "deploy",
-                true,
-                now_ms(),
+                DeployKind::Deploy,
             );
             eprintln!("{}: rolling out {}", svc.name, short(digest));
         }

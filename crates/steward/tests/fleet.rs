@@ -736,5 +736,26 @@ fn a_canary_waits_for_promotion_next_to_the_old_version() {
     });
     let (code, _, err) = p.steward(&["deploy", "api", "--promote"]);
     assert_eq!(code, 1, "nothing left to promote: {err}");
+
+    // The same pause for a deploy asked for through the API (the dashboard's
+    // way): every door decides it in one place.
+    std::fs::write(p.root.join("base/etc/release"), "v3\n").unwrap();
+    let (code, out, err) = p.steward(&["image", "build", "--json"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (status, body) = http_post(&serve.addr, "/api/v1/services/api/deploy", "{}");
+    assert_eq!(status, 200, "{body}");
+    let v3 = p.target();
+    assert_ne!(v3, v2);
+    p.wait("a healthy canary of the API's deploy", || {
+        let ready = p.instances("ready");
+        ready.iter().filter(|(_, d)| d == &v3).count() == 1
+            && ready.iter().filter(|(_, d)| d == &v2).count() == 2
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(p.instances("ready").len(), 3);
+    assert!(p.status()["deploy"]["result"].is_null());
+    let (code, out, err) = p.steward(&["deploy", "api", "--promote"]);
+    assert_eq!(code, 0, "{out}{err}");
+    p.wait_ready(2, Some(&v3));
     drop(serve);
 }
