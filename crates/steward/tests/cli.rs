@@ -648,6 +648,12 @@ fn validate_reports_hostile_files_briefly_and_precisely() {
         err.contains("not valid UTF-8") && err.contains("steward.toml:2:12]"),
         "{err}"
     );
+
+    std::fs::remove_file(p.spec()).unwrap();
+    std::fs::create_dir(p.spec()).unwrap();
+    let (code, _, err) = p.run(&["validate"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("Is a directory"), "{err}");
 }
 
 /// `validate` changes nothing on disk, also for a refused spec: a
