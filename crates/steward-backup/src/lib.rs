@@ -495,8 +495,13 @@ impl Opened {
             .iter()
             .map(|s| Snap {
                 id: s.id.to_hex().to_string(),
+                // The time as stamped, with its offset: retention buckets by it.
                 time: chrono::DateTime::from_timestamp_millis(s.time.timestamp().as_millisecond())
-                    .unwrap_or_default(),
+                    .unwrap_or_default()
+                    .with_timezone(
+                        &chrono::FixedOffset::east_opt(s.time.offset().seconds())
+                            .unwrap_or(chrono::FixedOffset::east_opt(0).expect("UTC")),
+                    ),
                 tags: s.tags.iter().cloned().collect(),
             })
             .collect();

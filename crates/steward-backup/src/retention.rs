@@ -1,9 +1,12 @@
 //! Which snapshots a retention policy keeps. Pure: no repository, no clock; the
 //! same rules as restic's `forget` (so the two agree on the same list, which a test
 //! checks against the real restic), with one deliberate difference: the newest
-//! snapshot is always kept.
+//! snapshot is always kept. Like restic, hours, days, weeks, months and years
+//! are those of each snapshot's time as it was stamped, in the offset it was
+//! stamped with (a snapshot taken at 23:30 in New York belongs to that day, not
+//! to the next day in UTC); order is by the instant.
 
-use chrono::{DateTime, Datelike, Timelike, Utc};
+use chrono::{DateTime, Datelike, FixedOffset, Timelike};
 use steward_spec::Keep;
 
 /// A snapshot as retention sees it.
@@ -11,8 +14,8 @@ use steward_spec::Keep;
 pub struct Snap {
     /// Its id.
     pub id: String,
-    /// When it was taken.
-    pub time: DateTime<Utc>,
+    /// When it was taken, in the offset it was stamped with.
+    pub time: DateTime<FixedOffset>,
     /// Its tags.
     pub tags: Vec<String>,
 }
@@ -44,7 +47,7 @@ pub fn select_kept(snaps: &[Snap], keep: &Keep) -> Vec<Decision> {
             })
             .collect();
     }
-    type Bucketer = fn(&DateTime<Utc>, usize) -> i64;
+    type Bucketer = fn(&DateTime<FixedOffset>, usize) -> i64;
     let mut buckets: Vec<(&'static str, u32, Bucketer, Option<i64>)> = vec![
         ("last", keep.last, |_, i| i as i64, None),
         (
@@ -127,11 +130,30 @@ mod tests {
     fn snap(id: &str, rfc3339: &str) -> Snap {
         Snap {
             id: id.into(),
-            time: DateTime::parse_from_rfc3339(rfc3339)
-                .unwrap()
-                .with_timezone(&Utc),
+            time: DateTime::parse_from_rfc3339(rfc3339).unwrap(),
             tags: vec![],
         }
+    }
+
+    #[test]
+    fn buckets_are_those_of_the_time_as_stamped() {
+        // 23:00 on New Year's Eve at -08:00 is 07:00 on New Year's Day in UTC,
+        // and later than 01:00 UTC that day: by the stamped times they are two
+        // years, by UTC one.
+        let snaps = [
+            snap("eve", "2026-12-31T23:00:00-08:00"),
+            snap("day", "2027-01-01T01:00:00+00:00"),
+        ];
+        let keep = Keep {
+            yearly: 2,
+            ..Keep::default()
+        };
+        let d = select_kept(&snaps, &keep);
+        assert_eq!(d[0].id, "eve", "newest by the instant");
+        assert!(
+            d.iter().all(|d| d.keep && d.reasons.contains(&"yearly")),
+            "{d:?}"
+        );
     }
 
     #[test]
@@ -169,10 +191,13 @@ mod tests {
     }
 
     prop_compose! {
-        fn arb_snaps()(times in prop::collection::vec(0i64..(3 * 365 * 86400), 1..40)) -> Vec<Snap> {
-            times.iter().enumerate().map(|(i, t)| Snap {
+        // Times stamped in offsets from -12:00 to +14:00, in quarter hours.
+        fn arb_snaps()(times in prop::collection::vec((0i64..(3 * 365 * 86400), -48i32..=56), 1..40)) -> Vec<Snap> {
+            times.iter().enumerate().map(|(i, (t, quarter))| Snap {
                 id: format!("{i:04}"),
-                time: DateTime::from_timestamp(1_700_000_000 + t, 0).unwrap(),
+                time: DateTime::from_timestamp(1_700_000_000 + t, 0)
+                    .unwrap()
+                    .with_timezone(&FixedOffset::east_opt(quarter * 900).unwrap()),
                 tags: vec![],
             }).collect()
         }

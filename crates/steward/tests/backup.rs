@@ -60,13 +60,18 @@ impl Project {
     }
 
     fn restic(&self, repo: &str, args: &[&str]) -> String {
+        self.restic_in("UTC", repo, args)
+    }
+
+    /// restic run in time zone `tz` (its `--time` and its stamps are local).
+    fn restic_in(&self, tz: &str, repo: &str, args: &[&str]) -> String {
         let out = Command::new("restic")
             .args(["-r", repo, "--password-file"])
             .arg(self.path("pw"))
             .args(["--no-cache", "--quiet"])
             .args(args)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .env("TZ", "UTC")
+            .env("TZ", tz)
             .output()
             .unwrap();
         assert!(
@@ -460,6 +465,111 @@ password = "${file:{dir}/pw}"
         fs::metadata(p.path("out/stream.bin")).unwrap().len(),
         3_000_000
     );
+}
+
+/// Snapshots stamped in other time zones (restic stamps local time, and so
+/// does steward): restic buckets each by its time as stamped, and steward
+/// agrees with it on every boundary — hour, day, ISO week, month, year —
+/// whatever time zone steward itself runs in.
+#[test]
+fn retention_agrees_with_restic_across_time_zones() {
+    let mut p = Project::new(
+        r#"
+[backup.tz]
+source = { paths = ["{dir}/data"] }
+password = "${file:{dir}/pw}"
+"#,
+    );
+    fs::create_dir_all(p.path("data")).unwrap();
+    fs::write(p.path("data/x"), "x").unwrap();
+    p.env.push(("TZ".into(), "America/New_York".into()));
+    p.ok(&["backup", "run"]); // steward's own snapshot, stamped in New York time
+    let repo = p.path("state/objects/tz");
+    let repo = repo.to_str().unwrap();
+    // Local times near every kind of boundary, each in zones far apart, so
+    // that a snapshot's own day (week, month, year) differs from its UTC one.
+    let zones = [
+        "Pacific/Kiritimati",
+        "America/Los_Angeles",
+        "Asia/Kolkata",
+        "Pacific/Pago_Pago",
+        "UTC",
+        "Europe/Berlin",
+    ];
+    let times = [
+        "2026-12-31 23:30:00", // year
+        "2027-01-01 00:30:00",
+        "2027-01-31 23:10:00", // month
+        "2027-02-01 00:20:00",
+        "2027-02-07 23:50:00", // ISO week (Sunday to Monday)
+        "2027-02-08 00:40:00",
+        "2027-02-08 10:59:00", // hour
+        "2027-02-08 11:01:00",
+        "2027-03-28 01:30:00", // a daylight-saving change in Berlin
+        "2027-03-28 03:30:00",
+    ];
+    // Each snapshot gets its own second, so no two share an instant: restic
+    // orders snapshots of one instant as its unstable sort happens to.
+    let mut n = 0;
+    for (i, when) in times.iter().enumerate() {
+        for zone in zones.iter().skip(i % 2).step_by(2) {
+            n += 1;
+            let when = format!("{}{n:02}", &when[..when.len() - 2]);
+            p.restic_in(
+                zone,
+                repo,
+                &[
+                    "backup",
+                    "--tag",
+                    "steward:tz",
+                    "--time",
+                    &when,
+                    p.path("data").to_str().unwrap(),
+                ],
+            );
+        }
+    }
+    assert_eq!(n, 30);
+    let policies = [
+        "hourly = 12",
+        "daily = 10",
+        "weekly = 6",
+        "monthly = 4",
+        "yearly = 3",
+        "daily = 3, weekly = 2, monthly = 2, yearly = 2",
+        "last = 1, hourly = 3, daily = 2",
+    ];
+    for policy in policies {
+        p.spec(&format!(
+            "[backup.tz]\nsource = {{ paths = [\"{{dir}}/data\"] }}\npassword = \"${{file:{{dir}}/pw}}\"\nkeep = {{ {policy} }}\n"
+        ));
+        let ours = p.json(&["backup", "forget", "--dry-run", "--json"]);
+        let ours: BTreeSet<String> = ours[0]["snapshots"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| s["keep"] == true)
+            .map(|s| s["id"].as_str().unwrap().to_string())
+            .collect();
+        let mut args = vec!["forget", "--dry-run", "--json", "--tag", "steward:tz"];
+        let flags: Vec<String> = policy
+            .split(", ")
+            .flat_map(|kv| {
+                let (k, v) = kv.split_once(" = ").unwrap();
+                [format!("--keep-{k}"), v.to_string()]
+            })
+            .collect();
+        args.extend(flags.iter().map(String::as_str));
+        let theirs: serde_json::Value = serde_json::from_str(&p.restic(repo, &args)).unwrap();
+        let theirs: BTreeSet<String> = theirs
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|g| g["keep"].as_array().cloned().unwrap_or_default())
+            .map(|s| s["id"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(ours, theirs, "policy {policy}");
+    }
 }
 
 /// steward's retention and restic's `forget` agree on the same snapshot list.
