@@ -76,7 +76,8 @@ fn repo_err(e: Box<rustic_core::RusticError>) -> BackupError {
 }
 
 /// rustic's reports run to pages (context, backtrace); people need the first line
-/// and the message.
+/// and the message — in steward's words: its advice names `rustic` commands a
+/// steward user does not have.
 fn concise(text: &str) -> String {
     let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
     let first = lines.next().unwrap_or_default().to_string();
@@ -84,10 +85,41 @@ fn concise(text: &str) -> String {
         .split_once("Message:")
         .and_then(|(_, rest)| rest.lines().map(str::trim).find(|l| !l.is_empty()))
         .filter(|m| !first.contains(m));
-    match message {
+    steward_words(&match message {
         Some(m) => format!("{first} {m}"),
         None => first,
-    }
+    })
+}
+
+/// rustic_core's advice, said with steward's commands.
+fn steward_words(text: &str) -> String {
+    const REPAIR: &str = "To repair: 'rustic repair index'.";
+    let advice = if !text.contains(REPAIR) {
+        ""
+    } else if text.contains("not referenced in index") {
+        "`steward backup prune` removes it."
+    } else if text.contains("not present") {
+        "Its data is lost: `steward backup check --read-data` lists what is damaged, and `steward backup run` stores the current data again."
+    } else {
+        "`steward backup check --read-data` tells whether its content is intact."
+    };
+    let text = text
+        .replace(REPAIR, advice)
+        .replace(
+            "You can also try to run `rustic check --read-data` to check for corruption. This may take a long time.",
+            "`steward backup check --read-data` finds every damaged pack (it reads them all).",
+        )
+        .replace(
+            "You can also try to run `rustic check` to check for corruption.",
+            "`steward backup check` looks for damage.",
+        )
+        .replace("`rustic_core` experienced an error", "The repository had an error");
+    // Whatever other advice names a rustic command goes.
+    text.split_inclusive(". ")
+        .filter(|sentence| !sentence.contains("`rustic ") && !sentence.contains("'rustic "))
+        .collect::<String>()
+        .trim_end()
+        .to_string()
 }
 
 /// A backup's repository, opened.
@@ -744,4 +776,44 @@ pub fn drill(
         seconds: started.elapsed().as_secs_f64(),
         verified,
     })
+}
+
+#[cfg(test)]
+mod words {
+    use super::steward_words;
+
+    /// rustic_core 0.13's own texts (its check errors and decryption errors).
+    #[test]
+    fn advice_names_steward_commands() {
+        for (rustic, steward) in [
+            (
+                "pack 1a2b3c4d not referenced in index. Can be a parallel backup job. To repair: 'rustic repair index'.",
+                "`steward backup prune` removes it.",
+            ),
+            (
+                "pack 1a2b3c4d marked to-delete: false is referenced by the index with size 12 but not present! To repair: 'rustic repair index'.",
+                "`steward backup run` stores the current data again.",
+            ),
+            (
+                "pack 1a2b3c4d marked to delete: false: size computed by index: 10, actual size: 12. To repair: 'rustic repair index'.",
+                "`steward backup check --read-data` tells",
+            ),
+            (
+                "Verification failed: After decrypting and decompressing the data changed! The data may be corrupted. Please check the backend for corruption and try again. You can also try to run `rustic check --read-data` to check for corruption. This may take a long time.",
+                "`steward backup check --read-data` finds every damaged pack",
+            ),
+            (
+                "Decoding zstd compressed data failed. This can happen if the data is corrupted. Please check the backend for corruption and try again. You can also try to run `rustic check` to check for corruption.",
+                "`steward backup check` looks for damage.",
+            ),
+            (
+                "Something failed. Run `rustic unlock` to go on. Then retry.",
+                "Something failed. Then retry.",
+            ),
+        ] {
+            let said = steward_words(rustic);
+            assert!(said.contains(steward), "{rustic}\n=> {said}");
+            assert!(!said.contains("rustic"), "{said}");
+        }
+    }
 }

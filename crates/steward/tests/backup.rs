@@ -260,6 +260,11 @@ password = "${file:{dir}/pw}"
     let (code, out, _) = p.run(&["backup", "check"]);
     assert_eq!(code, 1);
     assert!(out.contains(&name) && out.contains("not present"), "{out}");
+    // Its advice names steward's commands, not another tool's.
+    assert!(
+        out.contains("steward backup run") && !out.contains("rustic"),
+        "{out}"
+    );
 }
 
 fn psql(sql: &str) -> String {
