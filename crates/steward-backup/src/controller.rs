@@ -27,6 +27,7 @@ pub struct BackupMetrics {
     last_success: Family<Labels, Gauge<f64, AtomicU64>>,
     duration: Family<Labels, Gauge<f64, AtomicU64>>,
     added: Family<Labels, Gauge>,
+    unreadable: Family<Labels, Gauge>,
     snapshots: Family<Labels, Gauge>,
     drills: Family<Labels, Counter>,
     drill_success: Family<Labels, Gauge<f64, AtomicU64>>,
@@ -56,6 +57,11 @@ impl BackupMetrics {
             "steward_backup_last_added_bytes",
             "Bytes the latest run added to the repository",
             self.added.clone(),
+        );
+        r.register(
+            "steward_backup_last_unreadable_files",
+            "Files and folders the latest run could not read (its snapshot is partial)",
+            self.unreadable.clone(),
         );
         r.register(
             "steward_backup_snapshots",
@@ -211,12 +217,20 @@ impl BackupController {
                     .added
                     .get_or_create(&l)
                     .set(r.snapshot.added as i64);
+                self.metrics
+                    .unreadable
+                    .get_or_create(&l)
+                    .set(r.unreadable as i64);
                 let recovered = self.failing(name);
+                let mut message = format!("snapshot {} in {:.1} s", r.snapshot.short_id, r.seconds);
+                if let Some(note) = r.partial_note() {
+                    message = format!("{message}; {note}");
+                }
                 let _ = self.store.append_event(&NewEvent::now(
                     "backup.succeeded",
                     name,
-                    "info",
-                    format!("snapshot {} in {:.1} s", r.snapshot.short_id, r.seconds),
+                    r.severity(),
+                    message,
                     serde_json::to_value(&r).unwrap_or_default(),
                 ));
                 if recovered {

@@ -14,6 +14,7 @@ mod progress;
 mod restore;
 pub mod retention;
 mod sources;
+mod unreadable;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -338,6 +339,59 @@ pub struct RunReport {
     pub snapshot: SnapshotInfo,
     /// Wall time in seconds.
     pub seconds: f64,
+    /// Files and directories that could not be read, so are not in the
+    /// snapshot (it is then tagged `partial`).
+    pub unreadable: u64,
+    /// The first of them, as `path: reason`.
+    pub unreadable_first: Vec<String>,
+}
+
+/// The tag of a snapshot that lacks entries its source could not read.
+pub const PARTIAL: &str = "partial";
+
+impl RunReport {
+    /// For a partial snapshot, what it lacks, in one sentence.
+    pub fn partial_note(&self) -> Option<String> {
+        (self.unreadable > 0).then(|| {
+            format!(
+                "partial: {} file(s) or folder(s) could not be read and are not in it ({}{})",
+                self.unreadable,
+                self.unreadable_first.join("; "),
+                if self.unreadable > self.unreadable_first.len() as u64 {
+                    "; …"
+                } else {
+                    ""
+                }
+            )
+        })
+    }
+
+    /// The severity of its event: a partial snapshot is a warning.
+    pub fn severity(&self) -> &'static str {
+        if self.unreadable > 0 {
+            "warning"
+        } else {
+            "info"
+        }
+    }
+}
+
+/// Re-saves `saved` with the `partial` tag, as restic's `tag` does (a new
+/// snapshot file with the same content, the old one removed), and returns it.
+fn mark_partial<S: rustic_core::IndexedIds>(
+    repo: &Repository<S>,
+    saved: SnapshotFile,
+) -> Result<SnapshotFile, BackupError> {
+    let old = saved.id;
+    let mut snap = saved;
+    snap.tags.add(PARTIAL.to_string());
+    repo.save_snapshots(vec![snap.clone()]).map_err(repo_err)?;
+    repo.delete_snapshots(&[old]).map_err(repo_err)?;
+    repo.get_all_snapshots()
+        .map_err(repo_err)?
+        .into_iter()
+        .find(|s| s.id != old && s.time == snap.time && s.tags.contains(PARTIAL))
+        .ok_or_else(|| BackupError::Repo("the partial snapshot was not saved".into()))
 }
 
 /// What a restore did.
@@ -417,6 +471,7 @@ impl Opened {
         // The size scan only feeds the progress bar's ETA: skip the extra walk
         // when nobody watches.
         opts.no_scan = !progress::enabled();
+        let mut skipped = unreadable::Skipped::default();
         let saved = match &self.backup.source {
             Source::Paths { paths, exclude } => {
                 // Absolute paths in the snapshot: what restic shows and restores.
@@ -431,7 +486,27 @@ impl Opened {
                 let list = PathList::from_iter(paths.iter().cloned())
                     .sanitize()
                     .map_err(|e| BackupError::Source(e.to_string()))?;
-                repo.backup(&opts, &list, snap).map_err(repo_err)?
+                // rustic's own `backup` over a local source that counts what
+                // it cannot read (rustic only logs and skips it).
+                let backup_paths = list.paths();
+                let src = unreadable::Counting::new(
+                    rustic_core::LocalSource::new(
+                        opts.ignore_save_opts,
+                        &opts.excludes,
+                        &opts.ignore_filter_opts,
+                        &backup_paths,
+                    )
+                    .map_err(repo_err)?,
+                );
+                let saved = repo
+                    .archive(&opts, &src, snap, &backup_paths)
+                    .map_err(repo_err)?;
+                skipped = src.skipped();
+                if skipped.count > 0 {
+                    mark_partial(&repo, saved)?
+                } else {
+                    saved
+                }
             }
             Source::Logs { paths } => {
                 let files = sources::log_files(paths)?;
@@ -476,6 +551,8 @@ impl Opened {
         Ok(RunReport {
             snapshot: info(&saved),
             seconds: started.elapsed().as_secs_f64(),
+            unreadable: skipped.count,
+            unreadable_first: skipped.first,
         })
     }
 

@@ -147,17 +147,24 @@ pub(crate) fn run(spec_path: &Path, action: Action) -> u8 {
                                 r.seconds
                             );
                         }
+                        if let Some(note) = r.partial_note() {
+                            eprintln!("warning: backup `{}`: {note}", b.name);
+                        }
+                        let mut message = format!(
+                            "snapshot {} ({} new) in {:.1} s",
+                            r.snapshot.short_id,
+                            mb(r.snapshot.added),
+                            r.seconds
+                        );
+                        if let Some(note) = r.partial_note() {
+                            message = format!("{message}; {note}");
+                        }
                         record(
                             state.as_ref(),
                             "backup.succeeded",
                             &b.name,
-                            "info",
-                            format!(
-                                "snapshot {} ({} new) in {:.1} s",
-                                r.snapshot.short_id,
-                                mb(r.snapshot.added),
-                                r.seconds
-                            ),
+                            r.severity(),
+                            message,
                             serde_json::to_value(&r).unwrap_or_default(),
                         );
                         Ok(())
@@ -197,12 +204,20 @@ pub(crate) fn run(spec_path: &Path, action: Action) -> u8 {
                                 mb(s.bytes),
                                 mb(s.added),
                                 s.paths.join(" "),
+                                if s.tags.iter().any(|t| t == steward_backup::PARTIAL) {
+                                    "partial: some files could not be read".into()
+                                } else {
+                                    String::new()
+                                },
                             ]
                         })
                         .collect();
                     print!(
                         "{}",
-                        table::render(&["ID", "TIME", "FILES", "SIZE", "ADDED", "PATHS"], &rows)
+                        table::render(
+                            &["ID", "TIME", "FILES", "SIZE", "ADDED", "PATHS", "NOTE"],
+                            &rows
+                        )
                     );
                 }
                 Ok(())

@@ -472,6 +472,129 @@ password = "${file:{dir}/pw}"
     );
 }
 
+/// Files a backup cannot read are not missing silently: the snapshot is
+/// tagged `partial` (restic sees the tag), `backup run` warns with the count
+/// and the first paths, the event is a warning, `backup list` says so; once
+/// they can be read, the next snapshot is whole again.
+#[test]
+fn unreadable_files_make_a_partial_snapshot() {
+    let p = Project::new(
+        r#"
+[backup.files]
+source = { paths = ["{dir}/data"] }
+password = "${file:{dir}/pw}"
+"#,
+    );
+    fs::create_dir_all(p.path("data/private")).unwrap();
+    fs::write(p.path("data/ok.txt"), "fine").unwrap();
+    fs::write(p.path("data/secret.txt"), "hidden").unwrap();
+    fs::write(p.path("data/private/inside.txt"), "hidden too").unwrap();
+    // As root every file is readable: the run drops to `nobody`, who owns the
+    // project but not the two unreadable entries.
+    let root = String::from_utf8(Command::new("id").arg("-u").output().unwrap().stdout)
+        .unwrap()
+        .trim()
+        == "0";
+    if root {
+        let status = Command::new("chown")
+            .args(["-R", "65534:65534"])
+            .arg(p.dir.path())
+            .status()
+            .unwrap();
+        assert!(status.success());
+        for f in ["data/secret.txt", "data/private", "data/private/inside.txt"] {
+            std::os::unix::fs::chown(p.path(f), Some(0), Some(0)).unwrap();
+        }
+    }
+    fs::set_permissions(p.path("data/secret.txt"), fs::Permissions::from_mode(0o000)).unwrap();
+    fs::set_permissions(p.path("data/private"), fs::Permissions::from_mode(0o700)).unwrap();
+    let run = || {
+        let mut cmd = if root {
+            let mut c = Command::new("setpriv");
+            c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+                .arg(BIN);
+            c
+        } else {
+            Command::new(BIN)
+        };
+        let out = cmd
+            .arg("-f")
+            .arg(p.path("steward.toml"))
+            .args(["backup", "run", "--json"])
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, out, err) = run();
+    assert_eq!(code, Some(0), "{out}{err}");
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report[0]["unreadable"], 2, "{out}");
+    assert!(
+        err.contains("partial: 2 file(s)") && err.contains("secret.txt"),
+        "{err}"
+    );
+    assert!(
+        report[0]["snapshot"]["tags"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t == "partial"),
+        "{out}"
+    );
+    let events = common::events(&p.path("state"), "backup.succeeded", Some("files"));
+    let last = events.last().expect("an event");
+    assert_eq!(last.event.severity, "warning");
+    assert!(
+        last.event.message.contains("partial"),
+        "{}",
+        last.event.message
+    );
+    let (_, listed, _) = p.run(&["backup", "list"]);
+    assert!(
+        listed.contains("partial: some files could not be read"),
+        "{listed}"
+    );
+    let snaps: serde_json::Value = serde_json::from_str(&p.restic(
+        p.path("state/objects/files").to_str().unwrap(),
+        &["snapshots", "--json"],
+    ))
+    .unwrap();
+    assert!(
+        snaps[0]["tags"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t == "partial"),
+        "{snaps}"
+    );
+    assert_eq!(
+        snaps.as_array().unwrap().len(),
+        1,
+        "the untagged copy is gone"
+    );
+
+    fs::set_permissions(p.path("data/secret.txt"), fs::Permissions::from_mode(0o644)).unwrap();
+    fs::set_permissions(p.path("data/private"), fs::Permissions::from_mode(0o755)).unwrap();
+    if root {
+        // `backup list` and restic ran as root in between.
+        let status = Command::new("chown")
+            .args(["-R", "65534:65534"])
+            .arg(p.dir.path())
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+    let (code, out, err) = run();
+    assert_eq!(code, Some(0), "{out}{err}");
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report[0]["unreadable"], 0, "{out}");
+    assert!(!err.contains("partial"), "{err}");
+}
+
 /// Snapshots stamped in other time zones (restic stamps local time, and so
 /// does steward): restic buckets each by its time as stamped, and steward
 /// agrees with it on every boundary — hour, day, ISO week, month, year —
