@@ -37,6 +37,12 @@ fn unix_mode(go_mode: u32) -> u32 {
     m
 }
 
+use std::collections::HashMap;
+
+use nix::fcntl::AT_FDCWD;
+use nix::sys::stat::{Mode, SFlag, UtimensatFlags, mknod, utimensat};
+use nix::sys::time::TimeSpec;
+
 fn io_err(what: &str, path: &Path, e: std::io::Error) -> BackupError {
     BackupError::Source(format!("{what} `{}`: {e}", path.display()))
 }
@@ -49,6 +55,10 @@ pub(crate) fn restore_tree<S: IndexedFull + Sync>(
 ) -> Result<(u64, u64), BackupError> {
     let mut dirs: Vec<(PathBuf, Node)> = Vec::new();
     let mut files: Vec<(PathBuf, Node)> = Vec::new();
+    // Hard links: the first path of an inode gets the content, the others
+    // are linked to it once it is written (as restic restores them).
+    let mut first_of_inode: HashMap<(u64, u64), PathBuf> = HashMap::new();
+    let mut links: Vec<(PathBuf, PathBuf)> = Vec::new();
     // /proc/self belongs to the process's effective uid: root restores ownership.
     let as_root = fs::metadata("/proc/self")
         .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
@@ -61,6 +71,17 @@ pub(crate) fn restore_tree<S: IndexedFull + Sync>(
                 fs::create_dir_all(&dest).map_err(|e| io_err("create", &dest, e))?;
                 dirs.push((dest, node));
             }
+            NodeType::File if node.meta.links > 1 && node.meta.inode != 0 => {
+                match first_of_inode.entry((node.meta.device_id, node.meta.inode)) {
+                    std::collections::hash_map::Entry::Occupied(first) => {
+                        links.push((dest, first.get().clone()))
+                    }
+                    std::collections::hash_map::Entry::Vacant(v) => {
+                        v.insert(dest.clone());
+                        files.push((dest, node));
+                    }
+                }
+            }
             NodeType::File => files.push((dest, node)),
             NodeType::Symlink { linktarget, .. } => {
                 if let Some(parent) = dest.parent() {
@@ -71,6 +92,26 @@ pub(crate) fn restore_tree<S: IndexedFull + Sync>(
                     .map_err(|e| io_err("link", &dest, e))?;
                 if as_root {
                     let _ = std::os::unix::fs::lchown(&dest, node.meta.uid, node.meta.gid);
+                }
+                set_times(&node, &dest, UtimensatFlags::NoFollowSymlink)?;
+            }
+            NodeType::Fifo | NodeType::Dev { .. } | NodeType::Chardev { .. } => {
+                if let Some(parent) = dest.parent() {
+                    fs::create_dir_all(parent).map_err(|e| io_err("create", parent, e))?;
+                }
+                let _ = fs::remove_file(&dest);
+                let (kind, dev) = match node.node_type {
+                    NodeType::Dev { device } => (SFlag::S_IFBLK, device),
+                    NodeType::Chardev { device } => (SFlag::S_IFCHR, device),
+                    _ => (SFlag::S_IFIFO, 0),
+                };
+                // Device nodes need root, as for restic; a FIFO does not.
+                if kind == SFlag::S_IFIFO || as_root {
+                    mknod(&dest, kind, Mode::from_bits_truncate(0o600), dev as _)
+                        .map_err(|e| io_err("create", &dest, e.into()))?;
+                    finish(&node, &dest, as_root)?;
+                } else {
+                    tracing::warn!(path = %path.display(), "device node not restored: needs root");
                 }
             }
             other => {
@@ -105,6 +146,10 @@ pub(crate) fn restore_tree<S: IndexedFull + Sync>(
     });
     if let Some(e) = failure.into_inner().expect("failure") {
         return Err(e);
+    }
+    for (dest, first) in &links {
+        let _ = fs::remove_file(dest);
+        fs::hard_link(first, dest).map_err(|e| io_err("link", dest, e))?;
     }
     // Deepest directories first: setting a child's time must not move the parent's.
     dirs.sort_by_key(|(p, _)| std::cmp::Reverse(p.components().count()));
@@ -143,13 +188,23 @@ fn finish(node: &Node, dest: &Path, as_root: bool) -> Result<(), BackupError> {
         fs::set_permissions(dest, fs::Permissions::from_mode(unix_mode(mode)))
             .map_err(|e| io_err("chmod", dest, e))?;
     }
-    if let Some(mtime) = node.meta.mtime {
-        let t: std::time::SystemTime = mtime.into();
-        if let Ok(f) = fs::File::open(dest) {
-            let _ = f.set_modified(t);
-        }
-    }
-    Ok(())
+    set_times(node, dest, UtimensatFlags::FollowSymlink)
+}
+
+/// Access and modification times, set by path: a file restored without read
+/// permission still gets them, and a symlink gets its own (not its target's).
+fn set_times(node: &Node, dest: &Path, follow: UtimensatFlags) -> Result<(), BackupError> {
+    let spec = |t: Option<rustic_core::jiff::Timestamp>| match t {
+        Some(t) => TimeSpec::new(t.as_second(), t.subsec_nanosecond() as _),
+        None => TimeSpec::UTIME_OMIT,
+    };
+    let mtime = spec(node.meta.mtime);
+    let atime = match node.meta.atime {
+        Some(t) => spec(Some(t)),
+        None => mtime,
+    };
+    utimensat(AT_FDCWD, dest, &atime, &mtime, follow)
+        .map_err(|e| io_err("set the times of", dest, e.into()))
 }
 
 #[cfg(test)]

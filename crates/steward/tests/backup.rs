@@ -472,6 +472,166 @@ password = "${file:{dir}/pw}"
     );
 }
 
+/// Everything about an entry that restic restores: type, mode, owner,
+/// modification time (nanoseconds), size, content, link target, and which
+/// other entries are hard links to it.
+fn entries(root: &Path) -> Vec<(String, String)> {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::MetadataExt;
+    let mut out = Vec::new();
+    let mut inodes: std::collections::BTreeMap<u64, String> = Default::default();
+    let mut stack = vec![root.to_path_buf()];
+    let mut all = Vec::new();
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if fs::symlink_metadata(&p).unwrap().is_dir() {
+                stack.push(p.clone());
+            }
+            all.push(p);
+        }
+    }
+    all.sort();
+    for p in all {
+        let m = fs::symlink_metadata(&p).unwrap();
+        let rel = String::from_utf8_lossy(p.strip_prefix(root).unwrap().as_os_str().as_bytes())
+            .escape_debug()
+            .to_string();
+        let ft = m.file_type();
+        let what = if ft.is_symlink() {
+            format!("symlink -> {}", fs::read_link(&p).unwrap().display())
+        } else if ft.is_dir() {
+            "dir".into()
+        } else if ft.is_file() {
+            let first = inodes.entry(m.ino()).or_insert_with(|| rel.clone()).clone();
+            let content = fs::read(&p).unwrap();
+            format!(
+                "file {} bytes, sum {:x}, links {} (first: {first})",
+                content.len(),
+                content
+                    .iter()
+                    .fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(*b as u64)),
+                m.nlink()
+            )
+        } else {
+            format!("special {:o}", m.mode() & 0o170000)
+        };
+        // A symlink's mode is always 777; directories' times are what restic sets last.
+        out.push((
+            rel,
+            format!(
+                "{what}, mode {:o}, owner {}:{}, mtime {}.{:09}",
+                if ft.is_symlink() {
+                    0o777
+                } else {
+                    m.mode() & 0o7777
+                },
+                m.uid(),
+                m.gid(),
+                m.mtime(),
+                m.mtime_nsec()
+            ),
+        ));
+    }
+    out
+}
+
+/// restic and steward restore the same snapshot to the same tree: hard links
+/// (also across folders), symlinks with their own times, a dangling one,
+/// empty folders, folder times, modes with set-uid, odd names, a FIFO, and
+/// — as root — owners.
+#[test]
+fn restore_gives_the_tree_restic_gives() {
+    use nix::sys::stat::{Mode, UtimensatFlags, utimensat};
+    use nix::sys::time::TimeSpec;
+    let p = Project::new(
+        r#"
+[backup.tree]
+source = { paths = ["{dir}/data"] }
+password = "${file:{dir}/pw}"
+"#,
+    );
+    let d = p.path("data");
+    fs::create_dir_all(d.join("sub/deeper")).unwrap();
+    fs::create_dir_all(d.join("empty")).unwrap();
+    fs::write(d.join("a.txt"), "alpha").unwrap();
+    fs::hard_link(d.join("a.txt"), d.join("a-again.txt")).unwrap();
+    fs::hard_link(d.join("a.txt"), d.join("sub/deeper/a-elsewhere.txt")).unwrap();
+    fs::write(d.join("sub/b.bin"), vec![7u8; 70_000]).unwrap();
+    fs::write(d.join("setuid"), "#!/bin/sh\n").unwrap();
+    fs::set_permissions(d.join("setuid"), fs::Permissions::from_mode(0o4755)).unwrap();
+    fs::set_permissions(d.join("a.txt"), fs::Permissions::from_mode(0o640)).unwrap();
+    fs::write(d.join("with space & ünïcödé"), "names").unwrap();
+    fs::write(d.join("new\nline"), "names").unwrap();
+    std::os::unix::fs::symlink("a.txt", d.join("to-a")).unwrap();
+    std::os::unix::fs::symlink("/nowhere/at/all", d.join("dangling")).unwrap();
+    nix::unistd::mkfifo(&d.join("fifo"), Mode::from_bits_truncate(0o640)).unwrap();
+    let root = String::from_utf8(Command::new("id").arg("-u").output().unwrap().stdout)
+        .unwrap()
+        .trim()
+        == "0";
+    if root {
+        std::os::unix::fs::lchown(d.join("sub/b.bin"), Some(1234), Some(5678)).unwrap();
+        std::os::unix::fs::lchown(d.join("to-a"), Some(4321), Some(8765)).unwrap();
+    }
+    // Distinct times, nanoseconds included; folders last (their contents move them).
+    let mut when = 1_600_000_000i64;
+    let mut stamp = |path: &Path, follow: UtimensatFlags| {
+        when += 86_400 + 17;
+        let t = TimeSpec::new(when, 123_456_789);
+        utimensat(nix::fcntl::AT_FDCWD, path, &t, &t, follow).unwrap();
+    };
+    for f in [
+        "a.txt",
+        "sub/b.bin",
+        "setuid",
+        "with space & ünïcödé",
+        "new\nline",
+        "fifo",
+    ] {
+        stamp(&d.join(f), UtimensatFlags::FollowSymlink);
+    }
+    for l in ["to-a", "dangling"] {
+        stamp(&d.join(l), UtimensatFlags::NoFollowSymlink);
+    }
+    for dir in ["sub/deeper", "sub", "empty"] {
+        stamp(&d.join(dir), UtimensatFlags::FollowSymlink);
+    }
+    let original = entries(&d);
+    p.ok(&["backup", "run"]);
+    let repo = p.path("state/objects/tree");
+    p.restic(
+        repo.to_str().unwrap(),
+        &[
+            "restore",
+            "latest",
+            "--target",
+            p.path("by-restic").to_str().unwrap(),
+        ],
+    );
+    p.ok(&[
+        "backup",
+        "restore",
+        "tree",
+        "--target",
+        p.path("by-steward").to_str().unwrap(),
+    ]);
+    let under = |target: &str| p.path(target).join(d.strip_prefix("/").unwrap());
+    let by_restic = entries(&under("by-restic"));
+    let by_steward = entries(&under("by-steward"));
+    assert!(by_restic.len() >= 13, "{by_restic:#?}");
+    for ((path, restic), (spath, steward)) in by_restic.iter().zip(&by_steward) {
+        assert_eq!(path, spath, "the same entries");
+        assert_eq!(
+            restic, steward,
+            "{path}: restic restores it so, steward otherwise"
+        );
+    }
+    assert_eq!(by_restic.len(), by_steward.len());
+    // And both are the tree that was backed up.
+    assert_eq!(by_steward, original);
+}
+
 /// Files a backup cannot read are not missing silently: the snapshot is
 /// tagged `partial` (restic sees the tag), `backup run` warns with the count
 /// and the first paths, the event is a warning, `backup list` says so; once
