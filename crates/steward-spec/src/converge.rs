@@ -377,6 +377,53 @@ pub(crate) struct RawConverge {
     pub(crate) exec: Vec<Spanned<RawExec>>,
 }
 
+/// Whether two `line` resources on one file undo each other, and how: one's
+/// regexp (or exact line) takes the other's line away or rewrites it.
+fn lines_fight(a: &ResourceKind, b: &ResourceKind) -> Option<String> {
+    let (
+        ResourceKind::Line {
+            path: pa,
+            line: la,
+            regexp: ra,
+            ensure: ea,
+        },
+        ResourceKind::Line {
+            path: pb,
+            line: lb,
+            regexp: rb,
+            ensure: eb,
+        },
+    ) = (a, b)
+    else {
+        return None;
+    };
+    if pa != pb {
+        return None;
+    }
+    let present = |e: &Ensure| *e != Ensure::Absent;
+    // Whether a resource rewrites or removes `other`: its regexp matches it
+    // (without a regexp, only its exact line is its own).
+    let touches = |re: &Option<String>, own: &str, other: &str| match re {
+        Some(re) => regex::Regex::new(re).is_ok_and(|r| r.is_match(other)),
+        None => own == other,
+    };
+    match (present(ea), present(eb)) {
+        // One removes what the other adds.
+        (false, true) if touches(ra, la, lb) => {
+            Some(format!("one removes `{lb}`, which the other adds"))
+        }
+        (true, false) if touches(rb, lb, la) => {
+            Some(format!("one removes `{la}`, which the other adds"))
+        }
+        // Each rewrites the other's line into its own (a line already
+        // present is left alone, so one-sided overlap settles after a run).
+        (true, true) if la != lb && touches(ra, la, lb) && touches(rb, lb, la) => Some(format!(
+            "each rewrites the other's line (`{la}` and `{lb}`) into its own"
+        )),
+        _ => None,
+    }
+}
+
 /// A resource under construction: its model plus the spans of its references.
 struct Pending {
     /// Which file it was written in: 0 the spec, 1.. included files in order.
@@ -992,6 +1039,26 @@ fn finish_set(
                 "conflicting edit",
                 Some(format!("put the line into `{owner}` instead")),
             );
+        }
+    }
+
+    // Two line edits of one file that undo each other: each apply would
+    // change the file twice and never settle.
+    for (i, a) in pend.iter().enumerate() {
+        for b in &pend[i + 1..] {
+            if let Some(why) = lines_fight(&a.res.kind, &b.res.kind) {
+                for (me, other) in [(a, b), (b, a)] {
+                    dg(d, extra, me.src).error(
+                        me.span.clone(),
+                        format!(
+                            "`{}` and `{}` (line {}) fight over the same lines: {why}",
+                            me.res.id, other.res.id, other.res.line
+                        ),
+                        "fights another line edit",
+                        Some("make the regexps match only their own line, or merge the two".into()),
+                    );
+                }
+            }
         }
     }
 
