@@ -10,8 +10,12 @@ use crate::fsx::Target;
 /// What steward knows about the machine (and, under `--root`, the root's OS).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Facts {
-    /// Host name (the root's `/etc/hostname` under `--root`, when it has one).
+    /// Host name, short, as Ansible's `ansible_hostname` (the part before the
+    /// first dot; the root's `/etc/hostname` under `--root`).
     pub hostname: String,
+    /// Fully qualified name, as Ansible's `ansible_fqdn` (Python's
+    /// `socket.getfqdn()`); under `--root`, the root's `/etc/hostname`.
+    pub fqdn: String,
     /// `/etc/os-release` of the target, lowercased keys (`id`, `version_id`,
     /// `version_codename`, `pretty_name`, …).
     pub os: BTreeMap<String, String>,
@@ -33,15 +37,14 @@ impl Facts {
     /// Reads the facts of a target.
     pub fn gather(target: &Target) -> Facts {
         let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
-        let mut hostname = read(Path::new("/proc/sys/kernel/hostname"))
+        let node = read(Path::new("/proc/sys/kernel/hostname"))
             .trim()
             .to_string();
-        if !target.is_host() {
-            let h = read(&target.path(Path::new("/etc/hostname")));
-            if !h.trim().is_empty() {
-                hostname = h.trim().to_string();
-            }
-        }
+        let (node, fqdn) = match read(&target.path(Path::new("/etc/hostname"))).trim() {
+            h if !target.is_host() && !h.is_empty() => (h.to_string(), h.to_string()),
+            _ => (node.clone(), getfqdn(&node)),
+        };
+        let hostname = node.split('.').next().unwrap_or_default().to_string();
         let mut os_release = read(&target.path(Path::new("/etc/os-release")));
         if os_release.is_empty() {
             os_release = read(&target.path(Path::new("/usr/lib/os-release")));
@@ -76,6 +79,7 @@ impl Facts {
         ipv6.sort();
         Facts {
             hostname,
+            fqdn,
             os,
             arch: std::env::consts::ARCH.to_string(),
             kernel: read(Path::new("/proc/sys/kernel/osrelease"))
@@ -89,4 +93,35 @@ impl Facts {
             ipv6,
         }
     }
+}
+
+/// Python's `socket.getfqdn()` (what Ansible reports as `ansible_fqdn`): the
+/// name's address, and that address's names — `/etc/hosts` first, as the
+/// system resolver does, then DNS — the first with a dot, else the first;
+/// the name itself when nothing resolves.
+fn getfqdn(name: &str) -> String {
+    use std::net::ToSocketAddrs;
+    let Some(addr) = (name, 0)
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+        .map(|a| a.ip())
+    else {
+        return name.to_string();
+    };
+    let hosts = std::fs::read_to_string("/etc/hosts").unwrap_or_default();
+    let names: Vec<String> = hosts
+        .lines()
+        .map(|l| l.split('#').next().unwrap_or_default())
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|f| f.len() > 1 && f[0].parse::<std::net::IpAddr>().ok() == Some(addr))
+        .map(|f| f[1..].iter().map(|n| n.to_string()).collect())
+        .or_else(|| dns_lookup::lookup_addr(&addr).ok().map(|n| vec![n]))
+        .unwrap_or_default();
+    names
+        .iter()
+        .find(|n| n.contains('.'))
+        .or(names.first())
+        .cloned()
+        .unwrap_or_else(|| name.to_string())
 }

@@ -637,3 +637,94 @@ proptest! {
         prop_assert_eq!(again.count(Status::Changed), 0);
     }
 }
+
+/// The facts templates use are the ones Ansible gathers on the same host:
+/// Debian's ansible-core (installed by the test bed) runs its `setup` module
+/// here and each fact is compared with what steward gathers.
+#[test]
+fn facts_are_what_ansible_gathers_on_this_host() {
+    let out = std::process::Command::new("ansible")
+        .args(["localhost", "-c", "local", "-m", "setup"])
+        .env("ANSIBLE_LOCALHOST_WARNING", "false")
+        .env("ANSIBLE_INVENTORY_UNPARSED_WARNING", "false")
+        .env("ANSIBLE_NOCOLOR", "1")
+        .output()
+        .expect("ansible (scripts/testbed install)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doc: serde_json::Value = serde_json::from_str(&text[text.find('{').unwrap()..]).unwrap();
+    let a = &doc["ansible_facts"];
+    let f = steward_converge::Facts::gather(&Target::host());
+    let sorted = |v: &serde_json::Value| {
+        let mut l: Vec<String> = v
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_str().unwrap().to_string())
+            .collect();
+        l.sort();
+        l
+    };
+    let pairs: Vec<(&str, String, String)> = vec![
+        (
+            "hostname",
+            f.hostname.clone(),
+            a["ansible_hostname"].as_str().unwrap().into(),
+        ),
+        (
+            "fqdn",
+            f.fqdn.clone(),
+            a["ansible_fqdn"].as_str().unwrap().into(),
+        ),
+        (
+            "arch",
+            f.arch.clone(),
+            a["ansible_architecture"].as_str().unwrap().into(),
+        ),
+        (
+            "kernel",
+            f.kernel.clone(),
+            a["ansible_kernel"].as_str().unwrap().into(),
+        ),
+        (
+            "cpus",
+            f.cpus.to_string(),
+            a["ansible_processor_nproc"].to_string(),
+        ),
+        (
+            "memory_mb",
+            f.memory_mb.to_string(),
+            a["ansible_memtotal_mb"].to_string(),
+        ),
+        (
+            "os.id",
+            f.os["id"].clone(),
+            a["ansible_distribution"].as_str().unwrap().to_lowercase(),
+        ),
+        (
+            "os.version_codename",
+            f.os["version_codename"].clone(),
+            a["ansible_distribution_release"].as_str().unwrap().into(),
+        ),
+        (
+            "ipv4",
+            f.ipv4.join(" "),
+            sorted(&a["ansible_all_ipv4_addresses"]).join(" "),
+        ),
+        (
+            "ipv6",
+            f.ipv6.join(" "),
+            sorted(&a["ansible_all_ipv6_addresses"]).join(" "),
+        ),
+    ];
+    let differ: Vec<String> = pairs
+        .iter()
+        .filter(|(_, ours, theirs)| ours != theirs)
+        .map(|(k, ours, theirs)| format!("facts.{k}: steward `{ours}`, Ansible `{theirs}`"))
+        .collect();
+    assert!(differ.is_empty(), "{}", differ.join("\n"));
+}
