@@ -385,6 +385,16 @@ fn gatus_result(o: &serde_json::Value) -> steward_spec::Observed {
     r
 }
 
+/// Gatus's own condition scenarios, carried over as data (the file names its origin).
+fn gatus_cases() -> Vec<serde_json::Value> {
+    let raw = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/gatus-conditions.json"),
+    )
+    .unwrap();
+    let doc: serde_json::Value = serde_json::from_str(&raw).unwrap();
+    doc["cases"].as_array().unwrap().clone()
+}
+
 /// Where steward decides a Gatus case differently on purpose, and why.
 const DELIBERATE: &[(&str, &str)] = &[(
     "no-placeholders",
@@ -396,12 +406,7 @@ const DELIBERATE: &[(&str, &str)] = &[(
 /// verdict in steward, except the deliberate differences listed above.
 #[test]
 fn conditions_decide_as_gatus_does_on_its_own_test_cases() {
-    let raw = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/gatus-conditions.json"),
-    )
-    .unwrap();
-    let doc: serde_json::Value = serde_json::from_str(&raw).unwrap();
-    let cases = doc["cases"].as_array().unwrap();
+    let cases = gatus_cases();
     assert!(cases.len() >= 90);
     let mut wrong = Vec::new();
     for c in cases {
@@ -854,21 +859,7 @@ const GATUS_RULES: &[(&str, &str, bool, bool, &str)] = &[
 
 #[test]
 fn conditions_follow_gatus_rules_beyond_its_tests() {
-    assert!(
-        GATUS_RULES.len()
-            + serde_json::from_str::<serde_json::Value>(
-                &std::fs::read_to_string(
-                    Path::new(env!("CARGO_MANIFEST_DIR"))
-                        .join("tests/fixtures/gatus-conditions.json")
-                )
-                .unwrap()
-            )
-            .unwrap()["cases"]
-                .as_array()
-                .unwrap()
-                .len()
-            >= 80
-    );
+    assert!(GATUS_RULES.len() + gatus_cases().len() >= 80);
     let mut wrong = Vec::new();
     for (text, observed, steward, gatus, rule) in GATUS_RULES {
         assert_eq!(

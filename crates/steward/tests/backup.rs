@@ -63,6 +63,45 @@ impl Project {
         self.restic_in("UTC", repo, args)
     }
 
+    /// The snapshots backup `name` keeps under `policy` (a `keep` table's
+    /// body), as steward's `forget --dry-run` says and as restic's does on the
+    /// same repository: (steward's, restic's).
+    fn kept_by_both(&self, name: &str, policy: &str) -> (BTreeSet<String>, BTreeSet<String>) {
+        self.spec(&format!(
+            "[backup.{name}]\nsource = {{ paths = [\"{{dir}}/data\"] }}\npassword = \"${{file:{{dir}}/pw}}\"\nkeep = {{ {policy} }}\n"
+        ));
+        let ours = self.json(&["backup", "forget", "--dry-run", "--json"]);
+        let ours: BTreeSet<String> = ours[0]["snapshots"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| s["keep"] == true)
+            .map(|s| s["id"].as_str().unwrap().to_string())
+            .collect();
+        // restic's default grouping (host and paths): one group, as steward's.
+        let tag = format!("steward:{name}");
+        let mut args = vec!["forget", "--dry-run", "--json", "--tag", &tag];
+        let flags: Vec<String> = policy
+            .split(", ")
+            .flat_map(|kv| {
+                let (k, v) = kv.split_once(" = ").unwrap();
+                [format!("--keep-{k}"), v.trim_matches('"').to_string()]
+            })
+            .collect();
+        args.extend(flags.iter().map(String::as_str));
+        let repo = self.path(&format!("state/objects/{name}"));
+        let theirs: serde_json::Value =
+            serde_json::from_str(&self.restic(repo.to_str().unwrap(), &args)).unwrap();
+        let theirs: BTreeSet<String> = theirs
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|g| g["keep"].as_array().cloned().unwrap_or_default())
+            .map(|s| s["id"].as_str().unwrap().to_string())
+            .collect();
+        (ours, theirs)
+    }
+
     /// restic run in time zone `tz` (its `--time` and its stamps are local).
     fn restic_in(&self, tz: &str, repo: &str, args: &[&str]) -> String {
         let out = Command::new("restic")
@@ -828,34 +867,7 @@ password = "${file:{dir}/pw}"
         "last = 1, hourly = 3, daily = 2",
     ];
     for policy in policies {
-        p.spec(&format!(
-            "[backup.tz]\nsource = {{ paths = [\"{{dir}}/data\"] }}\npassword = \"${{file:{{dir}}/pw}}\"\nkeep = {{ {policy} }}\n"
-        ));
-        let ours = p.json(&["backup", "forget", "--dry-run", "--json"]);
-        let ours: BTreeSet<String> = ours[0]["snapshots"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|s| s["keep"] == true)
-            .map(|s| s["id"].as_str().unwrap().to_string())
-            .collect();
-        let mut args = vec!["forget", "--dry-run", "--json", "--tag", "steward:tz"];
-        let flags: Vec<String> = policy
-            .split(", ")
-            .flat_map(|kv| {
-                let (k, v) = kv.split_once(" = ").unwrap();
-                [format!("--keep-{k}"), v.to_string()]
-            })
-            .collect();
-        args.extend(flags.iter().map(String::as_str));
-        let theirs: serde_json::Value = serde_json::from_str(&p.restic(repo, &args)).unwrap();
-        let theirs: BTreeSet<String> = theirs
-            .as_array()
-            .unwrap()
-            .iter()
-            .flat_map(|g| g["keep"].as_array().cloned().unwrap_or_default())
-            .map(|s| s["id"].as_str().unwrap().to_string())
-            .collect();
+        let (ours, theirs) = p.kept_by_both("tz", policy);
         assert_eq!(ours, theirs, "policy {policy}");
     }
 }
@@ -911,35 +923,7 @@ password = "${file:{dir}/pw}"
         "last = 2, weekly = 5, within = \"30d\"",
     ];
     for policy in policies {
-        p.spec(&format!(
-            "[backup.ret]\nsource = {{ paths = [\"{{dir}}/data\"] }}\npassword = \"${{file:{{dir}}/pw}}\"\nkeep = {{ {policy} }}\n"
-        ));
-        let ours = p.json(&["backup", "forget", "--dry-run", "--json"]);
-        let ours: BTreeSet<String> = ours[0]["snapshots"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|s| s["keep"] == true)
-            .map(|s| s["id"].as_str().unwrap().to_string())
-            .collect();
-        // restic's default grouping (host and paths): one group, as steward's.
-        let mut args = vec!["forget", "--dry-run", "--json", "--tag", "steward:ret"];
-        let flags: Vec<String> = policy
-            .split(", ")
-            .flat_map(|kv| {
-                let (k, v) = kv.split_once(" = ").unwrap();
-                [format!("--keep-{k}"), v.trim_matches('"').to_string()]
-            })
-            .collect();
-        args.extend(flags.iter().map(String::as_str));
-        let theirs: serde_json::Value = serde_json::from_str(&p.restic(repo, &args)).unwrap();
-        let theirs: BTreeSet<String> = theirs
-            .as_array()
-            .unwrap()
-            .iter()
-            .flat_map(|g| g["keep"].as_array().cloned().unwrap_or_default())
-            .map(|s| s["id"].as_str().unwrap().to_string())
-            .collect();
+        let (ours, theirs) = p.kept_by_both("ret", policy);
         assert_eq!(ours, theirs, "policy {policy}");
     }
     // And forgetting for real removes exactly what the dry run said.

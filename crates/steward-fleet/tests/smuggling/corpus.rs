@@ -32,6 +32,12 @@ impl Case {
         self.strict = Some(why);
         self
     }
+
+    /// Strict when there is a reason.
+    fn strict_if(mut self, why: Option<&'static str>) -> Self {
+        self.strict = why;
+        self
+    }
 }
 
 /// A request with `fields` (each ending in CRLF) and `body`.
@@ -433,10 +439,7 @@ fn transfer_encoding_values(c: &mut Vec<Case>) {
             format!("te-{name}"),
             req("POST / HTTP/1.1", &format!("Host: a\r\n{line}"), &body),
         );
-        c.push(match why {
-            Some(w) => alone.strict(w),
-            None => alone,
-        });
+        c.push(alone.strict_if(*why));
         let with_cl = case(
             format!("te-{name}-with-cl"),
             req(
@@ -668,10 +671,7 @@ fn chunk_sizes_and_extensions(c: &mut Vec<Case>) {
         let mut body = format!("{size}\r\nhello\r\n").into_bytes();
         body.extend_from_slice(tail.as_bytes());
         let k = case(format!("chunk-{name}"), chunked(&body));
-        c.push(match why {
-            Some(w) => k.strict(w),
-            None => k,
-        });
+        c.push(k.strict_if(*why));
     }
     c.push(
         case(
@@ -783,10 +783,7 @@ fn chunk_ends_and_trailers(c: &mut Vec<Case>) {
     ];
     for (name, body, why) in items {
         let k = case(format!("chunk-{name}"), chunked(body));
-        c.push(match why {
-            Some(w) => k.strict(w),
-            None => k,
-        });
+        c.push(k.strict_if(*why));
     }
 }
 
@@ -854,10 +851,7 @@ fn request_lines(c: &mut Vec<Case>) {
         bytes.extend_from_slice(h.as_bytes());
         bytes.extend_from_slice(b"\r\n");
         let k = case(format!("line-{name}"), &bytes);
-        c.push(match why {
-            Some(w) => k.strict(w),
-            None => k,
-        });
+        c.push(k.strict_if(*why));
     }
     c.push(case("line-lf-only-head", b"GET / HTTP/1.1\nHost: a\n\n"));
     c.push(case(
@@ -917,10 +911,7 @@ fn fields(c: &mut Vec<Case>) {
         bytes.extend_from_slice(b"Content-Length: 5\r\n\r\nhello");
         bytes.extend_from_slice(GET2.as_bytes());
         let k = case(format!("field-{name}"), &bytes);
-        c.push(match why {
-            Some(w) => k.strict(w),
-            None => k,
-        });
+        c.push(k.strict_if(*why));
     }
     c.push(case("field-too-many", {
         let mut f = String::from("Host: a\r\n");
@@ -972,10 +963,7 @@ fn hosts(c: &mut Vec<Case>) {
     ];
     for (name, f, why) in items {
         let k = case(format!("host-{name}"), req("GET / HTTP/1.1", f, b""));
-        c.push(match why {
-            Some(w) => k.strict(w),
-            None => k,
-        });
+        c.push(k.strict_if(*why));
     }
     c.push(
         case(
