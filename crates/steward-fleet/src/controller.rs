@@ -555,6 +555,7 @@ impl ServiceLoop {
         let input = Input {
             now,
             target: target.clone(),
+            previous: row.previous.clone(),
             desired,
             rollout: self.svc.rollout,
             promoted: row.promoted,

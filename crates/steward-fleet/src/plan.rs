@@ -67,6 +67,9 @@ pub struct Input {
     pub now: i64,
     /// The version instances should run.
     pub target: String,
+    /// The version before it (where a rollback goes): its parked instances
+    /// are the ones kept.
+    pub previous: Option<String>,
     /// How many instances should run.
     pub desired: u32,
     /// Rollout parameters.
@@ -389,13 +392,23 @@ pub fn decide(input: &Input) -> Decision {
             extra -= 1;
         }
     }
-    // Keep parked instances of one version only: the one before the target.
+    // Keep parked instances of one version only: the one before the target
+    // (where a rollback goes), else the newest parked one.
+    let parked_old = || {
+        input
+            .instances
+            .iter()
+            .filter(|v| v.phase == Phase::Parked && !is_new(v))
+    };
     let keep_parked = input
-        .instances
-        .iter()
-        .filter(|v| v.phase == Phase::Parked && !is_new(v))
-        .max_by_key(|v| v.created_ms)
-        .map(|v| v.digest.clone());
+        .previous
+        .clone()
+        .filter(|p| parked_old().any(|v| &v.digest == p))
+        .or_else(|| {
+            parked_old()
+                .max_by_key(|v| v.created_ms)
+                .map(|v| v.digest.clone())
+        });
     for v in input
         .instances
         .iter()
@@ -488,6 +501,7 @@ mod tests {
         Input {
             now: 1_000_000,
             target: "B".into(),
+            previous: None,
             desired: 2,
             rollout: rollout(),
             promoted: true,
@@ -610,6 +624,44 @@ mod tests {
             .filter(|a| matches!(a, Action::Revive { .. }))
             .count();
         assert_eq!(revived, 2, "{d:?}");
+    }
+
+    /// Deploy B over A, roll back to A, deploy C: A's parked instances (the
+    /// version a rollback now goes to) are kept, though B's are newer.
+    #[test]
+    fn the_previous_versions_parked_instances_are_kept() {
+        let mut older = v("a1", "A", Phase::Parked);
+        older.created_ms = 100;
+        let mut newer = v("b1", "B", Phase::Parked);
+        newer.created_ms = 500;
+        let mut i = input(vec![older, newer, v("c1", "C", LONG_READY)]);
+        i.target = "C".into();
+        i.previous = Some("A".into());
+        i.deploy_started = None;
+        i.desired = 1;
+        let d = decide(&i);
+        let destroyed: Vec<&str> = d
+            .actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Destroy { id, .. } => Some(id.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            destroyed,
+            ["b1"],
+            "A's parked instance stays for a rollback"
+        );
+        i.previous = None;
+        let d = decide(&i);
+        assert!(
+            d.actions.contains(&Action::Destroy {
+                id: "a1".into(),
+                reason: "parked instance of an older version".into()
+            }),
+            "without a known previous version the newest parked one stays: {d:?}"
+        );
     }
 
     #[test]

@@ -389,6 +389,26 @@ fn up_rolls_a_new_version_out_under_load_and_rolls_back_instantly() {
         assert!(out.contains(kind), "{out}");
     }
     assert_eq!(out.matches("succeeded").count(), 3, "{out}");
+
+    // Deploy v3 over v1: the parked instances kept are v1's (where a rollback
+    // now goes), not v2's though those are newer; rolling back revives them.
+    std::fs::write(p.root.join("base/etc/release"), "v3\n").unwrap();
+    let (code, out, err) = p.steward(&["deploy", "api"]);
+    assert_eq!(code, 0, "deploy failed:\n{out}\n{err}");
+    let v3 = p.target();
+    assert!(v3 != v1 && v3 != v2);
+    wait_long("only v1's instances parked", || {
+        let parked = p.instances("parked");
+        parked.len() == 2 && parked.iter().all(|(_, d)| d == &v1)
+    });
+    let (code, out, err) = p.steward(&["rollback", "api"]);
+    assert_eq!(code, 0, "rollback failed:\n{out}\n{err}");
+    p.wait_ready(2, Some(&v1));
+    assert_eq!(
+        events(&p.state(), "fleet.instance_revived", Some("api")).len(),
+        4,
+        "the second rollback revived v1's parked instances too"
+    );
     drop(up);
 }
 
