@@ -122,6 +122,14 @@ impl Project {
     }
 }
 
+/// Whether the tests run as root (who can read any file and own any).
+fn is_root() -> bool {
+    String::from_utf8(Command::new("id").arg("-u").output().unwrap().stdout)
+        .unwrap()
+        .trim()
+        == "0"
+}
+
 /// Every file under `dir`, with its content, relative to `dir`.
 fn tree(dir: &Path) -> Vec<(String, Vec<u8>)> {
     let mut out = Vec::new();
@@ -605,10 +613,7 @@ password = "${file:{dir}/pw}"
     std::os::unix::fs::symlink("a.txt", d.join("to-a")).unwrap();
     std::os::unix::fs::symlink("/nowhere/at/all", d.join("dangling")).unwrap();
     nix::unistd::mkfifo(&d.join("fifo"), Mode::from_bits_truncate(0o640)).unwrap();
-    let root = String::from_utf8(Command::new("id").arg("-u").output().unwrap().stdout)
-        .unwrap()
-        .trim()
-        == "0";
+    let root = is_root();
     if root {
         std::os::unix::fs::lchown(d.join("sub/b.bin"), Some(1234), Some(5678)).unwrap();
         std::os::unix::fs::lchown(d.join("to-a"), Some(4321), Some(8765)).unwrap();
@@ -690,10 +695,7 @@ password = "${file:{dir}/pw}"
     fs::write(p.path("data/private/inside.txt"), "hidden too").unwrap();
     // As root every file is readable: the run drops to `nobody`, who owns the
     // project but not the two unreadable entries.
-    let root = String::from_utf8(Command::new("id").arg("-u").output().unwrap().stdout)
-        .unwrap()
-        .trim()
-        == "0";
+    let root = is_root();
     if root {
         let status = Command::new("chown")
             .args(["-R", "65534:65534"])
