@@ -288,60 +288,46 @@ impl Text {
     /// This is what validation does, so a refused spec — or `validate` — leaves
     /// the disk as it was.
     pub fn check(&self, resolver: &dyn Resolver) -> Result<(), SecretError> {
-        for p in pieces(&self.raw)? {
-            match p {
-                Piece::Lit(_) => {}
-                Piece::Ref(Reference::Env(n)) => {
-                    resolver.env(&n).ok_or(SecretError::MissingEnv(n))?;
-                }
-                Piece::Ref(Reference::File(path)) => {
-                    resolver
-                        .file(&self.located(&path))
-                        .map_err(|reason| SecretError::File { path, reason })?;
-                }
-                Piece::Ref(Reference::Generated(path)) => {
-                    let at = self.located(&path);
-                    if at.exists() {
-                        resolver
-                            .file(&at)
-                            .map_err(|reason| SecretError::File { path, reason })?;
-                    }
-                }
-            }
-        }
-        Ok(())
+        self.expand(resolver, false).map(drop)
     }
 
     /// Resolves every reference now.
     pub fn resolve(&self, resolver: &dyn Resolver) -> Result<Secret, SecretError> {
+        self.expand(resolver, true).map(Secret)
+    }
+
+    /// The text with its references replaced. Without `generate`, a
+    /// `${generated:…}` file that does not exist yet stays unmade (and empty).
+    fn expand(&self, resolver: &dyn Resolver, generate: bool) -> Result<String, SecretError> {
         let mut out = String::with_capacity(self.raw.len());
         for p in pieces(&self.raw)? {
-            match p {
-                Piece::Lit(s) => out.push_str(s),
+            let content = match p {
+                Piece::Lit(s) => {
+                    out.push_str(s);
+                    continue;
+                }
                 Piece::Ref(Reference::Env(n)) => {
-                    out.push_str(&resolver.env(&n).ok_or(SecretError::MissingEnv(n))?)
+                    out.push_str(&resolver.env(&n).ok_or(SecretError::MissingEnv(n))?);
+                    continue;
                 }
-                Piece::Ref(Reference::File(path)) => {
-                    let content = resolver.file(&self.located(&path)).map_err(|reason| {
-                        SecretError::File {
-                            path: path.clone(),
-                            reason,
-                        }
-                    })?;
-                    out.push_str(content.strip_suffix('\n').unwrap_or(&content));
-                }
+                Piece::Ref(Reference::File(path)) => resolver
+                    .file(&self.located(&path))
+                    .map_err(|reason| SecretError::File { path, reason })?,
                 Piece::Ref(Reference::Generated(path)) => {
-                    let content = resolver.generated(&self.located(&path)).map_err(|reason| {
-                        SecretError::File {
-                            path: path.clone(),
-                            reason,
-                        }
-                    })?;
-                    out.push_str(content.strip_suffix('\n').unwrap_or(&content));
+                    let at = self.located(&path);
+                    let read = if generate {
+                        resolver.generated(&at)
+                    } else if at.exists() {
+                        resolver.file(&at)
+                    } else {
+                        Ok(String::new())
+                    };
+                    read.map_err(|reason| SecretError::File { path, reason })?
                 }
-            }
+            };
+            out.push_str(content.strip_suffix('\n').unwrap_or(&content));
         }
-        Ok(Secret(out))
+        Ok(out)
     }
 }
 
