@@ -95,11 +95,27 @@ impl Facts {
     }
 }
 
+/// `lookup_fqdn`, once per host name in a process: facts are gathered twice
+/// per converge run and on every drift check, and a reverse DNS lookup can
+/// take seconds.
+fn getfqdn(name: &str) -> String {
+    static KNOWN: std::sync::Mutex<Option<(String, String)>> = std::sync::Mutex::new(None);
+    let mut known = KNOWN.lock().unwrap_or_else(|e| e.into_inner());
+    match &*known {
+        Some((n, fqdn)) if n == name => fqdn.clone(),
+        _ => {
+            let fqdn = lookup_fqdn(name);
+            *known = Some((name.to_string(), fqdn.clone()));
+            fqdn
+        }
+    }
+}
+
 /// Python's `socket.getfqdn()` (what Ansible reports as `ansible_fqdn`): the
 /// name's address, and that address's names — `/etc/hosts` first, as the
 /// system resolver does, then DNS — the first with a dot, else the first;
 /// the name itself when nothing resolves.
-fn getfqdn(name: &str) -> String {
+fn lookup_fqdn(name: &str) -> String {
     use std::net::ToSocketAddrs;
     let Some(addr) = (name, 0)
         .to_socket_addrs()
