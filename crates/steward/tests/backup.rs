@@ -67,9 +67,7 @@ impl Project {
     /// body), as steward's `forget --dry-run` says and as restic's does on the
     /// same repository: (steward's, restic's).
     fn kept_by_both(&self, name: &str, policy: &str) -> (BTreeSet<String>, BTreeSet<String>) {
-        self.spec(&format!(
-            "[backup.{name}]\nsource = {{ paths = [\"{{dir}}/data\"] }}\npassword = \"${{file:{{dir}}/pw}}\"\nkeep = {{ {policy} }}\n"
-        ));
+        self.spec(&format!("{}keep = {{ {policy} }}\n", paths_backup(name)));
         let ours = self.json(&["backup", "forget", "--dry-run", "--json"]);
         let ours: BTreeSet<String> = ours[0]["snapshots"]
             .as_array()
@@ -120,6 +118,13 @@ impl Project {
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
+}
+
+/// A backup `name` of `{dir}/data`, its password in `{dir}/pw`.
+fn paths_backup(name: &str) -> String {
+    format!(
+        "[backup.{name}]\nsource = {{ paths = [\"{{dir}}/data\"] }}\npassword = \"${{file:{{dir}}/pw}}\"\n"
+    )
 }
 
 /// Whether the tests run as root (who can read any file and own any).
@@ -271,13 +276,7 @@ password = "${file:{dir}/pw}"
 
 #[test]
 fn check_names_a_corrupted_pack_and_a_missing_one() {
-    let p = Project::new(
-        r#"
-[backup.files]
-source = { paths = ["{dir}/data"] }
-password = "${file:{dir}/pw}"
-"#,
-    );
+    let p = Project::new(&paths_backup("files"));
     sample_data(&p.path("data"));
     p.ok(&["backup", "run"]);
     p.ok(&["backup", "check", "--read-data"]);
@@ -591,13 +590,7 @@ fn entries(root: &Path) -> Vec<(String, String)> {
 fn restore_gives_the_tree_restic_gives() {
     use nix::sys::stat::{Mode, UtimensatFlags, utimensat};
     use nix::sys::time::TimeSpec;
-    let p = Project::new(
-        r#"
-[backup.tree]
-source = { paths = ["{dir}/data"] }
-password = "${file:{dir}/pw}"
-"#,
-    );
+    let p = Project::new(&paths_backup("tree"));
     let d = p.path("data");
     fs::create_dir_all(d.join("sub/deeper")).unwrap();
     fs::create_dir_all(d.join("empty")).unwrap();
@@ -682,13 +675,7 @@ password = "${file:{dir}/pw}"
 /// they can be read, the next snapshot is whole again.
 #[test]
 fn unreadable_files_make_a_partial_snapshot() {
-    let p = Project::new(
-        r#"
-[backup.files]
-source = { paths = ["{dir}/data"] }
-password = "${file:{dir}/pw}"
-"#,
-    );
+    let p = Project::new(&paths_backup("files"));
     fs::create_dir_all(p.path("data/private")).unwrap();
     fs::write(p.path("data/ok.txt"), "fine").unwrap();
     fs::write(p.path("data/secret.txt"), "hidden").unwrap();
@@ -802,13 +789,7 @@ password = "${file:{dir}/pw}"
 /// whatever time zone steward itself runs in.
 #[test]
 fn retention_agrees_with_restic_across_time_zones() {
-    let mut p = Project::new(
-        r#"
-[backup.tz]
-source = { paths = ["{dir}/data"] }
-password = "${file:{dir}/pw}"
-"#,
-    );
+    let mut p = Project::new(&paths_backup("tz"));
     fs::create_dir_all(p.path("data")).unwrap();
     fs::write(p.path("data/x"), "x").unwrap();
     p.env.push(("TZ".into(), "America/New_York".into()));
@@ -877,13 +858,7 @@ password = "${file:{dir}/pw}"
 /// steward's retention and restic's `forget` agree on the same snapshot list.
 #[test]
 fn retention_keeps_what_restic_keeps() {
-    let p = Project::new(
-        r#"
-[backup.ret]
-source = { paths = ["{dir}/data"] }
-password = "${file:{dir}/pw}"
-"#,
-    );
+    let p = Project::new(&paths_backup("ret"));
     fs::create_dir_all(p.path("data")).unwrap();
     fs::write(p.path("data/x"), "x").unwrap();
     p.ok(&["backup", "run"]); // creates the repository
