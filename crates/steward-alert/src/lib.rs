@@ -9,10 +9,11 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use steward_health::{Board, CheckEvent};
+use steward_health::Board;
 use steward_spec::{Alert, Check, Maintenance, Resolver};
-use steward_state::{Delivery, Health, NewEvent, Store, now_ms};
-use tokio::sync::broadcast;
+use steward_state::{
+    Delivery, Event, EventKind, EventQuery, Health, NewEvent, Severity, Store, now_ms,
+};
 use tokio_util::sync::CancellationToken;
 
 pub use deliver::{Sender, deliver};
@@ -109,7 +110,29 @@ pub fn suppression(
         .map(|d| Suppressed::Dependency(d.clone()))
 }
 
-/// The alerting controller.
+/// The events alerting reads from the log: every move of a check's or a
+/// backup's health. Each carries `from` and `to` healths in its data.
+pub const ALERTED_KINDS: &[EventKind] = &[
+    EventKind::CheckUp,
+    EventKind::CheckDegraded,
+    EventKind::CheckDown,
+    EventKind::BackupSucceeded,
+    EventKind::BackupFailed,
+    EventKind::BackupOverdue,
+    EventKind::DrillFailed,
+];
+
+/// Events read from the log at once.
+const BATCH: usize = 256;
+
+/// The alerting controller: one follower of the event log per channel, each
+/// with a durable cursor, plus reminders.
+///
+/// A follower delivers its channel's notices one at a time in log order and
+/// moves its cursor past an event once every notice for it was delivered or
+/// given up on. So a restart (or a `kill -9`) resumes where it stopped: nothing
+/// is lost however far behind a slow channel falls, and only a delivery in
+/// flight at a crash is sent again — with the same `X-Steward-Event-Id`.
 pub struct Alerter {
     /// Name of the application (in messages).
     pub app: String,
@@ -117,6 +140,8 @@ pub struct Alerter {
     pub alerts: BTreeMap<String, Alert>,
     /// Checks by name.
     pub checks: BTreeMap<String, Arc<Check>>,
+    /// The alert channels of each backup.
+    pub backups: BTreeMap<String, Vec<String>>,
     /// Maintenance windows.
     pub maintenance: Vec<Maintenance>,
     /// State database.
@@ -129,6 +154,9 @@ pub struct Alerter {
     pub retry_delays: Vec<Duration>,
     /// How often reminders are considered.
     pub reminder_tick: Duration,
+    /// How often the log is read when nothing in this process rang (events
+    /// written by another process, e.g. a `steward backup run`).
+    pub poll: Duration,
     /// Delivery counters.
     pub metrics: AlertMetrics,
 }
@@ -140,15 +168,22 @@ pub struct AlertMetrics {
         Vec<(String, String)>,
         prometheus_client::metrics::counter::Counter,
     >,
+    state_errors: prometheus_client::metrics::counter::Counter,
 }
 
 impl AlertMetrics {
-    /// Registers `steward_alert_deliveries_total{alert, outcome}`.
+    /// Registers `steward_alert_deliveries_total{alert, outcome}` and
+    /// `steward_alert_state_errors_total`.
     pub fn register(&self, r: &mut prometheus_client::registry::Registry) {
         r.register(
             "steward_alert_deliveries",
             "Alert delivery attempts by channel and outcome (delivered, retry, failed)",
             self.deliveries.clone(),
+        );
+        r.register(
+            "steward_alert_state_errors",
+            "Reads and writes of the state database alerting could not make (events, cursors, deliveries)",
+            self.state_errors.clone(),
         );
     }
 
@@ -160,6 +195,14 @@ impl AlertMetrics {
             ])
             .inc();
     }
+}
+
+/// How a delivery ended.
+enum Sent {
+    /// Delivered, or given up on after every retry: the event is done.
+    Done,
+    /// Cut short by shutdown: the event is not done and comes again next start.
+    Interrupted,
 }
 
 impl Alerter {
@@ -174,6 +217,11 @@ impl Alerter {
             app: spec.settings.name.clone(),
             alerts: spec.alerts.clone(),
             checks: spec.checks.clone(),
+            backups: spec
+                .backups
+                .values()
+                .map(|b| (b.name.clone(), b.alerts.clone()))
+                .collect(),
             maintenance: spec.maintenance.values().cloned().collect(),
             store,
             board,
@@ -185,7 +233,13 @@ impl Alerter {
                 Duration::from_secs(60),
             ],
             reminder_tick: Duration::from_secs(15),
+            poll: Duration::from_secs(1),
         }
+    }
+
+    /// The cursor name of a channel's follower.
+    pub fn consumer(channel: &str) -> String {
+        format!("alert.{channel}")
     }
 
     fn health_of(&self, name: &str) -> Option<Health> {
@@ -196,56 +250,168 @@ impl Alerter {
             .map(|s| s.health)
     }
 
-    /// Runs until cancelled: transitions become notices, reminders go out on time.
-    pub async fn run(self, mut rx: broadcast::Receiver<CheckEvent>, cancel: CancellationToken) {
+    /// Runs until cancelled: one follower per channel something alerts to, and
+    /// reminders.
+    pub async fn run(self, cancel: CancellationToken) {
         let me = Arc::new(self);
-        let mut last_sent: BTreeMap<String, i64> = me.store.last_delivered().unwrap_or_default();
-        let mut tick = tokio::time::interval(me.reminder_tick);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut inflight = tokio::task::JoinSet::new();
-        loop {
-            tokio::select! {
-                _ = cancel.cancelled() => break,
-                ev = rx.recv() => match ev {
-                    Ok(ev) => {
-                        for n in me.on_transition(&ev) {
-                            last_sent.insert(ev.check.clone(), now_ms());
-                            let me = me.clone();
-                            let c = cancel.clone();
-                            inflight.spawn(async move { me.send_with_retries(n.0, n.1, c).await });
-                        }
-                    }
-                    Err(broadcast::error::RecvError::Lagged(n)) => {
-                        tracing::warn!(missed = n, "alerting fell behind; some transitions were not alerted");
-                        let _ = me.store.append_event(&NewEvent::now(
-                            "alert.lagged", "alerting", "warning",
-                            format!("{n} transitions were not alerted"), serde_json::json!({"missed": n}),
-                        ));
-                    }
-                    Err(broadcast::error::RecvError::Closed) => break,
-                },
-                _ = tick.tick() => {
-                    for (alert, notice) in me.due_reminders(&last_sent) {
-                        last_sent.insert(notice.check.clone(), now_ms());
-                        let me = me.clone();
-                        let c = cancel.clone();
-                        inflight.spawn(async move { me.send_with_retries(alert, notice, c).await });
-                    }
-                }
-                Some(_) = inflight.join_next(), if !inflight.is_empty() => {}
+        let used: std::collections::BTreeSet<&String> = me
+            .checks
+            .values()
+            .flat_map(|c| c.alerts.iter())
+            .chain(me.backups.values().flatten())
+            .filter(|a| me.alerts.contains_key(*a))
+            .collect();
+        let mut tasks = tokio::task::JoinSet::new();
+        for channel in used {
+            tasks.spawn(me.clone().follow(channel.clone(), cancel.clone()));
+        }
+        tasks.spawn(me.clone().remind(cancel.clone()));
+        while let Some(done) = tasks.join_next().await {
+            if let Err(e) = done
+                && e.is_panic()
+            {
+                // Let the supervisor in `serve` see it and start alerting again.
+                std::panic::resume_unwind(e.into_panic());
             }
         }
-        // Give deliveries in flight a moment to finish on shutdown.
-        let _ = tokio::time::timeout(Duration::from_secs(5), async {
-            while inflight.join_next().await.is_some() {}
-        })
-        .await;
     }
 
-    fn suppressed(&self, check: &Check) -> Option<Suppressed> {
-        suppression(check, chrono::Utc::now(), &self.maintenance, &|n| {
-            self.health_of(n)
+    /// Runs a blocking store call off the runtime's threads; an error is
+    /// logged and counted, never dropped silently.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        what: &'static str,
+        f: impl FnOnce(&Store) -> Result<T, steward_state::StateError> + Send + 'static,
+    ) -> Option<T> {
+        let store = self.store.clone();
+        match tokio::task::spawn_blocking(move || f(&store)).await {
+            Ok(Ok(v)) => Some(v),
+            Ok(Err(e)) => {
+                self.metrics.state_errors.inc();
+                tracing::error!(error = %e, "alerting: cannot {what}");
+                None
+            }
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        }
+    }
+
+    /// Follows the event log for one channel, from its cursor.
+    async fn follow(self: Arc<Self>, channel: String, cancel: CancellationToken) {
+        let consumer = Self::consumer(&channel);
+        let mut bell = self.store.event_bell();
+        // A channel seen for the first time starts at the end of the log: it
+        // is not owed the history from before it existed.
+        let mut after = loop {
+            let c = consumer.clone();
+            let start = self
+                .blocking("read the alert cursor", move |s| {
+                    match s.event_cursor(&c)? {
+                        Some(a) => Ok(a),
+                        None => {
+                            let last = s.last_event_id()?;
+                            s.set_event_cursor(&c, last)?;
+                            Ok(last)
+                        }
+                    }
+                })
+                .await;
+            if let Some(a) = start {
+                break a;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(self.poll) => {}
+                _ = cancel.cancelled() => return,
+            }
+        };
+        let mut stored = after;
+        loop {
+            let batch = self
+                .blocking("read the event log", move |s| {
+                    s.events(&EventQuery {
+                        after: Some(after),
+                        kinds: ALERTED_KINDS.to_vec(),
+                        limit: BATCH,
+                        ..EventQuery::default()
+                    })
+                })
+                .await;
+            let batch = match batch {
+                Some(b) if !b.is_empty() => b,
+                other => {
+                    if other.is_some() {
+                        bell.mark_unchanged();
+                    }
+                    tokio::select! {
+                        _ = bell.changed() => {}
+                        _ = tokio::time::sleep(self.poll) => {}
+                        _ = cancel.cancelled() => return,
+                    }
+                    continue;
+                }
+            };
+            for ev in batch {
+                if cancel.is_cancelled() {
+                    break;
+                }
+                let notice = self.notice_for(&channel, &ev);
+                if let Some(notice) = notice {
+                    if let Sent::Interrupted = self.deliver(&channel, notice, &cancel).await {
+                        break;
+                    }
+                    after = ev.id;
+                    // Stored before the next delivery starts: a crash repeats
+                    // at most the one in flight.
+                    if self.save_cursor(&consumer, after).await {
+                        stored = after;
+                    }
+                } else {
+                    after = ev.id;
+                }
+            }
+            if after > stored && self.save_cursor(&consumer, after).await {
+                stored = after;
+            }
+            if cancel.is_cancelled() {
+                return;
+            }
+        }
+    }
+
+    async fn save_cursor(&self, consumer: &str, after: i64) -> bool {
+        let c = consumer.to_string();
+        self.blocking("store the alert cursor", move |s| {
+            s.set_event_cursor(&c, after)
         })
+        .await
+        .is_some()
+    }
+
+    /// Sends reminders while checks stay down.
+    async fn remind(self: Arc<Self>, cancel: CancellationToken) {
+        let mut tick = tokio::time::interval(self.reminder_tick);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = cancel.cancelled() => return,
+            }
+            let Some(last_sent) = self
+                .blocking("read past deliveries", |s| s.last_delivered())
+                .await
+            else {
+                continue;
+            };
+            for (alert, notice) in self.due_reminders(&last_sent) {
+                if let Sent::Interrupted = self.deliver(&alert, notice, &cancel).await {
+                    return;
+                }
+            }
+        }
+    }
+
+    fn suppressed(&self, check: &Check, at: i64) -> Option<Suppressed> {
+        let at = chrono::DateTime::from_timestamp_millis(at).unwrap_or_else(chrono::Utc::now);
+        suppression(check, at, &self.maintenance, &|n| self.health_of(n))
     }
 
     fn record_suppressed(&self, check: &str, why: &Suppressed, event_id: Option<i64>) {
@@ -253,47 +419,64 @@ impl Alerter {
             Suppressed::Maintenance(m) => format!("maintenance window `{m}`"),
             Suppressed::Dependency(d) => format!("`{d}`, which it depends on, is down"),
         };
-        let _ = self.store.append_event(&NewEvent::now(
-            "alert.suppressed",
+        self.record_event(NewEvent::now(
+            EventKind::AlertSuppressed,
             check,
-            "info",
+            Severity::Info,
             format!("alert for {check} held back: {reason}"),
             serde_json::json!({"event_id": event_id}),
         ));
     }
 
-    /// Notices for one transition, one per channel that wants it.
-    fn on_transition(&self, ev: &CheckEvent) -> Vec<(String, Notice)> {
-        let Some(check) = self.checks.get(&ev.check) else {
-            return Vec::new();
-        };
-        let mut out = Vec::new();
-        for name in &check.alerts {
-            let Some(alert) = self.alerts.get(name) else {
-                continue;
-            };
-            let Some(kind) = decide(ev.transition.from, ev.transition.to, alert) else {
-                continue;
-            };
-            if let Some(why) = self.suppressed(check) {
-                self.record_suppressed(&check.name, &why, Some(ev.event_id));
-                continue;
-            }
-            out.push((
-                name.clone(),
-                Notice {
-                    kind,
-                    check: check.name.clone(),
-                    health: ev.transition.to,
-                    previous: ev.transition.from,
-                    since: ev.state.since,
-                    error: ev.state.last.as_ref().and_then(|l| l.error.clone()),
-                    event_id: Some(ev.event_id),
-                    app: self.app.clone(),
-                },
-            ));
+    /// Appends an event of alerting's own; a failure is logged and counted.
+    fn record_event(&self, e: NewEvent) {
+        if let Err(err) = self.store.append_event(&e) {
+            self.metrics.state_errors.inc();
+            tracing::error!(error = %err, kind = %e.kind, "alerting: cannot record an event");
         }
-        out
+    }
+
+    /// The notice an event from the log deserves on one channel, if any.
+    pub fn notice_for(&self, channel: &str, ev: &Event) -> Option<Notice> {
+        let alert = self.alerts.get(channel)?;
+        let health = |k: &str| {
+            ev.event
+                .data
+                .get(k)
+                .and_then(|v| v.as_str())
+                .map(Health::parse)
+        };
+        let (from, to) = (health("from")?, health("to")?);
+        let kind = decide(from, to, alert)?;
+        let subject = &ev.event.subject;
+        let (check, error) = if ev.event.kind.as_str().starts_with("check.") {
+            let check = self.checks.get(subject)?;
+            if !check.alerts.iter().any(|a| a == channel) {
+                return None;
+            }
+            if let Some(why) = self.suppressed(check, ev.event.ts) {
+                self.record_suppressed(&check.name, &why, Some(ev.id));
+                return None;
+            }
+            let error = ev.event.data.get("error").and_then(|v| v.as_str());
+            (check.name.clone(), error.map(str::to_string))
+        } else {
+            if !self.backups.get(subject)?.iter().any(|a| a == channel) {
+                return None;
+            }
+            let error = (to != Health::Up).then(|| ev.event.message.clone());
+            (format!("backup:{subject}"), error)
+        };
+        Some(Notice {
+            kind,
+            check,
+            health: to,
+            previous: from,
+            since: ev.event.ts,
+            error,
+            event_id: Some(ev.id),
+            app: self.app.clone(),
+        })
     }
 
     fn due_reminders(&self, last_sent: &BTreeMap<String, i64>) -> Vec<(String, Notice)> {
@@ -319,7 +502,7 @@ impl Alerter {
                     .copied()
                     .unwrap_or(state.since)
                     .max(state.since);
-                if now - last < every.as_millis_i64() || self.suppressed(check).is_some() {
+                if now - last < every.as_millis_i64() || self.suppressed(check, now).is_some() {
                     continue;
                 }
                 out.push((
@@ -340,14 +523,10 @@ impl Alerter {
         out
     }
 
-    async fn send_with_retries(
-        &self,
-        alert_name: String,
-        notice: Notice,
-        cancel: CancellationToken,
-    ) {
-        let Some(alert) = self.alerts.get(&alert_name) else {
-            return;
+    /// One notice to one channel, retried on the configured delays.
+    async fn deliver(&self, alert_name: &str, notice: Notice, cancel: &CancellationToken) -> Sent {
+        let Some(alert) = self.alerts.get(alert_name) else {
+            return Sent::Done;
         };
         let mut attempt = 0u32;
         loop {
@@ -355,46 +534,46 @@ impl Alerter {
             let res = self.sender.send(&alert.channel, &notice).await;
             let ok = res.is_ok();
             let error = res.err();
-            if let Err(e) = self.store.record_delivery(&Delivery {
+            let delivery = Delivery {
                 ts: now_ms(),
-                alert: alert_name.clone(),
+                alert: alert_name.to_string(),
                 check: notice.check.clone(),
                 event_id: notice.event_id,
                 attempt,
                 ok,
                 error: error.clone(),
-            }) {
-                tracing::warn!(error = %e, "cannot record alert delivery");
-            }
+            };
+            self.blocking("record a delivery", move |s| s.record_delivery(&delivery))
+                .await;
             if ok {
-                self.metrics.count(&alert_name, "delivered");
+                self.metrics.count(alert_name, "delivered");
                 tracing::info!(alert = %alert_name, check = %notice.check, kind = notice.kind.as_str(), attempt, "alert delivered");
-                let _ = self.store.append_event(&NewEvent::now(
-                    "alert.sent",
+                self.record_event(NewEvent::now(
+                    EventKind::AlertSent,
                     &notice.check,
-                    "info",
+                    Severity::Info,
                     format!("{} alert for {} sent to {alert_name}", notice.kind.as_str(), notice.check),
                     serde_json::json!({"alert": alert_name, "attempt": attempt, "event_id": notice.event_id}),
                 ));
-                return;
+                return Sent::Done;
             }
             let error = error.unwrap_or_default();
             tracing::warn!(alert = %alert_name, check = %notice.check, attempt, error = %error, "alert delivery failed");
             let Some(delay) = self.retry_delays.get(attempt as usize - 1) else {
-                self.metrics.count(&alert_name, "failed");
-                let _ = self.store.append_event(&NewEvent::now(
-                    "alert.failed",
+                self.metrics.count(alert_name, "failed");
+                self.record_event(NewEvent::now(
+                    EventKind::AlertFailed,
                     &notice.check,
-                    "error",
+                    Severity::Error,
                     format!("{} alert for {} could not be sent to {alert_name}: {error}", notice.kind.as_str(), notice.check),
                     serde_json::json!({"alert": alert_name, "attempts": attempt, "event_id": notice.event_id}),
                 ));
-                return;
+                return Sent::Done;
             };
-            self.metrics.count(&alert_name, "retry");
+            self.metrics.count(alert_name, "retry");
             tokio::select! {
                 _ = tokio::time::sleep(*delay) => {}
-                _ = cancel.cancelled() => return,
+                _ = cancel.cancelled() => return Sent::Interrupted,
             }
         }
     }
@@ -572,5 +751,129 @@ alerts = ["ops"]
         );
         let stale = BTreeMap::from([("db".to_string(), now - 61 * 60_000)]);
         assert_eq!(alerter.due_reminders(&stale).len(), 1);
+    }
+}
+
+#[cfg(test)]
+mod notice_tests {
+    use super::*;
+    use std::path::Path;
+
+    fn alerter() -> Alerter {
+        let src = r#"
+[alert.ops]
+type = "webhook"
+url = "http://127.0.0.1:9/hook"
+[alert.quiet]
+type = "webhook"
+url = "http://127.0.0.1:9/hook"
+send_recovered = false
+[check.api]
+type = "tcp"
+address = "127.0.0.1:8000"
+alerts = ["ops"]
+[backup.db]
+source = { paths = ["/srv"] }
+password = "${env:HOME}"
+alerts = ["ops", "quiet"]
+"#;
+        let spec =
+            steward_spec::Spec::parse("t.toml", src, Path::new("/"), &steward_spec::OsResolver)
+                .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        std::mem::forget(dir);
+        Alerter::new(
+            &spec,
+            store,
+            Board::default(),
+            Arc::new(steward_spec::OsResolver),
+        )
+    }
+
+    fn ev(id: i64, kind: EventKind, subject: &str, data: serde_json::Value) -> Event {
+        Event {
+            id,
+            event: NewEvent {
+                ts: 1_000,
+                kind,
+                subject: subject.into(),
+                severity: Severity::Error,
+                message: "exit status 7".into(),
+                data,
+            },
+        }
+    }
+
+    #[test]
+    fn health_moves_in_the_log_become_notices_for_their_channels() {
+        let a = alerter();
+        let down = ev(
+            5,
+            EventKind::CheckDown,
+            "api",
+            serde_json::json!({"from": "up", "to": "down", "error": "refused"}),
+        );
+        let n = a.notice_for("ops", &down).unwrap();
+        assert_eq!(
+            (
+                n.kind,
+                n.check.as_str(),
+                n.event_id,
+                n.since,
+                n.error.as_deref()
+            ),
+            (NoticeKind::Down, "api", Some(5), 1_000, Some("refused"))
+        );
+        assert!(
+            a.notice_for("quiet", &down).is_none(),
+            "not the check's channel"
+        );
+        let first_up = ev(
+            6,
+            EventKind::CheckUp,
+            "api",
+            serde_json::json!({"from": "unknown", "to": "up"}),
+        );
+        assert!(
+            a.notice_for("ops", &first_up).is_none(),
+            "a first pass is no news"
+        );
+
+        let failed = ev(
+            7,
+            EventKind::BackupFailed,
+            "db",
+            serde_json::json!({"from": "up", "to": "down", "error": "exit status 7"}),
+        );
+        let n = a.notice_for("quiet", &failed).unwrap();
+        assert_eq!(
+            (n.kind, n.check.as_str(), n.error.as_deref()),
+            (NoticeKind::Down, "backup:db", Some("exit status 7"))
+        );
+        let again = ev(
+            8,
+            EventKind::BackupFailed,
+            "db",
+            serde_json::json!({"error": "exit status 7"}),
+        );
+        assert!(
+            a.notice_for("ops", &again).is_none(),
+            "a failure after a failure moves nothing"
+        );
+        let recovered = ev(
+            9,
+            EventKind::BackupSucceeded,
+            "db",
+            serde_json::json!({"from": "down", "to": "up"}),
+        );
+        assert_eq!(
+            a.notice_for("ops", &recovered).map(|n| n.kind),
+            Some(NoticeKind::Recovered)
+        );
+        assert!(
+            a.notice_for("quiet", &recovered).is_none(),
+            "send_recovered = false"
+        );
     }
 }

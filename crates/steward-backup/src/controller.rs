@@ -13,9 +13,9 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
-use steward_alert::{Notice, NoticeKind, Sender};
 use steward_spec::{Backup, Resolver, Spec};
-use steward_state::{Delivery, Health, NewEvent, Store, now_ms};
+use steward_state::{EventKind, Severity};
+use steward_state::{Health, NewEvent, Store, now_ms};
 use tokio_util::sync::CancellationToken;
 
 type Labels = Vec<(String, String)>;
@@ -99,10 +99,19 @@ pub struct BackupController {
     pub store: Arc<Store>,
     /// Secret resolution.
     pub resolver: Arc<dyn Resolver>,
-    /// Alert delivery.
-    pub sender: Sender,
     /// Metrics.
     pub metrics: BackupMetrics,
+}
+
+/// Event data, with the move of the backup's health when the event is one
+/// (`from`, `to`): alerting turns exactly those into notices for the backup's
+/// channels.
+fn moved(mut data: serde_json::Value, change: Option<(Health, Health)>) -> serde_json::Value {
+    if let (Some((from, to)), Some(map)) = (change, data.as_object_mut()) {
+        map.insert("from".into(), from.as_str().into());
+        map.insert("to".into(), to.as_str().into());
+    }
+    data
 }
 
 fn labels(backup: &str) -> Labels {
@@ -110,7 +119,7 @@ fn labels(backup: &str) -> Labels {
 }
 
 /// The latest event of a kind for a backup (Unix ms).
-pub fn last_event(store: &Store, kind: &str, backup: &str) -> Option<i64> {
+pub fn last_event(store: &Store, kind: EventKind, backup: &str) -> Option<i64> {
     store
         .latest_event(kind, backup)
         .ok()
@@ -180,10 +189,10 @@ impl BackupController {
             let (me, job) = (self.clone(), job.clone());
             if let Err(e) = tokio::task::spawn_blocking(move || job(&me)).await {
                 tracing::error!(error = %e, "backup job panicked");
-                let _ = self.store.append_event(&NewEvent::now(
-                    "controller.panicked",
+                self.store.record(&NewEvent::now(
+                    EventKind::ControllerPanicked,
                     "backup",
-                    "error",
+                    Severity::Error,
                     "a backup job panicked; the next scheduled run will try again".into(),
                     serde_json::json!({}),
                 ));
@@ -226,16 +235,16 @@ impl BackupController {
                 if let Some(note) = r.partial_note() {
                     message = format!("{message}; {note}");
                 }
-                let _ = self.store.append_event(&NewEvent::now(
-                    "backup.succeeded",
+                self.store.record(&NewEvent::now(
+                    EventKind::BackupSucceeded,
                     name,
                     r.severity(),
                     message,
-                    serde_json::to_value(&r).unwrap_or_default(),
+                    moved(
+                        serde_json::to_value(&r).unwrap_or_default(),
+                        recovered.then_some((Health::Down, Health::Up)),
+                    ),
                 ));
-                if recovered {
-                    self.notify(b, NoticeKind::Recovered, None);
-                }
                 // Retention after every successful run.
                 match crate::open(&self.spec, b, self.resolver.as_ref(), false)
                     .and_then(|o| o.forget(false))
@@ -245,10 +254,10 @@ impl BackupController {
                         let gone = decisions.len() - kept;
                         self.metrics.snapshots.get_or_create(&l).set(kept as i64);
                         if gone > 0 {
-                            let _ = self.store.append_event(&NewEvent::now(
-                                "backup.forgot",
+                            self.store.record(&NewEvent::now(
+                                EventKind::BackupForgot,
                                 name,
-                                "info",
+                                Severity::Info,
                                 format!("{gone} snapshot(s) removed by retention, {kept} kept"),
                                 serde_json::json!({"removed": gone, "kept": kept}),
                             ));
@@ -266,25 +275,25 @@ impl BackupController {
                     ])
                     .inc();
                 let first = !self.failing(name);
-                let _ = self.store.append_event(&NewEvent::now(
-                    "backup.failed",
+                self.store.record(&NewEvent::now(
+                    EventKind::BackupFailed,
                     name,
-                    "error",
+                    Severity::Error,
                     e.to_string(),
-                    serde_json::json!({"error": e.to_string()}),
+                    moved(
+                        serde_json::json!({"error": e.to_string()}),
+                        first.then_some((Health::Up, Health::Down)),
+                    ),
                 ));
                 tracing::warn!(backup = name, error = %e, "backup failed");
-                if first {
-                    self.notify(b, NoticeKind::Down, Some(e.to_string()));
-                }
             }
         }
     }
 
     /// Whether the latest run of a backup failed.
     fn failing(&self, name: &str) -> bool {
-        let f = last_event(&self.store, "backup.failed", name);
-        let s = last_event(&self.store, "backup.succeeded", name);
+        let f = last_event(&self.store, EventKind::BackupFailed, name);
+        let s = last_event(&self.store, EventKind::BackupSucceeded, name);
         f.is_some() && f > s
     }
 
@@ -308,10 +317,10 @@ impl BackupController {
                     .get_or_create(&l)
                     .set(now_ms() as f64 / 1000.0);
                 self.metrics.drill_duration.get_or_create(&l).set(r.seconds);
-                let _ = self.store.append_event(&NewEvent::now(
-                    "drill.succeeded",
+                self.store.record(&NewEvent::now(
+                    EventKind::DrillSucceeded,
                     name,
-                    "info",
+                    Severity::Info,
                     format!(
                         "snapshot {} restored and verified in {:.1} s",
                         r.snapshot.short_id, r.seconds
@@ -327,18 +336,16 @@ impl BackupController {
                         ("outcome".into(), "failure".into()),
                     ])
                     .inc();
-                let _ = self.store.append_event(&NewEvent::now(
-                    "drill.failed",
+                self.store.record(&NewEvent::now(
+                    EventKind::DrillFailed,
                     name,
-                    "error",
+                    Severity::Error,
                     e.to_string(),
-                    serde_json::json!({"error": e.to_string()}),
+                    moved(
+                        serde_json::json!({"error": e.to_string()}),
+                        Some((Health::Up, Health::Down)),
+                    ),
                 ));
-                self.notify(
-                    b,
-                    NoticeKind::Down,
-                    Some(format!("restore drill failed: {e}")),
-                );
             }
         }
     }
@@ -378,9 +385,9 @@ impl BackupController {
             let Some(allowed) = allowed_age_ms(b, now) else {
                 continue;
             };
-            let last = last_event(&self.store, "backup.succeeded", &b.name)
+            let last = last_event(&self.store, EventKind::BackupSucceeded, &b.name)
                 // Never succeeded: count from when serve started watching.
-                .or_else(|| last_event(&self.store, "serve.started", "steward"))
+                .or_else(|| last_event(&self.store, EventKind::ServeStarted, "steward"))
                 .unwrap_or(now.timestamp_millis());
             let is_overdue = now.timestamp_millis() - last > allowed;
             self.metrics
@@ -394,56 +401,15 @@ impl BackupController {
                     "no successful backup for {age_h:.1} h (allowed: {:.1} h)",
                     allowed as f64 / 3_600_000.0
                 );
-                let _ = self.store.append_event(&NewEvent::now(
-                    "backup.overdue",
+                self.store.record(&NewEvent::now(
+                    EventKind::BackupOverdue,
                     &b.name,
-                    "warning",
-                    msg.clone(),
-                    serde_json::json!({}),
+                    Severity::Warning,
+                    msg,
+                    moved(serde_json::json!({}), Some((Health::Up, Health::Down))),
                 ));
-                self.notify(b, NoticeKind::Down, Some(msg));
             }
         }
         state
-    }
-
-    /// Sends a notice about a backup to its alert channels (one attempt each, recorded).
-    fn notify(&self, b: &Backup, kind: NoticeKind, error: Option<String>) {
-        let notice = Notice {
-            kind,
-            check: format!("backup:{}", b.name),
-            health: if kind == NoticeKind::Recovered {
-                Health::Up
-            } else {
-                Health::Down
-            },
-            previous: if kind == NoticeKind::Recovered {
-                Health::Down
-            } else {
-                Health::Up
-            },
-            since: now_ms(),
-            error,
-            event_id: None,
-            app: self.spec.settings.name.clone(),
-        };
-        let Ok(handle) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        for a in &b.alerts {
-            let Some(alert) = self.spec.alerts.get(a) else {
-                continue;
-            };
-            let result = handle.block_on(self.sender.send(&alert.channel, &notice));
-            let _ = self.store.record_delivery(&Delivery {
-                ts: now_ms(),
-                alert: a.clone(),
-                check: notice.check.clone(),
-                event_id: None,
-                attempt: 1,
-                ok: result.is_ok(),
-                error: result.err(),
-            });
-        }
     }
 }

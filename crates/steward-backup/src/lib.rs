@@ -367,11 +367,11 @@ impl RunReport {
     }
 
     /// The severity of its event: a partial snapshot is a warning.
-    pub fn severity(&self) -> &'static str {
+    pub fn severity(&self) -> steward_state::Severity {
         if self.unreadable > 0 {
-            "warning"
+            steward_state::Severity::Warning
         } else {
-            "info"
+            steward_state::Severity::Info
         }
     }
 }

@@ -15,6 +15,7 @@ use steward_state::{NewEvent, Store};
 use tokio_util::sync::CancellationToken;
 
 use crate::{Converger, RunLock, Status, Target};
+use steward_state::{EventKind, Severity};
 
 type Labels = Vec<(String, String)>;
 
@@ -147,10 +148,10 @@ impl DriftCheck {
             .chain(plan.errors.iter().map(|e| e.id.as_str()))
             .collect();
         if drift > 0 && previous != Some(drift) {
-            let _ = self.store.append_event(&NewEvent::now(
-                "converge.drift",
+            self.store.record(&NewEvent::now(
+                EventKind::ConvergeDrift,
                 set,
-                "warning",
+                Severity::Warning,
                 format!(
                     "{drift} resource(s) differ from the spec: {}",
                     ids.join(", ")
@@ -158,10 +159,10 @@ impl DriftCheck {
                 serde_json::to_value(&plan).unwrap_or_default(),
             ));
         } else if drift == 0 && previous.is_some_and(|p| p > 0) {
-            let _ = self.store.append_event(&NewEvent::now(
-                "converge.converged",
+            self.store.record(&NewEvent::now(
+                EventKind::ConvergeConverged,
                 set,
-                "info",
+                Severity::Info,
                 "no drift: the host matches the spec again".into(),
                 serde_json::json!({}),
             ));
@@ -188,14 +189,18 @@ impl DriftCheck {
                 if failed > 0 {
                     self.metrics.errors.get_or_create(&stage("apply")).inc();
                 }
-                let _ = self.store.append_event(&NewEvent::now(
+                self.store.record(&NewEvent::now(
                     if failed > 0 {
-                        "converge.failed"
+                        EventKind::ConvergeFailed
                     } else {
-                        "converge.corrected"
+                        EventKind::ConvergeCorrected
                     },
                     set,
-                    if failed > 0 { "error" } else { "info" },
+                    if failed > 0 {
+                        Severity::Error
+                    } else {
+                        Severity::Info
+                    },
                     format!(
                         "auto-correct: {} changed, {failed} failed or skipped",
                         report.count(Status::Changed)

@@ -5,7 +5,7 @@
 //! count, every instance (pid and start time, so a restarted steward adopts the
 //! running ones) and instances being drained.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,7 +17,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use steward_health::Prober;
 use steward_spec::{Image, Resolver, Service, Spec};
-use steward_state::{InstanceRow, NewEvent, Store, now_ms};
+use steward_state::{EventKind, EventQuery, InstanceRow, NewEvent, Severity, Store, now_ms};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -129,13 +129,33 @@ pub async fn bind(spec: &Spec) -> Result<Vec<Bound>, String> {
 }
 
 fn event(
-    kind: &str,
+    kind: EventKind,
     service: &str,
-    severity: &str,
+    severity: Severity,
     message: String,
     data: serde_json::Value,
 ) -> NewEvent {
     NewEvent::now(kind, service, severity, message, data)
+}
+
+/// The event-log cursor of `auto_rebuild`.
+pub const REBUILD_CONSUMER: &str = "fleet.auto_rebuild";
+
+/// Runs a store call on the blocking pool; a failure is logged as an error and
+/// `None` (the caller decides what a missing answer means), never ignored.
+async fn blocking_state<T: Send + 'static>(
+    store: &Arc<Store>,
+    f: impl FnOnce(&Store) -> Result<T, steward_state::StateError> + Send + 'static,
+) -> Option<T> {
+    let store = store.clone();
+    match tokio::task::spawn_blocking(move || f(&store)).await {
+        Ok(Ok(v)) => Some(v),
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "fleet: state database");
+            None
+        }
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    }
 }
 
 /// `user@host` of whoever runs this process, for the deploy history.
@@ -211,10 +231,10 @@ impl Fleet {
                     match tokio::spawn(async move { lp.run(c).await }).await {
                         Err(e) if e.is_panic() && !cancel.is_cancelled() => {
                             tracing::error!(service = %svc.name, "fleet loop panicked; restarting it");
-                            let _ = fleet.store.append_event(&event(
-                                "controller.panicked",
+                            fleet.store.record(&event(
+                                EventKind::ControllerPanicked,
                                 &svc.name,
-                                "error",
+                                Severity::Error,
                                 format!("the fleet loop of {} panicked and was restarted", svc.name),
                                 serde_json::json!({"controller": "fleet"}),
                             ));
@@ -262,97 +282,150 @@ impl Fleet {
     /// `auto_rebuild`: a new `image.stale` event about an image rebuilds it
     /// (updates installed, cache ignored) and rolls the new build out to every
     /// service using it, through the normal health-gated rollout.
+    ///
+    /// The log is followed from a durable cursor ([`REBUILD_CONSUMER`]): a stale
+    /// verdict that arrives while steward is down is acted on at the next
+    /// start; one in flight at a crash is acted on again; several about one
+    /// image in a batch make one rebuild.
     async fn rebuild_stale(self, cancel: CancellationToken) {
-        let images: Vec<Image> = self
+        let images: BTreeMap<String, Image> = self
             .spec
             .images
             .values()
             .filter(|i| i.auto_rebuild)
             .filter(|i| self.spec.services.values().any(|s| s.image == i.name))
-            .cloned()
+            .map(|i| (i.name.clone(), i.clone()))
             .collect();
         if images.is_empty() {
             return;
         }
-        let mut tick = tokio::time::interval(Duration::from_secs(2));
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                _ = cancel.cancelled() => return,
+        let mut bell = self.store.event_bell();
+        let names: Vec<String> = images.keys().cloned().collect();
+        let start = blocking_state(&self.store, move |s| {
+            if let Some(after) = s.event_cursor(REBUILD_CONSUMER)? {
+                return Ok(after);
             }
-            for image in &images {
-                let key = format!("fleet.rebuilt.{}", image.name);
-                let Ok(Some(stale)) = self.store.latest_event("image.stale", &image.name) else {
-                    continue;
-                };
-                let handled: i64 = self
-                    .store
-                    .meta(&key)
-                    .ok()
-                    .flatten()
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(0);
-                if stale.id <= handled {
-                    continue;
-                }
-                // Recorded first: a rebuild that fails is not retried in a loop;
-                // the next audit's verdict brings the next attempt.
-                let _ = self.store.set_meta(&key, &stale.id.to_string());
-                let (spec, img, resolver) =
-                    (self.spec.clone(), image.clone(), self.resolver.clone());
-                let built = tokio::task::spawn_blocking(move || {
-                    let options = steward_image::BuildOptions {
-                        force: true,
-                        upgrade: true,
-                    };
-                    steward_image::build_with(&spec, &img, resolver.as_ref(), options, &mut |_| {})
+            // Before the cursor, steward kept one "handled" id per image.
+            let mut after = i64::MAX;
+            for name in &names {
+                let handled = s.meta(&format!("fleet.rebuilt.{name}"))?;
+                after = after.min(handled.and_then(|v| v.parse().ok()).unwrap_or(0));
+            }
+            Ok(after)
+        })
+        .await;
+        let Some(mut after) = start else {
+            return;
+        };
+        loop {
+            let batch = blocking_state(&self.store, move |s| {
+                s.events(&EventQuery {
+                    after: Some(after),
+                    kinds: vec![EventKind::ImageStale],
+                    limit: 256,
+                    ..EventQuery::default()
                 })
-                .await;
-                let manifest = match built {
-                    Ok(Ok(r)) => r.manifest,
-                    Ok(Err(e)) => {
-                        let _ = self.store.append_event(&event(
-                            "image.rebuild_failed",
-                            &image.name,
-                            "error",
-                            format!("rebuilding stale image {} failed: {e}", image.name),
-                            serde_json::json!({}),
-                        ));
-                        continue;
+            })
+            .await;
+            let batch = match batch {
+                Some(b) if !b.is_empty() => b,
+                other => {
+                    if other.is_some() {
+                        bell.mark_unchanged();
                     }
-                    Err(_) => continue,
-                };
-                let _ = self.store.append_event(&event(
-                    "image.rebuilt",
-                    &image.name,
-                    "info",
-                    format!(
-                        "stale image {} rebuilt: {}",
-                        image.name,
-                        short(&manifest.digest)
-                    ),
-                    serde_json::json!({"digest": manifest.digest, "stale_event": stale.id}),
-                ));
-                for svc in self
-                    .spec
-                    .services
-                    .values()
-                    .filter(|s| s.image == image.name)
-                {
-                    let current = self.store.fleet_service(&svc.name).ok().flatten();
-                    if current.and_then(|c| c.target).as_deref() == Some(manifest.digest.as_str()) {
-                        continue;
+                    tokio::select! {
+                        _ = bell.changed() => {}
+                        _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                        _ = cancel.cancelled() => return,
                     }
-                    let _ = request_deploy(
-                        &self.store,
-                        svc,
-                        &manifest.digest,
-                        "serve (auto_rebuild)",
-                        DeployKind::Rebuild,
-                    );
+                    continue;
                 }
+            };
+            let mut newest: BTreeMap<String, i64> = BTreeMap::new();
+            let last = batch.last().map_or(after, |e| e.id);
+            for ev in batch {
+                if images.contains_key(&ev.event.subject) {
+                    newest.insert(ev.event.subject, ev.id);
+                }
+            }
+            for (name, stale) in newest {
+                if cancel.is_cancelled() {
+                    return;
+                }
+                self.rebuild(&images[&name], stale).await;
+            }
+            after = last;
+            let saved = blocking_state(&self.store, move |s| {
+                s.set_event_cursor(REBUILD_CONSUMER, after)
+            })
+            .await;
+            if saved.is_none() {
+                tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }
+    }
+
+    /// Rebuilds one stale image and asks every service using it for a deploy.
+    async fn rebuild(&self, image: &Image, stale: i64) {
+        let (spec, img, resolver) = (self.spec.clone(), image.clone(), self.resolver.clone());
+        let built = tokio::task::spawn_blocking(move || {
+            let options = steward_image::BuildOptions {
+                force: true,
+                upgrade: true,
+            };
+            steward_image::build_with(&spec, &img, resolver.as_ref(), options, &mut |_| {})
+        })
+        .await;
+        let manifest = match built {
+            Ok(Ok(r)) => r.manifest,
+            Ok(Err(e)) => {
+                self.store.record(&event(
+                    EventKind::ImageRebuildFailed,
+                    &image.name,
+                    Severity::Error,
+                    format!("rebuilding stale image {} failed: {e}", image.name),
+                    serde_json::json!({"stale_event": stale}),
+                ));
+                return;
+            }
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        };
+        self.store.record(&event(
+            EventKind::ImageRebuilt,
+            &image.name,
+            Severity::Info,
+            format!(
+                "stale image {} rebuilt: {}",
+                image.name,
+                short(&manifest.digest)
+            ),
+            serde_json::json!({"digest": manifest.digest, "stale_event": stale}),
+        ));
+        let services: Vec<Service> = self
+            .spec
+            .services
+            .values()
+            .filter(|s| s.image == image.name)
+            .cloned()
+            .collect();
+        let digest = manifest.digest.clone();
+        blocking_state(&self.store, move |store| {
+            for svc in &services {
+                let current = store.fleet_service(&svc.name)?;
+                if current.and_then(|c| c.target).as_deref() == Some(digest.as_str()) {
+                    continue;
+                }
+                request_deploy(
+                    store,
+                    svc,
+                    &digest,
+                    "serve (auto_rebuild)",
+                    DeployKind::Rebuild,
+                )?;
+            }
+            Ok(())
+        })
+        .await;
     }
 
     /// Instance directories no record knows about (a crash between creating one
@@ -402,14 +475,21 @@ impl ServiceLoop {
         &self.fleet.store
     }
 
-    fn record(&self, kind: &str, severity: &str, message: String, data: serde_json::Value) {
+    fn record(
+        &self,
+        kind: EventKind,
+        severity: Severity,
+        message: String,
+        data: serde_json::Value,
+    ) {
         match severity {
-            "error" | "warning" => tracing::warn!(service = %self.svc.name, kind, "{message}"),
-            _ => tracing::info!(service = %self.svc.name, kind, "{message}"),
+            Severity::Error | Severity::Warning => {
+                tracing::warn!(service = %self.svc.name, %kind, "{message}")
+            }
+            Severity::Info => tracing::info!(service = %self.svc.name, %kind, "{message}"),
         }
-        let _ = self
-            .store()
-            .append_event(&event(kind, &self.svc.name, severity, message, data));
+        self.store()
+            .record(&event(kind, &self.svc.name, severity, message, data));
     }
 
     fn count_removed(&self, reason: &str) {
@@ -432,12 +512,12 @@ impl ServiceLoop {
                 stage: stage.into(),
             })
             .inc();
-        self.record(
-            &format!("fleet.{stage}_failed"),
-            "error",
-            message,
-            serde_json::json!({}),
-        );
+        let kind = if stage == "build" {
+            EventKind::FleetBuildFailed
+        } else {
+            EventKind::FleetStartFailed
+        };
+        self.record(kind, Severity::Error, message, serde_json::json!({}));
     }
 
     async fn run(&mut self, cancel: CancellationToken) {
@@ -531,8 +611,8 @@ impl ServiceLoop {
         {
             let _ = self.store().fleet_deploy_started(d.id, now);
             self.record(
-                "deploy.started",
-                "info",
+                EventKind::DeployStarted,
+                Severity::Info,
                 format!(
                     "{} of {} to {} started ({})",
                     d.kind,
@@ -628,8 +708,8 @@ impl ServiceLoop {
                             })
                             .inc();
                         self.record(
-                            "deploy.succeeded",
-                            "info",
+                            EventKind::DeploySucceeded,
+                            Severity::Info,
                             msg,
                             serde_json::json!({"deploy": d.id, "to": d.to_digest, "seconds": secs}),
                         );
@@ -665,8 +745,8 @@ impl ServiceLoop {
             Ok(Ok((m, built))) => {
                 if built {
                     self.record(
-                        "image.built",
-                        "info",
+                        EventKind::ImageBuilt,
+                        Severity::Info,
                         format!("image {} built: {}", self.image.name, short(&m.digest)),
                         serde_json::json!({"image": self.image.name, "digest": m.digest}),
                     );
@@ -718,8 +798,8 @@ impl ServiceLoop {
             if !alive {
                 if r.state != "failed" {
                     self.record(
-                        "fleet.instance_exited",
-                        "warning",
+                        EventKind::FleetInstanceExited,
+                        Severity::Warning,
                         format!("instance {} exited without being asked", r.id),
                         serde_json::json!({"instance": r.id}),
                     );
@@ -769,15 +849,15 @@ impl ServiceLoop {
             if next == "ready" {
                 r.ready_ms = Some(now);
                 self.record(
-                    "fleet.instance_ready",
-                    "info",
+                    EventKind::FleetInstanceReady,
+                    Severity::Info,
                     format!("instance {} is ready on {}", r.id, r.addr),
                     serde_json::json!({"instance": r.id, "addr": r.addr}),
                 );
             } else {
                 self.record(
-                    "fleet.instance_unready",
-                    "warning",
+                    EventKind::FleetInstanceUnready,
+                    Severity::Warning,
                     format!("instance {} stopped passing readiness", r.id),
                     serde_json::json!({"instance": r.id}),
                 );
@@ -884,8 +964,8 @@ impl ServiceLoop {
         .await
         .map_err(|e| e.to_string())??;
         self.record(
-            "fleet.instance_started",
-            "info",
+            EventKind::FleetInstanceStarted,
+            Severity::Info,
             format!("instance {id} started on {} ({reason})", row.addr),
             serde_json::json!({"instance": id, "addr": row.addr, "digest": row.digest, "pid": row.pid}),
         );
@@ -923,8 +1003,8 @@ impl ServiceLoop {
         .await
         .map_err(|e| e.to_string())??;
         self.record(
-            "fleet.instance_revived",
-            "info",
+            EventKind::FleetInstanceRevived,
+            Severity::Info,
             format!("parked instance {} started again on {}", r2.id, r2.addr),
             serde_json::json!({"instance": r2.id, "addr": r2.addr, "digest": r2.digest}),
         );
@@ -952,8 +1032,8 @@ impl ServiceLoop {
             let _ = self.store().fleet_put_instance(&r);
             self.count_removed(reason);
             self.record(
-                "fleet.instance_draining",
-                "info",
+                EventKind::FleetInstanceDraining,
+                Severity::Info,
                 format!("instance {} draining ({reason})", r.id),
                 serde_json::json!({"instance": r.id, "then": verb}),
             );
@@ -992,10 +1072,10 @@ impl ServiceLoop {
                         format!("instance {} stopped and destroyed", r.id)
                     }
                 };
-                let _ = store.append_event(&event(
-                    "fleet.instance_stopped",
+                store.record(&event(
+                    EventKind::FleetInstanceStopped,
                     &service,
-                    "info",
+                    Severity::Info,
                     msg,
                     serde_json::json!({"instance": r.id}),
                 ));
@@ -1024,8 +1104,8 @@ impl ServiceLoop {
         .await;
         self.count_removed(reason);
         self.record(
-            "fleet.instance_destroyed",
-            "info",
+            EventKind::FleetInstanceDestroyed,
+            Severity::Info,
             format!("instance {id} destroyed ({reason})"),
             serde_json::json!({"instance": id}),
         );
@@ -1039,10 +1119,10 @@ impl ServiceLoop {
             .clone()
             .or_else(|| row.previous.clone())
             .filter(|p| p != &d.to_digest);
-        let result = if self.svc.rollout.auto_revert && back.is_some() {
-            "reverted"
+        let (result, kind) = if self.svc.rollout.auto_revert && back.is_some() {
+            ("reverted", EventKind::DeployReverted)
         } else {
-            "failed"
+            ("failed", EventKind::DeployFailed)
         };
         let msg = format!(
             "{} of {name} to {} {result}: {reason}",
@@ -1059,8 +1139,8 @@ impl ServiceLoop {
             })
             .inc();
         self.record(
-            &format!("deploy.{result}"),
-            "error",
+            kind,
+            Severity::Error,
             msg,
             serde_json::json!({"deploy": d.id, "to": d.to_digest, "reason": reason}),
         );

@@ -12,5 +12,5 @@ pub mod tls;
 
 pub use judge::{Judgement, judge};
 pub use machine::{Thresholds, Transition, advance, initial};
-pub use monitor::{Board, CheckEvent, HealthMetrics, Monitor, run_once};
+pub use monitor::{Board, HealthMetrics, Monitor, run_once};
 pub use probe::{Outcome, Prober, error_chain};

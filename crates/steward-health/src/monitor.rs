@@ -14,9 +14,10 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use steward_spec::{Check, Retention};
 use steward_state::{
-    CheckStateRow, Health, NewEvent, ResultRow, RetentionMs, Status, Store, now_ms,
+    CheckStateRow, EventKind, Health, NewEvent, ResultRow, RetentionMs, Severity, Status, Store,
+    now_ms,
 };
-use tokio::sync::{Semaphore, broadcast};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::machine::{Thresholds, Transition, advance, initial};
@@ -24,19 +25,6 @@ use crate::{Prober, judge};
 
 /// Current state of every check, shared read-mostly.
 pub type Board = Arc<RwLock<BTreeMap<String, CheckStateRow>>>;
-
-/// A persisted health transition, published after it is in the database.
-#[derive(Debug, Clone)]
-pub struct CheckEvent {
-    /// The check.
-    pub check: String,
-    /// What changed.
-    pub transition: Transition,
-    /// The state after it.
-    pub state: CheckStateRow,
-    /// Id in the event log.
-    pub event_id: i64,
-}
 
 type Labels = Vec<(String, String)>;
 
@@ -103,8 +91,6 @@ struct Record {
 pub struct Monitor {
     /// Current states.
     pub board: Board,
-    /// Transitions, after they are stored.
-    pub events: broadcast::Sender<CheckEvent>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     writer: Option<std::thread::JoinHandle<()>>,
     tx: Option<mpsc::Sender<Record>>,
@@ -149,15 +135,13 @@ impl Monitor {
                 .get_or_create(&vec![("check".into(), name.clone())])
                 .set(i64::from(s.health != Health::Down));
         }
-        let (events, _) = broadcast::channel(4096);
         let (tx, rx) = mpsc::channel::<Record>();
         let writer = {
             let store = store.clone();
-            let events = events.clone();
             let metrics = metrics.clone();
             std::thread::Builder::new()
                 .name("steward-writer".into())
-                .spawn(move || write_loop(rx, &store, &events, &metrics, retention))
+                .spawn(move || write_loop(rx, &store, &metrics, retention))
                 .expect("spawn writer thread")
         };
         let limit = Arc::new(Semaphore::new(MAX_CONCURRENT_PROBES));
@@ -179,7 +163,6 @@ impl Monitor {
             .collect();
         Ok(Monitor {
             board,
-            events,
             tasks,
             writer: Some(writer),
             tx: Some(tx),
@@ -337,9 +320,9 @@ async fn check_loop(check: Arc<Check>, ctx: TaskCtx) {
 fn transition_event(check: &str, t: Transition, state: &CheckStateRow) -> NewEvent {
     let error = state.last.as_ref().and_then(|l| l.error.clone());
     let severity = match t.to {
-        Health::Down => "error",
-        Health::Degraded => "warning",
-        _ => "info",
+        Health::Down => Severity::Error,
+        Health::Degraded => Severity::Warning,
+        _ => Severity::Info,
     };
     let message = match (&error, t.to) {
         (Some(e), Health::Down | Health::Degraded) => format!("{check} is {}: {e}", t.to.as_str()),
@@ -347,9 +330,9 @@ fn transition_event(check: &str, t: Transition, state: &CheckStateRow) -> NewEve
     };
     NewEvent {
         ts: state.since,
-        kind: format!("check.{}", t.to.as_str()),
+        kind: EventKind::check(t.to),
         subject: check.to_string(),
-        severity: severity.into(),
+        severity,
         message,
         data: serde_json::json!({"from": t.from.as_str(), "to": t.to.as_str(), "error": error}),
     }
@@ -358,7 +341,6 @@ fn transition_event(check: &str, t: Transition, state: &CheckStateRow) -> NewEve
 fn write_loop(
     rx: mpsc::Receiver<Record>,
     store: &Store,
-    events: &broadcast::Sender<CheckEvent>,
     metrics: &HealthMetrics,
     retention: Retention,
 ) {
@@ -420,25 +402,18 @@ fn write_loop(
                 .cloned()
                 .collect();
             let results: Vec<ResultRow> = batch.iter().map(|r| r.result.clone()).collect();
-            let with_t: Vec<(&Record, Transition)> = batch
+            // Transitions go into the log with their results; alerting reads
+            // them from there (the store rings its bell after the commit).
+            let new_events: Vec<NewEvent> = batch
                 .iter()
-                .filter_map(|r| r.transition.map(|t| (r, t)))
-                .collect();
-            let new_events: Vec<NewEvent> = with_t
-                .iter()
-                .map(|(r, t)| transition_event(&r.result.check, *t, &r.state))
+                .filter_map(|r| {
+                    r.transition
+                        .map(|t| transition_event(&r.result.check, t, &r.state))
+                })
                 .collect();
             match store.write_batch(&results, &states, &new_events) {
-                Ok(ids) => {
+                Ok(_) => {
                     metrics.write_batches.inc();
-                    for ((r, t), id) in with_t.into_iter().zip(ids) {
-                        let _ = events.send(CheckEvent {
-                            check: r.result.check.clone(),
-                            transition: t,
-                            state: r.state.clone(),
-                            event_id: id,
-                        });
-                    }
                 }
                 Err(e) => {
                     metrics

@@ -648,7 +648,7 @@ pub mod controller {
     use prometheus_client::metrics::gauge::Gauge;
     use prometheus_client::registry::Registry;
     use steward_spec::{Resolver, Spec};
-    use steward_state::{NewEvent, Store};
+    use steward_state::{EventKind, NewEvent, Severity, Store};
     use tokio_util::sync::CancellationToken;
 
     type Labels = Vec<(String, String)>;
@@ -727,10 +727,10 @@ pub mod controller {
                                 .set(r.outdated.len() as i64);
                             metrics.age.get_or_create(&labels).set(r.age_days);
                             if was_stale != Some(r.stale) && r.stale {
-                                let _ = store.append_event(&NewEvent::now(
-                                    "image.stale",
+                                store.record(&NewEvent::now(
+                                    EventKind::ImageStale,
                                     &name,
-                                    "warning",
+                                    Severity::Warning,
                                     format!(
                                         "{} outdated package(s) ({} security), {:.1} days old",
                                         r.outdated.len(),

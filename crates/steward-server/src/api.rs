@@ -16,6 +16,7 @@ use steward_state::{
 use steward_spec::Check;
 
 use crate::AppState;
+use steward_state::{EventKind, Severity};
 
 pub(crate) fn routes() -> Router<AppState> {
     Router::new()
@@ -302,6 +303,7 @@ async fn events(
         kind_prefix: q.kind,
         subject: q.subject,
         limit,
+        ..EventQuery::default()
     };
     let following = query.after.is_some();
     let store = s.store.clone();
@@ -377,9 +379,9 @@ async fn scale(
     blocking(move || {
         store.fleet_set_replicas(&name, n, now_ms())?;
         store.append_event(&steward_state::NewEvent::now(
-            "fleet.scaled",
+            EventKind::FleetScaled,
             &name,
-            "info",
+            Severity::Info,
             format!("{name} scaled to {n} through the API"),
             serde_json::json!({"replicas": n}),
         ))

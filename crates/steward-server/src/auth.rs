@@ -21,6 +21,7 @@ use steward_state::{NewEvent, Scope, now_ms, token_hash};
 
 use crate::AppState;
 use crate::listener::PeerAddr;
+use steward_state::{EventKind, Severity};
 
 const COOKIE: &str = "steward_session";
 const SESSION_LIFETIME: Duration = Duration::from_secs(12 * 3600);
@@ -100,14 +101,16 @@ async fn lookup(s: &AppState, hash: Vec<u8>) -> Option<steward_state::TokenInfo>
         .flatten()
 }
 
-fn audit(s: &AppState, kind: &str, severity: &str, message: String, data: serde_json::Value) {
+fn audit(
+    s: &AppState,
+    kind: EventKind,
+    severity: Severity,
+    message: String,
+    data: serde_json::Value,
+) {
     let store = s.store.clone();
     let e = NewEvent::now(kind, "api", severity, message, data);
-    tokio::task::spawn_blocking(move || {
-        if let Err(err) = store.append_event(&e) {
-            tracing::warn!(error = %err, "cannot record audit event");
-        }
-    });
+    tokio::task::spawn_blocking(move || store.record(&e));
 }
 
 fn unauthorized(api: bool, msg: &str) -> Response {
@@ -174,8 +177,8 @@ pub(crate) async fn require(State(s): State<AppState>, mut req: Request, next: N
                 s.auth.failed(ip);
                 audit(
                     &s,
-                    "auth.failed",
-                    "warning",
+                    EventKind::AuthFailed,
+                    Severity::Warning,
                     format!("rejected a token from {ip}"),
                     serde_json::json!({"source": ip.to_string(), "path": path}),
                 );
@@ -212,8 +215,8 @@ pub(crate) async fn require(State(s): State<AppState>, mut req: Request, next: N
             if sent != Some(csrf.as_str()) {
                 audit(
                     &s,
-                    "auth.csrf",
-                    "warning",
+                    EventKind::AuthCsrf,
+                    Severity::Warning,
                     format!("{method} {path} without a valid CSRF token"),
                     serde_json::json!({"source": ip.to_string()}),
                 );
@@ -232,8 +235,8 @@ pub(crate) async fn require(State(s): State<AppState>, mut req: Request, next: N
         if !reading {
             audit(
                 &s,
-                "api.denied",
-                "warning",
+                EventKind::ApiDenied,
+                Severity::Warning,
                 format!("{} may not {method} {path}", token.name),
                 serde_json::json!({"token": token.name, "source": ip.to_string()}),
             );
@@ -252,8 +255,8 @@ pub(crate) async fn require(State(s): State<AppState>, mut req: Request, next: N
     if !reading {
         audit(
             &s,
-            "api.request",
-            "info",
+            EventKind::ApiRequest,
+            Severity::Info,
             format!("{} {method} {path} → {}", token.name, res.status().as_u16()),
             serde_json::json!({"token": token.name, "source": ip.to_string(), "method": method.as_str(), "path": path, "status": res.status().as_u16()}),
         );
@@ -319,8 +322,8 @@ pub(crate) async fn login(
         s.auth.failed(ip);
         audit(
             &s,
-            "auth.failed",
-            "warning",
+            EventKind::AuthFailed,
+            Severity::Warning,
             format!("failed sign-in from {ip}"),
             serde_json::json!({"source": ip.to_string()}),
         );
@@ -345,8 +348,8 @@ pub(crate) async fn login(
         );
     audit(
         &s,
-        "auth.login",
-        "info",
+        EventKind::AuthLogin,
+        Severity::Info,
         format!("{} signed in from {ip}", t.name),
         serde_json::json!({"token": t.name, "source": ip.to_string()}),
     );

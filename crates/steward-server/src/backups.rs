@@ -3,6 +3,7 @@
 
 use serde::Serialize;
 use steward_spec::Spec;
+use steward_state::EventKind;
 use steward_state::{Event, Store};
 
 /// One backup as the dashboard shows it.
@@ -40,7 +41,7 @@ pub(crate) struct BackupView {
     pub(crate) drill_failed: bool,
 }
 
-fn latest(store: &Store, kind: &str, name: &str) -> Option<Event> {
+fn latest(store: &Store, kind: EventKind, name: &str) -> Option<Event> {
     store.latest_event(kind, name).ok().flatten()
 }
 
@@ -50,10 +51,10 @@ pub(crate) fn backup_views(spec: &Spec, store: &Store) -> Vec<BackupView> {
     spec.backups
         .values()
         .map(|b| {
-            let ok = latest(store, "backup.succeeded", &b.name);
-            let failed = latest(store, "backup.failed", &b.name);
-            let drill = latest(store, "drill.succeeded", &b.name);
-            let drill_failed = latest(store, "drill.failed", &b.name);
+            let ok = latest(store, EventKind::BackupSucceeded, &b.name);
+            let failed = latest(store, EventKind::BackupFailed, &b.name);
+            let drill = latest(store, EventKind::DrillSucceeded, &b.name);
+            let drill_failed = latest(store, EventKind::DrillFailed, &b.name);
             let ok_ts = ok.as_ref().map(|e| e.event.ts);
             let failed_ts = failed.as_ref().map(|e| e.event.ts);
             let state = match (ok_ts, failed_ts) {

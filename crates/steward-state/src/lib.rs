@@ -8,11 +8,13 @@
 //! All times are Unix milliseconds (`i64`).
 
 mod converge;
+mod events;
 mod fleet;
 mod schema;
 mod tokens;
 
 pub use converge::Managed;
+pub use events::{EventKind, Severity};
 pub use fleet::{DeployRow, InstanceRow, ServiceRow};
 pub use tokens::{Scope, TokenError, TokenInfo, token_hash};
 
@@ -168,12 +170,12 @@ pub struct CheckStateRow {
 pub struct NewEvent {
     /// When (Unix ms).
     pub ts: i64,
-    /// Dotted kind, e.g. `check.down`, `alert.failed`, `serve.started`.
-    pub kind: String,
+    /// What happened.
+    pub kind: EventKind,
     /// What it is about, e.g. a check name.
     pub subject: String,
-    /// `info`, `warning` or `error`.
-    pub severity: String,
+    /// How much it matters.
+    pub severity: Severity,
     /// One line for people.
     pub message: String,
     /// Details for machines.
@@ -183,17 +185,17 @@ pub struct NewEvent {
 impl NewEvent {
     /// An event stamped with the current time.
     pub fn now(
-        kind: &str,
+        kind: EventKind,
         subject: &str,
-        severity: &str,
+        severity: Severity,
         message: String,
         data: serde_json::Value,
     ) -> Self {
         NewEvent {
             ts: now_ms(),
-            kind: kind.into(),
+            kind,
             subject: subject.into(),
-            severity: severity.into(),
+            severity,
             message,
             data,
         }
@@ -219,6 +221,8 @@ pub struct EventQuery {
     pub before: Option<i64>,
     /// Kind prefix, e.g. `check.`.
     pub kind_prefix: Option<String>,
+    /// Only these kinds (all when empty).
+    pub kinds: Vec<EventKind>,
     /// Exact subject.
     pub subject: Option<String>,
     /// At most this many (newest first unless `after` is set).
@@ -296,6 +300,8 @@ pub struct Store {
     path: PathBuf,
     write: Mutex<Connection>,
     read: Mutex<Connection>,
+    bell: tokio::sync::watch::Sender<i64>,
+    write_errors: std::sync::atomic::AtomicU64,
 }
 
 const MINUTE: i64 = 60_000;
@@ -349,6 +355,8 @@ impl Store {
             path,
             write: Mutex::new(write),
             read: Mutex::new(read),
+            bell: tokio::sync::watch::Sender::new(0),
+            write_errors: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -442,13 +450,35 @@ impl Store {
         })()
         .map_err(|e| self.err(e))?;
         tx.commit().map_err(|e| self.err(e))?;
+        drop(conn);
+        if let Some(&last) = ids.last() {
+            self.ring(last);
+        }
         Ok(ids)
+    }
+
+    /// Appends an event for a caller that cannot do better than report a
+    /// failure: it is logged as an error and counted
+    /// ([`Store::write_errors`], `steward_state_write_errors_total`), never
+    /// dropped without a trace.
+    pub fn record(&self, e: &NewEvent) {
+        if let Err(err) = self.append_event(e) {
+            self.write_errors
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::error!(error = %err, kind = %e.kind, subject = %e.subject, "cannot record an event");
+        }
+    }
+
+    /// How many writes [`Store::record`] could not make since this store was opened.
+    pub fn write_errors(&self) -> u64 {
+        self.write_errors.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Appends one event to the log and returns its id.
     pub fn append_event(&self, e: &NewEvent) -> Result<i64, StateError> {
-        let conn = self.writer();
-        insert_event(&conn, e).map_err(|e| self.err(e))
+        let id = insert_event(&self.writer(), e).map_err(|e| self.err(e))?;
+        self.ring(id);
+        Ok(id)
     }
 
     /// Reads the event log.
@@ -471,6 +501,14 @@ impl Store {
             args.push((k.len() as i64).into());
             args.push(k.clone().into());
         }
+        if !q.kinds.is_empty() {
+            sql.push_str(" AND kind IN (");
+            for (i, k) in q.kinds.iter().enumerate() {
+                sql.push_str(if i == 0 { "?" } else { ", ?" });
+                args.push(k.as_str().to_string().into());
+            }
+            sql.push(')');
+        }
         if let Some(s) = &q.subject {
             sql.push_str(" AND subject = ?");
             args.push(s.clone().into());
@@ -486,17 +524,74 @@ impl Store {
         let rows = stmt
             .query_map(rusqlite::params_from_iter(args), event_row)
             .map_err(|e| self.err(e))?;
-        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+        let rows: Vec<Option<Event>> = rows.collect::<Result<_, _>>().map_err(|e| self.err(e))?;
+        Ok(rows.into_iter().flatten().collect())
+    }
+
+    /// Where a consumer of the event log stands: the id of the last event it
+    /// finished with. `None` for a consumer that has never stood anywhere.
+    pub fn event_cursor(&self, consumer: &str) -> Result<Option<i64>, StateError> {
+        self.reader()
+            .prepare_cached("SELECT after_id FROM event_cursors WHERE consumer = ?1")
+            .and_then(|mut st| st.query_row([consumer], |r| r.get(0)).optional())
+            .map_err(|e| self.err(e))
+    }
+
+    /// Moves a consumer's cursor forward to `after` (never back: a late write
+    /// from a slower path cannot make a consumer handle events twice).
+    pub fn set_event_cursor(&self, consumer: &str, after: i64) -> Result<(), StateError> {
+        self.writer()
+            .prepare_cached(
+                "INSERT INTO event_cursors (consumer, after_id, updated_ms) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (consumer) DO UPDATE SET after_id = max(after_id, excluded.after_id),
+                   updated_ms = excluded.updated_ms",
+            )
+            .and_then(|mut st| st.execute(params![consumer, after, now_ms()]))
+            .map(|_| ())
+            .map_err(|e| self.err(e))
+    }
+
+    /// The newest event's id (0 for an empty log).
+    pub fn last_event_id(&self) -> Result<i64, StateError> {
+        self.reader()
+            .query_row("SELECT coalesce(max(id), 0) FROM events", [], |r| r.get(0))
+            .map_err(|e| self.err(e))
+    }
+
+    /// A receiver that sees the id of the newest event this process wrote. A
+    /// doorbell only: consumers read the log itself from their cursor, so they
+    /// miss nothing however far behind they fall (and events written by other
+    /// processes are found by reading the log).
+    pub fn event_bell(&self) -> tokio::sync::watch::Receiver<i64> {
+        self.bell.subscribe()
+    }
+
+    fn ring(&self, id: i64) {
+        self.bell.send_if_modified(|last| {
+            let newer = id > *last;
+            if newer {
+                *last = id;
+            }
+            newer
+        });
     }
 
     /// The newest event of exactly this kind about this subject.
-    pub fn latest_event(&self, kind: &str, subject: &str) -> Result<Option<Event>, StateError> {
+    pub fn latest_event(
+        &self,
+        kind: EventKind,
+        subject: &str,
+    ) -> Result<Option<Event>, StateError> {
         self.reader()
             .prepare_cached(
                 "SELECT id, ts, kind, subject, severity, message, data FROM events
                  WHERE kind = ?1 AND subject = ?2 ORDER BY id DESC LIMIT 1",
             )
-            .and_then(|mut st| st.query_row(params![kind, subject], event_row).optional())
+            .and_then(|mut st| {
+                st.query_row(params![kind.as_str(), subject], event_row)
+                    .optional()
+            })
+            .map(Option::flatten)
             .map_err(|e| self.err(e))
     }
 
@@ -796,7 +891,7 @@ fn insert_event(conn: &Connection, e: &NewEvent) -> rusqlite::Result<i64> {
     conn.prepare_cached(
         "INSERT INTO events (ts, kind, subject, severity, message, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
     )?
-    .execute(params![e.ts, e.kind, e.subject, e.severity, e.message, e.data.to_string()])?;
+    .execute(params![e.ts, e.kind.as_str(), e.subject, e.severity.as_str(), e.message, e.data.to_string()])?;
     Ok(conn.last_insert_rowid())
 }
 
@@ -840,17 +935,24 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-fn event_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Event> {
+/// A stored event, or `None` for a kind this steward does not know (one a
+/// newer steward wrote into the same database): readers pass over it.
+fn event_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Option<Event>> {
+    let kind: String = r.get(2)?;
+    let Some(kind) = EventKind::parse(&kind) else {
+        tracing::debug!(kind, "event of an unknown kind passed over");
+        return Ok(None);
+    };
     let data: String = r.get(6)?;
-    Ok(Event {
+    Ok(Some(Event {
         id: r.get(0)?,
         event: NewEvent {
             ts: r.get(1)?,
-            kind: r.get(2)?,
+            kind,
             subject: r.get(3)?,
-            severity: r.get(4)?,
+            severity: Severity::parse(&r.get::<_, String>(4)?),
             message: r.get(5)?,
             data: serde_json::from_str(&data).unwrap_or(serde_json::Value::Null),
         },
-    })
+    }))
 }

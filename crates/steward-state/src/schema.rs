@@ -128,6 +128,13 @@ const MIGRATIONS: &[&str] = &[
         reason TEXT
      );
      CREATE INDEX fleet_deploy_service ON fleet_deploy (service, id);",
+    // v5: where each consumer of the event log stands (alert channels, the
+    // fleet's auto_rebuild), so none misses or repeats an event across restarts.
+    "CREATE TABLE event_cursors (
+        consumer TEXT PRIMARY KEY,
+        after_id INTEGER NOT NULL,
+        updated_ms INTEGER NOT NULL
+     );",
 ];
 
 /// Newest schema version this build knows.

@@ -13,12 +13,12 @@ fn result(check: &str, ts: i64, status: Status, ms: i64) -> ResultRow {
     }
 }
 
-fn event(ts: i64, kind: &str, subject: &str) -> NewEvent {
+fn event(ts: i64, kind: EventKind, subject: &str) -> NewEvent {
     NewEvent {
         ts,
-        kind: kind.into(),
+        kind,
         subject: subject.into(),
-        severity: "info".into(),
+        severity: Severity::Info,
         message: format!("{subject} {kind}"),
         data: serde_json::json!({}),
     }
@@ -74,7 +74,7 @@ fn state_and_events_survive_reopen() {
             .write_batch(
                 &[result("db", T0, Status::Fail, 5)],
                 &[st],
-                &[event(T0, "check.down", "db")],
+                &[event(T0, EventKind::CheckDown, "db")],
             )
             .unwrap();
         assert_eq!(ids.len(), 1);
@@ -103,9 +103,9 @@ fn event_log_pages_and_follows() {
     let store = Store::open(dir.path()).unwrap();
     for i in 0..25 {
         let kind = if i % 2 == 0 {
-            "check.down"
+            EventKind::CheckDown
         } else {
-            "alert.sent"
+            EventKind::AlertSent
         };
         store.append_event(&event(T0 + i, kind, "x")).unwrap();
     }
@@ -153,7 +153,10 @@ fn prune_drops_only_what_retention_allows() {
                 result("a", T0 + 3 * day, Status::Pass, 1),
             ],
             &[],
-            &[event(T0, "old", "a"), event(T0 + 3 * day, "new", "a")],
+            &[
+                event(T0, EventKind::CheckDown, "a"),
+                event(T0 + 3 * day, EventKind::CheckUp, "a"),
+            ],
         )
         .unwrap();
     let now = T0 + 3 * day + 1000;
@@ -276,9 +279,9 @@ fn concurrent_opens_of_a_new_database_both_succeed() {
         let store = steward_state::Store::open(&path).unwrap();
         store
             .append_event(&steward_state::NewEvent::now(
-                "test.ok",
+                EventKind::ServeStarted,
                 "x",
-                "info",
+                Severity::Info,
                 "works".into(),
                 serde_json::json!({}),
             ))
@@ -290,29 +293,155 @@ fn concurrent_opens_of_a_new_database_both_succeed() {
 fn latest_event_matches_the_kind_exactly() {
     let dir = tempfile::tempdir().unwrap();
     let store = steward_state::Store::open(dir.path()).unwrap();
-    let ev = |kind: &str, subject: &str| {
+    let ev = |kind: EventKind, subject: &str| {
         store
             .append_event(&steward_state::NewEvent::now(
                 kind,
                 subject,
-                "info",
-                kind.into(),
+                Severity::Info,
+                kind.to_string(),
                 serde_json::json!({}),
             ))
             .unwrap()
     };
-    let first = ev("backup.failed", "db");
-    ev("backup.failed_check", "db");
-    ev("backup.failed", "other");
-    let got = store.latest_event("backup.failed", "db").unwrap().unwrap();
+    let first = ev(EventKind::BackupFailed, "db");
+    ev(EventKind::BackupCheckFailed, "db");
+    ev(EventKind::BackupFailed, "other");
+    let got = store
+        .latest_event(EventKind::BackupFailed, "db")
+        .unwrap()
+        .unwrap();
     assert_eq!(
         got.id, first,
         "a longer kind with the same prefix, or another subject, is not it"
     );
     assert!(
         store
-            .latest_event("backup.succeeded", "db")
+            .latest_event(EventKind::BackupSucceeded, "db")
             .unwrap()
             .is_none()
     );
+}
+
+/// Consumers of the log keep their place in the database: a new one has none,
+/// a cursor only moves forward, and it survives reopening.
+#[test]
+fn event_cursors_are_durable_and_only_move_forward() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.event_cursor("alert.ops").unwrap(), None);
+        assert_eq!(store.last_event_id().unwrap(), 0);
+        store.set_event_cursor("alert.ops", 7).unwrap();
+        store.set_event_cursor("alert.ops", 3).unwrap();
+        assert_eq!(
+            store.event_cursor("alert.ops").unwrap(),
+            Some(7),
+            "a late, older write does not move it back"
+        );
+        store.set_event_cursor("alert.ops", 9).unwrap();
+        store.set_event_cursor("fleet.auto_rebuild", 1).unwrap();
+    }
+    let store = Store::open(dir.path()).unwrap();
+    assert_eq!(store.event_cursor("alert.ops").unwrap(), Some(9));
+    assert_eq!(store.event_cursor("fleet.auto_rebuild").unwrap(), Some(1));
+}
+
+/// Following the log by kind from a cursor, with the bell rung by every write
+/// (single events and batches) and kinds this build does not know passed over.
+#[test]
+fn followers_read_their_kinds_after_a_cursor_and_hear_the_bell() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let mut bell = store.event_bell();
+    assert!(!bell.has_changed().unwrap());
+    let a = store
+        .append_event(&event(T0, EventKind::CheckDown, "db"))
+        .unwrap();
+    assert!(bell.has_changed().unwrap());
+    assert_eq!(*bell.borrow_and_update(), a);
+    store
+        .append_event(&event(T0 + 1, EventKind::AlertSent, "db"))
+        .unwrap();
+    let ids = store
+        .write_batch(
+            &[],
+            &[],
+            &[
+                event(T0 + 2, EventKind::CheckUp, "db"),
+                event(T0 + 3, EventKind::BackupFailed, "files"),
+            ],
+        )
+        .unwrap();
+    assert_eq!(
+        *bell.borrow_and_update(),
+        ids[1],
+        "a batch rings once, with its last id"
+    );
+    assert_eq!(store.last_event_id().unwrap(), ids[1]);
+    // A kind a newer steward wrote into the same database.
+    rusqlite::Connection::open(store.path())
+        .unwrap()
+        .execute(
+            "INSERT INTO events (ts, kind, subject, severity, message, data) VALUES (1, 'future.kind', 'x', 'info', 'x', '{}')",
+            [],
+        )
+        .unwrap();
+    let got = store
+        .events(&EventQuery {
+            after: Some(a),
+            kinds: vec![
+                EventKind::CheckUp,
+                EventKind::CheckDown,
+                EventKind::BackupFailed,
+            ],
+            limit: 100,
+            ..Default::default()
+        })
+        .unwrap();
+    let kinds: Vec<EventKind> = got.iter().map(|e| e.event.kind).collect();
+    assert_eq!(kinds, [EventKind::CheckUp, EventKind::BackupFailed]);
+    let all = store
+        .events(&EventQuery {
+            after: Some(0),
+            limit: 100,
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(all.len(), 4, "the unknown kind is passed over: {all:?}");
+}
+
+/// The README's table of event kinds is the code's list, name for name and
+/// meaning for meaning, in the same order.
+#[test]
+fn readme_lists_every_event_kind() {
+    let readme = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../README.md"),
+    )
+    .unwrap();
+    let section = readme
+        .split("### Event kinds")
+        .nth(1)
+        .expect("README has an `Event kinds` section");
+    let rows: Vec<(String, String)> = section
+        .lines()
+        .skip_while(|l| !l.starts_with("| kind |"))
+        .skip(2)
+        .take_while(|l| l.starts_with("| `"))
+        .map(|l| {
+            let cells: Vec<&str> = l.trim_matches('|').splitn(2, " | ").collect();
+            (
+                cells[0].trim().trim_matches('`').to_string(),
+                cells[1].trim().trim_end_matches(" |").trim().to_string(),
+            )
+        })
+        .collect();
+    let code: Vec<(String, String)> = EventKind::ALL
+        .iter()
+        .map(|(k, what)| (k.as_str().to_string(), what.to_string()))
+        .collect();
+    assert_eq!(rows, code);
+    for (k, _) in EventKind::ALL {
+        assert_eq!(EventKind::parse(k.as_str()), Some(*k));
+    }
 }

@@ -7,6 +7,7 @@ use steward_spec::{Backup, OsResolver, Spec};
 use steward_state::{NewEvent, Store};
 
 use crate::{exit, load_spec, table};
+use steward_state::{EventKind, Severity};
 
 /// What to do.
 pub(crate) enum Action {
@@ -57,14 +58,14 @@ fn mb(bytes: u64) -> String {
 
 fn record(
     state: Option<&Store>,
-    kind: &str,
+    kind: EventKind,
     subject: &str,
-    severity: &str,
+    severity: Severity,
     message: String,
     data: serde_json::Value,
 ) {
     if let Some(s) = state {
-        let _ = s.append_event(&NewEvent::now(kind, subject, severity, message, data));
+        s.record(&NewEvent::now(kind, subject, severity, message, data));
     }
 }
 
@@ -161,7 +162,7 @@ pub(crate) fn run(spec_path: &Path, action: Action) -> u8 {
                         }
                         record(
                             state.as_ref(),
-                            "backup.succeeded",
+                            EventKind::BackupSucceeded,
                             &b.name,
                             r.severity(),
                             message,
@@ -172,9 +173,9 @@ pub(crate) fn run(spec_path: &Path, action: Action) -> u8 {
                     Err(e) => {
                         record(
                             state.as_ref(),
-                            "backup.failed",
+                            EventKind::BackupFailed,
                             &b.name,
-                            "error",
+                            Severity::Error,
                             e.to_string(),
                             serde_json::json!({}),
                         );
@@ -240,9 +241,9 @@ pub(crate) fn run(spec_path: &Path, action: Action) -> u8 {
                     );
                     record(
                         state.as_ref(),
-                        "backup.restored",
+                        EventKind::BackupRestored,
                         &b.name,
-                        "info",
+                        Severity::Info,
                         format!("snapshot {} restored into a database", snap.short_id),
                         serde_json::json!({"snapshot": snap.id}),
                     );
@@ -257,9 +258,9 @@ pub(crate) fn run(spec_path: &Path, action: Action) -> u8 {
                     );
                     record(
                         state.as_ref(),
-                        "backup.restored",
+                        EventKind::BackupRestored,
                         &b.name,
-                        "info",
+                        Severity::Info,
                         format!("snapshot {} restored to {}", r.snapshot.short_id, r.target),
                         serde_json::to_value(&r).unwrap_or_default(),
                     );
@@ -273,9 +274,9 @@ pub(crate) fn run(spec_path: &Path, action: Action) -> u8 {
                 if !dry_run && gone > 0 {
                     record(
                         state.as_ref(),
-                        "backup.forgot",
+                        EventKind::BackupForgot,
                         &b.name,
-                        "info",
+                        Severity::Info,
                         format!("{gone} snapshot(s) removed by retention"),
                         serde_json::json!({"removed": gone}),
                     );
@@ -340,9 +341,9 @@ pub(crate) fn run(spec_path: &Path, action: Action) -> u8 {
                     }
                     record(
                         state.as_ref(),
-                        "drill.succeeded",
+                        EventKind::DrillSucceeded,
                         &b.name,
-                        "info",
+                        Severity::Info,
                         format!(
                             "snapshot {} restored and verified in {:.1} s",
                             r.snapshot.short_id, r.seconds
@@ -354,9 +355,9 @@ pub(crate) fn run(spec_path: &Path, action: Action) -> u8 {
                 Err(e) => {
                     record(
                         state.as_ref(),
-                        "drill.failed",
+                        EventKind::DrillFailed,
                         &b.name,
-                        "error",
+                        Severity::Error,
                         e.to_string(),
                         serde_json::json!({"error": e.to_string()}),
                     );
@@ -409,9 +410,9 @@ pub(crate) fn run(spec_path: &Path, action: Action) -> u8 {
                     }
                     record(
                         state.as_ref(),
-                        "backup.check_failed",
+                        EventKind::BackupCheckFailed,
                         &b.name,
-                        "error",
+                        Severity::Error,
                         format!("{} error(s) in {location}", report.errors.len()),
                         serde_json::to_value(&report).unwrap_or_default(),
                     );

@@ -9,6 +9,7 @@ use steward_spec::OsResolver;
 use steward_state::{NewEvent, Store};
 
 use crate::{exit, load_spec};
+use steward_state::{EventKind, Severity};
 
 /// Plan or apply.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -137,11 +138,11 @@ pub(crate) fn run(spec_path: &Path, mode: Mode, opts: Options) -> u8 {
                             && (changed + failed + skipped > 0)
                         {
                             let (kind, severity) = if failed + skipped > 0 {
-                                ("converge.failed", "error")
+                                (EventKind::ConvergeFailed, Severity::Error)
                             } else {
-                                ("converge.applied", "info")
+                                (EventKind::ConvergeApplied, Severity::Info)
                             };
-                            let _ = store.append_event(&NewEvent::now(
+                            store.record(&NewEvent::now(
                                 kind,
                                 &set.name,
                                 severity,

@@ -5,6 +5,7 @@ use std::path::Path;
 use steward_doctor::{BackupFacts, Facts, Severity, diagnose};
 
 use crate::{exit, load_spec};
+use steward_state::EventKind;
 
 pub(crate) fn run(spec_path: &Path, json: bool) -> u8 {
     let spec = match load_spec(spec_path) {
@@ -68,9 +69,9 @@ pub(crate) fn facts(spec: &steward_spec::Spec, now: i64) -> Facts {
         facts.backups.insert(
             name.clone(),
             BackupFacts {
-                last_success: last_event(&store, "backup.succeeded", name),
-                last_failure: last_event(&store, "backup.failed", name),
-                last_drill: last_event(&store, "drill.succeeded", name),
+                last_success: last_event(&store, EventKind::BackupSucceeded, name),
+                last_failure: last_event(&store, EventKind::BackupFailed, name),
+                last_drill: last_event(&store, EventKind::DrillSucceeded, name),
             },
         );
     }

@@ -11,6 +11,7 @@ use steward_spec::{OsResolver, Service, Spec};
 use steward_state::{EventQuery, Store, now_ms};
 
 use crate::exit;
+use steward_state::{EventKind, Severity};
 
 fn open(spec: &Spec) -> Result<Store, u8> {
     Store::open(&spec.settings.state_dir).map_err(|e| {
@@ -113,10 +114,10 @@ pub(crate) fn deploy(
             return exit::FAILED;
         }
     };
-    let _ = store.append_event(&steward_state::NewEvent::now(
-        "deploy.requested",
+    store.record(&steward_state::NewEvent::now(
+        EventKind::DeployRequested,
         name,
-        "info",
+        Severity::Info,
         format!("deploy of {name} to {} requested", short(&manifest.digest)),
         serde_json::json!({"deploy": id, "to": manifest.digest}),
     ));
@@ -237,10 +238,10 @@ pub(crate) fn scale(spec_path: &Path, name: &str, n: u32) -> u8 {
         eprintln!("error: {e}");
         return exit::FAILED;
     }
-    let _ = store.append_event(&steward_state::NewEvent::now(
-        "fleet.scaled",
+    store.record(&steward_state::NewEvent::now(
+        EventKind::FleetScaled,
         name,
-        "info",
+        Severity::Info,
         format!(
             "{name} scaled to {n} by {}",
             steward_fleet::controller::who()
@@ -482,10 +483,10 @@ pub(crate) fn down(spec_path: &Path) -> u8 {
         let _ = store.fleet_delete_instance(&r.id);
         println!("{}: {} stopped and destroyed", r.service, r.id);
     }
-    let _ = store.append_event(&steward_state::NewEvent::now(
-        "fleet.down",
+    store.record(&steward_state::NewEvent::now(
+        EventKind::FleetDown,
         "steward",
-        "info",
+        Severity::Info,
         format!("{} instances destroyed by `steward down`", rows.len()),
         serde_json::json!({"instances": rows.len()}),
     ));

@@ -6,6 +6,7 @@ use steward_spec::OsResolver;
 use steward_state::{NewEvent, Store};
 
 use crate::{exit, load_spec};
+use steward_state::{EventKind, Severity};
 
 /// What to do.
 pub(crate) enum Action {
@@ -32,12 +33,15 @@ pub(crate) fn run(spec_path: &Path, action: Action) -> u8 {
         }
     };
     let state = Store::open(&spec.settings.state_dir).ok();
-    let record =
-        |kind: &str, subject: &str, severity: &str, message: String, data: serde_json::Value| {
-            if let Some(s) = &state {
-                let _ = s.append_event(&NewEvent::now(kind, subject, severity, message, data));
-            }
-        };
+    let record = |kind: EventKind,
+                  subject: &str,
+                  severity: Severity,
+                  message: String,
+                  data: serde_json::Value| {
+        if let Some(s) = &state {
+            s.record(&NewEvent::now(kind, subject, severity, message, data));
+        }
+    };
     let resolver = OsResolver;
     let mut code = exit::OK;
     let mut out = Vec::new();
@@ -63,9 +67,9 @@ pub(crate) fn run(spec_path: &Path, action: Action) -> u8 {
                     }
                     if !r.reused {
                         record(
-                            "image.built",
+                            EventKind::ImageBuilt,
                             &image.name,
-                            "info",
+                            Severity::Info,
                             format!("built {}", r.manifest.digest),
                             serde_json::json!({"digest": r.manifest.digest, "inputs": r.manifest.inputs, "size": r.manifest.size}),
                         );
@@ -114,9 +118,9 @@ pub(crate) fn run(spec_path: &Path, action: Action) -> u8 {
                 if r.stale {
                     code = exit::FAILED;
                     record(
-                        "image.stale",
+                        EventKind::ImageStale,
                         &image.name,
-                        "warning",
+                        Severity::Warning,
                         format!("{} outdated package(s), {:.1} days old", r.outdated.len(), r.age_days),
                         serde_json::to_value(&r).unwrap_or_default(),
                     );

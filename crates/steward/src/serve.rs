@@ -13,11 +13,17 @@ use steward_state::{NewEvent, Store, now_ms};
 use tokio_util::sync::CancellationToken;
 
 use crate::{exit, load_spec};
+use steward_state::{EventKind, Severity};
 
 /// Meta key holding the last heartbeat of `serve` (read by `doctor`).
 pub(crate) const HEARTBEAT_KEY: &str = "serve.heartbeat";
 
-fn event(kind: &str, severity: &str, message: String, data: serde_json::Value) -> NewEvent {
+fn event(
+    kind: EventKind,
+    severity: Severity,
+    message: String,
+    data: serde_json::Value,
+) -> NewEvent {
     NewEvent::now(kind, "steward", severity, message, data)
 }
 
@@ -112,13 +118,12 @@ pub(crate) async fn run(spec_path: &Path, listen: Option<SocketAddr>) -> u8 {
     };
 
     let alerting = {
-        let (spec, store, board, resolver, cancel, events) = (
+        let (spec, store, board, resolver, cancel) = (
             spec.clone(),
             store.clone(),
             monitor.board.clone(),
             resolver.clone(),
             cancel.clone(),
-            monitor.events.clone(),
         );
         tokio::spawn(async move {
             // A panic in alerting must not end it for good: record it and start again.
@@ -126,13 +131,13 @@ pub(crate) async fn run(spec_path: &Path, listen: Option<SocketAddr>) -> u8 {
                 let mut alerter =
                     Alerter::new(&spec, store.clone(), board.clone(), resolver.clone());
                 alerter.metrics = alert_metrics.clone();
-                let task = tokio::spawn(alerter.run(events.subscribe(), cancel.clone()));
+                let task = tokio::spawn(alerter.run(cancel.clone()));
                 match task.await {
                     Err(e) if e.is_panic() && !cancel.is_cancelled() => {
                         tracing::error!("alerting controller panicked; restarting it");
-                        let _ = store.append_event(&event(
-                            "controller.panicked",
-                            "error",
+                        store.record(&event(
+                            EventKind::ControllerPanicked,
+                            Severity::Error,
                             "alerting controller panicked and was restarted".into(),
                             serde_json::json!({"controller": "alert"}),
                         ));
@@ -152,7 +157,6 @@ pub(crate) async fn run(spec_path: &Path, listen: Option<SocketAddr>) -> u8 {
             spec: spec.clone(),
             store: store.clone(),
             resolver: resolver.clone(),
-            sender: steward_alert::Sender::new(resolver.clone()),
             metrics: backup_metrics,
         };
         tokio::spawn(controller.run(cancel.clone()))
@@ -216,9 +220,9 @@ pub(crate) async fn run(spec_path: &Path, listen: Option<SocketAddr>) -> u8 {
         })
     };
 
-    let _ = store.append_event(&event(
-        "serve.started",
-        "info",
+    store.record(&event(
+        EventKind::ServeStarted,
+        Severity::Info,
         format!(
             "steward {} serving on http://{addr} with {} checks and {} services",
             env!("CARGO_PKG_VERSION"),
@@ -267,9 +271,9 @@ pub(crate) async fn run(spec_path: &Path, listen: Option<SocketAddr>) -> u8 {
     let _ = images.await;
     let _ = fleet.await;
     let _ = summaries.await;
-    let _ = store.append_event(&event(
-        "serve.stopped",
-        "info",
+    store.record(&event(
+        EventKind::ServeStopped,
+        Severity::Info,
         "steward stopped".into(),
         serde_json::json!({}),
     ));
@@ -307,18 +311,18 @@ async fn reload_on_sighup(
             };
             let (kind, severity, message) = match reloader.reload() {
                 Ok(()) => (
-                    "serve.tls_reloaded",
-                    "info",
+                    EventKind::ServeTlsReloaded,
+                    Severity::Info,
                     "TLS certificate reloaded".to_string(),
                 ),
                 Err(e) => (
-                    "serve.tls_reload_failed",
-                    "error",
+                    EventKind::ServeTlsReloadFailed,
+                    Severity::Error,
                     format!("TLS certificate not reloaded, the old one stays in use: {e}"),
                 ),
             };
-            tracing::info!(kind, "{message}");
-            let _ = store.append_event(&event(kind, severity, message, serde_json::json!({})));
+            tracing::info!(%kind, "{message}");
+            store.record(&event(kind, severity, message, serde_json::json!({})));
         }
     }
     #[cfg(not(unix))]

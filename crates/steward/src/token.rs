@@ -5,6 +5,7 @@ use std::path::Path;
 use steward_state::{NewEvent, Scope, Store, TokenError, now_ms};
 
 use crate::{exit, load_spec, table};
+use steward_state::EventKind;
 
 pub(crate) enum Action {
     Create { name: String, scope: Scope },
@@ -18,11 +19,11 @@ fn when(ms: Option<i64>) -> String {
         .unwrap_or_else(|| "-".into())
 }
 
-fn event(kind: &str, message: String, name: &str) -> NewEvent {
+fn event(kind: EventKind, message: String, name: &str) -> NewEvent {
     NewEvent::now(
         kind,
         "token",
-        "info",
+        steward_state::Severity::Info,
         message,
         serde_json::json!({ "token": name }),
     )
@@ -43,8 +44,8 @@ pub(crate) fn run(spec_path: &Path, action: Action) -> u8 {
     match action {
         Action::Create { name, scope } => match store.create_token(&name, scope, now_ms()) {
             Ok(secret) => {
-                let _ = store.append_event(&event(
-                    "token.created",
+                store.record(&event(
+                    EventKind::TokenCreated,
                     format!("token `{name}` ({}) created", scope.as_str()),
                     &name,
                 ));
@@ -99,8 +100,8 @@ pub(crate) fn run(spec_path: &Path, action: Action) -> u8 {
         },
         Action::Revoke { name } => match store.revoke_token(&name, now_ms()) {
             Ok(true) => {
-                let _ = store.append_event(&event(
-                    "token.revoked",
+                store.record(&event(
+                    EventKind::TokenRevoked,
                     format!("token `{name}` revoked"),
                     &name,
                 ));

@@ -166,7 +166,7 @@ impl Project {
             if Instant::now() > deadline {
                 let events: Vec<String> = events(&self.state(), "", None)
                     .into_iter()
-                    .filter(|e| !e.event.kind.starts_with("check."))
+                    .filter(|e| !e.event.kind.as_str().starts_with("check."))
                     .map(|e| format!("{} {}", e.event.kind, e.event.message))
                     .collect();
                 panic!(
