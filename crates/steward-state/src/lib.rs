@@ -301,7 +301,7 @@ pub struct Store {
     write: Mutex<Connection>,
     read: Mutex<Connection>,
     bell: tokio::sync::watch::Sender<i64>,
-    write_errors: std::sync::atomic::AtomicU64,
+    write_errors: prometheus_client::metrics::counter::Counter,
 }
 
 const MINUTE: i64 = 60_000;
@@ -356,7 +356,7 @@ impl Store {
             write: Mutex::new(write),
             read: Mutex::new(read),
             bell: tokio::sync::watch::Sender::new(0),
-            write_errors: std::sync::atomic::AtomicU64::new(0),
+            write_errors: Default::default(),
         })
     }
 
@@ -459,19 +459,19 @@ impl Store {
 
     /// Appends an event for a caller that cannot do better than report a
     /// failure: it is logged as an error and counted
-    /// ([`Store::write_errors`], `steward_state_write_errors_total`), never
-    /// dropped without a trace.
+    /// ([`Store::write_errors`], registered by `serve` as
+    /// `steward_state_write_errors_total`), never dropped without a trace.
     pub fn record(&self, e: &NewEvent) {
         if let Err(err) = self.append_event(e) {
-            self.write_errors
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.write_errors.inc();
             tracing::error!(error = %err, kind = %e.kind, subject = %e.subject, "cannot record an event");
         }
     }
 
-    /// How many writes [`Store::record`] could not make since this store was opened.
-    pub fn write_errors(&self) -> u64 {
-        self.write_errors.load(std::sync::atomic::Ordering::Relaxed)
+    /// The count of events [`Store::record`] could not write since this store
+    /// was opened: a handle to the live counter, for a metrics registry.
+    pub fn write_errors(&self) -> prometheus_client::metrics::counter::Counter {
+        self.write_errors.clone()
     }
 
     /// Appends one event to the log and returns its id.

@@ -445,3 +445,22 @@ fn readme_lists_every_event_kind() {
         assert_eq!(EventKind::parse(k.as_str()), Some(*k));
     }
 }
+
+/// An event that cannot be written is never dropped silently: `record` counts
+/// it (the counter `serve` exports) and the log is left as it was.
+#[test]
+fn a_failed_event_write_is_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    store.record(&event(T0, EventKind::ServeStarted, "steward"));
+    assert_eq!(store.write_errors().get(), 0);
+    rusqlite::Connection::open(store.path())
+        .unwrap()
+        .execute_batch(
+            "CREATE TRIGGER refuse BEFORE INSERT ON events BEGIN SELECT RAISE(ABORT, 'disk says no'); END;",
+        )
+        .unwrap();
+    store.record(&event(T0 + 1, EventKind::ServeStopped, "steward"));
+    assert_eq!(store.write_errors().get(), 1);
+    assert_eq!(store.last_event_id().unwrap(), 1);
+}

@@ -85,6 +85,11 @@ pub(crate) async fn run(spec_path: &Path, listen: Option<SocketAddr>) -> u8 {
 
     let mut registry = Registry::default();
     steward_server::register_process_metrics(&mut registry);
+    registry.register(
+        "steward_state_write_errors",
+        "Events that could not be written to the state database (each also logged as an error)",
+        store.write_errors(),
+    );
     let health_metrics = HealthMetrics::default();
     health_metrics.register(&mut registry);
     let alert_metrics = steward_alert::AlertMetrics::default();

@@ -468,6 +468,10 @@ async fn own_health_metrics_and_api_paging() {
     assert!(metrics.contains("steward_check_up{check=\"down\"} 0"));
     assert!(metrics.contains("steward_check_results_total{check=\"down\",status=\"fail\"}"));
     assert!(metrics.contains("process_resident_memory_bytes"));
+    assert!(
+        metrics.contains("steward_state_write_errors_total 0"),
+        "failed event writes are counted: {metrics}"
+    );
 
     eventually("ten results", || async {
         get_json(&serve.url("/api/v1/checks/up/history?limit=1000")).await["results"]
