@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use steward_health::Board;
+use steward_runtime::{Controller, Next, Step, StepError, Supervisor};
 use steward_spec::{Alert, Check, Maintenance, Resolver};
 use steward_state::{
     Delivery, Event, EventKind, EventQuery, Health, NewEvent, Severity, Store, now_ms,
@@ -250,162 +251,54 @@ impl Alerter {
             .map(|s| s.health)
     }
 
-    /// Runs until cancelled: one follower per channel something alerts to, and
-    /// reminders.
-    pub async fn run(self, cancel: CancellationToken) {
+    /// Adds one follower of the event log per channel something alerts to
+    /// (`alert.CHANNEL`) and the reminders (`alert.reminders`), leader-only.
+    pub fn register(self, sup: &mut Supervisor) {
         let me = Arc::new(self);
-        let used: std::collections::BTreeSet<&String> = me
+        let used: std::collections::BTreeSet<String> = me
             .checks
             .values()
             .flat_map(|c| c.alerts.iter())
             .chain(me.backups.values().flatten())
             .filter(|a| me.alerts.contains_key(*a))
+            .cloned()
             .collect();
-        let mut tasks = tokio::task::JoinSet::new();
         for channel in used {
-            tasks.spawn(me.clone().follow(channel.clone(), cancel.clone()));
+            let me = me.clone();
+            sup.add_leader_only(Self::consumer(&channel), move |cancel| {
+                Box::new(Follower {
+                    alerter: me.clone(),
+                    channel: channel.clone(),
+                    bell: me.store.event_bell(),
+                    after: None,
+                    stored: 0,
+                    cancel: cancel.clone(),
+                })
+            });
         }
-        tasks.spawn(me.clone().remind(cancel.clone()));
-        while let Some(done) = tasks.join_next().await {
-            if let Err(e) = done
-                && e.is_panic()
-            {
-                // Let the supervisor in `serve` see it and start alerting again.
-                std::panic::resume_unwind(e.into_panic());
-            }
-        }
+        sup.add_leader_only("alert.reminders", move |cancel| {
+            Box::new(Reminders {
+                alerter: me.clone(),
+                cancel: cancel.clone(),
+            })
+        });
     }
 
     /// Runs a blocking store call off the runtime's threads; an error is
-    /// logged and counted, never dropped silently.
+    /// counted and returned for the step to report.
     async fn blocking<T: Send + 'static>(
         &self,
-        what: &'static str,
+        stage: &'static str,
         f: impl FnOnce(&Store) -> Result<T, steward_state::StateError> + Send + 'static,
-    ) -> Option<T> {
+    ) -> Result<T, StepError> {
         let store = self.store.clone();
         match tokio::task::spawn_blocking(move || f(&store)).await {
-            Ok(Ok(v)) => Some(v),
+            Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => {
                 self.metrics.state_errors.inc();
-                tracing::error!(error = %e, "alerting: cannot {what}");
-                None
+                Err(StepError::new(stage, e))
             }
             Err(e) => std::panic::resume_unwind(e.into_panic()),
-        }
-    }
-
-    /// Follows the event log for one channel, from its cursor.
-    async fn follow(self: Arc<Self>, channel: String, cancel: CancellationToken) {
-        let consumer = Self::consumer(&channel);
-        let mut bell = self.store.event_bell();
-        // A channel seen for the first time starts at the end of the log: it
-        // is not owed the history from before it existed.
-        let mut after = loop {
-            let c = consumer.clone();
-            let start = self
-                .blocking("read the alert cursor", move |s| {
-                    match s.event_cursor(&c)? {
-                        Some(a) => Ok(a),
-                        None => {
-                            let last = s.last_event_id()?;
-                            s.set_event_cursor(&c, last)?;
-                            Ok(last)
-                        }
-                    }
-                })
-                .await;
-            if let Some(a) = start {
-                break a;
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(self.poll) => {}
-                _ = cancel.cancelled() => return,
-            }
-        };
-        let mut stored = after;
-        loop {
-            let batch = self
-                .blocking("read the event log", move |s| {
-                    s.events(&EventQuery {
-                        after: Some(after),
-                        kinds: ALERTED_KINDS.to_vec(),
-                        limit: BATCH,
-                        ..EventQuery::default()
-                    })
-                })
-                .await;
-            let batch = match batch {
-                Some(b) if !b.is_empty() => b,
-                other => {
-                    if other.is_some() {
-                        bell.mark_unchanged();
-                    }
-                    tokio::select! {
-                        _ = bell.changed() => {}
-                        _ = tokio::time::sleep(self.poll) => {}
-                        _ = cancel.cancelled() => return,
-                    }
-                    continue;
-                }
-            };
-            for ev in batch {
-                if cancel.is_cancelled() {
-                    break;
-                }
-                let notice = self.notice_for(&channel, &ev);
-                if let Some(notice) = notice {
-                    if let Sent::Interrupted = self.deliver(&channel, notice, &cancel).await {
-                        break;
-                    }
-                    after = ev.id;
-                    // Stored before the next delivery starts: a crash repeats
-                    // at most the one in flight.
-                    if self.save_cursor(&consumer, after).await {
-                        stored = after;
-                    }
-                } else {
-                    after = ev.id;
-                }
-            }
-            if after > stored && self.save_cursor(&consumer, after).await {
-                stored = after;
-            }
-            if cancel.is_cancelled() {
-                return;
-            }
-        }
-    }
-
-    async fn save_cursor(&self, consumer: &str, after: i64) -> bool {
-        let c = consumer.to_string();
-        self.blocking("store the alert cursor", move |s| {
-            s.set_event_cursor(&c, after)
-        })
-        .await
-        .is_some()
-    }
-
-    /// Sends reminders while checks stay down.
-    async fn remind(self: Arc<Self>, cancel: CancellationToken) {
-        let mut tick = tokio::time::interval(self.reminder_tick);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                _ = cancel.cancelled() => return,
-            }
-            let Some(last_sent) = self
-                .blocking("read past deliveries", |s| s.last_delivered())
-                .await
-            else {
-                continue;
-            };
-            for (alert, notice) in self.due_reminders(&last_sent) {
-                if let Sent::Interrupted = self.deliver(&alert, notice, &cancel).await {
-                    return;
-                }
-            }
         }
     }
 
@@ -543,8 +436,14 @@ impl Alerter {
                 ok,
                 error: error.clone(),
             };
-            self.blocking("record a delivery", move |s| s.record_delivery(&delivery))
-                .await;
+            // A delivery that cannot be recorded is still delivered (the
+            // failure is counted and logged).
+            if let Err(e) = self
+                .blocking("record", move |s| s.record_delivery(&delivery))
+                .await
+            {
+                tracing::error!(error = %e.message, "alerting: cannot record a delivery");
+            }
             if ok {
                 self.metrics.count(alert_name, "delivered");
                 tracing::info!(alert = %alert_name, check = %notice.check, kind = notice.kind.as_str(), attempt, "alert delivered");
@@ -576,6 +475,130 @@ impl Alerter {
                 _ = cancel.cancelled() => return Sent::Interrupted,
             }
         }
+    }
+}
+
+/// One channel's follower of the event log: each step reads a batch after its
+/// cursor and delivers the channel's notices one at a time, in log order. The
+/// cursor moves past an event once its notice is delivered or given up on,
+/// and is stored before the next delivery starts, so a crash repeats at most
+/// the one in flight.
+struct Follower {
+    alerter: Arc<Alerter>,
+    channel: String,
+    bell: tokio::sync::watch::Receiver<i64>,
+    /// The last event handled (None until read from the store).
+    after: Option<i64>,
+    /// The last position stored.
+    stored: i64,
+    cancel: CancellationToken,
+}
+
+impl Follower {
+    async fn save(&mut self, after: i64) {
+        let consumer = Alerter::consumer(&self.channel);
+        // A failed write is counted; the position is kept in memory and the
+        // next save stores it (a crash in between repeats those notices).
+        if self
+            .alerter
+            .blocking("state", move |s| s.set_event_cursor(&consumer, after))
+            .await
+            .is_ok()
+        {
+            self.stored = after;
+        }
+    }
+}
+
+impl Controller for Follower {
+    fn reconcile(&mut self) -> Step<'_> {
+        Box::pin(async move {
+            let a = self.alerter.clone();
+            let after = match self.after {
+                Some(after) => after,
+                None => {
+                    // A channel seen for the first time starts at the end of
+                    // the log: it is not owed the history from before it existed.
+                    let consumer = Alerter::consumer(&self.channel);
+                    let start = a
+                        .blocking("state", move |s| match s.event_cursor(&consumer)? {
+                            Some(after) => Ok(after),
+                            None => {
+                                let last = s.last_event_id()?;
+                                s.set_event_cursor(&consumer, last)?;
+                                Ok(last)
+                            }
+                        })
+                        .await?;
+                    self.stored = start;
+                    self.after = Some(start);
+                    start
+                }
+            };
+            self.bell.mark_unchanged();
+            let batch = a
+                .blocking("observe", move |s| {
+                    s.events(&EventQuery {
+                        after: Some(after),
+                        kinds: ALERTED_KINDS.to_vec(),
+                        limit: BATCH,
+                        ..EventQuery::default()
+                    })
+                })
+                .await?;
+            if batch.is_empty() {
+                let (mut bell, poll) = (self.bell.clone(), a.poll);
+                return Ok(Next::When(Box::pin(async move {
+                    tokio::select! {
+                        _ = bell.changed() => {}
+                        _ = tokio::time::sleep(poll) => {}
+                    }
+                })));
+            }
+            let mut done = after;
+            for ev in batch {
+                if self.cancel.is_cancelled() {
+                    break;
+                }
+                if let Some(notice) = a.notice_for(&self.channel, &ev) {
+                    if let Sent::Interrupted = a.deliver(&self.channel, notice, &self.cancel).await
+                    {
+                        break;
+                    }
+                    done = ev.id;
+                    self.after = Some(done);
+                    self.save(done).await;
+                } else {
+                    done = ev.id;
+                    self.after = Some(done);
+                }
+            }
+            if done > self.stored {
+                self.save(done).await;
+            }
+            Ok(Next::After(Duration::ZERO))
+        })
+    }
+}
+
+/// Reminders while checks stay down, as a supervised controller.
+struct Reminders {
+    alerter: Arc<Alerter>,
+    cancel: CancellationToken,
+}
+
+impl Controller for Reminders {
+    fn reconcile(&mut self) -> Step<'_> {
+        Box::pin(async move {
+            let a = self.alerter.clone();
+            let last_sent = a.blocking("observe", |s| s.last_delivered()).await?;
+            for (alert, notice) in a.due_reminders(&last_sent) {
+                if let Sent::Interrupted = a.deliver(&alert, notice, &self.cancel).await {
+                    break;
+                }
+            }
+            Ok(Next::After(a.reminder_tick))
+        })
     }
 }
 

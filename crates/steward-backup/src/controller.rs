@@ -13,10 +13,10 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+use steward_runtime::{Controller, Next, Step, Supervisor};
 use steward_spec::{Backup, Resolver, Spec};
 use steward_state::{EventKind, Severity};
 use steward_state::{Health, NewEvent, Store, now_ms};
-use tokio_util::sync::CancellationToken;
 
 type Labels = Vec<(String, String)>;
 
@@ -139,65 +139,117 @@ pub fn allowed_age_ms(b: &Backup, now: chrono::DateTime<chrono::Utc>) -> Option<
     Some(2 * (second - first).num_milliseconds() + 3_600_000)
 }
 
-impl BackupController {
-    /// One task per scheduled backup and drill, plus the overdue watch.
-    pub async fn run(self, cancel: CancellationToken) {
-        let me = Arc::new(self);
-        let mut tasks = Vec::new();
-        for b in me.spec.backups.values() {
-            if let Some(s) = b.schedule.clone() {
-                let (me, name, cancel) = (me.clone(), b.name.clone(), cancel.clone());
-                tasks.push(tokio::spawn(async move {
-                    me.on_schedule(s, cancel, move |me| me.run_once(&name))
-                        .await
-                }));
-            }
-            if let Some(s) = b.drill.as_ref().and_then(|d| d.schedule.clone()) {
-                let (me, name, cancel) = (me.clone(), b.name.clone(), cancel.clone());
-                tasks.push(tokio::spawn(async move {
-                    me.on_schedule(s, cancel, move |me| me.drill_once(&name))
-                        .await
-                }));
-            }
-        }
-        let watcher = {
-            let (me, cancel) = (me.clone(), cancel.clone());
-            tokio::spawn(async move { me.watch_overdue(cancel).await })
-        };
-        for t in tasks {
-            let _ = t.await;
-        }
-        let _ = watcher.await;
-    }
+/// Which job a [`Scheduled`] controller runs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Job {
+    Backup,
+    Drill,
+}
 
-    async fn on_schedule(
-        self: Arc<Self>,
-        schedule: croner::Cron,
-        cancel: CancellationToken,
-        job: impl Fn(&BackupController) + Send + Sync + Clone + 'static,
-    ) {
-        loop {
-            let now = chrono::Utc::now();
-            let Ok(next) = schedule.find_next_occurrence(&now, false) else {
-                return;
-            };
-            let wait = (next - now).to_std().unwrap_or(Duration::ZERO);
-            tokio::select! {
-                _ = tokio::time::sleep(wait) => {}
-                _ = cancel.cancelled() => return,
+/// A backup's or a drill's schedule as a supervised controller: each step
+/// runs the job if it is due (never at start: the first step only waits for
+/// the first occurrence) and sleeps until the next occurrence. A job that
+/// panics is not run again before its next occurrence.
+struct Scheduled {
+    me: Arc<BackupController>,
+    name: String,
+    job: Job,
+    schedule: croner::Cron,
+    due: bool,
+}
+
+impl Controller for Scheduled {
+    fn reconcile(&mut self) -> Step<'_> {
+        Box::pin(async move {
+            if self.due {
+                self.due = false;
+                let (me, name, job) = (self.me.clone(), self.name.clone(), self.job);
+                tokio::task::spawn_blocking(move || match job {
+                    Job::Backup => me.run_once(&name),
+                    Job::Drill => me.drill_once(&name),
+                })
+                .await
+                .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
             }
-            let (me, job) = (self.clone(), job.clone());
-            if let Err(e) = tokio::task::spawn_blocking(move || job(&me)).await {
-                tracing::error!(error = %e, "backup job panicked");
-                self.store.record(&NewEvent::now(
-                    EventKind::ControllerPanicked,
-                    "backup",
-                    Severity::Error,
-                    "a backup job panicked; the next scheduled run will try again".into(),
-                    serde_json::json!({}),
-                ));
+            let now = chrono::Utc::now();
+            let Ok(next) = self.schedule.find_next_occurrence(&now, false) else {
+                return Ok(Next::Finished);
+            };
+            self.due = true;
+            Ok(Next::After((next - now).to_std().unwrap_or(Duration::ZERO)))
+        })
+    }
+}
+
+/// The overdue watch as a supervised controller.
+struct Overdue {
+    me: Arc<BackupController>,
+    overdue: BTreeMap<String, bool>,
+    every: Duration,
+}
+
+impl Controller for Overdue {
+    fn reconcile(&mut self) -> Step<'_> {
+        Box::pin(async move {
+            let (me, state) = (self.me.clone(), self.overdue.clone());
+            self.overdue = tokio::task::spawn_blocking(move || me.check_overdue(state))
+                .await
+                .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+            Ok(Next::After(self.every))
+        })
+    }
+}
+
+impl BackupController {
+    /// Adds a controller per scheduled backup (`backup.NAME`) and drill
+    /// (`drill.NAME`), and the overdue watch (`backup.overdue`), all leader-only.
+    pub fn register(self, sup: &mut Supervisor) {
+        let me = Arc::new(self);
+        for b in me.spec.backups.values() {
+            let jobs = [
+                (Job::Backup, "backup", b.schedule.clone()),
+                (
+                    Job::Drill,
+                    "drill",
+                    b.drill.as_ref().and_then(|d| d.schedule.clone()),
+                ),
+            ];
+            for (job, what, schedule) in jobs {
+                let Some(schedule) = schedule else {
+                    continue;
+                };
+                let (me, name) = (me.clone(), b.name.clone());
+                sup.add_leader_only(format!("{what}.{}", b.name), move |_| {
+                    Box::new(Scheduled {
+                        me: me.clone(),
+                        name: name.clone(),
+                        job,
+                        schedule: schedule.clone(),
+                        due: false,
+                    })
+                });
             }
         }
+        if me.spec.backups.is_empty() {
+            return;
+        }
+        // Look at least twice per the shortest allowed age, at most once a minute.
+        let now = chrono::Utc::now();
+        let shortest = me
+            .spec
+            .backups
+            .values()
+            .filter_map(|b| allowed_age_ms(b, now))
+            .min()
+            .unwrap_or(120_000);
+        let every = Duration::from_millis((shortest / 2).clamp(1_000, 60_000) as u64);
+        sup.add_leader_only("backup.overdue", move |_| {
+            Box::new(Overdue {
+                me: me.clone(),
+                overdue: BTreeMap::new(),
+                every,
+            })
+        });
     }
 
     /// One scheduled run: back up, then apply retention; record and alert.
@@ -347,34 +399,6 @@ impl BackupController {
                     ),
                 ));
             }
-        }
-    }
-
-    async fn watch_overdue(self: Arc<Self>, cancel: CancellationToken) {
-        let mut overdue: BTreeMap<String, bool> = BTreeMap::new();
-        // Look at least twice per the shortest allowed age, at most once a minute.
-        let now = chrono::Utc::now();
-        let shortest = self
-            .spec
-            .backups
-            .values()
-            .filter_map(|b| allowed_age_ms(b, now))
-            .min()
-            .unwrap_or(120_000);
-        let every = Duration::from_millis((shortest / 2).clamp(1_000, 60_000) as u64);
-        let mut tick = tokio::time::interval(every);
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                _ = cancel.cancelled() => return,
-            }
-            let me = self.clone();
-            let state = overdue.clone();
-            let Ok(next) = tokio::task::spawn_blocking(move || me.check_overdue(state)).await
-            else {
-                continue;
-            };
-            overdue = next;
         }
     }
 

@@ -10,9 +10,9 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+use steward_runtime::{Controller, Next, Step};
 use steward_spec::{ConvergeSet, Resolver};
 use steward_state::{NewEvent, Store};
-use tokio_util::sync::CancellationToken;
 
 use crate::{Converger, RunLock, Status, Target};
 use steward_state::{EventKind, Severity};
@@ -68,29 +68,43 @@ pub struct DriftCheck {
     pub metrics: ConvergeMetrics,
 }
 
-impl DriftCheck {
-    /// Checks at every `drift_check` interval (the first right away) until `cancel`.
-    pub async fn run(self, cancel: CancellationToken) {
-        let Some(every) = self.set.drift_check else {
-            return;
-        };
-        let me = Arc::new(self);
-        let mut tick = tokio::time::interval(every.0.max(Duration::from_secs(1)));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut previous: Option<usize> = None;
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                _ = cancel.cancelled() => return,
-            }
-            let me2 = me.clone();
-            match tokio::task::spawn_blocking(move || me2.once(previous)).await {
-                Ok(n) => previous = n.or(previous),
-                Err(e) => tracing::error!(set = %me.set.name, error = %e, "drift check panicked"),
-            }
+/// A [`DriftCheck`] as a supervised controller: one plan (and correction)
+/// per step, every `drift_check` interval (at least a second).
+pub struct DriftController {
+    check: Arc<DriftCheck>,
+    previous: Option<usize>,
+}
+
+impl DriftController {
+    /// The controller for one set (which must have `drift_check`).
+    pub fn new(check: Arc<DriftCheck>) -> DriftController {
+        DriftController {
+            check,
+            previous: None,
         }
     }
+}
 
+impl Controller for DriftController {
+    fn reconcile(&mut self) -> Step<'_> {
+        Box::pin(async move {
+            let every = self
+                .check
+                .set
+                .drift_check
+                .map_or(Duration::from_secs(60), |d| d.0)
+                .max(Duration::from_secs(1));
+            let (check, previous) = (self.check.clone(), self.previous);
+            let n = tokio::task::spawn_blocking(move || check.once(previous))
+                .await
+                .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+            self.previous = n.or(self.previous);
+            Ok(Next::After(every))
+        })
+    }
+}
+
+impl DriftCheck {
     /// One drift check (and correction). Returns the drift count, or None on error.
     fn once(&self, previous: Option<usize>) -> Option<usize> {
         let set = &self.set.name;

@@ -16,6 +16,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use steward_health::Prober;
+use steward_runtime::{Controller, Next, Step, StepError, Supervisor};
 use steward_spec::{Image, Resolver, Service, Spec};
 use steward_state::{EventKind, EventQuery, InstanceRow, NewEvent, Severity, Store, now_ms};
 use tokio::net::TcpListener;
@@ -141,19 +142,17 @@ fn event(
 /// The event-log cursor of `auto_rebuild`.
 pub const REBUILD_CONSUMER: &str = "fleet.auto_rebuild";
 
-/// Runs a store call on the blocking pool; a failure is logged as an error and
-/// `None` (the caller decides what a missing answer means), never ignored.
-async fn blocking_state<T: Send + 'static>(
+/// Runs a store call on the blocking pool; a failure is the step's error at
+/// `stage` (the supervisor counts, logs and retries it), never ignored.
+async fn state<T: Send + 'static>(
     store: &Arc<Store>,
+    stage: &'static str,
     f: impl FnOnce(&Store) -> Result<T, steward_state::StateError> + Send + 'static,
-) -> Option<T> {
+) -> Result<T, StepError> {
     let store = store.clone();
     match tokio::task::spawn_blocking(move || f(&store)).await {
-        Ok(Ok(v)) => Some(v),
-        Ok(Err(e)) => {
-            tracing::error!(error = %e, "fleet: state database");
-            None
-        }
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(StepError::new(stage, e)),
         Err(e) => std::panic::resume_unwind(e.into_panic()),
     }
 }
@@ -190,14 +189,21 @@ pub fn who() -> String {
 }
 
 impl Fleet {
-    /// Runs every service's loop and proxy until `cancel`; on the way out the
-    /// running instances are stopped and parked, so the next `serve` revives them.
-    pub async fn run(self, bound: Vec<Bound>, cancel: CancellationToken) {
+    /// Deletes orphaned instance directories, starts the proxies on a thread of
+    /// their own (the data path never waits behind the control plane's probes,
+    /// SQLite writes or image unpacking; it ends when `cancel` fires), and adds
+    /// to `sup` one controller per service (`fleet.SERVICE`: on the way out it
+    /// stops and parks the running instances, so the next `serve` revives
+    /// them) and `fleet.auto_rebuild`, all leader-only.
+    pub async fn register(
+        self,
+        bound: Vec<Bound>,
+        sup: &mut Supervisor,
+        cancel: CancellationToken,
+    ) -> Option<std::thread::JoinHandle<()>> {
         self.sweep_orphans().await;
-        let mut tasks = Vec::new();
         let mut listeners: HashMap<String, TcpListener> =
             bound.into_iter().map(|b| (b.service, b.listener)).collect();
-        tasks.push(tokio::spawn(self.clone().rebuild_stale(cancel.clone())));
         let mut proxies = Vec::new();
         for svc in self.spec.services.values() {
             let pool = Arc::new(Pool::default());
@@ -211,44 +217,42 @@ impl Fleet {
             let Some(image) = self.spec.images.get(&svc.image).cloned() else {
                 continue;
             };
-            let (fleet, svc, cancel) = (self.clone(), svc.clone(), cancel.clone());
-            tasks.push(tokio::spawn(async move {
-                // A panic in one service's loop is recorded and the loop starts
-                // over from the state store; other services go on.
-                loop {
-                    let mut lp = ServiceLoop {
-                        fleet: fleet.clone(),
-                        svc: svc.clone(),
-                        image: image.clone(),
-                        pool: pool.clone(),
-                        live: HashMap::new(),
-                        draining: Arc::default(),
-                        start_backoff: None,
-                        build_backoff: None,
-                        next_due: None,
-                    };
-                    let c = cancel.clone();
-                    match tokio::spawn(async move { lp.run(c).await }).await {
-                        Err(e) if e.is_panic() && !cancel.is_cancelled() => {
-                            tracing::error!(service = %svc.name, "fleet loop panicked; restarting it");
-                            fleet.store.record(&event(
-                                EventKind::ControllerPanicked,
-                                &svc.name,
-                                Severity::Error,
-                                format!("the fleet loop of {} panicked and was restarted", svc.name),
-                                serde_json::json!({"controller": "fleet"}),
-                            ));
-                            tokio::time::sleep(Duration::from_secs(1)).await;
-                        }
-                        _ => break,
-                    }
-                }
-            }));
+            let (fleet, svc) = (self.clone(), svc.clone());
+            // Built afresh after a panic: everything it needs is in the store.
+            sup.add_leader_only(format!("fleet.{}", svc.name), move |_| {
+                Box::new(ServiceLoop {
+                    fleet: fleet.clone(),
+                    svc: svc.clone(),
+                    image: image.clone(),
+                    pool: pool.clone(),
+                    live: HashMap::new(),
+                    draining: Arc::default(),
+                    start_backoff: None,
+                    build_backoff: None,
+                    next_due: None,
+                })
+            });
         }
-        // The proxies run on a thread of their own: the data path never waits
-        // behind the control plane's probes, SQLite writes or image unpacking.
-        let proxy_thread = (!proxies.is_empty()).then(|| {
-            let cancel = cancel.clone();
+        let images: BTreeMap<String, Image> = self
+            .spec
+            .images
+            .values()
+            .filter(|i| i.auto_rebuild)
+            .filter(|i| self.spec.services.values().any(|s| s.image == i.name))
+            .map(|i| (i.name.clone(), i.clone()))
+            .collect();
+        if !images.is_empty() {
+            let fleet = self.clone();
+            sup.add_leader_only(REBUILD_CONSUMER, move |_| {
+                Box::new(Rebuilder {
+                    fleet: fleet.clone(),
+                    images: images.clone(),
+                    bell: fleet.store.event_bell(),
+                    after: None,
+                })
+            });
+        }
+        (!proxies.is_empty()).then(|| {
             std::thread::Builder::new()
                 .name("steward-proxy".into())
                 .spawn(move || {
@@ -270,99 +274,7 @@ impl Fleet {
                     });
                 })
                 .expect("a thread for the proxies")
-        });
-        for t in tasks {
-            let _ = t.await;
-        }
-        if let Some(t) = proxy_thread {
-            let _ = tokio::task::spawn_blocking(move || t.join()).await;
-        }
-    }
-
-    /// `auto_rebuild`: a new `image.stale` event about an image rebuilds it
-    /// (updates installed, cache ignored) and rolls the new build out to every
-    /// service using it, through the normal health-gated rollout.
-    ///
-    /// The log is followed from a durable cursor ([`REBUILD_CONSUMER`]): a stale
-    /// verdict that arrives while steward is down is acted on at the next
-    /// start; one in flight at a crash is acted on again; several about one
-    /// image in a batch make one rebuild.
-    async fn rebuild_stale(self, cancel: CancellationToken) {
-        let images: BTreeMap<String, Image> = self
-            .spec
-            .images
-            .values()
-            .filter(|i| i.auto_rebuild)
-            .filter(|i| self.spec.services.values().any(|s| s.image == i.name))
-            .map(|i| (i.name.clone(), i.clone()))
-            .collect();
-        if images.is_empty() {
-            return;
-        }
-        let mut bell = self.store.event_bell();
-        let names: Vec<String> = images.keys().cloned().collect();
-        let start = blocking_state(&self.store, move |s| {
-            if let Some(after) = s.event_cursor(REBUILD_CONSUMER)? {
-                return Ok(after);
-            }
-            // Before the cursor, steward kept one "handled" id per image.
-            let mut after = i64::MAX;
-            for name in &names {
-                let handled = s.meta(&format!("fleet.rebuilt.{name}"))?;
-                after = after.min(handled.and_then(|v| v.parse().ok()).unwrap_or(0));
-            }
-            Ok(after)
         })
-        .await;
-        let Some(mut after) = start else {
-            return;
-        };
-        loop {
-            let batch = blocking_state(&self.store, move |s| {
-                s.events(&EventQuery {
-                    after: Some(after),
-                    kinds: vec![EventKind::ImageStale],
-                    limit: 256,
-                    ..EventQuery::default()
-                })
-            })
-            .await;
-            let batch = match batch {
-                Some(b) if !b.is_empty() => b,
-                other => {
-                    if other.is_some() {
-                        bell.mark_unchanged();
-                    }
-                    tokio::select! {
-                        _ = bell.changed() => {}
-                        _ = tokio::time::sleep(Duration::from_secs(2)) => {}
-                        _ = cancel.cancelled() => return,
-                    }
-                    continue;
-                }
-            };
-            let mut newest: BTreeMap<String, i64> = BTreeMap::new();
-            let last = batch.last().map_or(after, |e| e.id);
-            for ev in batch {
-                if images.contains_key(&ev.event.subject) {
-                    newest.insert(ev.event.subject, ev.id);
-                }
-            }
-            for (name, stale) in newest {
-                if cancel.is_cancelled() {
-                    return;
-                }
-                self.rebuild(&images[&name], stale).await;
-            }
-            after = last;
-            let saved = blocking_state(&self.store, move |s| {
-                s.set_event_cursor(REBUILD_CONSUMER, after)
-            })
-            .await;
-            if saved.is_none() {
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-        }
     }
 
     /// Rebuilds one stale image and asks every service using it for a deploy.
@@ -409,7 +321,7 @@ impl Fleet {
             .cloned()
             .collect();
         let digest = manifest.digest.clone();
-        blocking_state(&self.store, move |store| {
+        let asked = state(&self.store, "act", move |store| {
             for svc in &services {
                 let current = store.fleet_service(&svc.name)?;
                 if current.and_then(|c| c.target).as_deref() == Some(digest.as_str()) {
@@ -426,6 +338,9 @@ impl Fleet {
             Ok(())
         })
         .await;
+        if let Err(e) = asked {
+            tracing::error!(image = %image.name, error = %e.message, "auto_rebuild: cannot ask for the deploys");
+        }
     }
 
     /// Instance directories no record knows about (a crash between creating one
@@ -442,6 +357,104 @@ impl Fleet {
                 self.provider.destroy(&e.path());
             }
         }
+    }
+}
+
+/// `auto_rebuild`: a new `image.stale` event about an image rebuilds it
+/// (updates installed, cache ignored) and rolls the new build out to every
+/// service using it, through the normal health-gated rollout.
+///
+/// The log is followed from a durable cursor ([`REBUILD_CONSUMER`]): a stale
+/// verdict that arrives while steward is down is acted on at the next start;
+/// one in flight at a crash is acted on again; several about one image in a
+/// batch make one rebuild.
+struct Rebuilder {
+    fleet: Fleet,
+    images: BTreeMap<String, Image>,
+    bell: tokio::sync::watch::Receiver<i64>,
+    after: Option<i64>,
+}
+
+impl Controller for Rebuilder {
+    fn reconcile(&mut self) -> Step<'_> {
+        Box::pin(async move {
+            let store = &self.fleet.store;
+            let after = match self.after {
+                Some(a) => a,
+                None => {
+                    let names: Vec<String> = self.images.keys().cloned().collect();
+                    let start = state(store, "state", move |s| {
+                        if let Some(after) = s.event_cursor(REBUILD_CONSUMER)? {
+                            return Ok(after);
+                        }
+                        // Before the cursor, steward kept one "handled" id per image.
+                        let mut after = i64::MAX;
+                        for name in &names {
+                            let handled = s.meta(&format!("fleet.rebuilt.{name}"))?;
+                            after = after.min(handled.and_then(|v| v.parse().ok()).unwrap_or(0));
+                        }
+                        Ok(after)
+                    })
+                    .await?;
+                    self.after = Some(start);
+                    start
+                }
+            };
+            self.bell.mark_unchanged();
+            let batch = state(store, "observe", move |s| {
+                s.events(&EventQuery {
+                    after: Some(after),
+                    kinds: vec![EventKind::ImageStale],
+                    limit: 256,
+                    ..EventQuery::default()
+                })
+            })
+            .await?;
+            let Some(last) = batch.last().map(|e| e.id) else {
+                let mut bell = self.bell.clone();
+                return Ok(Next::When(Box::pin(async move {
+                    tokio::select! {
+                        _ = bell.changed() => {}
+                        _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                    }
+                })));
+            };
+            let mut newest: BTreeMap<String, i64> = BTreeMap::new();
+            for ev in batch {
+                if self.images.contains_key(&ev.event.subject) {
+                    newest.insert(ev.event.subject, ev.id);
+                }
+            }
+            for (name, stale) in newest {
+                self.fleet.rebuild(&self.images[&name], stale).await;
+            }
+            state(store, "state", move |s| {
+                s.set_event_cursor(REBUILD_CONSUMER, last)
+            })
+            .await?;
+            self.after = Some(last);
+            Ok(Next::After(Duration::ZERO))
+        })
+    }
+}
+
+impl Controller for ServiceLoop {
+    fn reconcile(&mut self) -> Step<'_> {
+        Box::pin(async move {
+            self.step().await;
+            // The next look comes after a tick, or sooner when an instance is
+            // due to count as healthy: a rollout waits for no tick it need not.
+            let wake = self
+                .next_due
+                .take()
+                .map(|t| t.min(Instant::now() + TICK))
+                .unwrap_or_else(|| Instant::now() + TICK);
+            Ok(Next::at(wake))
+        })
+    }
+
+    fn stop(&mut self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
+        Box::pin(self.shutdown())
     }
 }
 
@@ -518,24 +531,6 @@ impl ServiceLoop {
             EventKind::FleetStartFailed
         };
         self.record(kind, Severity::Error, message, serde_json::json!({}));
-    }
-
-    async fn run(&mut self, cancel: CancellationToken) {
-        loop {
-            // The next look comes after a tick, or sooner when an instance is
-            // due to count as healthy: a rollout waits for no tick it need not.
-            let wake = self
-                .next_due
-                .take()
-                .map(|t| t.min(Instant::now() + TICK))
-                .unwrap_or_else(|| Instant::now() + TICK);
-            tokio::select! {
-                _ = tokio::time::sleep_until(wake.into()) => {}
-                _ = cancel.cancelled() => break,
-            }
-            self.step().await;
-        }
-        self.shutdown().await;
     }
 
     /// On a graceful stop: running instances are stopped and parked.

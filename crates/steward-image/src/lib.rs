@@ -647,9 +647,9 @@ pub mod controller {
     use prometheus_client::metrics::family::Family;
     use prometheus_client::metrics::gauge::Gauge;
     use prometheus_client::registry::Registry;
+    use steward_runtime::{Controller, Next, Step, StepError};
     use steward_spec::{Resolver, Spec};
     use steward_state::{EventKind, NewEvent, Severity, Store};
-    use tokio_util::sync::CancellationToken;
 
     type Labels = Vec<(String, String)>;
 
@@ -682,79 +682,96 @@ pub mod controller {
         }
     }
 
-    /// Runs the audits until cancelled.
-    pub async fn run(
+    /// The audit of one image with `audit.every`, as a supervised
+    /// controller: one audit per step.
+    pub struct Audit {
         spec: Arc<Spec>,
         store: Arc<Store>,
         resolver: Arc<dyn Resolver>,
         metrics: ImageMetrics,
-        cancel: CancellationToken,
-    ) {
-        let mut tasks = Vec::new();
-        for image in spec.images.values() {
-            let Some(every) = image.audit_every else {
-                continue;
-            };
-            let (spec, store, resolver, metrics, cancel, name) = (
-                spec.clone(),
-                store.clone(),
-                resolver.clone(),
-                metrics.clone(),
-                cancel.clone(),
-                image.name.clone(),
-            );
-            tasks.push(tokio::spawn(async move {
-                let mut tick = tokio::time::interval(every.0.max(Duration::from_secs(1)));
-                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                let mut was_stale: Option<bool> = None;
-                loop {
-                    tokio::select! {
-                        _ = tick.tick() => {}
-                        _ = cancel.cancelled() => return,
-                    }
-                    let (spec2, resolver2, name2) = (spec.clone(), resolver.clone(), name.clone());
-                    let result = tokio::task::spawn_blocking(move || {
-                        super::audit(&spec2, &spec2.images[&name2], resolver2.as_ref())
-                    })
-                    .await;
-                    let labels = vec![("image".to_string(), name.clone())];
-                    match result {
-                        Ok(Ok(r)) => {
-                            metrics.stale.get_or_create(&labels).set(r.stale as i64);
-                            metrics
-                                .outdated
-                                .get_or_create(&labels)
-                                .set(r.outdated.len() as i64);
-                            metrics.age.get_or_create(&labels).set(r.age_days);
-                            if was_stale != Some(r.stale) && r.stale {
-                                store.record(&NewEvent::now(
-                                    EventKind::ImageStale,
-                                    &name,
-                                    Severity::Warning,
-                                    format!(
-                                        "{} outdated package(s) ({} security), {:.1} days old",
-                                        r.outdated.len(),
-                                        r.outdated.iter().filter(|o| o.security).count(),
-                                        r.age_days
-                                    ),
-                                    serde_json::to_value(&r).unwrap_or_default(),
-                                ));
-                            }
-                            was_stale = Some(r.stale);
-                        }
-                        Ok(Err(super::ImageError::NotBuilt(_))) => {}
-                        Ok(Err(e)) => {
-                            tracing::warn!(image = %name, error = %e, "image audit failed")
-                        }
-                        Err(e) => {
-                            tracing::error!(image = %name, error = %e, "image audit panicked")
-                        }
-                    }
-                }
-            }));
+        name: String,
+        was_stale: Option<bool>,
+    }
+
+    impl Audit {
+        /// The controller for `name` (an image of `spec`).
+        pub fn new(
+            spec: Arc<Spec>,
+            store: Arc<Store>,
+            resolver: Arc<dyn Resolver>,
+            metrics: ImageMetrics,
+            name: String,
+        ) -> Audit {
+            Audit {
+                spec,
+                store,
+                resolver,
+                metrics,
+                name,
+                was_stale: None,
+            }
         }
-        for t in tasks {
-            let _ = t.await;
+
+        /// The images `serve` audits, by name.
+        pub fn audited(spec: &Spec) -> Vec<String> {
+            spec.images
+                .values()
+                .filter(|i| i.audit_every.is_some())
+                .map(|i| i.name.clone())
+                .collect()
+        }
+    }
+
+    impl Controller for Audit {
+        fn reconcile(&mut self) -> Step<'_> {
+            Box::pin(async move {
+                let every = self.spec.images[&self.name]
+                    .audit_every
+                    .map_or(Duration::from_secs(3600), |d| d.0)
+                    .max(Duration::from_secs(1));
+                let (spec, resolver, name) =
+                    (self.spec.clone(), self.resolver.clone(), self.name.clone());
+                let result = tokio::task::spawn_blocking(move || {
+                    super::audit(&spec, &spec.images[&name], resolver.as_ref())
+                })
+                .await
+                .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+                let labels = vec![("image".to_string(), self.name.clone())];
+                match result {
+                    Ok(r) => {
+                        self.metrics
+                            .stale
+                            .get_or_create(&labels)
+                            .set(r.stale as i64);
+                        self.metrics
+                            .outdated
+                            .get_or_create(&labels)
+                            .set(r.outdated.len() as i64);
+                        self.metrics.age.get_or_create(&labels).set(r.age_days);
+                        if self.was_stale != Some(r.stale) && r.stale {
+                            self.store.record(&NewEvent::now(
+                                EventKind::ImageStale,
+                                &self.name,
+                                Severity::Warning,
+                                format!(
+                                    "{} outdated package(s) ({} security), {:.1} days old",
+                                    r.outdated.len(),
+                                    r.outdated.iter().filter(|o| o.security).count(),
+                                    r.age_days
+                                ),
+                                serde_json::to_value(&r).unwrap_or_default(),
+                            ));
+                        }
+                        self.was_stale = Some(r.stale);
+                        Ok(Next::After(every))
+                    }
+                    // Nothing built yet: nothing to audit, and nothing wrong.
+                    Err(super::ImageError::NotBuilt(_)) => Ok(Next::After(every)),
+                    // An audit is costly (apt in a chroot): the next try
+                    // waits the usual interval.
+                    Err(e) => Err(StepError::new("audit", e).retry_after(every)),
+                }
+            })
         }
     }
 }

@@ -46,6 +46,8 @@ pub struct AppState {
     pub auth: Arc<auth::AuthState>,
     /// Operational gaps (`steward doctor`), computed once: the spec does not change while serving.
     pub findings: Arc<Vec<steward_doctor::Finding>>,
+    /// How the supervised controllers are doing (for steward's own `/health`).
+    pub controllers: steward_runtime::Health,
 }
 
 impl AppState {
@@ -69,7 +71,14 @@ impl AppState {
             registry,
             summaries: Arc::default(),
             auth: Arc::default(),
+            controllers: steward_runtime::Health::default(),
         }
+    }
+
+    /// The same state, reporting these controllers on `/health`.
+    pub fn with_controllers(mut self, controllers: steward_runtime::Health) -> Self {
+        self.controllers = controllers;
+        self
     }
 
     /// Keeps the summary cache warm until `cancel`, so requests rarely compute it.
@@ -114,10 +123,12 @@ pub fn router(state: AppState) -> Router {
         .layer(axum::middleware::from_fn(security_headers))
 }
 
-/// steward's own health: can it read its database, and how many checks are down.
+/// steward's own health: can it read its database, how many checks are down,
+/// and whether its controllers work.
 fn own_health(state: &AppState) -> HealthEndpoint {
     let store = state.store.clone();
     let board = state.board.clone();
+    let controllers = state.controllers.clone();
     HealthEndpoint::builder()
         .service_id("steward")
         .version(env!("CARGO_PKG_VERSION"))
@@ -150,6 +161,29 @@ fn own_health(state: &AppState) -> HealthEndpoint {
                     Observation::warn(format!("{down} monitored check(s) down"))
                         .observed(down, "checks")
                 }
+            }
+        })
+        .check("controllers", "component", move || {
+            let failing = controllers.failing();
+            let troubled = controllers.troubled();
+            async move {
+                // A controller that panics in a loop is steward failing at its
+                // job: fail, naming it and its last error.
+                if let Some((name, h)) = failing.first() {
+                    let error = h.last_error.clone().unwrap_or_default();
+                    return Observation::fail(format!(
+                        "{} controller(s) failing; {name} panicked {} times in a row: {error}",
+                        failing.len(),
+                        h.panics_in_a_row
+                    ))
+                    .observed(failing.len(), "controllers");
+                }
+                if let Some((name, h)) = troubled.first() {
+                    let error = h.last_error.clone().unwrap_or_default();
+                    return Observation::warn(format!("{name}: {error}"))
+                        .observed(troubled.len(), "controllers");
+                }
+                Observation::pass().observed(0, "controllers")
             }
         })
         .liveness("process:uptime", {

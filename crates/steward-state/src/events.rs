@@ -84,6 +84,7 @@ kinds! {
     ServeTlsReloaded => "serve.tls_reloaded", "SIGHUP re-read the TLS certificate";
     ServeTlsReloadFailed => "serve.tls_reload_failed", "SIGHUP found a broken certificate; the old one stays";
     ControllerPanicked => "controller.panicked", "a controller panicked and was started again";
+    ControllerFailed => "controller.failed", "a controller's step failed (the first of a streak of the same failure)";
     AuthLogin => "auth.login", "someone signed in to the status page";
     AuthFailed => "auth.failed", "a token or sign-in was refused";
     AuthCsrf => "auth.csrf", "a form post without a valid CSRF token was refused";

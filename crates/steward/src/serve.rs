@@ -122,92 +122,75 @@ pub(crate) async fn run(spec_path: &Path, listen: Option<SocketAddr>) -> u8 {
         }
     };
 
-    let alerting = {
-        let (spec, store, board, resolver, cancel) = (
-            spec.clone(),
-            store.clone(),
-            monitor.board.clone(),
-            resolver.clone(),
-            cancel.clone(),
-        );
-        tokio::spawn(async move {
-            // A panic in alerting must not end it for good: record it and start again.
-            loop {
-                let mut alerter =
-                    Alerter::new(&spec, store.clone(), board.clone(), resolver.clone());
-                alerter.metrics = alert_metrics.clone();
-                let task = tokio::spawn(alerter.run(cancel.clone()));
-                match task.await {
-                    Err(e) if e.is_panic() && !cancel.is_cancelled() => {
-                        tracing::error!("alerting controller panicked; restarting it");
-                        store.record(&event(
-                            EventKind::ControllerPanicked,
-                            Severity::Error,
-                            "alerting controller panicked and was restarted".into(),
-                            serde_json::json!({"controller": "alert"}),
-                        ));
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                    }
-                    _ => break,
-                }
-            }
-        })
-    };
-
     tokio::spawn(reload_on_sighup(reloader, store.clone(), cancel.clone()));
 
-    // Scheduled backups, retention, restore drills and overdue alerts.
-    let backups = {
-        let controller = steward_backup::controller::BackupController {
-            spec: spec.clone(),
-            store: store.clone(),
-            resolver: resolver.clone(),
-            metrics: backup_metrics,
-        };
-        tokio::spawn(controller.run(cancel.clone()))
-    };
-
-    // Periodic image audits.
-    let images = tokio::spawn(steward_image::controller::run(
-        spec.clone(),
+    // Every controller runs under one supervisor: the same panic isolation,
+    // restarts, metrics, events and health for all. This is the list.
+    let mut sup = steward_runtime::Supervisor::new(
         store.clone(),
+        steward_runtime::Supervisor::always_leader(),
+    );
+    let mut alerter = Alerter::new(
+        &spec,
+        store.clone(),
+        monitor.board.clone(),
         resolver.clone(),
-        image_metrics,
-        cancel.clone(),
-    ));
-
-    // Services: instances, proxies, rollouts.
-    let fleet = {
-        let fleet = steward_fleet::controller::Fleet {
-            spec: spec.clone(),
+    );
+    alerter.metrics = alert_metrics;
+    alerter.register(&mut sup);
+    steward_backup::controller::BackupController {
+        spec: spec.clone(),
+        store: store.clone(),
+        resolver: resolver.clone(),
+        metrics: backup_metrics,
+    }
+    .register(&mut sup);
+    for name in steward_image::controller::Audit::audited(&spec) {
+        let (spec, store, resolver, metrics) = (
+            spec.clone(),
+            store.clone(),
+            resolver.clone(),
+            image_metrics.clone(),
+        );
+        sup.add(format!("image.{name}"), move |_| {
+            Box::new(steward_image::controller::Audit::new(
+                spec.clone(),
+                store.clone(),
+                resolver.clone(),
+                metrics.clone(),
+                name.clone(),
+            ))
+        });
+    }
+    for set in spec.converge.values().filter(|s| s.drift_check.is_some()) {
+        let check = steward_converge::drift::DriftCheck {
+            set: set.clone(),
             store: store.clone(),
+            state_dir: spec.settings.state_dir.clone(),
             resolver: resolver.clone(),
-            provider: Arc::new(steward_fleet::provider::Local::new(
-                &spec.settings.state_dir,
-            )),
-            prober: Prober::new(resolver.clone()),
-            metrics: fleet_metrics,
-            proxy_metrics,
+            metrics: converge_metrics.clone(),
         };
-        tokio::spawn(fleet.run(proxies, cancel.clone()))
-    };
-
-    // Drift detection (and auto-correct) for converge sets that ask for it.
-    let drift: Vec<_> = spec
-        .converge
-        .values()
-        .filter(|set| set.drift_check.is_some())
-        .map(|set| {
-            let check = steward_converge::drift::DriftCheck {
-                set: set.clone(),
-                store: store.clone(),
-                state_dir: spec.settings.state_dir.clone(),
-                resolver: resolver.clone(),
-                metrics: converge_metrics.clone(),
-            };
-            tokio::spawn(check.run(cancel.clone()))
-        })
-        .collect();
+        let check = std::sync::Arc::new(check);
+        sup.add_leader_only(format!("converge.{}", set.name), move |_| {
+            Box::new(steward_converge::drift::DriftController::new(check.clone()))
+        });
+    }
+    let proxies = steward_fleet::controller::Fleet {
+        spec: spec.clone(),
+        store: store.clone(),
+        resolver: resolver.clone(),
+        provider: Arc::new(steward_fleet::provider::Local::new(
+            &spec.settings.state_dir,
+        )),
+        prober: Prober::new(resolver.clone()),
+        metrics: fleet_metrics,
+        proxy_metrics,
+    }
+    .register(proxies, &mut sup, cancel.clone())
+    .await;
+    sup.metrics().register(&mut registry);
+    let controllers = sup.health();
+    let supervised = tokio::spawn(sup.run(cancel.clone()));
 
     let heartbeat = {
         let (store, cancel) = (store.clone(), cancel.clone());
@@ -248,7 +231,8 @@ pub(crate) async fn run(spec_path: &Path, listen: Option<SocketAddr>) -> u8 {
         store.clone(),
         monitor.board.clone(),
         Arc::new(registry),
-    );
+    )
+    .with_controllers(controllers);
     let summaries = tokio::spawn(state.clone().refresh_summaries(cancel.clone()));
     let app = steward_server::router(state);
     let shutdown = {
@@ -267,14 +251,11 @@ pub(crate) async fn run(spec_path: &Path, listen: Option<SocketAddr>) -> u8 {
     .await;
     cancel.cancel();
     monitor.join().await;
-    let _ = alerting.await;
-    let _ = heartbeat.await;
-    for d in drift {
-        let _ = d.await;
+    let _ = supervised.await;
+    if let Some(proxies) = proxies {
+        let _ = tokio::task::spawn_blocking(move || proxies.join()).await;
     }
-    let _ = backups.await;
-    let _ = images.await;
-    let _ = fleet.await;
+    let _ = heartbeat.await;
     let _ = summaries.await;
     store.record(&event(
         EventKind::ServeStopped,
