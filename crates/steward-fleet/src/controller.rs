@@ -22,7 +22,9 @@ use steward_state::{EventKind, EventQuery, InstanceRow, NewEvent, Severity, Stor
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::plan::{Action, After, DeployKind, Input, Phase, View, decide};
+use crate::plan::{
+    Action, After, DeployKind, Input, InstanceState, Phase, Seen, View, decide, lifecycle,
+};
 use crate::provider::{Created, Provider, Running};
 use crate::proxy::{Pool, Proxy, ProxyMetrics};
 
@@ -291,18 +293,23 @@ impl Fleet {
         let manifest = match built {
             Ok(Ok(r)) => r.manifest,
             Ok(Err(e)) => {
-                self.store.record(&event(
+                let failed = event(
                     EventKind::ImageRebuildFailed,
                     &image.name,
                     Severity::Error,
                     format!("rebuilding stale image {} failed: {e}", image.name),
                     serde_json::json!({"stale_event": stale}),
-                ));
+                );
+                let _ = state(&self.store, "act", move |s| {
+                    s.record(&failed);
+                    Ok(())
+                })
+                .await;
                 return;
             }
             Err(e) => std::panic::resume_unwind(e.into_panic()),
         };
-        self.store.record(&event(
+        let rebuilt = event(
             EventKind::ImageRebuilt,
             &image.name,
             Severity::Info,
@@ -312,7 +319,7 @@ impl Fleet {
                 short(&manifest.digest)
             ),
             serde_json::json!({"digest": manifest.digest, "stale_event": stale}),
-        ));
+        );
         let services: Vec<Service> = self
             .spec
             .services
@@ -322,6 +329,7 @@ impl Fleet {
             .collect();
         let digest = manifest.digest.clone();
         let asked = state(&self.store, "act", move |store| {
+            store.record(&rebuilt);
             for svc in &services {
                 let current = store.fleet_service(&svc.name)?;
                 if current.and_then(|c| c.target).as_deref() == Some(digest.as_str()) {
@@ -347,7 +355,7 @@ impl Fleet {
     /// and recording it) are deleted.
     async fn sweep_orphans(&self) {
         let home = self.spec.settings.state_dir.join("fleet/instances");
-        let Ok(rows) = self.store.fleet_instances(None) else {
+        let Ok(rows) = state(&self.store, "observe", |s| s.fleet_instances(None)).await else {
             return;
         };
         let known: Vec<String> = rows.into_iter().map(|r| r.id).collect();
@@ -441,7 +449,7 @@ impl Controller for Rebuilder {
 impl Controller for ServiceLoop {
     fn reconcile(&mut self) -> Step<'_> {
         Box::pin(async move {
-            self.step().await;
+            self.step().await?;
             // The next look comes after a tick, or sooner when an instance is
             // due to count as healthy: a rollout waits for no tick it need not.
             let wake = self
@@ -484,11 +492,40 @@ fn running(r: &InstanceRow) -> Option<Running> {
 }
 
 impl ServiceLoop {
-    fn store(&self) -> &Store {
-        &self.fleet.store
+    /// Runs a state database call on the blocking pool: `serve`'s runtime
+    /// thread (probes, the API) never waits for SQLite.
+    async fn db<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Store) -> Result<T, steward_state::StateError> + Send + 'static,
+    ) -> Result<T, steward_state::StateError> {
+        let store = self.fleet.store.clone();
+        tokio::task::spawn_blocking(move || f(&store))
+            .await
+            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
     }
 
-    fn record(
+    /// A write whose failure is a fleet error (metric and log), never dropped.
+    async fn write(
+        &self,
+        what: &str,
+        f: impl FnOnce(&Store) -> Result<(), steward_state::StateError> + Send + 'static,
+    ) {
+        if let Err(e) = self.db(f).await {
+            self.error("state", format!("cannot record {what}: {e}"))
+                .await;
+        }
+    }
+
+    /// Writes an instance's new state through.
+    async fn put(&self, r: &InstanceRow) {
+        let row = r.clone();
+        self.write(&format!("instance {}", r.id), move |s| {
+            s.fleet_put_instance(&row)
+        })
+        .await;
+    }
+
+    async fn record(
         &self,
         kind: EventKind,
         severity: Severity,
@@ -501,8 +538,9 @@ impl ServiceLoop {
             }
             Severity::Info => tracing::info!(service = %self.svc.name, %kind, "{message}"),
         }
-        self.store()
-            .record(&event(kind, &self.svc.name, severity, message, data));
+        let e = event(kind, &self.svc.name, severity, message, data);
+        let store = self.fleet.store.clone();
+        let _ = tokio::task::spawn_blocking(move || store.record(&e)).await;
     }
 
     fn count_removed(&self, reason: &str) {
@@ -516,7 +554,7 @@ impl ServiceLoop {
             .inc();
     }
 
-    fn error(&self, stage: &str, message: String) {
+    async fn error(&self, stage: &str, message: String) {
         self.fleet
             .metrics
             .errors
@@ -525,26 +563,34 @@ impl ServiceLoop {
                 stage: stage.into(),
             })
             .inc();
-        let kind = if stage == "build" {
-            EventKind::FleetBuildFailed
-        } else {
-            EventKind::FleetStartFailed
+        let kind = match stage {
+            "build" => EventKind::FleetBuildFailed,
+            "start" => EventKind::FleetStartFailed,
+            // The state database itself failed: an event would fail the same
+            // way, so the log line and the metric are the record.
+            _ => {
+                tracing::error!(service = %self.svc.name, stage, "{message}");
+                return;
+            }
         };
-        self.record(kind, Severity::Error, message, serde_json::json!({}));
+        self.record(kind, Severity::Error, message, serde_json::json!({}))
+            .await;
     }
 
     /// On a graceful stop: running instances are stopped and parked.
     async fn shutdown(&mut self) {
-        let rows = self
-            .store()
-            .fleet_instances(Some(&self.svc.name))
-            .unwrap_or_default();
+        let name = self.svc.name.clone();
+        let rows = match self.db(move |s| s.fleet_instances(Some(&name))).await {
+            Ok(rows) => rows,
+            Err(e) => {
+                // Nothing is stopped: the next `serve` adopts what still runs.
+                tracing::error!(service = %self.svc.name, error = %e, "cannot read instances to park them");
+                return;
+            }
+        };
         let mut stops = Vec::new();
         for mut r in rows {
-            if !matches!(
-                r.state.as_str(),
-                "starting" | "ready" | "unready" | "draining"
-            ) {
+            if !r.state.runs() {
                 continue;
             }
             self.pool.remove(&r.id);
@@ -555,21 +601,21 @@ impl ServiceLoop {
                 if let Some(run) = running(&r) {
                     provider.stop(run, grace);
                 }
-                if r.state == "draining"
-                    && r.reason
-                        .as_deref()
-                        .is_some_and(|x| x.starts_with("destroy"))
-                {
+                if r.state == InstanceState::Draining(After::Destroy) {
                     provider.destroy(std::path::Path::new(&r.dir));
-                    let _ = store.fleet_delete_instance(&r.id);
+                    if let Err(e) = store.fleet_delete_instance(&r.id) {
+                        tracing::error!(instance = %r.id, error = %e, "cannot forget a destroyed instance");
+                    }
                     return;
                 }
-                r.state = "parked".into();
+                r.state = InstanceState::Parked;
                 r.pid = None;
                 r.pid_start = None;
                 r.updated_ms = now_ms();
                 r.reason = Some("steward stopped".into());
-                let _ = store.fleet_put_instance(&r);
+                if let Err(e) = store.fleet_put_instance(&r) {
+                    tracing::error!(instance = %r.id, error = %e, "cannot record a parked instance");
+                }
             }));
         }
         for s in stops {
@@ -577,26 +623,30 @@ impl ServiceLoop {
         }
     }
 
-    async fn step(&mut self) {
+    async fn step(&mut self) -> Result<(), StepError> {
         let now = now_ms();
         let name = self.svc.name.clone();
-        let Ok(row) = self.store().fleet_service(&name) else {
-            return;
-        };
+        // One look at the store for the service, its latest deploy and instances.
+        let n = name.clone();
+        let (row, latest, mut rows) = self
+            .db(move |s| {
+                Ok((
+                    s.fleet_service(&n)?,
+                    s.fleet_deploys(Some(&n), 1)?.pop(),
+                    s.fleet_instances(Some(&n))?,
+                ))
+            })
+            .await
+            .map_err(|e| StepError::new("observe", e))?;
         let target = match row.as_ref().and_then(|r| r.target.clone()) {
             Some(t) => t,
             None => {
                 self.first_deploy().await;
-                return;
+                return Ok(());
             }
         };
         let row = row.expect("a target implies a row");
         let desired = self.svc.replicas.desired(row.replicas);
-        let latest = self
-            .store()
-            .fleet_deploys(Some(&name), 1)
-            .ok()
-            .and_then(|mut d| d.pop());
         let halted = latest
             .as_ref()
             .is_some_and(|d| d.result.as_deref() == Some("failed") && d.to_digest == target);
@@ -604,7 +654,9 @@ impl ServiceLoop {
         if let Some(d) = &running_deploy
             && d.started_ms.is_none()
         {
-            let _ = self.store().fleet_deploy_started(d.id, now);
+            let id = d.id;
+            self.write("a deploy's start", move |s| s.fleet_deploy_started(id, now))
+                .await;
             self.record(
                 EventKind::DeployStarted,
                 Severity::Info,
@@ -616,13 +668,10 @@ impl ServiceLoop {
                     d.who
                 ),
                 serde_json::json!({"deploy": d.id, "to": d.to_digest, "from": d.from_digest}),
-            );
+            )
+            .await;
         }
 
-        let mut rows = self
-            .store()
-            .fleet_instances(Some(&name))
-            .unwrap_or_default();
         self.observe(&mut rows).await;
         self.update_pool(&rows);
         self.count(&rows);
@@ -643,7 +692,7 @@ impl ServiceLoop {
         let mht = self.svc.rollout.min_healthy_time.as_millis() as i64;
         self.next_due = rows
             .iter()
-            .filter(|r| r.state == "ready")
+            .filter(|r| r.state == InstanceState::Ready)
             .filter_map(|r| r.ready_ms.map(|t| t + mht))
             .filter(|due| *due > now)
             .min()
@@ -656,7 +705,7 @@ impl ServiceLoop {
                         continue;
                     }
                     if let Err(e) = self.start(&target, &reason).await {
-                        self.error("start", e);
+                        self.error("start", e).await;
                         self.start_backoff = Some(Instant::now() + Duration::from_secs(2));
                     }
                 }
@@ -664,12 +713,12 @@ impl ServiceLoop {
                     if let Some(r) = rows.iter().find(|r| r.id == id).cloned()
                         && let Err(e) = self.revive(r).await
                     {
-                        self.error("start", e);
+                        self.error("start", e).await;
                     }
                 }
                 Action::Drain { id, then, reason } => {
                     if let Some(r) = rows.iter().find(|r| r.id == id).cloned() {
-                        self.drain(r, then, &reason);
+                        self.drain(r, then, &reason).await;
                     }
                 }
                 Action::Destroy { id, reason } => {
@@ -679,7 +728,7 @@ impl ServiceLoop {
                 }
                 Action::Fail { reason } => {
                     if let Some(d) = &running_deploy {
-                        self.failed(d, &reason, &row);
+                        self.failed(d, &reason, &row).await;
                     }
                 }
                 Action::Complete => {
@@ -691,9 +740,11 @@ impl ServiceLoop {
                             name,
                             short(&d.to_digest)
                         );
-                        let _ = self
-                            .store()
-                            .fleet_deploy_finished(d.id, "succeeded", &msg, now);
+                        let (id, m) = (d.id, msg.clone());
+                        self.write("a deploy's end", move |s| {
+                            s.fleet_deploy_finished(id, "succeeded", &m, now)
+                        })
+                        .await;
                         self.fleet
                             .metrics
                             .deploys
@@ -707,11 +758,13 @@ impl ServiceLoop {
                             Severity::Info,
                             msg,
                             serde_json::json!({"deploy": d.id, "to": d.to_digest, "seconds": secs}),
-                        );
+                        )
+                        .await;
                     }
                 }
             }
         }
+        Ok(())
     }
 
     /// The first start of a service: its image's newest build, built now when
@@ -744,21 +797,24 @@ impl ServiceLoop {
                         Severity::Info,
                         format!("image {} built: {}", self.image.name, short(&m.digest)),
                         serde_json::json!({"image": self.image.name, "digest": m.digest}),
-                    );
+                    )
+                    .await;
                 }
-                let _ = request_deploy(
-                    self.store(),
-                    &self.svc,
-                    &m.digest,
-                    "serve",
-                    DeployKind::Initial,
-                );
+                let (svc, digest) = (self.svc.clone(), m.digest.clone());
+                self.write("the first deploy", move |s| {
+                    request_deploy(s, &svc, &digest, "serve", DeployKind::Initial).map(|_| ())
+                })
+                .await;
             }
             Ok(Err(e)) => {
-                self.error("build", format!("image {}: {e}", self.image.name));
+                self.error("build", format!("image {}: {e}", self.image.name))
+                    .await;
                 self.build_backoff = Some(Instant::now() + Duration::from_secs(30));
             }
-            Err(e) => self.error("build", format!("image {}: {e}", self.image.name)),
+            Err(e) => {
+                self.error("build", format!("image {}: {e}", self.image.name))
+                    .await
+            }
         }
     }
 
@@ -768,40 +824,38 @@ impl ServiceLoop {
         let now = now_ms();
         let mut probes = tokio::task::JoinSet::new();
         for (i, r) in rows.iter_mut().enumerate() {
-            match r.state.as_str() {
-                "starting" | "ready" | "unready" => {}
-                "draining" => {
+            match r.state {
+                InstanceState::Starting | InstanceState::Ready | InstanceState::Unready => {}
+                InstanceState::Draining(then) => {
                     let mine = self
                         .draining
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
                         .contains(&r.id);
                     if !mine {
-                        // Left over from an earlier steward: finish it.
-                        let then = if r.reason.as_deref().is_some_and(|x| x.starts_with("park")) {
-                            After::Park
-                        } else {
-                            After::Destroy
-                        };
-                        self.drain(r.clone(), then, "resuming an interrupted drain");
+                        // Left over from an earlier steward: finish it as recorded.
+                        self.drain(r.clone(), then, "resuming an interrupted drain")
+                            .await;
                     }
                     continue;
                 }
-                _ => continue,
+                InstanceState::Parked | InstanceState::Failed => continue,
             }
             let alive = running(r).is_some_and(|run| self.fleet.provider.alive(run));
             if !alive {
-                if r.state != "failed" {
+                let seen = Seen { alive, ready: None };
+                if let Some(next) = lifecycle(r.state, seen) {
                     self.record(
                         EventKind::FleetInstanceExited,
                         Severity::Warning,
                         format!("instance {} exited without being asked", r.id),
                         serde_json::json!({"instance": r.id}),
-                    );
-                    r.state = "failed".into();
+                    )
+                    .await;
+                    r.state = next;
                     r.reason = Some(format!("exited; see `steward logs {} {}`", r.service, r.id));
                     r.updated_ms = now;
-                    let _ = self.store().fleet_put_instance(r);
+                    self.put(r).await;
                 }
                 continue;
             }
@@ -813,8 +867,8 @@ impl ServiceLoop {
             }
             let addr: Option<SocketAddr> = r.addr.parse().ok();
             let check = addr.and_then(|a| self.svc.readiness_for(a));
-            let every = match (&check, r.state.as_str()) {
-                (_, "starting") => STARTING_PROBE,
+            let every = match (&check, r.state) {
+                (_, InstanceState::Starting) => STARTING_PROBE,
                 (Some(c), _) => c.interval.0.min(READY_PROBE_MAX),
                 (None, _) => READY_PROBE_MAX,
             };
@@ -836,30 +890,34 @@ impl ServiceLoop {
         while let Some(Ok((i, pass))) = probes.join_next().await {
             let r = &mut rows[i];
             let now = now_ms();
-            let next = match (r.state.as_str(), pass) {
-                ("starting", true) | ("unready", true) => "ready",
-                ("ready", false) => "unready",
-                _ => continue,
+            let seen = Seen {
+                alive: true,
+                ready: Some(pass),
             };
-            if next == "ready" {
+            let Some(next) = lifecycle(r.state, seen) else {
+                continue;
+            };
+            if next == InstanceState::Ready {
                 r.ready_ms = Some(now);
                 self.record(
                     EventKind::FleetInstanceReady,
                     Severity::Info,
                     format!("instance {} is ready on {}", r.id, r.addr),
                     serde_json::json!({"instance": r.id, "addr": r.addr}),
-                );
+                )
+                .await;
             } else {
                 self.record(
                     EventKind::FleetInstanceUnready,
                     Severity::Warning,
                     format!("instance {} stopped passing readiness", r.id),
                     serde_json::json!({"instance": r.id}),
-                );
+                )
+                .await;
             }
-            r.state = next.into();
+            r.state = next;
             r.updated_ms = now;
-            let _ = self.store().fleet_put_instance(r);
+            self.put(r).await;
         }
         self.live.retain(|id, _| rows.iter().any(|r| &r.id == id));
     }
@@ -870,7 +928,7 @@ impl ServiceLoop {
         }
         let ready: Vec<(String, SocketAddr)> = rows
             .iter()
-            .filter(|r| r.state == "ready")
+            .filter(|r| r.state == InstanceState::Ready)
             .filter_map(|r| Some((r.id.clone(), r.addr.parse().ok()?)))
             .collect();
         self.pool.set(&ready);
@@ -880,7 +938,7 @@ impl ServiceLoop {
         for state in [
             "starting", "ready", "unready", "draining", "parked", "failed",
         ] {
-            let n = rows.iter().filter(|r| r.state == state).count();
+            let n = rows.iter().filter(|r| r.state.as_str() == state).count();
             self.fleet
                 .metrics
                 .instances
@@ -931,7 +989,7 @@ impl ServiceLoop {
                 id: id2.clone(),
                 service: svc.name.clone(),
                 digest: digest.clone(),
-                state: "starting".into(),
+                state: InstanceState::Starting,
                 addr: created.addr.to_string(),
                 pid: None,
                 pid_start: None,
@@ -951,8 +1009,11 @@ impl ServiceLoop {
                 }
                 Err(e) => {
                     provider.destroy(&created.dir);
-                    let _ = store.fleet_delete_instance(&id2);
-                    Err(e.to_string())
+                    match store.fleet_delete_instance(&id2) {
+                        Ok(()) => Err(e.to_string()),
+                        // The record stays; the next step sees a failed instance.
+                        Err(d) => Err(format!("{e}; and its record could not be removed: {d}")),
+                    }
                 }
             }
         })
@@ -963,7 +1024,7 @@ impl ServiceLoop {
             Severity::Info,
             format!("instance {id} started on {} ({reason})", row.addr),
             serde_json::json!({"instance": id, "addr": row.addr, "digest": row.digest, "pid": row.pid}),
-        );
+        ).await;
         Ok(())
     }
 
@@ -985,7 +1046,7 @@ impl ServiceLoop {
             let run = provider
                 .start(&r.id, &svc, &r.digest, &created, &env)
                 .map_err(|e| e.to_string())?;
-            r.state = "starting".into();
+            r.state = InstanceState::Starting;
             r.addr = created.addr.to_string();
             r.pid = Some(run.pid);
             r.pid_start = run.pid_start;
@@ -1002,13 +1063,14 @@ impl ServiceLoop {
             Severity::Info,
             format!("parked instance {} started again on {}", r2.id, r2.addr),
             serde_json::json!({"instance": r2.id, "addr": r2.addr, "digest": r2.digest}),
-        );
+        )
+        .await;
         Ok(())
     }
 
     /// Takes the instance out of the proxy, lets its requests finish (up to
     /// `drain_timeout`), stops it, then parks or destroys it — in the background.
-    fn drain(&mut self, mut r: InstanceRow, then: After, reason: &str) {
+    async fn drain(&mut self, mut r: InstanceRow, then: After, reason: &str) {
         {
             let mut d = self.draining.lock().unwrap_or_else(|e| e.into_inner());
             if !d.insert(r.id.clone()) {
@@ -1020,18 +1082,19 @@ impl ServiceLoop {
             After::Park => "park",
             After::Destroy => "destroy",
         };
-        if r.state != "draining" {
-            r.state = "draining".into();
+        if !matches!(r.state, InstanceState::Draining(_)) {
+            r.state = InstanceState::Draining(then);
             r.reason = Some(format!("{verb}: {reason}"));
             r.updated_ms = now_ms();
-            let _ = self.store().fleet_put_instance(&r);
+            self.put(&r).await;
             self.count_removed(reason);
             self.record(
                 EventKind::FleetInstanceDraining,
                 Severity::Info,
                 format!("instance {} draining ({reason})", r.id),
                 serde_json::json!({"instance": r.id, "then": verb}),
-            );
+            )
+            .await;
         }
         let (provider, store, draining) = (
             self.fleet.provider.clone(),
@@ -1054,16 +1117,20 @@ impl ServiceLoop {
                 }
                 let msg = match then {
                     After::Park => {
-                        r.state = "parked".into();
+                        r.state = InstanceState::Parked;
                         r.pid = None;
                         r.pid_start = None;
                         r.updated_ms = now_ms();
-                        let _ = store.fleet_put_instance(&r);
+                        if let Err(e) = store.fleet_put_instance(&r) {
+                            tracing::error!(instance = %r.id, error = %e, "cannot record a parked instance");
+                        }
                         format!("instance {} stopped and parked for a rollback", r.id)
                     }
                     After::Destroy => {
                         provider.destroy(std::path::Path::new(&r.dir));
-                        let _ = store.fleet_delete_instance(&r.id);
+                        if let Err(e) = store.fleet_delete_instance(&r.id) {
+                            tracing::error!(instance = %r.id, error = %e, "cannot forget a destroyed instance");
+                        }
                         format!("instance {} stopped and destroyed", r.id)
                     }
                 };
@@ -1094,7 +1161,7 @@ impl ServiceLoop {
                 provider.stop(run, grace);
             }
             provider.destroy(std::path::Path::new(&r.dir));
-            let _ = store.fleet_delete_instance(&r.id);
+            store.fleet_delete_instance(&r.id)
         })
         .await;
         self.count_removed(reason);
@@ -1103,10 +1170,16 @@ impl ServiceLoop {
             Severity::Info,
             format!("instance {id} destroyed ({reason})"),
             serde_json::json!({"instance": id}),
-        );
+        )
+        .await;
     }
 
-    fn failed(&self, d: &steward_state::DeployRow, reason: &str, row: &steward_state::ServiceRow) {
+    async fn failed(
+        &self,
+        d: &steward_state::DeployRow,
+        reason: &str,
+        row: &steward_state::ServiceRow,
+    ) {
         let now = now_ms();
         let name = &self.svc.name;
         let back = d
@@ -1124,7 +1197,11 @@ impl ServiceLoop {
             d.kind,
             short(&d.to_digest)
         );
-        let _ = self.store().fleet_deploy_finished(d.id, result, &msg, now);
+        let (id, m) = (d.id, msg.clone());
+        self.write("a deploy's end", move |s| {
+            s.fleet_deploy_finished(id, result, &m, now)
+        })
+        .await;
         self.fleet
             .metrics
             .deploys
@@ -1138,29 +1215,34 @@ impl ServiceLoop {
             Severity::Error,
             msg,
             serde_json::json!({"deploy": d.id, "to": d.to_digest, "reason": reason}),
-        );
+        )
+        .await;
         if result == "reverted"
             && let Some(back) = back
         {
-            let _ = request_deploy(self.store(), &self.svc, &back, "serve", DeployKind::Revert);
+            let svc = self.svc.clone();
+            self.write("the revert", move |s| {
+                request_deploy(s, &svc, &back, "serve", DeployKind::Revert).map(|_| ())
+            })
+            .await;
         }
     }
 }
 
 fn view(r: &InstanceRow) -> View {
-    let phase = match r.state.as_str() {
-        "starting" => Phase::Starting {
+    let phase = match r.state {
+        InstanceState::Starting => Phase::Starting {
             since: r.updated_ms,
         },
-        "ready" => Phase::Ready {
+        InstanceState::Ready => Phase::Ready {
             since: r.ready_ms.unwrap_or(r.updated_ms),
         },
-        "unready" => Phase::Unready {
+        InstanceState::Unready => Phase::Unready {
             since: r.updated_ms,
         },
-        "draining" => Phase::Draining,
-        "parked" => Phase::Parked,
-        _ => Phase::Exited,
+        InstanceState::Draining(_) => Phase::Draining,
+        InstanceState::Parked => Phase::Parked,
+        InstanceState::Failed => Phase::Exited,
     };
     View {
         id: r.id.clone(),

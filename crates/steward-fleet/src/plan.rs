@@ -88,13 +88,33 @@ pub struct Input {
     pub instances: Vec<View>,
 }
 
-/// What happens to an instance once drained.
+/// What happens to an instance once drained (recorded with its drain, so a
+/// restarted steward finishes it the same way).
+pub use steward_state::AfterDrain as After;
+pub use steward_state::InstanceState;
+
+/// What one look at a running instance found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum After {
-    /// Stop it and keep it for a rollback.
-    Park,
-    /// Stop it and delete it.
-    Destroy,
+pub struct Seen {
+    /// Its process is still there.
+    pub alive: bool,
+    /// Its readiness check passed (`Some(true)`), failed (`Some(false)`), or
+    /// was not run this time (`None`).
+    pub ready: Option<bool>,
+}
+
+/// The instance lifecycle: the state an instance moves to after a look at
+/// it, if it moves. A running instance whose process is gone has failed;
+/// readiness moves it in and out of the proxy's rotation. Drains, parking and
+/// starts are the planner's actions, not observations: they never change here.
+pub fn lifecycle(state: InstanceState, seen: Seen) -> Option<InstanceState> {
+    use InstanceState::*;
+    match (state, seen.alive, seen.ready) {
+        (Starting | Ready | Unready, false, _) => Some(Failed),
+        (Starting | Unready, true, Some(true)) => Some(Ready),
+        (Ready, true, Some(false)) => Some(Unready),
+        _ => None,
+    }
 }
 
 /// One step to take.
@@ -464,6 +484,46 @@ mod tests {
             healthy_deadline: Duration::from_secs(60),
             ..Rollout::default()
         }
+    }
+
+    /// Every state against every observation: which move, if any.
+    #[test]
+    fn the_lifecycle_moves_only_on_what_was_seen() {
+        use InstanceState::*;
+        for state in InstanceState::ALL {
+            for alive in [true, false] {
+                for ready in [None, Some(true), Some(false)] {
+                    let got = lifecycle(state, Seen { alive, ready });
+                    let want = match (state, alive, ready) {
+                        (Starting | Ready | Unready, false, _) => Some(Failed),
+                        (Starting | Unready, true, Some(true)) => Some(Ready),
+                        (Ready, true, Some(false)) => Some(Unready),
+                        _ => None,
+                    };
+                    assert_eq!(got, want, "{state:?} alive={alive} ready={ready:?}");
+                    if let Some(next) = got {
+                        assert_ne!(next, state, "a move changes the state");
+                    }
+                }
+            }
+        }
+        // Spelled out, the cases that matter most.
+        let dead = Seen {
+            alive: false,
+            ready: None,
+        };
+        assert_eq!(lifecycle(Ready, dead), Some(Failed));
+        assert_eq!(
+            lifecycle(Draining(After::Park), dead),
+            None,
+            "a drain ends by the planner"
+        );
+        assert_eq!(
+            lifecycle(Parked, dead),
+            None,
+            "a parked instance is meant to be stopped"
+        );
+        assert_eq!(lifecycle(Failed, dead), None, "failed once, recorded once");
     }
 
     #[test]

@@ -293,7 +293,7 @@ pub(crate) async fn status_page(
             instances: x
                 .instances
                 .iter()
-                .map(|i| (i.id.clone(), i.state.clone()))
+                .map(|i| (i.id.clone(), i.state.to_string()))
                 .collect(),
             deploy: x
                 .deploy

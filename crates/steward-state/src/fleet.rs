@@ -21,6 +21,107 @@ pub struct ServiceRow {
     pub promoted: bool,
 }
 
+/// What happens to an instance once its drain ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AfterDrain {
+    /// Stop it and keep it for a rollback.
+    Park,
+    /// Stop it and delete it.
+    Destroy,
+}
+
+/// Where an instance is in its life, as recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum InstanceState {
+    /// Created (or revived) and started, not yet ready.
+    Starting,
+    /// Passing readiness: in the proxy's rotation.
+    Ready,
+    /// Was ready, now failing readiness: out of rotation.
+    Unready,
+    /// Out of rotation, finishing its requests; then parked or destroyed.
+    Draining(AfterDrain),
+    /// Stopped and kept, for a rollback.
+    Parked,
+    /// Its process ended without being asked to.
+    Failed,
+}
+
+impl InstanceState {
+    /// Every state, in the order reports list them.
+    pub const ALL: [InstanceState; 7] = [
+        InstanceState::Starting,
+        InstanceState::Ready,
+        InstanceState::Unready,
+        InstanceState::Draining(AfterDrain::Park),
+        InstanceState::Draining(AfterDrain::Destroy),
+        InstanceState::Parked,
+        InstanceState::Failed,
+    ];
+
+    /// The name shown and stored (both drains are `draining`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InstanceState::Starting => "starting",
+            InstanceState::Ready => "ready",
+            InstanceState::Unready => "unready",
+            InstanceState::Draining(_) => "draining",
+            InstanceState::Parked => "parked",
+            InstanceState::Failed => "failed",
+        }
+    }
+
+    /// Whether its process should be running.
+    pub fn runs(self) -> bool {
+        matches!(
+            self,
+            InstanceState::Starting
+                | InstanceState::Ready
+                | InstanceState::Unready
+                | InstanceState::Draining(_)
+        )
+    }
+
+    fn after_drain(self) -> Option<&'static str> {
+        match self {
+            InstanceState::Draining(AfterDrain::Park) => Some("park"),
+            InstanceState::Draining(AfterDrain::Destroy) => Some("destroy"),
+            _ => None,
+        }
+    }
+
+    fn read(state: &str, after_drain: Option<&str>) -> Option<InstanceState> {
+        Some(match (state, after_drain) {
+            ("starting", _) => InstanceState::Starting,
+            ("ready", _) => InstanceState::Ready,
+            ("unready", _) => InstanceState::Unready,
+            ("draining", Some("park")) => InstanceState::Draining(AfterDrain::Park),
+            ("draining", Some("destroy")) => InstanceState::Draining(AfterDrain::Destroy),
+            ("parked", _) => InstanceState::Parked,
+            ("failed", _) => InstanceState::Failed,
+            _ => return None,
+        })
+    }
+}
+
+impl std::fmt::Display for InstanceState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl PartialEq<&str> for InstanceState {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl serde::Serialize for InstanceState {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
 /// One instance, as last recorded.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct InstanceRow {
@@ -30,8 +131,8 @@ pub struct InstanceRow {
     pub service: String,
     /// Image digest it runs.
     pub digest: String,
-    /// `starting`, `ready`, `unready`, `draining`, `parked` or `failed`.
-    pub state: String,
+    /// Where it is in its life.
+    pub state: InstanceState,
     /// Address it serves on.
     pub addr: String,
     /// Process id while running.
@@ -78,11 +179,20 @@ pub struct DeployRow {
 }
 
 fn instance(r: &Row<'_>) -> rusqlite::Result<InstanceRow> {
+    let (state, after): (String, Option<String>) = (r.get(3)?, r.get(12)?);
+    // A state this steward does not know is an error to see, not a guess.
+    let state = InstanceState::read(&state, after.as_deref()).ok_or_else(|| {
+        rusqlite::Error::FromSqlConversionFailure(
+            3,
+            rusqlite::types::Type::Text,
+            format!("unknown instance state `{state}` (after drain: {after:?})").into(),
+        )
+    })?;
     Ok(InstanceRow {
         id: r.get(0)?,
         service: r.get(1)?,
         digest: r.get(2)?,
-        state: r.get(3)?,
+        state,
         addr: r.get(4)?,
         pid: r.get(5)?,
         pid_start: r.get(6)?,
@@ -110,7 +220,7 @@ fn deploy(r: &Row<'_>) -> rusqlite::Result<DeployRow> {
     })
 }
 
-const INSTANCE_COLS: &str = "id, service, digest, state, addr, pid, pid_start, dir, created_ms, ready_ms, updated_ms, reason";
+const INSTANCE_COLS: &str = "id, service, digest, state, addr, pid, pid_start, dir, created_ms, ready_ms, updated_ms, reason, after_drain";
 const DEPLOY_COLS: &str = "id, service, from_digest, to_digest, who, kind, requested_ms, started_ms, finished_ms, result, reason";
 
 impl Store {
@@ -298,13 +408,13 @@ impl Store {
             .execute(
                 &format!(
                     "INSERT OR REPLACE INTO fleet_instance ({INSTANCE_COLS})
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
                 ),
                 params![
                     i.id,
                     i.service,
                     i.digest,
-                    i.state,
+                    i.state.as_str(),
                     i.addr,
                     i.pid,
                     i.pid_start,
@@ -312,7 +422,8 @@ impl Store {
                     i.created_ms,
                     i.ready_ms,
                     i.updated_ms,
-                    i.reason
+                    i.reason,
+                    i.state.after_drain()
                 ],
             )
             .map(|_| ())

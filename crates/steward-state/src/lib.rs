@@ -15,7 +15,7 @@ mod tokens;
 
 pub use converge::Managed;
 pub use events::{EventKind, Severity};
-pub use fleet::{DeployRow, InstanceRow, ServiceRow};
+pub use fleet::{AfterDrain, DeployRow, InstanceRow, InstanceState, ServiceRow};
 pub use tokens::{Scope, TokenError, TokenInfo, token_hash};
 
 use std::collections::BTreeMap;

@@ -135,6 +135,12 @@ const MIGRATIONS: &[&str] = &[
         after_id INTEGER NOT NULL,
         updated_ms INTEGER NOT NULL
      );",
+    // v6: what follows a drain is a column, no longer read from the free-text
+    // reason (drains recorded before said `park…` or `destroy…` there).
+    "ALTER TABLE fleet_instance ADD COLUMN after_drain TEXT;
+     UPDATE fleet_instance SET after_drain =
+        CASE WHEN reason LIKE 'park%' THEN 'park' ELSE 'destroy' END
+     WHERE state = 'draining';",
 ];
 
 /// Newest schema version this build knows.

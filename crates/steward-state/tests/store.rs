@@ -464,3 +464,95 @@ fn a_failed_event_write_is_counted() {
     assert_eq!(store.write_errors().get(), 1);
     assert_eq!(store.last_event_id().unwrap(), 1);
 }
+
+fn instance_row(id: &str, state: InstanceState, reason: &str) -> InstanceRow {
+    InstanceRow {
+        id: id.into(),
+        service: "api".into(),
+        digest: "sha256:1".into(),
+        state,
+        addr: "127.0.0.1:1".into(),
+        pid: None,
+        pid_start: None,
+        dir: "/nowhere".into(),
+        created_ms: T0,
+        ready_ms: None,
+        updated_ms: T0,
+        reason: Some(reason.into()),
+    }
+}
+
+/// What follows a drain is recorded with it; a database from before the
+/// column (the verb at the start of the reason) is migrated; a state this
+/// steward does not know is an error that says so, not a guess.
+#[test]
+fn instance_states_round_trip_migrate_and_refuse_the_unknown() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = Store::open(dir.path()).unwrap();
+        for (id, state) in [
+            ("a", InstanceState::Draining(AfterDrain::Park)),
+            ("b", InstanceState::Draining(AfterDrain::Destroy)),
+            ("c", InstanceState::Parked),
+        ] {
+            store
+                .fleet_put_instance(&instance_row(id, state, "whatever"))
+                .unwrap();
+        }
+        let got: Vec<_> = store
+            .fleet_instances(None)
+            .unwrap()
+            .into_iter()
+            .map(|r| r.state)
+            .collect();
+        assert_eq!(
+            got,
+            [
+                InstanceState::Draining(AfterDrain::Park),
+                InstanceState::Draining(AfterDrain::Destroy),
+                InstanceState::Parked
+            ]
+        );
+    }
+    // Back to the version-5 shape: no column, the verb in the reason.
+    {
+        let conn = rusqlite::Connection::open(dir.path().join("state.db")).unwrap();
+        conn.execute_batch(
+            "UPDATE fleet_instance SET reason = 'park: replaced by a new version' WHERE id = 'a';
+             UPDATE fleet_instance SET reason = 'destroy: scaled in' WHERE id = 'b';
+             ALTER TABLE fleet_instance DROP COLUMN after_drain;
+             PRAGMA user_version = 5;",
+        )
+        .unwrap();
+    }
+    let store = Store::open(dir.path()).unwrap();
+    let got: Vec<_> = store
+        .fleet_instances(None)
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.id, r.state))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("a".to_string(), InstanceState::Draining(AfterDrain::Park)),
+            (
+                "b".to_string(),
+                InstanceState::Draining(AfterDrain::Destroy)
+            ),
+            ("c".to_string(), InstanceState::Parked)
+        ]
+    );
+    rusqlite::Connection::open(store.path())
+        .unwrap()
+        .execute(
+            "UPDATE fleet_instance SET state = 'hibernating' WHERE id = 'c'",
+            [],
+        )
+        .unwrap();
+    let err = store.fleet_instances(None).unwrap_err().to_string();
+    assert!(
+        err.contains("unknown instance state `hibernating`"),
+        "{err}"
+    );
+}

@@ -299,7 +299,7 @@ pub(crate) fn status(spec_path: &Path, json: bool) -> u8 {
         for i in &s.instances {
             rows.push(vec![
                 i.id.clone(),
-                i.state.clone(),
+                i.state.to_string(),
                 short(&i.digest),
                 i.addr.clone(),
                 i.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
@@ -463,7 +463,14 @@ pub(crate) fn down(spec_path: &Path) -> u8 {
         Err(c) => return c,
     };
     let provider = Local::new(&spec.settings.state_dir);
-    let rows = store.fleet_instances(None).unwrap_or_default();
+    let rows = match store.fleet_instances(None) {
+        Ok(rows) => rows,
+        Err(e) => {
+            eprintln!("error: cannot read the instances: {e}");
+            return exit::FAILED;
+        }
+    };
+    let mut code = exit::OK;
     for r in &rows {
         let grace = spec
             .services
@@ -480,7 +487,14 @@ pub(crate) fn down(spec_path: &Path) -> u8 {
             );
         }
         provider.destroy(Path::new(&r.dir));
-        let _ = store.fleet_delete_instance(&r.id);
+        if let Err(e) = store.fleet_delete_instance(&r.id) {
+            eprintln!(
+                "error: {}: {} destroyed, but its record stays: {e}",
+                r.service, r.id
+            );
+            code = exit::FAILED;
+            continue;
+        }
         println!("{}: {} stopped and destroyed", r.service, r.id);
     }
     store.record(&steward_state::NewEvent::now(
@@ -490,7 +504,7 @@ pub(crate) fn down(spec_path: &Path) -> u8 {
         format!("{} instances destroyed by `steward down`", rows.len()),
         serde_json::json!({"instances": rows.len()}),
     ));
-    exit::OK
+    code
 }
 
 /// `steward up DIR`: builds the images of `DIR/steward.toml` and serves it.

@@ -200,7 +200,10 @@ pub(crate) async fn run(spec_path: &Path, listen: Option<SocketAddr>) -> u8 {
                 tokio::select! {
                     _ = tick.tick() => {
                         let store = store.clone();
-                        let _ = tokio::task::spawn_blocking(move || store.set_meta(HEARTBEAT_KEY, &now_ms().to_string())).await;
+                        let beat = tokio::task::spawn_blocking(move || store.set_meta(HEARTBEAT_KEY, &now_ms().to_string())).await;
+                        if let Ok(Err(e)) = beat {
+                            tracing::error!(error = %e, "cannot record the heartbeat");
+                        }
                     }
                     _ = cancel.cancelled() => break,
                 }
