@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-mod common;
-use common::BIN;
+use crate::common;
+use crate::common::BIN;
 
 struct Project {
     dir: tempfile::TempDir,

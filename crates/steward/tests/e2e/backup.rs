@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-mod common;
-use common::{BIN, http_get, testbed};
+use crate::common;
+use crate::common::{BIN, http_get, testbed};
 
 const PASSWORD: &str = "correct horse battery staple";
 

@@ -6,8 +6,8 @@ use std::fs;
 use std::path::PathBuf;
 use std::process::Command;
 
-mod common;
-use common::BIN;
+use crate::common;
+use crate::common::BIN;
 
 struct Project {
     dir: tempfile::TempDir,

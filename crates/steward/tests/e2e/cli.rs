@@ -1,18 +1,19 @@
 //! The `steward` binary end to end: real processes, real sockets, a real
 //! webhook receiver, SMTP sink and headless Chromium.
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::routing::{get, post};
+
+use crate::common::{self, Serve};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 
-const BIN: &str = env!("CARGO_BIN_EXE_steward");
+use crate::common::BIN;
 
 /// A temp directory with a spec in it.
 struct Project {
@@ -54,65 +55,11 @@ impl Project {
     }
 
     fn serve_env(&self, env: &[(&str, String)], extra: &[&str]) -> Serve {
-        let mut child = Command::new(BIN)
-            .arg("-f")
-            .arg(self.spec())
-            .args(["--log-format", "json"])
-            .args(extra)
-            .args(["serve", "--listen", "127.0.0.1:0"])
-            .envs(env.iter().map(|(k, v)| (k, v)))
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        let log = Arc::new(Mutex::new(String::new()));
-        let log2 = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
-                    && let Some(a) = v.get("addr").and_then(|a| a.as_str())
-                {
-                    let _ = tx.send(a.parse::<SocketAddr>().unwrap());
-                }
-                log2.lock().unwrap().push_str(&line);
-                log2.lock().unwrap().push('\n');
-            }
-        });
-        let addr = rx
-            .recv_timeout(Duration::from_secs(30))
-            .unwrap_or_else(|_| panic!("serve did not start: {}", log.lock().unwrap()));
-        Serve { child, addr, log }
-    }
-}
-
-struct Serve {
-    child: Child,
-    addr: SocketAddr,
-    log: Arc<Mutex<String>>,
-}
-
-impl Serve {
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-
-    /// SIGTERM, then the exit code.
-    fn stop(mut self) -> i32 {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let code = self.child.wait().unwrap().code().unwrap_or(-1);
-        std::mem::forget(self);
-        code
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect();
+        common::serve_with(&self.spec(), &env, extra)
     }
 }
 
@@ -1224,11 +1171,13 @@ async fn tls_listener_serves_its_certificate_and_reloads_on_sighup() {
     )
     .unwrap();
     let serve = p.serve();
-    let (served, status) = tls_get(serve.addr, &[&der_a, &der_b]).await;
+    let (served, status) = tls_get(serve.socket(), &[&der_a, &der_b]).await;
     assert_eq!(served, der_a);
     assert_eq!(status, "HTTP/1.1 200 OK");
     // A plain-text client gets no HTTP answer from the TLS port.
-    let mut plain = tokio::net::TcpStream::connect(serve.addr).await.unwrap();
+    let mut plain = tokio::net::TcpStream::connect(serve.socket())
+        .await
+        .unwrap();
     plain
         .write_all(b"GET /livez HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
@@ -1248,7 +1197,7 @@ async fn tls_listener_serves_its_certificate_and_reloads_on_sighup() {
         .args(["-HUP", &serve.child.id().to_string()])
         .status();
     eventually("certificate B served", || async {
-        tls_get(serve.addr, &[&der_a, &der_b]).await.0 == der_b
+        tls_get(serve.socket(), &[&der_a, &der_b]).await.0 == der_b
     })
     .await;
     // A broken file on the next reload keeps B in service.
@@ -1257,7 +1206,7 @@ async fn tls_listener_serves_its_certificate_and_reloads_on_sighup() {
         .args(["-HUP", &serve.child.id().to_string()])
         .status();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(tls_get(serve.addr, &[&der_a, &der_b]).await.0, der_b);
+    assert_eq!(tls_get(serve.socket(), &[&der_a, &der_b]).await.0, der_b);
     assert_eq!(serve.stop(), 0);
     let store = steward_state::Store::open(&p.dir.path().join("state")).unwrap();
     let kinds: Vec<String> = store

@@ -2,7 +2,7 @@
 //! proxy, real traffic from a bounded load generator, rollouts, rollbacks,
 //! failed deploys, scaling, and kill -9 of instances and of steward itself.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{BIN, Serve, events, steward};
+use crate::common::{BIN, Serve, events, steward};
 
 /// The demo app, built next to steward by `cargo build --workspace`.
 fn fractals_bin() -> PathBuf {
@@ -345,6 +345,7 @@ fn up_rolls_a_new_version_out_under_load_and_rolls_back_instantly() {
             .spawn()
             .unwrap(),
         addr: String::new(),
+        log: Default::default(),
     };
     p.wait_ready(2, None);
     wait_long("the first deploy to finish", || {

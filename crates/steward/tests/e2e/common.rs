@@ -1,8 +1,9 @@
-//! Helpers shared by the binary's end-to-end tests (backup, converge, image).
-#![allow(dead_code)] // each test binary uses its own subset
+//! Helpers shared by the end-to-end modules.
 
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// The steward binary under test.
@@ -15,10 +16,35 @@ pub(crate) fn testbed(var: &str) -> String {
     })
 }
 
-/// A running `steward serve` on a free port; killed when dropped.
+/// A running `steward serve` on a free port; killed (SIGKILL) when dropped.
 pub(crate) struct Serve {
     pub(crate) child: Child,
+    /// The API's address, as `serve` printed it.
     pub(crate) addr: String,
+    /// Everything it logged (JSON lines), so far.
+    pub(crate) log: Arc<Mutex<String>>,
+}
+
+impl Serve {
+    /// `http://ADDR/PATH`.
+    pub(crate) fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// The API's address as a socket address.
+    pub(crate) fn socket(&self) -> SocketAddr {
+        self.addr.parse().unwrap()
+    }
+
+    /// SIGTERM, then the exit code.
+    pub(crate) fn stop(mut self) -> i32 {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let code = self.child.wait().unwrap().code().unwrap_or(-1);
+        std::mem::forget(self);
+        code
+    }
 }
 
 impl Drop for Serve {
@@ -30,10 +56,17 @@ impl Drop for Serve {
 
 /// Starts `steward -f SPEC serve` with extra environment and waits for its address.
 pub(crate) fn serve(spec: &Path, env: &[(String, String)]) -> Serve {
+    serve_with(spec, env, &[])
+}
+
+/// `serve` with extra global arguments (before the subcommand).
+pub(crate) fn serve_with(spec: &Path, env: &[(String, String)], extra: &[&str]) -> Serve {
     let mut child = Command::new(BIN)
         .arg("-f")
         .arg(spec)
-        .args(["--log-format", "json", "serve", "--listen", "127.0.0.1:0"])
+        .args(["--log-format", "json"])
+        .args(extra)
+        .args(["serve", "--listen", "127.0.0.1:0"])
         .envs(env.iter().map(|(k, v)| (k, v)))
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -41,6 +74,8 @@ pub(crate) fn serve(spec: &Path, env: &[(String, String)]) -> Serve {
         .unwrap();
     let stderr = child.stderr.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
+    let log = Arc::new(Mutex::new(String::new()));
+    let log2 = log.clone();
     std::thread::spawn(move || {
         use std::io::BufRead;
         for line in std::io::BufReader::new(stderr)
@@ -52,12 +87,15 @@ pub(crate) fn serve(spec: &Path, env: &[(String, String)]) -> Serve {
             {
                 let _ = tx.send(a.to_string());
             }
+            let mut l = log2.lock().unwrap();
+            l.push_str(&line);
+            l.push('\n');
         }
     });
     let addr = rx
-        .recv_timeout(Duration::from_secs(20))
-        .expect("serve printed its address");
-    Serve { child, addr }
+        .recv_timeout(Duration::from_secs(30))
+        .unwrap_or_else(|_| panic!("serve did not start: {}", log.lock().unwrap()));
+    Serve { child, addr, log }
 }
 
 /// Events of a kind (prefix), optionally about one subject, oldest first; empty
