@@ -33,7 +33,7 @@ type Labels = Vec<(String, String)>;
 pub struct HealthMetrics {
     up: Family<Labels, Gauge>,
     results: Family<Labels, Counter>,
-    duration_ms: Family<Labels, Gauge<f64, AtomicU64>>,
+    duration: Family<Labels, Gauge<f64, AtomicU64>>,
     runs: Counter,
     errors: Family<Labels, Counter>,
     late: Counter,
@@ -54,9 +54,9 @@ impl HealthMetrics {
             self.results.clone(),
         );
         r.register(
-            "steward_check_last_duration_milliseconds",
+            "steward_check_last_duration_seconds",
             "Latency of the latest run",
-            self.duration_ms.clone(),
+            self.duration.clone(),
         );
         r.register(
             "steward_health_runs",
@@ -269,9 +269,9 @@ async fn check_loop(check: Arc<Check>, ctx: TaskCtx) {
         };
         ctx.metrics.results.get_or_create(&status_labels[idx]).inc();
         ctx.metrics
-            .duration_ms
+            .duration
             .get_or_create(&labels)
-            .set(elapsed.as_secs_f64() * 1000.0);
+            .set(elapsed.as_secs_f64());
         let result = ResultRow {
             check: check.name.clone(),
             ts,

@@ -675,8 +675,8 @@ pub mod controller {
                 self.outdated.clone(),
             );
             r.register(
-                "steward_image_age_days",
-                "Age of the newest build in days",
+                "steward_image_age_seconds",
+                "Age of the newest build",
                 self.age.clone(),
             );
         }
@@ -747,7 +747,10 @@ pub mod controller {
                             .outdated
                             .get_or_create(&labels)
                             .set(r.outdated.len() as i64);
-                        self.metrics.age.get_or_create(&labels).set(r.age_days);
+                        self.metrics
+                            .age
+                            .get_or_create(&labels)
+                            .set(r.age_days * 86_400.0);
                         if self.was_stale != Some(r.stale) && r.stale {
                             self.store.record(&NewEvent::now(
                                 EventKind::ImageStale,

@@ -204,6 +204,21 @@ audit = { every = "1s", max_age = "1s" }
     let serve = common::serve(&p.path("steward.toml"), &[]);
     let stale_events = || common::events(&p.path("state"), "image.stale", None).len();
     common::wait_for("an image.stale event", || stale_events() > 0);
+    let metrics = common::http_get(&serve.addr, "/metrics");
+    assert!(
+        metrics.contains("steward_image_stale{image=\"tiny\"} 1"),
+        "{metrics}"
+    );
+    let age: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("steward_image_age_seconds{image=\"tiny\"} "))
+        .expect("the age metric")
+        .parse()
+        .unwrap();
+    assert!(
+        age >= 1.0,
+        "the age is in seconds (built over a second ago): {age}"
+    );
     std::thread::sleep(std::time::Duration::from_millis(2500));
     drop(serve);
     assert_eq!(
