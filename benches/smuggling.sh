@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The request-smuggling corpus (crates/steward-fleet/tests/smuggling) against
+# The request-smuggling corpus (crates/steward-fleet/tests/fleet/smuggling) against
 # Debian's HAProxy, as a point of comparison beside the references the test
 # asserts against (hyper's server and nginx): every case goes byte for byte
 # through steward's proxy and through HAProxy, each in front of an instance
@@ -17,7 +17,7 @@ echo "$(haproxy -v | head -n 1)"
 echo "$(nginx -v 2>&1)"
 out=$(mktemp)
 trap 'rm -f "$out"' EXIT
-STEWARD_HAPROXY=1 cargo test -q -p steward-fleet --test proxy \
+STEWARD_HAPROXY=1 cargo test -q -p steward-fleet --test fleet \
   framing_matches_the_reference_parsers_on_every_case -- --nocapture >"$out" 2>&1 || {
   echo "the differential test failed:" >&2; tail -n 40 "$out" >&2; exit 1; }
 grep -E '^framing corpus|^versus HAProxy' "$out"

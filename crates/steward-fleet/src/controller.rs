@@ -25,8 +25,14 @@ use tokio_util::sync::CancellationToken;
 use crate::plan::{
     Action, After, DeployKind, Input, InstanceState, Phase, Seen, View, decide, lifecycle,
 };
-use crate::provider::{Created, Provider, Running};
+use crate::provider::{
+    ImageRef, InstanceHandle, InstanceSpec, Provider, ProviderFuture, Publish, Status,
+};
 use crate::proxy::{Pool, Proxy, ProxyMetrics};
+
+/// How long a provider call may take in `serve` (copying a large image into
+/// a new instance is the slowest local one).
+pub const PROVIDER_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Time between two looks at a service.
 const TICK: Duration = Duration::from_millis(200);
@@ -99,6 +105,9 @@ pub struct Fleet {
     pub resolver: Arc<dyn Resolver>,
     /// Where instances come from.
     pub provider: Arc<dyn Provider>,
+    /// The longest any provider call may take before it counts as failed
+    /// (the instance is left as it was recorded and tried again later).
+    pub provider_timeout: Duration,
     /// Runs readiness checks.
     pub prober: Prober,
     /// Fleet metrics.
@@ -232,6 +241,7 @@ impl Fleet {
                     start_backoff: None,
                     build_backoff: None,
                     next_due: None,
+                    images: HashMap::new(),
                 })
             });
         }
@@ -351,19 +361,49 @@ impl Fleet {
         }
     }
 
-    /// Instance directories no record knows about (a crash between creating one
-    /// and recording it) are deleted.
+    /// Writes an event from async code (on the blocking pool).
+    async fn store_event(&self, e: NewEvent) {
+        let store = self.store.clone();
+        let _ = tokio::task::spawn_blocking(move || store.record(&e)).await;
+    }
+
+    /// Instances the provider holds that no record knows about (a crash
+    /// between creating one and recording it) are destroyed.
     async fn sweep_orphans(&self) {
-        let home = self.spec.settings.state_dir.join("fleet/instances");
         let Ok(rows) = state(&self.store, "observe", |s| s.fleet_instances(None)).await else {
             return;
         };
         let known: Vec<String> = rows.into_iter().map(|r| r.id).collect();
-        for e in std::fs::read_dir(&home).into_iter().flatten().flatten() {
-            let name = e.file_name().to_string_lossy().to_string();
-            if !known.contains(&name) {
-                self.provider.destroy(&e.path());
+        let listed = match tokio::time::timeout(self.provider_timeout, self.provider.list()).await {
+            Ok(Ok(l)) => l,
+            Ok(Err(e)) => {
+                return tracing::error!(error = %e, "cannot list the provider's instances");
             }
+            Err(_) => return tracing::error!("listing the provider's instances timed out"),
+        };
+        for h in listed.into_iter().filter(|h| !known.contains(&h.id)) {
+            match tokio::time::timeout(self.provider_timeout, self.provider.destroy(&h)).await {
+                Ok(Ok(())) => tracing::info!(instance = %h.id, "orphaned instance destroyed"),
+                Ok(Err(e)) => {
+                    tracing::error!(instance = %h.id, error = %e, "cannot destroy an orphaned instance")
+                }
+                Err(_) => {
+                    tracing::error!(instance = %h.id, "destroying an orphaned instance timed out")
+                }
+            }
+        }
+    }
+
+    /// A provider call bounded by `provider_timeout`; the error says which call
+    /// and which instance.
+    async fn call<T>(&self, what: &str, id: &str, f: ProviderFuture<'_, T>) -> Result<T, String> {
+        match tokio::time::timeout(self.provider_timeout, f).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(format!("{what}: {e}")),
+            Err(_) => Err(format!(
+                "{what} of instance {id} did not finish within {:?}",
+                self.provider_timeout
+            )),
         }
     }
 }
@@ -482,13 +522,79 @@ struct ServiceLoop {
     build_backoff: Option<Instant>,
     /// When the next instance becomes healthy (ready for `min_healthy_time`).
     next_due: Option<Instant>,
+    /// Builds the provider has made runnable, by digest.
+    images: HashMap<String, ImageRef>,
 }
 
-fn running(r: &InstanceRow) -> Option<Running> {
-    r.pid.map(|pid| Running {
-        pid,
-        pid_start: r.pid_start,
-    })
+/// The end of a drain: stop, then park (keeping the provider's record of the
+/// stopped instance) or destroy. Errors leave the record as it was.
+async fn finish_drain(
+    fleet: &Fleet,
+    service: &str,
+    mut r: InstanceRow,
+    then: After,
+    stop_timeout: Duration,
+) -> Result<(), String> {
+    let h = handle(&r);
+    let limit = fleet.provider_timeout + stop_timeout;
+    let stopped = match tokio::time::timeout(limit, fleet.provider.stop(&h, stop_timeout)).await {
+        Ok(Ok(h)) => h,
+        Ok(Err(e)) => return Err(format!("stopping instance {}: {e}", r.id)),
+        Err(_) => return Err(format!("stopping instance {} timed out", r.id)),
+    };
+    let msg = match then {
+        After::Park => {
+            r.state = InstanceState::Parked;
+            r.provider = stopped.data;
+            r.updated_ms = now_ms();
+            let row = r.clone();
+            state(&fleet.store, "act", move |s| s.fleet_put_instance(&row))
+                .await
+                .map_err(|e| e.message)?;
+            format!("instance {} stopped and parked for a rollback", r.id)
+        }
+        After::Destroy => {
+            match tokio::time::timeout(fleet.provider_timeout, fleet.provider.destroy(&stopped))
+                .await
+            {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(format!("destroying instance {}: {e}", r.id)),
+                Err(_) => {
+                    return Err(format!(
+                        "destroying instance {} did not finish within {:?}",
+                        r.id, fleet.provider_timeout
+                    ));
+                }
+            }
+            let id = r.id.clone();
+            state(&fleet.store, "act", move |s| s.fleet_delete_instance(&id))
+                .await
+                .map_err(|e| e.message)?;
+            format!("instance {} stopped and destroyed", r.id)
+        }
+    };
+    fleet
+        .store_event(event(
+            EventKind::FleetInstanceStopped,
+            service,
+            Severity::Info,
+            msg,
+            serde_json::json!({"instance": r.id}),
+        ))
+        .await;
+    Ok(())
+}
+
+/// The provider's handle of a recorded instance.
+pub fn handle(r: &InstanceRow) -> InstanceHandle {
+    InstanceHandle {
+        id: r.id.clone(),
+        address: r
+            .addr
+            .parse()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0))),
+        data: r.provider.clone(),
+    }
 }
 
 impl ServiceLoop {
@@ -514,6 +620,11 @@ impl ServiceLoop {
             self.error("state", format!("cannot record {what}: {e}"))
                 .await;
         }
+    }
+
+    /// A provider call bounded by the fleet's `provider_timeout`.
+    async fn call<T>(&self, what: &str, id: &str, f: ProviderFuture<'_, T>) -> Result<T, String> {
+        self.fleet.call(what, id, f).await
     }
 
     /// Writes an instance's new state through.
@@ -566,6 +677,7 @@ impl ServiceLoop {
         let kind = match stage {
             "build" => EventKind::FleetBuildFailed,
             "start" => EventKind::FleetStartFailed,
+            "destroy" => EventKind::FleetDestroyFailed,
             // The state database itself failed: an event would fail the same
             // way, so the log line and the metric are the record.
             _ => {
@@ -588,39 +700,43 @@ impl ServiceLoop {
                 return;
             }
         };
-        let mut stops = Vec::new();
+        let mut stops = tokio::task::JoinSet::new();
         for mut r in rows {
             if !r.state.runs() {
                 continue;
             }
             self.pool.remove(&r.id);
-            let provider = self.fleet.provider.clone();
-            let store = self.fleet.store.clone();
+            let fleet = self.fleet.clone();
             let grace = self.svc.stop_timeout;
-            stops.push(tokio::task::spawn_blocking(move || {
-                if let Some(run) = running(&r) {
-                    provider.stop(run, grace);
-                }
+            stops.spawn(async move {
+                let limit = fleet.provider_timeout + grace;
+                let h = handle(&r);
+                let stopped = match tokio::time::timeout(limit, fleet.provider.stop(&h, grace)).await {
+                    Ok(Ok(h)) => h,
+                    Ok(Err(e)) => return tracing::error!(instance = %r.id, error = %e, "cannot stop an instance"),
+                    Err(_) => return tracing::error!(instance = %r.id, "stopping an instance timed out"),
+                };
                 if r.state == InstanceState::Draining(After::Destroy) {
-                    provider.destroy(std::path::Path::new(&r.dir));
-                    if let Err(e) = store.fleet_delete_instance(&r.id) {
-                        tracing::error!(instance = %r.id, error = %e, "cannot forget a destroyed instance");
+                    if let Ok(Ok(())) =
+                        tokio::time::timeout(fleet.provider_timeout, fleet.provider.destroy(&stopped)).await
+                    {
+                        let id = r.id.clone();
+                        if let Err(e) = state(&fleet.store, "act", move |s| s.fleet_delete_instance(&id)).await {
+                            tracing::error!(instance = %r.id, error = %e.message, "cannot forget a destroyed instance");
+                        }
                     }
                     return;
                 }
                 r.state = InstanceState::Parked;
-                r.pid = None;
-                r.pid_start = None;
+                r.provider = stopped.data;
                 r.updated_ms = now_ms();
                 r.reason = Some("steward stopped".into());
-                if let Err(e) = store.fleet_put_instance(&r) {
-                    tracing::error!(instance = %r.id, error = %e, "cannot record a parked instance");
+                if let Err(e) = state(&fleet.store, "act", move |s| s.fleet_put_instance(&r)).await {
+                    tracing::error!(error = %e.message, "cannot record a parked instance");
                 }
-            }));
+            });
         }
-        for s in stops {
-            let _ = s.await;
-        }
+        while stops.join_next().await.is_some() {}
     }
 
     async fn step(&mut self) -> Result<(), StepError> {
@@ -841,7 +957,18 @@ impl ServiceLoop {
                 }
                 InstanceState::Parked | InstanceState::Failed => continue,
             }
-            let alive = running(r).is_some_and(|run| self.fleet.provider.alive(run));
+            let h = handle(r);
+            let alive = match self
+                .call("status", &r.id, self.fleet.provider.status(&h))
+                .await
+            {
+                Ok(st) => st == Status::Running,
+                // Not known either way: look again next time.
+                Err(e) => {
+                    tracing::warn!(instance = %r.id, error = %e, "cannot tell whether an instance runs");
+                    continue;
+                }
+            };
             if !alive {
                 let seen = Seen { alive, ready: None };
                 if let Some(next) = lifecycle(r.state, seen) {
@@ -962,114 +1089,130 @@ impl ServiceLoop {
             .collect()
     }
 
+    /// The target build, made runnable by the provider (once per digest).
+    async fn published(&mut self, digest: &str) -> Result<ImageRef, String> {
+        if let Some(r) = self.images.get(digest) {
+            return Ok(r.clone());
+        }
+        let publish = Publish {
+            spec: self.fleet.spec.clone(),
+            image: self.image.clone(),
+            digest: digest.to_string(),
+            resolver: self.fleet.resolver.clone(),
+        };
+        let published = self
+            .call("publish", digest, self.fleet.provider.publish(&publish))
+            .await?;
+        self.images.insert(digest.to_string(), published.clone());
+        Ok(published)
+    }
+
     async fn start(&mut self, digest: &str, reason: &str) -> Result<(), String> {
         let id = format!("{}-{}", self.svc.name, crate::short_id());
         let env = self.env()?;
-        let (spec, image, resolver, provider, svc, store) = (
-            self.fleet.spec.clone(),
-            self.image.clone(),
-            self.fleet.resolver.clone(),
-            self.fleet.provider.clone(),
-            self.svc.clone(),
-            self.fleet.store.clone(),
-        );
-        let digest = digest.to_string();
-        let id2 = id.clone();
-        let row = tokio::task::spawn_blocking(move || -> Result<InstanceRow, String> {
-            let cache = spec.settings.state_dir.join("fleet/images");
-            let root = steward_image::unpack(&spec, &image, &digest, &cache, resolver.as_ref())
-                .map_err(|e| e.to_string())?;
-            let created = provider
-                .create(&id2, &svc, &root)
-                .map_err(|e| e.to_string())?;
-            let now = now_ms();
-            // Recorded before the process exists: a crash in between leaves a
-            // record the next run cleans up, never an unknown process.
-            let mut row = InstanceRow {
-                id: id2.clone(),
-                service: svc.name.clone(),
-                digest: digest.clone(),
-                state: InstanceState::Starting,
-                addr: created.addr.to_string(),
-                pid: None,
-                pid_start: None,
-                dir: created.dir.display().to_string(),
-                created_ms: now,
-                ready_ms: None,
-                updated_ms: now,
-                reason: None,
-            };
-            store.fleet_put_instance(&row).map_err(|e| e.to_string())?;
-            match provider.start(&id2, &svc, &digest, &created, &env) {
-                Ok(run) => {
-                    row.pid = Some(run.pid);
-                    row.pid_start = run.pid_start;
-                    store.fleet_put_instance(&row).map_err(|e| e.to_string())?;
-                    Ok(row)
-                }
-                Err(e) => {
-                    provider.destroy(&created.dir);
-                    match store.fleet_delete_instance(&id2) {
-                        Ok(()) => Err(e.to_string()),
-                        // The record stays; the next step sees a failed instance.
-                        Err(d) => Err(format!("{e}; and its record could not be removed: {d}")),
-                    }
-                }
+        let image = self.published(digest).await?;
+        let spec = InstanceSpec {
+            id: &id,
+            service: &self.svc,
+            digest,
+            env: &env,
+        };
+        let created = self
+            .call("create", &id, self.fleet.provider.create(spec, &image))
+            .await?;
+        let now = now_ms();
+        // Recorded before the instance runs: a crash in between leaves a
+        // record the next run cleans up, never an unknown instance.
+        let mut row = InstanceRow {
+            id: id.clone(),
+            service: self.svc.name.clone(),
+            digest: digest.to_string(),
+            state: InstanceState::Starting,
+            addr: created.address.to_string(),
+            provider: created.data.clone(),
+            created_ms: now,
+            ready_ms: None,
+            updated_ms: now,
+            reason: None,
+        };
+        let r = row.clone();
+        self.db(move |s| s.fleet_put_instance(&r))
+            .await
+            .map_err(|e| e.to_string())?;
+        match self
+            .call("start", &id, self.fleet.provider.start(&created, spec))
+            .await
+        {
+            Ok(started) => {
+                row.addr = started.address.to_string();
+                row.provider = started.data;
+                self.put(&row).await;
             }
-        })
-        .await
-        .map_err(|e| e.to_string())??;
+            Err(e) => {
+                // Nothing of it may stay behind: the provider's part, then the record.
+                if let Err(d) = self
+                    .call("destroy", &id, self.fleet.provider.destroy(&created))
+                    .await
+                {
+                    return Err(format!(
+                        "{e}; and it could not be removed (tried again later): {d}"
+                    ));
+                }
+                let i = id.clone();
+                return match self.db(move |s| s.fleet_delete_instance(&i)).await {
+                    Ok(()) => Err(e),
+                    // The record stays; the next step sees a failed instance.
+                    Err(d) => Err(format!("{e}; and its record could not be removed: {d}")),
+                };
+            }
+        }
+        let place = self.fleet.provider.describe(&handle(&row));
         self.record(
             EventKind::FleetInstanceStarted,
             Severity::Info,
             format!("instance {id} started on {} ({reason})", row.addr),
-            serde_json::json!({"instance": id, "addr": row.addr, "digest": row.digest, "pid": row.pid}),
-        ).await;
+            serde_json::json!({"instance": id, "addr": row.addr, "digest": row.digest, "where": place}),
+        )
+        .await;
         Ok(())
     }
 
     async fn revive(&mut self, mut r: InstanceRow) -> Result<(), String> {
         let env = self.env()?;
-        let dir: std::path::PathBuf = r.dir.clone().into();
-        let addr = self
-            .fleet
-            .provider
-            .address(&dir)
+        let h = handle(&r);
+        let spec = InstanceSpec {
+            id: &r.id,
+            service: &self.svc,
+            digest: &r.digest,
+            env: &env,
+        };
+        let started = self
+            .call("start", &r.id, self.fleet.provider.start(&h, spec))
+            .await?;
+        r.state = InstanceState::Starting;
+        r.addr = started.address.to_string();
+        r.provider = started.data;
+        r.ready_ms = None;
+        r.updated_ms = now_ms();
+        r.reason = None;
+        let row = r.clone();
+        self.db(move |s| s.fleet_put_instance(&row))
+            .await
             .map_err(|e| e.to_string())?;
-        let created = Created { dir, addr };
-        let (provider, svc, store) = (
-            self.fleet.provider.clone(),
-            self.svc.clone(),
-            self.fleet.store.clone(),
-        );
-        let r2 = tokio::task::spawn_blocking(move || -> Result<InstanceRow, String> {
-            let run = provider
-                .start(&r.id, &svc, &r.digest, &created, &env)
-                .map_err(|e| e.to_string())?;
-            r.state = InstanceState::Starting;
-            r.addr = created.addr.to_string();
-            r.pid = Some(run.pid);
-            r.pid_start = run.pid_start;
-            r.ready_ms = None;
-            r.updated_ms = now_ms();
-            r.reason = None;
-            store.fleet_put_instance(&r).map_err(|e| e.to_string())?;
-            Ok(r)
-        })
-        .await
-        .map_err(|e| e.to_string())??;
         self.record(
             EventKind::FleetInstanceRevived,
             Severity::Info,
-            format!("parked instance {} started again on {}", r2.id, r2.addr),
-            serde_json::json!({"instance": r2.id, "addr": r2.addr, "digest": r2.digest}),
+            format!("parked instance {} started again on {}", r.id, r.addr),
+            serde_json::json!({"instance": r.id, "addr": r.addr, "digest": r.digest}),
         )
         .await;
         Ok(())
     }
 
     /// Takes the instance out of the proxy, lets its requests finish (up to
-    /// `drain_timeout`), stops it, then parks or destroys it — in the background.
+    /// `drain_timeout`), stops it, then parks or destroys it — in the
+    /// background. A stop or destroy that fails or times out leaves the drain
+    /// recorded; the next step takes it up again.
     async fn drain(&mut self, mut r: InstanceRow, then: After, reason: &str) {
         {
             let mut d = self.draining.lock().unwrap_or_else(|e| e.into_inner());
@@ -1096,11 +1239,7 @@ impl ServiceLoop {
             )
             .await;
         }
-        let (provider, store, draining) = (
-            self.fleet.provider.clone(),
-            self.fleet.store.clone(),
-            self.draining.clone(),
-        );
+        let (fleet, draining) = (self.fleet.clone(), self.draining.clone());
         let (drain_timeout, stop_timeout) = (self.svc.drain_timeout, self.svc.stop_timeout);
         let service = self.svc.name.clone();
         tokio::spawn(async move {
@@ -1111,38 +1250,19 @@ impl ServiceLoop {
                 }
             }
             let id = r.id.clone();
-            let _ = tokio::task::spawn_blocking(move || {
-                if let Some(run) = running(&r) {
-                    provider.stop(run, stop_timeout);
-                }
-                let msg = match then {
-                    After::Park => {
-                        r.state = InstanceState::Parked;
-                        r.pid = None;
-                        r.pid_start = None;
-                        r.updated_ms = now_ms();
-                        if let Err(e) = store.fleet_put_instance(&r) {
-                            tracing::error!(instance = %r.id, error = %e, "cannot record a parked instance");
-                        }
-                        format!("instance {} stopped and parked for a rollback", r.id)
-                    }
-                    After::Destroy => {
-                        provider.destroy(std::path::Path::new(&r.dir));
-                        if let Err(e) = store.fleet_delete_instance(&r.id) {
-                            tracing::error!(instance = %r.id, error = %e, "cannot forget a destroyed instance");
-                        }
-                        format!("instance {} stopped and destroyed", r.id)
-                    }
-                };
-                store.record(&event(
-                    EventKind::FleetInstanceStopped,
-                    &service,
-                    Severity::Info,
-                    msg,
-                    serde_json::json!({"instance": r.id}),
-                ));
-            })
-            .await;
+            let done = finish_drain(&fleet, &service, r, then, stop_timeout).await;
+            if let Err(e) = done {
+                tracing::error!(service = %service, instance = %id, "{e}; the drain is tried again");
+                fleet
+                    .store_event(event(
+                        EventKind::FleetDestroyFailed,
+                        &service,
+                        Severity::Error,
+                        e,
+                        serde_json::json!({"instance": id}),
+                    ))
+                    .await;
+            }
             draining
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
@@ -1152,24 +1272,35 @@ impl ServiceLoop {
 
     async fn destroy(&mut self, r: InstanceRow, reason: &str) {
         self.pool.remove(&r.id);
-        let provider = self.fleet.provider.clone();
-        let store = self.fleet.store.clone();
+        let h = handle(&r);
         let grace = self.svc.stop_timeout;
-        let id = r.id.clone();
-        let _ = tokio::task::spawn_blocking(move || {
-            if let Some(run) = running(&r) {
-                provider.stop(run, grace);
+        // Stopped first with its grace, then removed: both bounded.
+        let gone = match self
+            .call("stop", &r.id, self.fleet.provider.stop(&h, grace))
+            .await
+        {
+            Ok(stopped) => {
+                self.call("destroy", &r.id, self.fleet.provider.destroy(&stopped))
+                    .await
             }
-            provider.destroy(std::path::Path::new(&r.dir));
-            store.fleet_delete_instance(&r.id)
+            Err(e) => Err(e),
+        };
+        if let Err(e) = gone {
+            // The record stays as it was: the planner asks again next step.
+            self.error("destroy", e).await;
+            return;
+        }
+        let id = r.id.clone();
+        self.write("a destroyed instance", move |s| {
+            s.fleet_delete_instance(&id)
         })
         .await;
         self.count_removed(reason);
         self.record(
             EventKind::FleetInstanceDestroyed,
             Severity::Info,
-            format!("instance {id} destroyed ({reason})"),
-            serde_json::json!({"instance": id}),
+            format!("instance {} destroyed ({reason})", r.id),
+            serde_json::json!({"instance": r.id}),
         )
         .await;
     }

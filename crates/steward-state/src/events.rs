@@ -71,6 +71,7 @@ kinds! {
     FleetDown => "fleet.down", "`steward down` destroyed every instance";
     FleetStartFailed => "fleet.start_failed", "an instance could not be created or started";
     FleetBuildFailed => "fleet.build_failed", "the image of a service could not be built";
+    FleetDestroyFailed => "fleet.destroy_failed", "an instance could not be stopped or removed (it is tried again)";
     FleetInstanceStarted => "fleet.instance_started", "an instance was created and started";
     FleetInstanceReady => "fleet.instance_ready", "an instance passed its readiness check and takes traffic";
     FleetInstanceUnready => "fleet.instance_unready", "an instance failed its readiness check and left rotation";

@@ -135,12 +135,9 @@ pub struct InstanceRow {
     pub state: InstanceState,
     /// Address it serves on.
     pub addr: String,
-    /// Process id while running.
-    pub pid: Option<i64>,
-    /// The process's start time (clock ticks since boot) so a reused pid is not mistaken for it.
-    pub pid_start: Option<i64>,
-    /// Its directory (root, logs).
-    pub dir: String,
+    /// Its provider's record (the local provider: directory, pid and the
+    /// pid's start time); the fleet stores it and hands it back unread.
+    pub provider: serde_json::Value,
     /// Created (ms since the epoch).
     pub created_ms: i64,
     /// First passed readiness (ms since the epoch).
@@ -179,7 +176,7 @@ pub struct DeployRow {
 }
 
 fn instance(r: &Row<'_>) -> rusqlite::Result<InstanceRow> {
-    let (state, after): (String, Option<String>) = (r.get(3)?, r.get(12)?);
+    let (state, after): (String, Option<String>) = (r.get(3)?, r.get(10)?);
     // A state this steward does not know is an error to see, not a guess.
     let state = InstanceState::read(&state, after.as_deref()).ok_or_else(|| {
         rusqlite::Error::FromSqlConversionFailure(
@@ -194,13 +191,11 @@ fn instance(r: &Row<'_>) -> rusqlite::Result<InstanceRow> {
         digest: r.get(2)?,
         state,
         addr: r.get(4)?,
-        pid: r.get(5)?,
-        pid_start: r.get(6)?,
-        dir: r.get(7)?,
-        created_ms: r.get(8)?,
-        ready_ms: r.get(9)?,
-        updated_ms: r.get(10)?,
-        reason: r.get(11)?,
+        provider: serde_json::from_str(&r.get::<_, String>(5)?).unwrap_or(serde_json::Value::Null),
+        created_ms: r.get(6)?,
+        ready_ms: r.get(7)?,
+        updated_ms: r.get(8)?,
+        reason: r.get(9)?,
     })
 }
 
@@ -220,7 +215,7 @@ fn deploy(r: &Row<'_>) -> rusqlite::Result<DeployRow> {
     })
 }
 
-const INSTANCE_COLS: &str = "id, service, digest, state, addr, pid, pid_start, dir, created_ms, ready_ms, updated_ms, reason, after_drain";
+const INSTANCE_COLS: &str = "id, service, digest, state, addr, provider, created_ms, ready_ms, updated_ms, reason, after_drain";
 const DEPLOY_COLS: &str = "id, service, from_digest, to_digest, who, kind, requested_ms, started_ms, finished_ms, result, reason";
 
 impl Store {
@@ -408,7 +403,7 @@ impl Store {
             .execute(
                 &format!(
                     "INSERT OR REPLACE INTO fleet_instance ({INSTANCE_COLS})
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"
                 ),
                 params![
                     i.id,
@@ -416,9 +411,7 @@ impl Store {
                     i.digest,
                     i.state.as_str(),
                     i.addr,
-                    i.pid,
-                    i.pid_start,
-                    i.dir,
+                    i.provider.to_string(),
                     i.created_ms,
                     i.ready_ms,
                     i.updated_ms,

@@ -141,6 +141,14 @@ const MIGRATIONS: &[&str] = &[
      UPDATE fleet_instance SET after_drain =
         CASE WHEN reason LIKE 'park%' THEN 'park' ELSE 'destroy' END
      WHERE state = 'draining';",
+    // v7: where an instance runs is its provider's record, kept whole and
+    // unread by the fleet (the local provider's directory, pid and start time
+    // move into it).
+    "ALTER TABLE fleet_instance ADD COLUMN provider TEXT NOT NULL DEFAULT '{}';
+     UPDATE fleet_instance SET provider = json_object('dir', dir, 'pid', pid, 'pid_start', pid_start);
+     ALTER TABLE fleet_instance DROP COLUMN pid;
+     ALTER TABLE fleet_instance DROP COLUMN pid_start;
+     ALTER TABLE fleet_instance DROP COLUMN dir;",
 ];
 
 /// Newest schema version this build knows.

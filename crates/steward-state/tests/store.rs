@@ -472,9 +472,7 @@ fn instance_row(id: &str, state: InstanceState, reason: &str) -> InstanceRow {
         digest: "sha256:1".into(),
         state,
         addr: "127.0.0.1:1".into(),
-        pid: None,
-        pid_start: None,
-        dir: "/nowhere".into(),
+        provider: serde_json::json!({"dir": "/nowhere"}),
         created_ms: T0,
         ready_ms: None,
         updated_ms: T0,
@@ -514,24 +512,31 @@ fn instance_states_round_trip_migrate_and_refuse_the_unknown() {
             ]
         );
     }
-    // Back to the version-5 shape: no column, the verb in the reason.
+    // Back to the version-5 shape: no drain column (the verb in the reason),
+    // the local provider's pid, start time and directory as columns.
     {
         let conn = rusqlite::Connection::open(dir.path().join("state.db")).unwrap();
         conn.execute_batch(
             "UPDATE fleet_instance SET reason = 'park: replaced by a new version' WHERE id = 'a';
              UPDATE fleet_instance SET reason = 'destroy: scaled in' WHERE id = 'b';
              ALTER TABLE fleet_instance DROP COLUMN after_drain;
+             ALTER TABLE fleet_instance DROP COLUMN provider;
+             ALTER TABLE fleet_instance ADD COLUMN pid INTEGER;
+             ALTER TABLE fleet_instance ADD COLUMN pid_start INTEGER;
+             ALTER TABLE fleet_instance ADD COLUMN dir TEXT NOT NULL DEFAULT '';
+             UPDATE fleet_instance SET pid = 4242, pid_start = 77, dir = '/srv/a' WHERE id = 'a';
              PRAGMA user_version = 5;",
         )
         .unwrap();
     }
     let store = Store::open(dir.path()).unwrap();
-    let got: Vec<_> = store
-        .fleet_instances(None)
-        .unwrap()
-        .into_iter()
-        .map(|r| (r.id, r.state))
-        .collect();
+    let rows = store.fleet_instances(None).unwrap();
+    assert_eq!(
+        rows[0].provider,
+        serde_json::json!({"dir": "/srv/a", "pid": 4242, "pid_start": 77}),
+        "the local provider's columns become its record"
+    );
+    let got: Vec<_> = rows.into_iter().map(|r| (r.id, r.state)).collect();
     assert_eq!(
         got,
         [

@@ -4,8 +4,10 @@
 
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
+
 use std::time::{Duration, Instant};
 use steward_fleet::plan::DeployKind;
+use steward_fleet::provider::Provider as _;
 
 use steward_spec::{OsResolver, Service, Spec};
 use steward_state::{EventQuery, Store, now_ms};
@@ -263,6 +265,7 @@ pub(crate) fn status(spec_path: &Path, json: bool) -> u8 {
         Err(c) => return c,
     };
     let report = steward_fleet::status::report(&spec, &store);
+    let local = steward_fleet::provider::Local::new(&spec.settings.state_dir);
     if json {
         println!(
             "{}",
@@ -302,14 +305,14 @@ pub(crate) fn status(spec_path: &Path, json: bool) -> u8 {
                 i.state.to_string(),
                 short(&i.digest),
                 i.addr.clone(),
-                i.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+                local.describe(&steward_fleet::controller::handle(i)),
                 age(now_ms() - i.created_ms),
             ]);
         }
         print!(
             "{}",
             crate::table::render(
-                &["INSTANCE", "STATE", "VERSION", "ADDRESS", "PID", "AGE"],
+                &["INSTANCE", "STATE", "VERSION", "ADDRESS", "WHERE", "AGE"],
                 &rows
             )
         );
@@ -409,8 +412,11 @@ pub(crate) fn logs(
     }
     let many = rows.len() > 1;
     let mut offsets = Vec::new();
+    let local = steward_fleet::provider::Local::new(&spec.settings.state_dir);
     for r in &rows {
-        let path = Path::new(&r.dir).join("log");
+        let Some(path) = local.log_path(&steward_fleet::controller::handle(r)) else {
+            continue;
+        };
         let text = std::fs::read_to_string(&path).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         for l in &lines[lines.len().saturating_sub(tail)..] {
@@ -453,7 +459,7 @@ pub(crate) fn logs(
 /// their sandboxes; the services keep their versions, so the next `serve`
 /// starts fresh instances of them.
 pub(crate) fn down(spec_path: &Path) -> u8 {
-    use steward_fleet::provider::{Local, Provider, Running};
+    use steward_fleet::provider::{Local, Provider};
     let spec = match crate::load_spec(spec_path) {
         Ok(s) => s,
         Err(c) => return c,
@@ -471,22 +477,23 @@ pub(crate) fn down(spec_path: &Path) -> u8 {
         }
     };
     let mut code = exit::OK;
+    let rt = crate::runtime();
     for r in &rows {
         let grace = spec
             .services
             .get(&r.service)
             .map(|s| s.stop_timeout)
             .unwrap_or(Duration::from_secs(10));
-        if let Some(pid) = r.pid {
-            provider.stop(
-                Running {
-                    pid,
-                    pid_start: r.pid_start,
-                },
-                grace,
-            );
+        let h = steward_fleet::controller::handle(r);
+        let gone = rt.block_on(async {
+            let stopped = provider.stop(&h, grace).await?;
+            provider.destroy(&stopped).await
+        });
+        if let Err(e) = gone {
+            eprintln!("error: {}: {}: {e}", r.service, r.id);
+            code = exit::FAILED;
+            continue;
         }
-        provider.destroy(Path::new(&r.dir));
         if let Err(e) = store.fleet_delete_instance(&r.id) {
             eprintln!(
                 "error: {}: {} destroyed, but its record stays: {e}",

@@ -558,7 +558,7 @@ pub(crate) fn serve_runtime() -> tokio::runtime::Runtime {
         .expect("tokio runtime")
 }
 
-fn runtime() -> tokio::runtime::Runtime {
+pub(crate) fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("steward")

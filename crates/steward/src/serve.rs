@@ -182,6 +182,7 @@ pub(crate) async fn run(spec_path: &Path, listen: Option<SocketAddr>) -> u8 {
         provider: Arc::new(steward_fleet::provider::Local::new(
             &spec.settings.state_dir,
         )),
+        provider_timeout: steward_fleet::controller::PROVIDER_TIMEOUT,
         prober: Prober::new(resolver.clone()),
         metrics: fleet_metrics,
         proxy_metrics,

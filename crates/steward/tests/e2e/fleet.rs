@@ -501,7 +501,7 @@ fn a_killed_instance_is_replaced_and_scaling_drains_first() {
     let victim = &p.status()["instances"][0];
     let (id, pid) = (
         victim["id"].as_str().unwrap().to_string(),
-        victim["pid"].as_i64().unwrap(),
+        victim["provider"]["pid"].as_i64().unwrap(),
     );
     Command::new("kill")
         .args(["-9", &pid.to_string()])
@@ -544,7 +544,7 @@ fn kill_9_of_steward_mid_rollout_resumes_and_finishes() {
         .as_array()
         .unwrap()
         .iter()
-        .filter_map(|i| i["pid"].as_i64())
+        .filter_map(|i| i["provider"]["pid"].as_i64())
         .collect();
     assert!(running.len() >= 2);
     assert!(
@@ -569,7 +569,7 @@ fn kill_9_of_steward_mid_rollout_resumes_and_finishes() {
             .as_array()
             .unwrap()
             .iter()
-            .any(|i| i["pid"].as_i64() == Some(pid));
+            .any(|i| i["provider"]["pid"].as_i64() == Some(pid));
         assert!(
             adopted || !pid_alive(pid),
             "process {pid} was left running unmanaged"
@@ -639,7 +639,7 @@ fn isolated_instances_get_their_own_root_network_and_memory_limit() {
             addr.starts_with("10.213.") && addr.ends_with(":8080"),
             "{addr}"
         );
-        let pid = i["pid"].as_i64().unwrap();
+        let pid = i["provider"]["pid"].as_i64().unwrap();
         // The instance's own network namespace and overlay root.
         let ns = |p: i64, what: &str| std::fs::read_link(format!("/proc/{p}/ns/{what}")).unwrap();
         assert_ne!(ns(pid, "net"), ns(std::process::id() as i64, "net"));

@@ -1,7 +1,8 @@
-//! The provider edge: where instances come from. [`Local`] runs them on this
-//! machine as supervised processes, each in its own copy of the unpacked image,
-//! on its own loopback port, in its own process group (so it outlives a
-//! `kill -9` of steward and is adopted again by the next `serve`).
+//! The local provider: instances as supervised processes on this machine,
+//! each in its own copy of the unpacked image, on its own loopback port, in
+//! its own process group (so it outlives a `kill -9` of steward and is adopted
+//! again by the next `serve`). Its record of an instance — directory, pid and
+//! the pid's start time — lives in the handle's `data`; nobody else reads it.
 
 use std::collections::HashMap;
 use std::fs::OpenOptions;
@@ -13,101 +14,256 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
+use serde::{Deserialize, Serialize};
 use steward_spec::Service;
 
-/// Why a provider step failed.
-#[derive(Debug, thiserror::Error)]
-pub enum ProviderError {
-    /// Preparing the instance's directory failed.
-    #[error("instance {id}: {what}: {source}")]
-    Io {
-        /// Instance id.
-        id: String,
-        /// What was being done.
-        what: &'static str,
-        /// The cause.
-        source: std::io::Error,
-    },
-    /// Making the sandbox of an isolated instance failed.
-    #[error("instance {id}: {reason}")]
-    Sandbox {
-        /// Instance id.
-        id: String,
-        /// The cause.
-        reason: String,
-    },
-    /// Copying the image failed.
-    #[error("instance {id}: copying the image failed: {reason}")]
-    Copy {
-        /// Instance id.
-        id: String,
-        /// The cause.
-        reason: String,
-    },
-}
+use super::{
+    ImageRef, InstanceHandle, InstanceSpec, Provider, ProviderError, ProviderFuture, Publish,
+    Status,
+};
 
 /// A created instance: where it lives and listens.
 #[derive(Debug, Clone)]
-pub struct Created {
+struct Created {
     /// Its directory (holds `root/` and `log`).
-    pub dir: PathBuf,
+    dir: PathBuf,
     /// The address its process is told to serve on.
-    pub addr: SocketAddr,
+    addr: SocketAddr,
 }
 
 /// A started process.
 #[derive(Debug, Clone, Copy)]
-pub struct Running {
+struct Running {
     /// Process id (also its process group).
-    pub pid: i64,
+    pid: i64,
     /// Start time in clock ticks since boot, to tell a reused pid apart.
-    pub pid_start: Option<i64>,
+    pid_start: Option<i64>,
 }
 
-/// Creates, starts, stops and destroys instances.
-pub trait Provider: Send + Sync {
-    /// Makes an instance's home from an unpacked image; starts nothing.
-    fn create(
-        &self,
-        id: &str,
-        service: &Service,
-        image_root: &Path,
-    ) -> Result<Created, ProviderError>;
-    /// The address a (parked) instance in `dir` serves on when started again.
-    fn address(&self, dir: &Path) -> std::io::Result<SocketAddr>;
-    /// Starts the instance's process.
-    fn start(
-        &self,
-        id: &str,
-        service: &Service,
-        digest: &str,
-        created: &Created,
-        env: &[(String, String)],
-    ) -> Result<Running, ProviderError>;
-    /// Whether the process still runs.
-    fn alive(&self, running: Running) -> bool;
-    /// SIGTERM, then SIGKILL after `grace`; returns once it is gone.
-    fn stop(&self, running: Running, grace: Duration);
-    /// Deletes what `create` made.
-    fn destroy(&self, dir: &Path);
+/// The local provider's record of an instance (the handle's `data`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct Record {
+    dir: PathBuf,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pid: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pid_start: Option<i64>,
+    /// Created and never started: its first start uses the port chosen at
+    /// creation; a later one (a parked instance revived) finds a free one.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    fresh: bool,
+}
+
+impl Record {
+    fn of(h: &InstanceHandle) -> Result<Record, ProviderError> {
+        serde_json::from_value(h.data.clone()).map_err(|e| ProviderError::Record {
+            id: h.id.clone(),
+            reason: e.to_string(),
+        })
+    }
+
+    fn running(&self) -> Option<Running> {
+        self.pid.map(|pid| Running {
+            pid,
+            pid_start: self.pid_start,
+        })
+    }
+
+    fn handle(&self, id: &str, addr: SocketAddr) -> InstanceHandle {
+        InstanceHandle {
+            id: id.to_string(),
+            address: addr,
+            data: serde_json::to_value(self).unwrap_or_default(),
+        }
+    }
 }
 
 /// Instances as processes on this machine.
+#[derive(Clone)]
 pub struct Local {
+    inner: std::sync::Arc<Inner>,
+}
+
+struct Inner {
     home: PathBuf,
     state_dir: PathBuf,
     children: Mutex<HashMap<i64, Child>>,
 }
 
 impl Local {
-    /// Instances live under `STATE_DIR/fleet/instances`.
+    /// Instances live under `STATE_DIR/fleet/instances`, unpacked images
+    /// under `STATE_DIR/fleet/images`.
     pub fn new(state_dir: &Path) -> Self {
         let state_dir = std::path::absolute(state_dir).unwrap_or_else(|_| state_dir.to_path_buf());
         Local {
-            home: state_dir.join("fleet/instances"),
-            state_dir,
-            children: Mutex::default(),
+            inner: std::sync::Arc::new(Inner {
+                home: state_dir.join("fleet/instances"),
+                state_dir,
+                children: Mutex::default(),
+            }),
         }
+    }
+
+    /// Runs blocking work (copies, signals, waits) off the async threads.
+    fn blocking<'a, T: Send + 'static>(
+        &'a self,
+        f: impl FnOnce(&Inner) -> Result<T, ProviderError> + Send + 'static,
+    ) -> ProviderFuture<'a, T> {
+        let inner = self.inner.clone();
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || f(&inner))
+                .await
+                .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+        })
+    }
+}
+
+impl Provider for Local {
+    fn publish<'a>(&'a self, p: &'a Publish) -> ProviderFuture<'a, ImageRef> {
+        let p = p.clone();
+        self.blocking(move |inner| {
+            let cache = inner.state_dir.join("fleet/images");
+            let root =
+                steward_image::unpack(&p.spec, &p.image, &p.digest, &cache, p.resolver.as_ref())
+                    .map_err(|e| ProviderError::Publish {
+                        digest: p.digest.clone(),
+                        reason: e.to_string(),
+                    })?;
+            Ok(ImageRef {
+                digest: p.digest,
+                data: serde_json::json!({ "root": root }),
+            })
+        })
+    }
+
+    fn create<'a>(
+        &'a self,
+        spec: InstanceSpec<'a>,
+        image: &'a ImageRef,
+    ) -> ProviderFuture<'a, InstanceHandle> {
+        let (id, service) = (spec.id.to_string(), spec.service.clone());
+        let root = image
+            .data
+            .get("root")
+            .and_then(|r| r.as_str())
+            .map(PathBuf::from);
+        self.blocking(move |inner| {
+            let root = root.ok_or_else(|| ProviderError::Record {
+                id: id.clone(),
+                reason: "the image was not published by the local provider".into(),
+            })?;
+            let created = inner.create(&id, &service, &root)?;
+            Ok(Record {
+                dir: created.dir,
+                fresh: true,
+                ..Record::default()
+            }
+            .handle(&id, created.addr))
+        })
+    }
+
+    fn start<'a>(
+        &'a self,
+        handle: &'a InstanceHandle,
+        spec: InstanceSpec<'a>,
+    ) -> ProviderFuture<'a, InstanceHandle> {
+        let (id, service, digest, env) = (
+            spec.id.to_string(),
+            spec.service.clone(),
+            spec.digest.to_string(),
+            spec.env.to_vec(),
+        );
+        let record = Record::of(handle);
+        let known = handle.address;
+        self.blocking(move |inner| {
+            let mut record = record?;
+            // A parked instance gets a new port; a sandboxed one keeps its own.
+            let addr = inner
+                .address(&record.dir, record.fresh.then_some(known))
+                .map_err(|source| ProviderError::Io {
+                    id: id.clone(),
+                    what: "finding a free port",
+                    source,
+                })?;
+            let created = Created {
+                dir: record.dir.clone(),
+                addr,
+            };
+            let run = inner.start(&id, &service, &digest, &created, &env)?;
+            record.pid = Some(run.pid);
+            record.pid_start = run.pid_start;
+            record.fresh = false;
+            Ok(record.handle(&id, addr))
+        })
+    }
+
+    fn status<'a>(&'a self, handle: &'a InstanceHandle) -> ProviderFuture<'a, Status> {
+        let record = Record::of(handle);
+        self.blocking(move |inner| {
+            Ok(match record?.running() {
+                Some(run) if inner.alive(run) => Status::Running,
+                _ => Status::Stopped,
+            })
+        })
+    }
+
+    fn stop<'a>(
+        &'a self,
+        handle: &'a InstanceHandle,
+        grace: Duration,
+    ) -> ProviderFuture<'a, InstanceHandle> {
+        let (record, id, addr) = (Record::of(handle), handle.id.clone(), handle.address);
+        self.blocking(move |inner| {
+            let mut record = record?;
+            if let Some(run) = record.running() {
+                inner.stop(run, grace);
+            }
+            record.pid = None;
+            record.pid_start = None;
+            Ok(record.handle(&id, addr))
+        })
+    }
+
+    fn destroy<'a>(&'a self, handle: &'a InstanceHandle) -> ProviderFuture<'a, ()> {
+        let record = Record::of(handle);
+        self.blocking(move |inner| {
+            let record = record?;
+            if let Some(run) = record.running() {
+                inner.stop(run, Duration::from_secs(10));
+            }
+            inner.destroy(&record.dir);
+            Ok(())
+        })
+    }
+
+    fn list(&self) -> ProviderFuture<'_, Vec<InstanceHandle>> {
+        self.blocking(|inner| {
+            let mut out = Vec::new();
+            for e in std::fs::read_dir(&inner.home)
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                let id = e.file_name().to_string_lossy().to_string();
+                let record = Record {
+                    dir: e.path(),
+                    ..Record::default()
+                };
+                out.push(record.handle(&id, SocketAddr::from(([127, 0, 0, 1], 0))));
+            }
+            Ok(out)
+        })
+    }
+
+    fn describe(&self, handle: &InstanceHandle) -> String {
+        match Record::of(handle).ok().and_then(|r| r.pid) {
+            Some(pid) => format!("pid {pid}"),
+            None => "-".into(),
+        }
+    }
+
+    fn log_path(&self, handle: &InstanceHandle) -> Option<PathBuf> {
+        Record::of(handle).ok().map(|r| r.dir.join("log"))
     }
 }
 
@@ -142,11 +298,14 @@ fn proc_start(pid: i64) -> Option<i64> {
     fields.get(19)?.parse().ok()
 }
 
-impl Provider for Local {
-    fn address(&self, dir: &Path) -> std::io::Result<SocketAddr> {
-        match crate::sandbox::load(dir) {
-            Some(s) => Ok(s.addr),
-            None => Ok(SocketAddr::from(([127, 0, 0, 1], free_port()?))),
+impl Inner {
+    /// The address an instance in `dir` serves on when started: a sandbox's
+    /// own, else the one it was created with (first start) or a free port.
+    fn address(&self, dir: &Path, created: Option<SocketAddr>) -> std::io::Result<SocketAddr> {
+        match (crate::sandbox::load(dir), created) {
+            (Some(s), _) => Ok(s.addr),
+            (None, Some(a)) => Ok(a),
+            (None, None) => Ok(SocketAddr::from(([127, 0, 0, 1], free_port()?))),
         }
     }
 
@@ -366,30 +525,55 @@ mod tests {
         );
     }
 
-    #[test]
-    fn start_stop_and_adopt() {
+    #[tokio::test]
+    async fn start_stop_and_adopt() {
         let home = tempfile_dir();
         let image = home.join("image");
         std::fs::create_dir_all(image.join("bin")).unwrap();
         let local = Local::new(&home);
         let service = test_service(vec!["sleep".into(), "30".into()]);
-        let created = local.create("t-1", &service, &image).unwrap();
-        assert!(created.dir.join("root/bin").is_dir());
-        let run = local
-            .start("t-1", &service, "sha256:x", &created, &[])
-            .unwrap();
-        assert!(local.alive(run));
+        let spec = InstanceSpec {
+            id: "t-1",
+            service: &service,
+            digest: "sha256:x",
+            env: &[],
+        };
+        let published = ImageRef {
+            digest: "sha256:x".into(),
+            data: serde_json::json!({ "root": image }),
+        };
+        let created = local.create(spec, &published).await.unwrap();
+        let dir = Record::of(&created).unwrap().dir;
+        assert!(dir.join("root/bin").is_dir());
+        assert_eq!(local.status(&created).await.unwrap(), Status::Stopped);
+        let started = local.start(&created, spec).await.unwrap();
+        assert_eq!(
+            started.address, created.address,
+            "the first start keeps its port"
+        );
+        assert_eq!(local.status(&started).await.unwrap(), Status::Running);
         // Another provider (a restarted steward) sees it by pid and start time.
         let other = Local::new(&home);
-        assert!(other.alive(run));
-        assert!(!other.alive(Running {
-            pid: run.pid,
-            pid_start: run.pid_start.map(|s| s + 1)
-        }));
-        local.stop(run, Duration::from_secs(5));
-        assert!(!local.alive(run));
-        local.destroy(&created.dir);
-        assert!(!created.dir.exists());
+        assert_eq!(other.status(&started).await.unwrap(), Status::Running);
+        let mut reused = Record::of(&started).unwrap();
+        reused.pid_start = reused.pid_start.map(|s| s + 1);
+        let reused = reused.handle("t-1", started.address);
+        assert_eq!(
+            other.status(&reused).await.unwrap(),
+            Status::Stopped,
+            "a reused pid is not the instance"
+        );
+        assert!(local.describe(&started).starts_with("pid "));
+        let stopped = local.stop(&started, Duration::from_secs(5)).await.unwrap();
+        assert_eq!(local.status(&started).await.unwrap(), Status::Stopped);
+        assert_eq!(local.describe(&stopped), "-");
+        let listed = local.list().await.unwrap();
+        assert_eq!(
+            listed.iter().map(|h| h.id.as_str()).collect::<Vec<_>>(),
+            ["t-1"]
+        );
+        local.destroy(&stopped).await.unwrap();
+        assert!(!dir.exists());
         let _ = std::fs::remove_dir_all(&home);
     }
 

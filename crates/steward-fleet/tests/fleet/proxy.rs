@@ -2,8 +2,6 @@
 //! refused connection is retried on another instance, drains wait for
 //! responses in flight, and nothing ready means 503.
 
-mod smuggling;
-
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,0 +1,184 @@
+//! The provider boundary: where instances come from. The fleet controller
+//! and the planner speak only of [`InstanceHandle`]s — an id, the address the
+//! instance serves on, and the provider's own record, which the fleet stores
+//! with the instance and hands back without reading it. So a provider is one
+//! implementation of [`Provider`]:
+//!
+//! - [`Local`] runs instances on this machine as supervised processes, each in
+//!   its own copy of the unpacked image, on its own loopback port, in its own
+//!   process group (it outlives a `kill -9` of steward and is adopted again);
+//! - [`recording::Recording`] runs nothing: it records every call, answers on
+//!   loopback for each started instance, and fails on command — the fleet's
+//!   tests drive the controller through it to prove the controller does not
+//!   know which provider it drives.
+//!
+//! Every call is async; the fleet bounds each with a timeout, so a provider
+//! that hangs (a cloud API, a stuck `destroy`) cannot stall a service.
+
+mod local;
+pub mod recording;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use steward_spec::{Image, Resolver, Service, Spec};
+
+pub use local::{Local, expand, free_port};
+
+/// Why a provider step failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ProviderError {
+    /// Preparing the instance's directory failed.
+    #[error("instance {id}: {what}: {source}")]
+    Io {
+        /// Instance id.
+        id: String,
+        /// What was being done.
+        what: &'static str,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// Making the sandbox of an isolated instance failed.
+    #[error("instance {id}: {reason}")]
+    Sandbox {
+        /// Instance id.
+        id: String,
+        /// The cause.
+        reason: String,
+    },
+    /// Copying the image failed.
+    #[error("instance {id}: copying the image failed: {reason}")]
+    Copy {
+        /// Instance id.
+        id: String,
+        /// The cause.
+        reason: String,
+    },
+    /// The image could not be made runnable here.
+    #[error("image {digest}: {reason}")]
+    Publish {
+        /// The image's digest.
+        digest: String,
+        /// The cause.
+        reason: String,
+    },
+    /// The provider refused or failed the call (a cloud API's answer, or a
+    /// failure the recording provider was told to give).
+    #[error("instance {id}: {reason}")]
+    Refused {
+        /// Instance id.
+        id: String,
+        /// The cause.
+        reason: String,
+    },
+    /// The handle's provider record is not one this provider wrote.
+    #[error("instance {id}: its provider record is unreadable: {reason}")]
+    Record {
+        /// Instance id.
+        id: String,
+        /// The cause.
+        reason: String,
+    },
+}
+
+/// An image as a provider can run it: its digest and the provider's record
+/// (the local provider: where it is unpacked; a cloud: the uploaded image's id).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ImageRef {
+    /// The image's content digest.
+    pub digest: String,
+    /// The provider's own record.
+    pub data: serde_json::Value,
+}
+
+/// What `publish` needs to fetch an image.
+#[derive(Clone)]
+pub struct Publish {
+    /// The spec (object stores, images).
+    pub spec: Arc<Spec>,
+    /// The image.
+    pub image: Image,
+    /// The build to publish.
+    pub digest: String,
+    /// Secret references.
+    pub resolver: Arc<dyn Resolver>,
+}
+
+/// An instance as its provider handed it back; stored with the instance.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InstanceHandle {
+    /// steward's id for it, e.g. `api-3f9a1c`.
+    pub id: String,
+    /// Where it serves (once started; a created-only instance's intended address).
+    pub address: SocketAddr,
+    /// The provider's own record (local: directory, pid and its start time).
+    pub data: serde_json::Value,
+}
+
+/// What an instance is made from and how it runs.
+#[derive(Clone, Copy)]
+pub struct InstanceSpec<'a> {
+    /// Its id.
+    pub id: &'a str,
+    /// Its service (command, isolation, mounts, …).
+    pub service: &'a Service,
+    /// The image digest it runs.
+    pub digest: &'a str,
+    /// Its resolved environment.
+    pub env: &'a [(String, String)],
+}
+
+/// Whether an instance runs, as its provider sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    /// It runs.
+    Running,
+    /// It exists but does not run.
+    Stopped,
+}
+
+/// A provider call in progress.
+pub type ProviderFuture<'a, T> =
+    Pin<Box<dyn Future<Output = Result<T, ProviderError>> + Send + 'a>>;
+
+/// Creates, starts, stops and destroys instances.
+pub trait Provider: Send + Sync {
+    /// Makes a build runnable by this provider (the local provider unpacks it
+    /// into its cache; a cloud provider uploads it). Idempotent per digest.
+    fn publish<'a>(&'a self, image: &'a Publish) -> ProviderFuture<'a, ImageRef>;
+    /// Makes an instance from a published image; starts nothing.
+    fn create<'a>(
+        &'a self,
+        spec: InstanceSpec<'a>,
+        image: &'a ImageRef,
+    ) -> ProviderFuture<'a, InstanceHandle>;
+    /// Starts a created or stopped instance; the handle it returns (its
+    /// address may be new) replaces the old one.
+    fn start<'a>(
+        &'a self,
+        handle: &'a InstanceHandle,
+        spec: InstanceSpec<'a>,
+    ) -> ProviderFuture<'a, InstanceHandle>;
+    /// Whether it runs.
+    fn status<'a>(&'a self, handle: &'a InstanceHandle) -> ProviderFuture<'a, Status>;
+    /// Stops it (a graceful signal, then a forced one after `grace`); the
+    /// returned handle is the stopped instance's.
+    fn stop<'a>(
+        &'a self,
+        handle: &'a InstanceHandle,
+        grace: Duration,
+    ) -> ProviderFuture<'a, InstanceHandle>;
+    /// Deletes everything `create` made.
+    fn destroy<'a>(&'a self, handle: &'a InstanceHandle) -> ProviderFuture<'a, ()>;
+    /// Every instance this provider holds (for sweeping those no record knows).
+    fn list(&self) -> ProviderFuture<'_, Vec<InstanceHandle>>;
+    /// One short line for people about where it runs (e.g. `pid 4242`).
+    fn describe(&self, handle: &InstanceHandle) -> String;
+    /// The file its output goes to, when the provider keeps one on this machine.
+    fn log_path(&self, handle: &InstanceHandle) -> Option<PathBuf>;
+}
