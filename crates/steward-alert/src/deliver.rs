@@ -23,15 +23,12 @@ pub struct Sender {
 impl Sender {
     /// A sender resolving secret references with `resolver`.
     pub fn new(resolver: Arc<dyn Resolver>) -> Self {
-        let tls =
-            steward_health::tls::client_config(None, false).expect("default TLS configuration");
-        let http = reqwest::Client::builder()
-            .tls_backend_preconfigured(tls)
-            .timeout(DELIVERY_TIMEOUT)
-            .user_agent(concat!("steward/", env!("CARGO_PKG_VERSION")))
-            .no_proxy()
-            .build()
-            .expect("HTTP client");
+        let http = steward_net::http(steward_net::HttpOptions {
+            timeout: Some(DELIVERY_TIMEOUT),
+            connect_timeout: None,
+            no_proxy: true,
+        })
+        .expect("the default HTTP client");
         Sender { http, resolver }
     }
 

@@ -26,8 +26,8 @@ use rustic_core::{
     PruneOptions, Repository, RepositoryBackends, RepositoryOptions, SnapshotOptions,
 };
 use serde::Serialize;
-use steward_objects::{LocalStore, ObjectStore, Prefixed, SwiftAuth, SwiftStore};
-use steward_spec::{Backup, Resolver, Source, Spec, StoreKind};
+use steward_objects::{ObjectStore, Prefixed};
+use steward_spec::{Backup, Resolver, Source, Spec};
 
 pub use progress::enable_terminal_progress;
 pub use retention::{Decision, Snap, select_kept};
@@ -131,80 +131,6 @@ pub struct Opened {
     backup: Backup,
 }
 
-/// The object store a spec store names.
-pub fn object_store(
-    spec: &Spec,
-    store: &str,
-    resolver: &dyn Resolver,
-) -> Result<Arc<dyn ObjectStore>, BackupError> {
-    let s = spec
-        .stores
-        .get(store)
-        .ok_or_else(|| BackupError::Secret(format!("no store `{store}`")))?;
-    let secret = |t: &steward_spec::Text| {
-        t.resolve(resolver)
-            .map(|s| s.expose().to_string())
-            .map_err(|e| BackupError::Secret(format!("store `{store}`: {e}")))
-    };
-    Ok(match &s.kind {
-        StoreKind::Local { path } => Arc::new(LocalStore::new(path)),
-        StoreKind::S3 {
-            endpoint,
-            bucket,
-            region,
-            access_key,
-            secret_key,
-            virtual_host_style,
-        } => Arc::new(
-            steward_objects::S3Store::new(&steward_objects::S3Config {
-                endpoint: endpoint.clone(),
-                bucket: bucket.clone(),
-                region: region.clone(),
-                access_key: secret(access_key)?,
-                secret_key: secret(secret_key)?,
-                virtual_host_style: *virtual_host_style,
-            })
-            .map_err(|source| BackupError::Store {
-                store: store.into(),
-                source,
-            })?,
-        ),
-        StoreKind::Swift {
-            auth_url,
-            user,
-            key,
-            project,
-            user_domain,
-            project_domain,
-            region,
-            container,
-        } => {
-            let auth = match project {
-                None => SwiftAuth::TempAuth {
-                    url: auth_url.clone(),
-                    user: secret(user)?,
-                    key: secret(key)?,
-                },
-                Some(p) => SwiftAuth::Keystone {
-                    url: auth_url.clone(),
-                    user: secret(user)?,
-                    password: secret(key)?,
-                    user_domain: user_domain.clone(),
-                    project: p.clone(),
-                    project_domain: project_domain.clone(),
-                    region: region.clone(),
-                },
-            };
-            Arc::new(
-                SwiftStore::new(auth, container, "").map_err(|source| BackupError::Store {
-                    store: store.into(),
-                    source,
-                })?,
-            )
-        }
-    })
-}
-
 /// Opens a backup's repository; with `create`, initialises it when missing.
 pub fn open(
     spec: &Spec,
@@ -212,7 +138,10 @@ pub fn open(
     resolver: &dyn Resolver,
     create: bool,
 ) -> Result<Opened, BackupError> {
-    let store = object_store(spec, &backup.store, resolver)?;
+    let store = steward_objects::open(spec, &backup.store, resolver).map_err(|e| match e {
+        steward_objects::OpenError::Store { store, source } => BackupError::Store { store, source },
+        other => BackupError::Secret(other.to_string()),
+    })?;
     let store: Arc<dyn ObjectStore> = Arc::new(Prefixed::new(store, &backup.repository));
     open_store(
         store,

@@ -197,14 +197,12 @@ pub(crate) fn apt(target: &Target, args: &[String]) -> Result<(), String> {
 
 /// Fetches a URL into `path`, verifying its SHA-256 before the file appears.
 pub(crate) fn download(url: &str, path: &Path, sha256: &str, owned: Owned) -> Result<(), String> {
-    let tls = steward_health::tls::client_config(None, false)?;
-    let client = reqwest::blocking::Client::builder()
-        .tls_backend_preconfigured(tls)
-        .connect_timeout(std::time::Duration::from_secs(15))
-        .timeout(std::time::Duration::from_secs(600))
-        .user_agent(concat!("steward/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .map_err(|e| format!("HTTP client: {e}"))?;
+    let client = steward_net::blocking_http(steward_net::HttpOptions {
+        timeout: Some(std::time::Duration::from_secs(600)),
+        connect_timeout: Some(std::time::Duration::from_secs(15)),
+        no_proxy: false,
+    })
+    .map_err(|e| e.to_string())?;
     let mut resp = client
         .get(url)
         .send()

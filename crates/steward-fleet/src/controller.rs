@@ -29,6 +29,7 @@ use crate::provider::{
     ImageRef, InstanceHandle, InstanceSpec, Provider, ProviderFuture, Publish, Status,
 };
 use crate::proxy::{Pool, Proxy, ProxyMetrics};
+use crate::requests::{request_deploy, short};
 
 /// How long a provider call may take in `serve` (copying a large image into
 /// a new instance is the slowest local one).
@@ -166,37 +167,6 @@ async fn state<T: Send + 'static>(
         Ok(Err(e)) => Err(StepError::new(stage, e)),
         Err(e) => std::panic::resume_unwind(e.into_panic()),
     }
-}
-
-/// `user@host` of whoever runs this process, for the deploy history.
-/// Points `svc` at version `to` and records the deploy: the one way a
-/// deploy is asked for (CLI, API, `up`, `serve` itself), so whether it starts
-/// promoted is decided in one place ([`DeployKind::starts_promoted`]).
-pub fn request_deploy(
-    store: &Store,
-    svc: &Service,
-    to: &str,
-    who: &str,
-    kind: DeployKind,
-) -> Result<i64, steward_state::StateError> {
-    store.fleet_request_deploy(
-        &svc.name,
-        to,
-        who,
-        kind.as_str(),
-        kind.starts_promoted(&svc.rollout),
-        now_ms(),
-    )
-}
-
-pub fn who() -> String {
-    let user = std::env::var("USER")
-        .or_else(|_| std::env::var("LOGNAME"))
-        .unwrap_or_else(|_| "unknown".into());
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_else(|_| "localhost".into());
-    format!("{user}@{host}")
 }
 
 impl Fleet {
@@ -1382,13 +1352,4 @@ fn view(r: &InstanceRow) -> View {
         created_ms: r.created_ms,
         ever_ready: r.ready_ms.is_some(),
     }
-}
-
-/// `sha256:0123456789ab…` shortened to 12 hex digits.
-pub fn short(digest: &str) -> String {
-    digest
-        .trim_start_matches("sha256:")
-        .chars()
-        .take(12)
-        .collect()
 }

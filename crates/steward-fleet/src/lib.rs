@@ -7,12 +7,15 @@
 //!   ([`provider::Local`] on this machine);
 //! - [`proxy`]: the HTTP/1.1 reverse proxy with readiness routing, draining,
 //!   retries and its own metrics;
-//! - [`controller`]: `serve`'s loop tying them to the state store.
+//! - [`controller`]: `serve`'s loop tying them to the state store;
+//! - [`requests`] and [`status`]: what the CLI and the API use — asking for a
+//!   deploy, and reports.
 
 pub mod controller;
 pub mod plan;
 pub mod provider;
 pub mod proxy;
+pub mod requests;
 pub mod sandbox;
 pub mod status;
 

@@ -59,7 +59,8 @@ impl Prober {
         if let Some(c) = cache.get(&key) {
             return Ok(c.clone());
         }
-        let cfg = Arc::new(tls::client_config(ca_file, insecure)?);
+        let cfg =
+            Arc::new(steward_net::client_config(ca_file, insecure).map_err(|e| e.to_string())?);
         cache.insert(key, cfg.clone());
         Ok(cfg)
     }

@@ -100,7 +100,7 @@ fn store_of(
     image: &Image,
     resolver: &dyn Resolver,
 ) -> Result<Arc<dyn ObjectStore>, ImageError> {
-    steward_backup::object_store(spec, &image.store, resolver)
+    steward_objects::open(spec, &image.store, resolver)
         .map_err(|e| ImageError::Build(e.to_string()))
 }
 

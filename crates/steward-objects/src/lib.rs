@@ -7,12 +7,14 @@
 //! call has a timeout. Callers that are async run it on a blocking thread.
 
 mod local;
+mod open;
 mod s3;
 mod swift;
 
 use bytes::Bytes;
 
 pub use local::LocalStore;
+pub use open::{OpenError, open};
 pub use s3::{S3Config, S3Store};
 pub use swift::{SwiftAuth, SwiftStore};
 

@@ -60,20 +60,15 @@ impl S3Store {
     pub fn new(cfg: &S3Config) -> Result<S3Store, StoreError> {
         // Our own HTTP client for opendal: rustls with ring and the system's roots,
         // as every other TLS client in steward.
-        let tls =
-            steward_health::tls::client_config(None, false).map_err(|reason| StoreError::Http {
-                what: "TLS configuration".into(),
-                reason,
-            })?;
-        let client = reqwest::Client::builder()
-            .tls_backend_preconfigured(tls)
-            .connect_timeout(Duration::from_secs(10))
-            .user_agent(concat!("steward/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| StoreError::Http {
-                what: "HTTP client".into(),
-                reason: e.to_string(),
-            })?;
+        let client = steward_net::http(steward_net::HttpOptions {
+            timeout: None,
+            connect_timeout: Some(Duration::from_secs(10)),
+            no_proxy: false,
+        })
+        .map_err(|e| StoreError::Http {
+            what: "HTTP client".into(),
+            reason: e.to_string(),
+        })?;
         let transport = opendal::HttpTransporter::new(
             opendal_http_transport_reqwest::ReqwestTransport::new(client),
         );

@@ -86,21 +86,15 @@ impl std::fmt::Debug for SwiftStore {
 impl SwiftStore {
     /// A store in `container`, keys prefixed with `prefix` (may be empty).
     pub fn new(auth: SwiftAuth, container: &str, prefix: &str) -> Result<SwiftStore, StoreError> {
-        let tls =
-            steward_health::tls::client_config(None, false).map_err(|reason| StoreError::Http {
-                what: "TLS configuration".into(),
-                reason,
-            })?;
-        let http = Client::builder()
-            .tls_backend_preconfigured(tls)
-            .connect_timeout(Duration::from_secs(10))
-            .timeout(Duration::from_secs(300))
-            .user_agent(concat!("steward/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| StoreError::Http {
-                what: "HTTP client".into(),
-                reason: e.to_string(),
-            })?;
+        let http = steward_net::blocking_http(steward_net::HttpOptions {
+            timeout: Some(Duration::from_secs(300)),
+            connect_timeout: Some(Duration::from_secs(10)),
+            no_proxy: false,
+        })
+        .map_err(|e| StoreError::Http {
+            what: "HTTP client".into(),
+            reason: e.to_string(),
+        })?;
         let mut prefix = prefix.trim_matches('/').to_string();
         if !prefix.is_empty() {
             prefix.push('/');

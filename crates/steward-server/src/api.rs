@@ -1,7 +1,7 @@
 //! `/api/v1`: JSON for machines. Wire types live here, apart from spec types.
 
 use std::collections::BTreeMap;
-use steward_fleet::plan::DeployKind;
+use steward_fleet::requests::DeployKind;
 
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
@@ -419,7 +419,7 @@ async fn deploy(
     let digest = manifest.digest.clone();
     let svc = s.spec.services[&name].clone();
     let id = blocking(move || {
-        steward_fleet::controller::request_deploy(&store, &svc, &digest, "api", DeployKind::Deploy)
+        steward_fleet::requests::request_deploy(&store, &svc, &digest, "api", DeployKind::Deploy)
     })
     .await?;
     Ok(Json(
@@ -447,7 +447,7 @@ async fn rollback(
     let to = previous.clone();
     let svc = s.spec.services[&name].clone();
     let id = blocking(move || {
-        steward_fleet::controller::request_deploy(&store, &svc, &to, "api", DeployKind::Rollback)
+        steward_fleet::requests::request_deploy(&store, &svc, &to, "api", DeployKind::Rollback)
     })
     .await?;
     Ok(Json(serde_json::json!({"deploy": id, "to": previous})))

@@ -278,7 +278,7 @@ pub(crate) async fn status_page(
         .await
         .unwrap_or_default()
     };
-    let short = steward_fleet::controller::short;
+    let short = steward_fleet::requests::short;
     let service_rows: Vec<ServiceRow> = services
         .into_iter()
         .map(|x| ServiceRow {

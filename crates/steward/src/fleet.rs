@@ -6,8 +6,8 @@ use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 
 use std::time::{Duration, Instant};
-use steward_fleet::plan::DeployKind;
 use steward_fleet::provider::Provider as _;
+use steward_fleet::requests::DeployKind;
 
 use steward_spec::{OsResolver, Service, Spec};
 use steward_state::{EventQuery, Store, now_ms};
@@ -43,7 +43,7 @@ fn context(spec_path: &Path, name: &str) -> Result<(Spec, Service, Store), u8> {
 }
 
 fn short(d: &str) -> String {
-    steward_fleet::controller::short(d)
+    steward_fleet::requests::short(d)
 }
 
 /// `steward deploy SERVICE`: build (or reuse) the image, point the service at
@@ -103,11 +103,11 @@ pub(crate) fn deploy(
         println!("{name} already runs {}", short(&manifest.digest));
         return exit::OK;
     }
-    let id = match steward_fleet::controller::request_deploy(
+    let id = match steward_fleet::requests::request_deploy(
         &store,
         &svc,
         &manifest.digest,
-        &steward_fleet::controller::who(),
+        &steward_fleet::requests::who(),
         DeployKind::Deploy,
     ) {
         Ok(id) => id,
@@ -149,11 +149,11 @@ pub(crate) fn rollback(spec_path: &Path, name: &str, wait: bool) -> u8 {
         eprintln!("error: {name} has no earlier version to roll back to");
         return exit::FAILED;
     };
-    let id = match steward_fleet::controller::request_deploy(
+    let id = match steward_fleet::requests::request_deploy(
         &store,
         &svc,
         &previous,
-        &steward_fleet::controller::who(),
+        &steward_fleet::requests::who(),
         DeployKind::Rollback,
     ) {
         Ok(id) => id,
@@ -244,10 +244,7 @@ pub(crate) fn scale(spec_path: &Path, name: &str, n: u32) -> u8 {
         EventKind::FleetScaled,
         name,
         Severity::Info,
-        format!(
-            "{name} scaled to {n} by {}",
-            steward_fleet::controller::who()
-        ),
+        format!("{name} scaled to {n} by {}", steward_fleet::requests::who()),
         serde_json::json!({"replicas": n}),
     ));
     println!("{name}: {n} instances wanted");
@@ -560,11 +557,11 @@ pub(crate) fn up(dir: &Path, listen: Option<std::net::SocketAddr>) -> u8 {
             .flatten()
             .and_then(|r| r.target);
         if target.as_ref().is_some_and(|t| t != digest) {
-            let _ = steward_fleet::controller::request_deploy(
+            let _ = steward_fleet::requests::request_deploy(
                 &store,
                 svc,
                 digest,
-                &steward_fleet::controller::who(),
+                &steward_fleet::requests::who(),
                 DeployKind::Deploy,
             );
             eprintln!("{}: rolling out {}", svc.name, short(digest));

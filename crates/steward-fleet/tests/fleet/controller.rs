@@ -9,10 +9,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
-use steward_fleet::controller::{Fleet, bind, request_deploy};
-use steward_fleet::plan::DeployKind;
+use steward_fleet::controller::{Fleet, bind};
 use steward_fleet::provider::recording::{Call, Faults, Recording};
 use steward_fleet::provider::{Local, Provider};
+use steward_fleet::requests::DeployKind;
+use steward_fleet::requests::request_deploy;
 use steward_runtime::Supervisor;
 use steward_spec::{OsResolver, Spec};
 use steward_state::{InstanceState, Store};

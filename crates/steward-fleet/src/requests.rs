@@ -1,0 +1,49 @@
+//! Asking the fleet for something: the one door a deploy, rollback, revert
+//! or rebuild goes through (CLI, API, `up` and `serve` itself), so whether
+//! it starts promoted is decided in one place. Requests only write what
+//! should happen into the state store; the service's controller carries it
+//! out.
+
+use steward_spec::Service;
+use steward_state::{Store, now_ms};
+
+pub use crate::plan::DeployKind;
+
+/// Points `svc` at version `to` and records the deploy
+/// ([`DeployKind::starts_promoted`] decides whether canaries wait).
+pub fn request_deploy(
+    store: &Store,
+    svc: &Service,
+    to: &str,
+    who: &str,
+    kind: DeployKind,
+) -> Result<i64, steward_state::StateError> {
+    store.fleet_request_deploy(
+        &svc.name,
+        to,
+        who,
+        kind.as_str(),
+        kind.starts_promoted(&svc.rollout),
+        now_ms(),
+    )
+}
+
+/// `user@host` of whoever runs this process, for the deploy history.
+pub fn who() -> String {
+    let user = std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| "unknown".into());
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into());
+    format!("{user}@{host}")
+}
+
+/// `sha256:0123456789ab…` shortened to 12 hex digits, as reports show it.
+pub fn short(digest: &str) -> String {
+    digest
+        .trim_start_matches("sha256:")
+        .chars()
+        .take(12)
+        .collect()
+}
