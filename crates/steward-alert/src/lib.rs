@@ -322,10 +322,19 @@ impl Alerter {
     }
 
     /// Appends an event of alerting's own; a failure is logged and counted.
+    /// Inside a runtime the write goes to the blocking pool (it is not
+    /// waited for: alerting's own events need no order among themselves).
     fn record_event(&self, e: NewEvent) {
-        if let Err(err) = self.store.append_event(&e) {
-            self.metrics.state_errors.inc();
-            tracing::error!(error = %err, kind = %e.kind, "alerting: cannot record an event");
+        let (store, errors) = (self.store.clone(), self.metrics.state_errors.clone());
+        let write = move || {
+            if let Err(err) = store.append_event(&e) {
+                errors.inc();
+                tracing::error!(error = %err, kind = %e.kind, "alerting: cannot record an event");
+            }
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => drop(rt.spawn_blocking(write)),
+            Err(_) => write(),
         }
     }
 

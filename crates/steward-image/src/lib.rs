@@ -752,7 +752,8 @@ pub mod controller {
                             .get_or_create(&labels)
                             .set(r.age_days * 86_400.0);
                         if self.was_stale != Some(r.stale) && r.stale {
-                            self.store.record(&NewEvent::now(
+                            let store = self.store.clone();
+                            let stale = NewEvent::now(
                                 EventKind::ImageStale,
                                 &self.name,
                                 Severity::Warning,
@@ -763,7 +764,8 @@ pub mod controller {
                                     r.age_days
                                 ),
                                 serde_json::to_value(&r).unwrap_or_default(),
-                            ));
+                            );
+                            let _ = tokio::task::spawn_blocking(move || store.record(&stale)).await;
                         }
                         self.was_stale = Some(r.stale);
                         Ok(Next::After(every))

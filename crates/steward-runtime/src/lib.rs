@@ -352,7 +352,8 @@ impl Shared {
                 Ok((controller, Err(e))) => {
                     current = Some(controller);
                     failures += 1;
-                    self.failed(&entry.name, e.stage, &e.message, &mut last_failure);
+                    self.failed(&entry.name, e.stage, &e.message, &mut last_failure)
+                        .await;
                     self.health.update(&entry.name, |h| {
                         h.errors_in_a_row += 1;
                         h.last_error = Some(format!("{}: {}", e.stage, e.message));
@@ -362,7 +363,7 @@ impl Shared {
                 Err(e) if e.is_panic() => {
                     failures += 1;
                     let message = panic_message(e.into_panic());
-                    self.panicked(&entry.name, &message);
+                    self.panicked(&entry.name, &message).await;
                     self.health.update(&entry.name, |h| {
                         h.panics_in_a_row += 1;
                         h.last_error = Some(format!("panicked: {message}"));
@@ -398,12 +399,18 @@ impl Shared {
         }
     }
 
+    /// Writes an event on the blocking pool, never on the runtime's thread.
+    async fn record(&self, e: NewEvent) {
+        let store = self.store.clone();
+        let _ = tokio::task::spawn_blocking(move || store.record(&e)).await;
+    }
+
     fn backoff(&self, failures: u32) -> Duration {
         let factor = 1u32 << failures.saturating_sub(1).min(6);
         (self.backoff_floor * factor).min(Duration::from_secs(60))
     }
 
-    fn failed(&self, name: &str, stage: &str, message: &str, last: &mut Option<String>) {
+    async fn failed(&self, name: &str, stage: &str, message: &str, last: &mut Option<String>) {
         let labels = vec![
             ("controller".to_string(), name.to_string()),
             ("stage".to_string(), stage.to_string()),
@@ -418,17 +425,18 @@ impl Shared {
         // One event per streak of the same failure, not one per retry.
         if last.as_deref() != Some(message) {
             *last = Some(message.to_string());
-            self.store.record(&NewEvent::now(
+            self.record(NewEvent::now(
                 EventKind::ControllerFailed,
                 name,
                 Severity::Error,
                 format!("{name} failed at {stage}: {message}"),
                 serde_json::json!({"controller": name, "stage": stage, "error": message}),
-            ));
+            ))
+            .await;
         }
     }
 
-    fn panicked(&self, name: &str, message: &str) {
+    async fn panicked(&self, name: &str, message: &str) {
         let labels = vec![
             ("controller".to_string(), name.to_string()),
             ("stage".to_string(), "panic".to_string()),
@@ -439,13 +447,14 @@ impl Shared {
             error = message,
             "controller panicked; starting it again"
         );
-        self.store.record(&NewEvent::now(
+        self.record(NewEvent::now(
             EventKind::ControllerPanicked,
             name,
             Severity::Error,
             format!("{name} panicked and was started again: {message}"),
             serde_json::json!({"controller": name, "error": message}),
-        ));
+        ))
+        .await;
     }
 }
 
