@@ -28,7 +28,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
-use steward_state::{EventKind, NewEvent, Severity, Store, now_ms};
+use steward_state::{EventKind, Lease, NewEvent, Severity, Store, now_ms};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -465,5 +465,71 @@ fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
         s.clone()
     } else {
         "a panic without a message".into()
+    }
+}
+
+/// Competes for a lease and says, through a watch, whether this steward
+/// leads: the leadership a [`Supervisor`] gates its leader-only controllers
+/// on when several stewards share one state database.
+///
+/// The lease is renewed every third of its time to live; a renewal that fails
+/// (the database is unreachable, someone else took it after an expiry) ends
+/// leadership at once, and a graceful stop gives the lease back so another
+/// steward takes over without waiting for it to expire.
+pub struct Elector {
+    /// Where the lease lives.
+    pub lease: Arc<dyn Lease>,
+    /// The lease's name (`leader`).
+    pub name: String,
+    /// Who this steward is (e.g. `host:pid`).
+    pub holder: String,
+    /// How long the lease lasts without renewal.
+    pub ttl: Duration,
+}
+
+impl Elector {
+    /// Starts competing; the watch says whether this steward leads. The task
+    /// ends (giving the lease back) when `cancel` fires.
+    pub fn spawn(
+        self,
+        cancel: CancellationToken,
+    ) -> (watch::Receiver<bool>, tokio::task::JoinHandle<()>) {
+        let (tx, rx) = watch::channel(false);
+        let task = tokio::spawn(async move {
+            let ttl_ms = self.ttl.as_millis() as i64;
+            loop {
+                let (lease, name, holder) =
+                    (self.lease.clone(), self.name.clone(), self.holder.clone());
+                let held = tokio::task::spawn_blocking(move || {
+                    lease.acquire(&name, &holder, ttl_ms, now_ms())
+                })
+                .await;
+                let leads = match held {
+                    Ok(Ok(h)) => h,
+                    Ok(Err(e)) => {
+                        tracing::error!(error = %e, "cannot renew the leader lease; not leading");
+                        false
+                    }
+                    Err(_) => false,
+                };
+                tx.send_if_modified(|was| {
+                    let changed = *was != leads;
+                    if changed {
+                        tracing::info!(leads, holder = %self.holder, "leadership changed");
+                    }
+                    *was = leads;
+                    changed
+                });
+                tokio::select! {
+                    _ = tokio::time::sleep(self.ttl / 3) => {}
+                    _ = cancel.cancelled() => break,
+                }
+            }
+            tx.send_replace(false);
+            let (lease, name, holder) =
+                (self.lease.clone(), self.name.clone(), self.holder.clone());
+            let _ = tokio::task::spawn_blocking(move || lease.release(&name, &holder)).await;
+        });
+        (rx, task)
     }
 }

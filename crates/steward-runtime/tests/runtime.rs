@@ -106,6 +106,11 @@ async fn panics_are_contained_restarted_and_a_panic_loop_is_failing() {
         once.steps.load(Ordering::SeqCst) >= 3
     })
     .await;
+    // The third panic is counted once its step has been dealt with.
+    until("the panic loop to count as failing", || {
+        !health.failing().is_empty()
+    })
+    .await;
     let failing = health.failing();
     assert_eq!(failing.len(), 1, "{failing:?}");
     assert_eq!(failing[0].0, "looping");
@@ -222,4 +227,88 @@ async fn leader_only_controllers_wait_for_leadership() {
     .await;
     cancel.cancel();
     run.await.unwrap();
+}
+
+/// Two stewards on one state database: exactly one runs the leader-only
+/// controllers; when the leader stops, the other takes over; a leader that
+/// dies without giving the lease back is replaced once the lease expires.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_of_two_stewards_leads_and_the_other_takes_over() {
+    use steward_runtime::Elector;
+    let dir = tempfile::tempdir().unwrap();
+    // Two handles on one database, as two processes would have.
+    let a_store = Arc::new(Store::open(dir.path()).unwrap());
+    let b_store = Arc::new(Store::open(dir.path()).unwrap());
+    let ttl = Duration::from_millis(600);
+    let steward = |store: Arc<Store>, holder: &str, cancel: &CancellationToken| {
+        let (leader, elector) = Elector {
+            lease: store.clone(),
+            name: "leader".into(),
+            holder: holder.into(),
+            ttl,
+        }
+        .spawn(cancel.clone());
+        let mut sup = Supervisor::new(store, leader.clone());
+        let steps = Arc::new(AtomicUsize::new(0));
+        let s2 = steps.clone();
+        sup.add_leader_only("backups", move |_| {
+            Box::new(Scripted {
+                steps: s2.clone(),
+                stopped: Arc::default(),
+                script: |_| Ok(()),
+            })
+        });
+        (
+            tokio::spawn(sup.run(cancel.clone())),
+            steps,
+            leader,
+            elector,
+        )
+    };
+    let (a_cancel, b_cancel) = (CancellationToken::new(), CancellationToken::new());
+    let (a_run, a_steps, a_leads, _a_elector) = steward(a_store.clone(), "a", &a_cancel);
+    until("a to lead", || *a_leads.borrow()).await;
+    let (b_run, b_steps, b_leads, b_elector) = steward(b_store.clone(), "b", &b_cancel);
+    until("a to run its controller", || {
+        a_steps.load(Ordering::SeqCst) > 3
+    })
+    .await;
+    tokio::time::sleep(ttl * 2).await;
+    assert!(!*b_leads.borrow(), "b does not lead while a renews");
+    assert_eq!(
+        b_steps.load(Ordering::SeqCst),
+        0,
+        "b's leader-only controller waits"
+    );
+
+    // a stops gracefully: it gives the lease back and b takes over.
+    a_cancel.cancel();
+    a_run.await.unwrap();
+    until("b to lead", || *b_leads.borrow()).await;
+    until("b to run its controller", || {
+        b_steps.load(Ordering::SeqCst) > 0
+    })
+    .await;
+
+    // b dies without giving the lease back: its elector stops renewing and
+    // never releases. A new steward leads only once the lease has expired.
+    b_elector.abort();
+    b_run.abort();
+    let held_until = steward_state::Lease::holder(&*a_store, "leader", steward_state::now_ms())
+        .unwrap()
+        .expect("b's lease outlives b")
+        .expires_ms;
+    let c_cancel = CancellationToken::new();
+    let (c_run, c_steps, c_leads, _c_elector) = steward(a_store.clone(), "c", &c_cancel);
+    until("c to lead after the expiry", || *c_leads.borrow()).await;
+    assert!(
+        steward_state::now_ms() >= held_until,
+        "not before b's lease ran out"
+    );
+    until("c to run its controller", || {
+        c_steps.load(Ordering::SeqCst) > 0
+    })
+    .await;
+    c_cancel.cancel();
+    c_run.await.unwrap();
 }

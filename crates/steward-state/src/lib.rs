@@ -10,12 +10,14 @@
 mod converge;
 mod events;
 mod fleet;
+mod lease;
 mod schema;
 mod tokens;
 
 pub use converge::Managed;
 pub use events::{EventKind, Severity};
 pub use fleet::{AfterDrain, DeployRow, InstanceRow, InstanceState, ServiceRow};
+pub use lease::{Lease, LeaseRow};
 pub use tokens::{Scope, TokenError, TokenInfo, token_hash};
 
 use std::collections::BTreeMap;
@@ -365,18 +367,18 @@ impl Store {
         &self.path
     }
 
-    fn err(&self, source: rusqlite::Error) -> StateError {
+    pub(crate) fn err(&self, source: rusqlite::Error) -> StateError {
         StateError::Sqlite {
             path: self.path.clone(),
             source,
         }
     }
 
-    fn writer(&self) -> std::sync::MutexGuard<'_, Connection> {
+    pub(crate) fn writer(&self) -> std::sync::MutexGuard<'_, Connection> {
         self.write.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn reader(&self) -> std::sync::MutexGuard<'_, Connection> {
+    pub(crate) fn reader(&self) -> std::sync::MutexGuard<'_, Connection> {
         self.read.lock().unwrap_or_else(|p| p.into_inner())
     }
 

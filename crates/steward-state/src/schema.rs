@@ -149,6 +149,13 @@ const MIGRATIONS: &[&str] = &[
      ALTER TABLE fleet_instance DROP COLUMN pid;
      ALTER TABLE fleet_instance DROP COLUMN pid_start;
      ALTER TABLE fleet_instance DROP COLUMN dir;",
+    // v8: leases, so that of several stewards on one database exactly one
+    // leads (runs the controllers that change the world).
+    "CREATE TABLE leases (
+        name TEXT PRIMARY KEY,
+        holder TEXT NOT NULL,
+        expires_ms INTEGER NOT NULL
+     );",
 ];
 
 /// Newest schema version this build knows.

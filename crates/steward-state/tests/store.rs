@@ -561,3 +561,52 @@ fn instance_states_round_trip_migrate_and_refuse_the_unknown() {
         "{err}"
     );
 }
+
+/// A lease has one holder at a time: renewable by it, free for another only
+/// once expired or given back; two handles on one database (two stewards)
+/// agree.
+#[test]
+fn a_lease_has_one_holder_until_it_expires_or_is_given_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = Store::open(dir.path()).unwrap();
+    let b = Store::open(dir.path()).unwrap();
+    let t = T0;
+    assert!(a.acquire("leader", "a", 1_000, t).unwrap());
+    assert!(
+        !b.acquire("leader", "b", 1_000, t + 10).unwrap(),
+        "held by a"
+    );
+    assert!(
+        a.acquire("leader", "a", 1_000, t + 500).unwrap(),
+        "a renews"
+    );
+    assert!(
+        !b.acquire("leader", "b", 1_000, t + 1_200).unwrap(),
+        "renewed until t+1500"
+    );
+    assert_eq!(b.holder("leader", t + 1_200).unwrap().unwrap().holder, "a");
+    assert!(
+        b.acquire("leader", "b", 1_000, t + 1_500).unwrap(),
+        "expired: b takes it"
+    );
+    assert!(
+        !a.acquire("leader", "a", 1_000, t + 1_600).unwrap(),
+        "a lost it"
+    );
+    a.release("leader", "a").unwrap();
+    assert_eq!(
+        a.holder("leader", t + 1_600).unwrap().unwrap().holder,
+        "b",
+        "only the holder gives it back"
+    );
+    b.release("leader", "b").unwrap();
+    assert!(a.holder("leader", t + 1_600).unwrap().is_none());
+    assert!(
+        a.acquire("leader", "a", 1_000, t + 1_700).unwrap(),
+        "free again"
+    );
+    assert!(
+        a.acquire("other", "b", 1_000, t + 1_700).unwrap(),
+        "leases are by name"
+    );
+}
