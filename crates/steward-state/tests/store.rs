@@ -525,6 +525,7 @@ fn instance_states_round_trip_migrate_and_refuse_the_unknown() {
              ALTER TABLE fleet_instance ADD COLUMN pid_start INTEGER;
              ALTER TABLE fleet_instance ADD COLUMN dir TEXT NOT NULL DEFAULT '';
              UPDATE fleet_instance SET pid = 4242, pid_start = 77, dir = '/srv/a' WHERE id = 'a';
+             DROP TABLE leases;
              PRAGMA user_version = 5;",
         )
         .unwrap();
