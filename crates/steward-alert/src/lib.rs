@@ -284,22 +284,19 @@ impl Alerter {
         });
     }
 
-    /// Runs a blocking store call off the runtime's threads; an error is
-    /// counted and returned for the step to report.
+    /// A store call on the blocking pool; an error is counted and returned
+    /// for the step to report.
     async fn blocking<T: Send + 'static>(
         &self,
         stage: &'static str,
         f: impl FnOnce(&Store) -> Result<T, steward_state::StateError> + Send + 'static,
     ) -> Result<T, StepError> {
-        let store = self.store.clone();
-        match tokio::task::spawn_blocking(move || f(&store)).await {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => {
+        steward_state::off_thread(&self.store, f)
+            .await
+            .map_err(|e| {
                 self.metrics.state_errors.inc();
-                Err(StepError::new(stage, e))
-            }
-            Err(e) => std::panic::resume_unwind(e.into_panic()),
-        }
+                StepError::new(stage, e)
+            })
     }
 
     fn suppressed(&self, check: &Check, at: i64) -> Option<Suppressed> {

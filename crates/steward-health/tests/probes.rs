@@ -611,11 +611,19 @@ impl OwnPostgres {
             .prefix("steward-pg")
             .tempdir_in("/tmp")
             .unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        // The server stops and starts again on the same port: take one below
+        // the kernel's ephemeral range, which other tests' port-0 binds (and
+        // their outgoing connections) never get while it is down.
+        let port = (0..1000)
+            .map(|i| {
+                20_000
+                    + (std::process::id() as u16)
+                        .wrapping_mul(7)
+                        .wrapping_add(i * 13)
+                        % 10_000
+            })
+            .find(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
+            .expect("a free port below the ephemeral range");
         let data = dir.path().join("data");
         std::fs::create_dir(&data).unwrap();
         if running_as_root() {

@@ -43,38 +43,34 @@ pub struct HttpOptions {
 /// The user agent every steward client sends.
 pub const USER_AGENT: &str = concat!("steward/", env!("CARGO_PKG_VERSION"));
 
+/// Applies the shared settings to either reqwest builder (they are two
+/// types with the same methods).
+macro_rules! configured {
+    ($builder:expr, $o:expr) => {{
+        let mut b = $builder
+            .tls_backend_preconfigured(client_config(None, false)?)
+            .user_agent(USER_AGENT);
+        if let Some(t) = $o.timeout {
+            b = b.timeout(t);
+        }
+        if let Some(t) = $o.connect_timeout {
+            b = b.connect_timeout(t);
+        }
+        if $o.no_proxy {
+            b = b.no_proxy();
+        }
+        b.build().map_err(|e| NetError::Client(e.to_string()))
+    }};
+}
+
 /// An async HTTP client over [`client_config`] with the system's roots.
 pub fn http(o: HttpOptions) -> Result<reqwest::Client, NetError> {
-    let mut b = reqwest::Client::builder()
-        .tls_backend_preconfigured(client_config(None, false)?)
-        .user_agent(USER_AGENT);
-    if let Some(t) = o.timeout {
-        b = b.timeout(t);
-    }
-    if let Some(t) = o.connect_timeout {
-        b = b.connect_timeout(t);
-    }
-    if o.no_proxy {
-        b = b.no_proxy();
-    }
-    b.build().map_err(|e| NetError::Client(e.to_string()))
+    configured!(reqwest::Client::builder(), o)
 }
 
 /// A blocking HTTP client over [`client_config`] with the system's roots.
 pub fn blocking_http(o: HttpOptions) -> Result<reqwest::blocking::Client, NetError> {
-    let mut b = reqwest::blocking::Client::builder()
-        .tls_backend_preconfigured(client_config(None, false)?)
-        .user_agent(USER_AGENT);
-    if let Some(t) = o.timeout {
-        b = b.timeout(t);
-    }
-    if let Some(t) = o.connect_timeout {
-        b = b.connect_timeout(t);
-    }
-    if o.no_proxy {
-        b = b.no_proxy();
-    }
-    b.build().map_err(|e| NetError::Client(e.to_string()))
+    configured!(reqwest::blocking::Client::builder(), o)
 }
 
 fn provider() -> Arc<CryptoProvider> {

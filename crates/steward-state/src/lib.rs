@@ -929,6 +929,19 @@ fn restrict_file(_: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// The async front of the store: runs `f` on tokio's blocking pool, so async
+/// code (a controller's step, an HTTP handler) never waits for SQLite on its
+/// own thread. A panic inside `f` is passed on to the caller.
+pub async fn off_thread<T: Send + 'static>(
+    store: &std::sync::Arc<Store>,
+    f: impl FnOnce(&Store) -> Result<T, StateError> + Send + 'static,
+) -> Result<T, StateError> {
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || f(&store))
+        .await
+        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+}
+
 /// Current time in Unix milliseconds.
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()

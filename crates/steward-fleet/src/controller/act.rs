@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use steward_state::{EventKind, InstanceRow, Severity, now_ms};
 
-use super::{Fleet, ResultLabel, ServiceLoop, event, handle, state};
+use super::{Fleet, ServiceLoop, event, handle, state};
 use crate::plan::{After, InstanceState};
 use crate::provider::{ImageRef, InstanceSpec, Publish};
 use crate::requests::{DeployKind, request_deploy, short};
@@ -315,19 +315,7 @@ impl ServiceLoop {
             d.kind,
             short(&d.to_digest)
         );
-        let (id, m) = (d.id, msg.clone());
-        self.write("a deploy's end", move |s| {
-            s.fleet_deploy_finished(id, result, &m, now)
-        })
-        .await;
-        self.fleet
-            .metrics
-            .deploys
-            .get_or_create(&ResultLabel {
-                service: name.clone(),
-                result: result.into(),
-            })
-            .inc();
+        self.finish_deploy(d.id, result, &msg, now).await;
         self.record(
             kind,
             Severity::Error,

@@ -157,19 +157,16 @@ fn event(
 /// The event-log cursor of `auto_rebuild`.
 pub const REBUILD_CONSUMER: &str = "fleet.auto_rebuild";
 
-/// Runs a store call on the blocking pool; a failure is the step's error at
+/// A store call on the blocking pool; a failure is the step's error at
 /// `stage` (the supervisor counts, logs and retries it), never ignored.
 async fn state<T: Send + 'static>(
     store: &Arc<Store>,
     stage: &'static str,
     f: impl FnOnce(&Store) -> Result<T, steward_state::StateError> + Send + 'static,
 ) -> Result<T, StepError> {
-    let store = store.clone();
-    match tokio::task::spawn_blocking(move || f(&store)).await {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(StepError::new(stage, e)),
-        Err(e) => std::panic::resume_unwind(e.into_panic()),
-    }
+    steward_state::off_thread(store, f)
+        .await
+        .map_err(|e| StepError::new(stage, e))
 }
 
 impl Fleet {
@@ -362,16 +359,13 @@ pub fn handle(r: &InstanceRow) -> InstanceHandle {
 }
 
 impl ServiceLoop {
-    /// Runs a state database call on the blocking pool: `serve`'s runtime
-    /// thread (probes, the API) never waits for SQLite.
+    /// A state database call on the blocking pool: `serve`'s runtime thread
+    /// (probes, the API) never waits for SQLite.
     async fn db<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Store) -> Result<T, steward_state::StateError> + Send + 'static,
     ) -> Result<T, steward_state::StateError> {
-        let store = self.fleet.store.clone();
-        tokio::task::spawn_blocking(move || f(&store))
-            .await
-            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+        steward_state::off_thread(&self.fleet.store, f).await
     }
 
     /// A write whose failure is a fleet error (metric and log), never dropped.
@@ -416,6 +410,23 @@ impl ServiceLoop {
         let e = event(kind, &self.svc.name, severity, message, data);
         let store = self.fleet.store.clone();
         let _ = tokio::task::spawn_blocking(move || store.record(&e)).await;
+    }
+
+    /// Records how a deploy ended and counts it.
+    async fn finish_deploy(&self, id: i64, result: &'static str, msg: &str, now: i64) {
+        let m = msg.to_string();
+        self.write("a deploy's end", move |s| {
+            s.fleet_deploy_finished(id, result, &m, now)
+        })
+        .await;
+        self.fleet
+            .metrics
+            .deploys
+            .get_or_create(&ResultLabel {
+                service: self.svc.name.clone(),
+                result: result.into(),
+            })
+            .inc();
     }
 
     fn count_removed(&self, reason: &str) {
@@ -620,19 +631,7 @@ impl ServiceLoop {
                             name,
                             short(&d.to_digest)
                         );
-                        let (id, m) = (d.id, msg.clone());
-                        self.write("a deploy's end", move |s| {
-                            s.fleet_deploy_finished(id, "succeeded", &m, now)
-                        })
-                        .await;
-                        self.fleet
-                            .metrics
-                            .deploys
-                            .get_or_create(&ResultLabel {
-                                service: name.clone(),
-                                result: "succeeded".into(),
-                            })
-                            .inc();
+                        self.finish_deploy(d.id, "succeeded", &msg, now).await;
                         self.record(
                             EventKind::DeploySucceeded,
                             Severity::Info,

@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use crate::common;
-use crate::common::{BIN, http_get, testbed};
+use crate::common::{BIN, free_port, http_get, testbed};
 
 const PASSWORD: &str = "correct horse battery staple";
 
@@ -1227,14 +1227,6 @@ impl Drop for PrivateProxy {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Swift goes away in the middle of an upload: a clear error, no snapshot, and

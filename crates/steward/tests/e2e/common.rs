@@ -164,3 +164,13 @@ pub(crate) fn steward(
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// A free loopback port (bound and let go; the kernel does not hand it out
+/// again right away).
+pub(crate) fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::common::{BIN, Serve, events, steward};
+use crate::common::{BIN, Serve, events, free_port, steward};
 
 /// The demo app, built next to steward by `cargo build --workspace`.
 fn fractals_bin() -> PathBuf {
@@ -21,14 +21,6 @@ fn fractals_bin() -> PathBuf {
         p.display()
     );
     p
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 struct Project {
