@@ -8,7 +8,9 @@
 //!
 //! Each capability owns its top-level table (`[check.*]`, `[alert.*]`, ...).
 
+mod alert;
 mod backup;
+mod check;
 mod condition;
 mod converge;
 mod diag;
