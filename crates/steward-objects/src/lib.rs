@@ -59,6 +59,16 @@ pub enum StoreError {
     },
 }
 
+impl From<steward_net::NetError> for StoreError {
+    /// A client that could not be made, as every store reports it.
+    fn from(e: steward_net::NetError) -> Self {
+        StoreError::Http {
+            what: "HTTP client".into(),
+            reason: e.to_string(),
+        }
+    }
+}
+
 /// A place that keeps named blobs.
 pub trait ObjectStore: Send + Sync + 'static {
     /// Where it is, for messages (no credentials).

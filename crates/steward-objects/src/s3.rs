@@ -64,10 +64,6 @@ impl S3Store {
             timeout: None,
             connect_timeout: Some(Duration::from_secs(10)),
             no_proxy: false,
-        })
-        .map_err(|e| StoreError::Http {
-            what: "HTTP client".into(),
-            reason: e.to_string(),
         })?;
         let transport = opendal::HttpTransporter::new(
             opendal_http_transport_reqwest::ReqwestTransport::new(client),

@@ -90,10 +90,6 @@ impl SwiftStore {
             timeout: Some(Duration::from_secs(300)),
             connect_timeout: Some(Duration::from_secs(10)),
             no_proxy: false,
-        })
-        .map_err(|e| StoreError::Http {
-            what: "HTTP client".into(),
-            reason: e.to_string(),
         })?;
         let mut prefix = prefix.trim_matches('/').to_string();
         if !prefix.is_empty() {

@@ -56,6 +56,20 @@ fn add(sup: &mut Supervisor, name: &str, script: fn(usize) -> Result<(), StepErr
     p
 }
 
+/// A leader-only controller that always succeeds; returns its step count.
+fn add_leader_only(sup: &mut Supervisor, name: &str) -> Arc<AtomicUsize> {
+    let steps = Arc::new(AtomicUsize::new(0));
+    let s2 = steps.clone();
+    sup.add_leader_only(name, move |_| {
+        Box::new(Scripted {
+            steps: s2.clone(),
+            stopped: Arc::default(),
+            script: |_| Ok(()),
+        })
+    });
+    steps
+}
+
 fn kinds(store: &Store, subject: &str) -> Vec<EventKind> {
     store
         .events(&EventQuery {
@@ -203,15 +217,7 @@ async fn leader_only_controllers_wait_for_leadership() {
     let store = Arc::new(Store::open(dir.path()).unwrap());
     let (lead, leader) = tokio::sync::watch::channel(false);
     let mut sup = Supervisor::new(store, leader);
-    let steps = Arc::new(AtomicUsize::new(0));
-    let s2 = steps.clone();
-    sup.add_leader_only("backups", move |_| {
-        Box::new(Scripted {
-            steps: s2.clone(),
-            stopped: Arc::default(),
-            script: |_| Ok(()),
-        })
-    });
+    let steps = add_leader_only(&mut sup, "backups");
     let everywhere = add(&mut sup, "monitor", |_| Ok(()));
     let cancel = CancellationToken::new();
     let run = tokio::spawn(sup.run(cancel.clone()));
@@ -249,15 +255,7 @@ async fn one_of_two_stewards_leads_and_the_other_takes_over() {
         }
         .spawn(cancel.clone());
         let mut sup = Supervisor::new(store, leader.clone());
-        let steps = Arc::new(AtomicUsize::new(0));
-        let s2 = steps.clone();
-        sup.add_leader_only("backups", move |_| {
-            Box::new(Scripted {
-                steps: s2.clone(),
-                stopped: Arc::default(),
-                script: |_| Ok(()),
-            })
-        });
+        let steps = add_leader_only(&mut sup, "backups");
         (
             tokio::spawn(sup.run(cancel.clone())),
             steps,
