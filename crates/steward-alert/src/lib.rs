@@ -10,11 +10,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use steward_health::Board;
-use steward_runtime::{Controller, Next, Step, StepError, Supervisor};
+use steward_runtime::{Controller, LogCursor, Next, Step, StepError, Supervisor};
 use steward_spec::{Alert, Check, Maintenance, Resolver};
-use steward_state::{
-    Delivery, Event, EventKind, EventQuery, Health, NewEvent, Severity, Store, now_ms,
-};
+use steward_state::{Delivery, Event, EventKind, Health, NewEvent, Severity, Store, now_ms};
 use tokio_util::sync::CancellationToken;
 
 pub use deliver::{Sender, deliver};
@@ -122,9 +120,6 @@ pub const ALERTED_KINDS: &[EventKind] = &[
     EventKind::BackupOverdue,
     EventKind::DrillFailed,
 ];
-
-/// Events read from the log at once.
-const BATCH: usize = 256;
 
 /// The alerting controller: one follower of the event log per channel, each
 /// with a durable cursor, plus reminders.
@@ -269,9 +264,12 @@ impl Alerter {
                 Box::new(Follower {
                     alerter: me.clone(),
                     channel: channel.clone(),
-                    bell: me.store.event_bell(),
-                    after: None,
-                    stored: 0,
+                    cursor: LogCursor::new(
+                        me.store.clone(),
+                        &Self::consumer(&channel),
+                        ALERTED_KINDS.to_vec(),
+                        me.poll,
+                    ),
                     cancel: cancel.clone(),
                 })
             });
@@ -492,26 +490,18 @@ impl Alerter {
 struct Follower {
     alerter: Arc<Alerter>,
     channel: String,
-    bell: tokio::sync::watch::Receiver<i64>,
-    /// The last event handled (None until read from the store).
-    after: Option<i64>,
-    /// The last position stored.
-    stored: i64,
+    cursor: LogCursor,
     cancel: CancellationToken,
 }
 
 impl Follower {
-    async fn save(&mut self, after: i64) {
-        let consumer = Alerter::consumer(&self.channel);
-        // A failed write is counted; the position is kept in memory and the
-        // next save stores it (a crash in between repeats those notices).
-        if self
-            .alerter
-            .blocking("state", move |s| s.set_event_cursor(&consumer, after))
-            .await
-            .is_ok()
-        {
-            self.stored = after;
+    /// Stores the position; a failed write is counted and the position is
+    /// kept in memory for the next save (a crash in between repeats those
+    /// notices).
+    async fn save(&mut self) {
+        if let Err(e) = self.cursor.save().await {
+            self.alerter.metrics.state_errors.inc();
+            tracing::error!(channel = %self.channel, error = %e, "cannot store the alert cursor");
         }
     }
 }
@@ -520,48 +510,13 @@ impl Controller for Follower {
     fn reconcile(&mut self) -> Step<'_> {
         Box::pin(async move {
             let a = self.alerter.clone();
-            let after = match self.after {
-                Some(after) => after,
-                None => {
-                    // A channel seen for the first time starts at the end of
-                    // the log: it is not owed the history from before it existed.
-                    let consumer = Alerter::consumer(&self.channel);
-                    let start = a
-                        .blocking("state", move |s| match s.event_cursor(&consumer)? {
-                            Some(after) => Ok(after),
-                            None => {
-                                let last = s.last_event_id()?;
-                                s.set_event_cursor(&consumer, last)?;
-                                Ok(last)
-                            }
-                        })
-                        .await?;
-                    self.stored = start;
-                    self.after = Some(start);
-                    start
-                }
-            };
-            self.bell.mark_unchanged();
-            let batch = a
-                .blocking("observe", move |s| {
-                    s.events(&EventQuery {
-                        after: Some(after),
-                        kinds: ALERTED_KINDS.to_vec(),
-                        limit: BATCH,
-                        ..EventQuery::default()
-                    })
-                })
-                .await?;
+            let batch = self.cursor.next_batch().await.map_err(|e| {
+                a.metrics.state_errors.inc();
+                StepError::new("observe", e)
+            })?;
             if batch.is_empty() {
-                let (mut bell, poll) = (self.bell.clone(), a.poll);
-                return Ok(Next::When(Box::pin(async move {
-                    tokio::select! {
-                        _ = bell.changed() => {}
-                        _ = tokio::time::sleep(poll) => {}
-                    }
-                })));
+                return Ok(Next::When(self.cursor.wake()));
             }
-            let mut done = after;
             for ev in batch {
                 if self.cancel.is_cancelled() {
                     break;
@@ -571,17 +526,13 @@ impl Controller for Follower {
                     {
                         break;
                     }
-                    done = ev.id;
-                    self.after = Some(done);
-                    self.save(done).await;
+                    self.cursor.handled(ev.id);
+                    self.save().await;
                 } else {
-                    done = ev.id;
-                    self.after = Some(done);
+                    self.cursor.handled(ev.id);
                 }
             }
-            if done > self.stored {
-                self.save(done).await;
-            }
+            self.save().await;
             Ok(Next::After(Duration::ZERO))
         })
     }

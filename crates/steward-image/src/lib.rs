@@ -752,7 +752,6 @@ pub mod controller {
                             .get_or_create(&labels)
                             .set(r.age_days * 86_400.0);
                         if self.was_stale != Some(r.stale) && r.stale {
-                            let store = self.store.clone();
                             let stale = NewEvent::now(
                                 EventKind::ImageStale,
                                 &self.name,
@@ -765,7 +764,7 @@ pub mod controller {
                                 ),
                                 serde_json::to_value(&r).unwrap_or_default(),
                             );
-                            let _ = tokio::task::spawn_blocking(move || store.record(&stale)).await;
+                            steward_state::record_off_thread(&self.store, stale).await;
                         }
                         self.was_stale = Some(r.stale);
                         Ok(Next::After(every))

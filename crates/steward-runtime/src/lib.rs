@@ -28,7 +28,9 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
-use steward_state::{EventKind, Lease, NewEvent, Severity, Store, now_ms};
+use steward_state::{
+    Event, EventKind, EventQuery, Lease, NewEvent, Severity, StateError, Store, now_ms, off_thread,
+};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -266,11 +268,6 @@ impl Supervisor {
         });
     }
 
-    /// The names of the controllers added so far.
-    pub fn names(&self) -> Vec<&str> {
-        self.entries.iter().map(|e| e.name.as_str()).collect()
-    }
-
     /// The shared health view (for `/health`).
     pub fn health(&self) -> Health {
         self.health.clone()
@@ -401,8 +398,7 @@ impl Shared {
 
     /// Writes an event on the blocking pool, never on the runtime's thread.
     async fn record(&self, e: NewEvent) {
-        let store = self.store.clone();
-        let _ = tokio::task::spawn_blocking(move || store.record(&e)).await;
+        steward_state::record_off_thread(&self.store, e).await;
     }
 
     fn backoff(&self, failures: u32) -> Duration {
@@ -531,5 +527,116 @@ impl Elector {
             let _ = tokio::task::spawn_blocking(move || lease.release(&name, &holder)).await;
         });
         (rx, task)
+    }
+}
+
+/// Where a consumer with no stored position starts.
+type StartAt = Arc<dyn Fn(&Store) -> Result<i64, StateError> + Send + Sync>;
+
+/// Where a consumer of the event log stands, kept in the state database: the
+/// one way controllers follow the log (alert channels, `auto_rebuild`, the
+/// coming autoscaler).
+///
+/// [`next_batch`](LogCursor::next_batch) reads the consumer's kinds after its
+/// position; the consumer marks what it finished with
+/// [`handled`](LogCursor::handled) and stores it with
+/// [`save`](LogCursor::save) — before its next side effect when a repeat
+/// matters. [`wake`](LogCursor::wake) is what to wait for when the log has
+/// nothing new: this process's bell, or a poll for other processes' writes.
+pub struct LogCursor {
+    store: Arc<Store>,
+    consumer: String,
+    kinds: Vec<EventKind>,
+    batch: usize,
+    poll: Duration,
+    bell: watch::Receiver<i64>,
+    start: StartAt,
+    after: Option<i64>,
+    stored: i64,
+}
+
+impl LogCursor {
+    /// A cursor named `consumer` over `kinds`. A consumer with no stored
+    /// position starts at the end of the log (it is not owed the history from
+    /// before it existed).
+    pub fn new(store: Arc<Store>, consumer: &str, kinds: Vec<EventKind>, poll: Duration) -> Self {
+        LogCursor {
+            bell: store.event_bell(),
+            store,
+            consumer: consumer.to_string(),
+            kinds,
+            batch: 256,
+            poll,
+            start: Arc::new(|s: &Store| s.last_event_id()),
+            after: None,
+            stored: 0,
+        }
+    }
+
+    /// Where a consumer with no stored position starts instead.
+    pub fn starting_at(
+        mut self,
+        start: impl Fn(&Store) -> Result<i64, StateError> + Send + Sync + 'static,
+    ) -> Self {
+        self.start = Arc::new(start);
+        self
+    }
+
+    /// The next events after the position (empty: nothing new). The first
+    /// call reads the stored position, or stores the start.
+    pub async fn next_batch(&mut self) -> Result<Vec<Event>, StateError> {
+        let after = match self.after {
+            Some(a) => a,
+            None => {
+                let (consumer, start) = (self.consumer.clone(), self.start.clone());
+                let a = off_thread(&self.store, move |s| match s.event_cursor(&consumer)? {
+                    Some(a) => Ok(a),
+                    None => {
+                        let a = start(s)?;
+                        s.set_event_cursor(&consumer, a)?;
+                        Ok(a)
+                    }
+                })
+                .await?;
+                self.after = Some(a);
+                self.stored = a;
+                a
+            }
+        };
+        self.bell.mark_unchanged();
+        let q = EventQuery {
+            after: Some(after),
+            kinds: self.kinds.clone(),
+            limit: self.batch,
+            ..EventQuery::default()
+        };
+        off_thread(&self.store, move |s| s.events(&q)).await
+    }
+
+    /// The consumer is done with event `id` (in memory until [`save`](Self::save)).
+    pub fn handled(&mut self, id: i64) {
+        self.after = Some(self.after.map_or(id, |a| a.max(id)));
+    }
+
+    /// Stores the position when it moved.
+    pub async fn save(&mut self) -> Result<(), StateError> {
+        let Some(after) = self.after.filter(|a| *a > self.stored) else {
+            return Ok(());
+        };
+        let consumer = self.consumer.clone();
+        off_thread(&self.store, move |s| s.set_event_cursor(&consumer, after)).await?;
+        self.stored = after;
+        Ok(())
+    }
+
+    /// What to wait for when the log has nothing new.
+    pub fn wake(&self) -> Wake {
+        let (mut bell, poll) = (self.bell.clone(), self.poll);
+        Box::pin(async move {
+            tokio::select! {
+                _ = bell.changed() => {}
+                _ = tokio::time::sleep(poll) => {}
+            }
+        })
     }
 }

@@ -942,6 +942,12 @@ pub async fn off_thread<T: Send + 'static>(
         .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
 }
 
+/// [`Store::record`] from async code, on the blocking pool.
+pub async fn record_off_thread(store: &std::sync::Arc<Store>, e: NewEvent) {
+    let store = store.clone();
+    let _ = tokio::task::spawn_blocking(move || store.record(&e)).await;
+}
+
 /// Current time in Unix milliseconds.
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()

@@ -17,7 +17,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use steward_health::Prober;
-use steward_runtime::{Controller, Next, Step, StepError, Supervisor};
+use steward_runtime::{Controller, LogCursor, Next, Step, StepError, Supervisor};
 use steward_spec::{Image, Resolver, Service, Spec};
 use steward_state::{EventKind, InstanceRow, NewEvent, Severity, Store, now_ms};
 use tokio::net::TcpListener;
@@ -226,11 +226,17 @@ impl Fleet {
         if !images.is_empty() {
             let fleet = self.clone();
             sup.add_leader_only(REBUILD_CONSUMER, move |_| {
+                let names = images.keys().cloned().collect();
                 Box::new(Rebuilder {
                     fleet: fleet.clone(),
                     images: images.clone(),
-                    bell: fleet.store.event_bell(),
-                    after: None,
+                    cursor: LogCursor::new(
+                        fleet.store.clone(),
+                        REBUILD_CONSUMER,
+                        vec![EventKind::ImageStale],
+                        Duration::from_secs(2),
+                    )
+                    .starting_at(rebuild::legacy_start(names)),
                 })
             });
         }
@@ -261,8 +267,7 @@ impl Fleet {
 
     /// Writes an event from async code (on the blocking pool).
     async fn store_event(&self, e: NewEvent) {
-        let store = self.store.clone();
-        let _ = tokio::task::spawn_blocking(move || store.record(&e)).await;
+        steward_state::record_off_thread(&self.store, e).await;
     }
 
     /// Instances the provider holds that no record knows about (a crash
@@ -408,8 +413,7 @@ impl ServiceLoop {
             Severity::Info => tracing::info!(service = %self.svc.name, %kind, "{message}"),
         }
         let e = event(kind, &self.svc.name, severity, message, data);
-        let store = self.fleet.store.clone();
-        let _ = tokio::task::spawn_blocking(move || store.record(&e)).await;
+        steward_state::record_off_thread(&self.fleet.store, e).await;
     }
 
     /// Records how a deploy ended and counts it.

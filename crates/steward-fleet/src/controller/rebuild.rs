@@ -4,11 +4,11 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use steward_runtime::{Controller, Next, Step};
+use steward_runtime::{Controller, LogCursor, Next, Step, StepError};
 use steward_spec::{Image, Service};
-use steward_state::{EventKind, EventQuery, Severity};
+use steward_state::{EventKind, Severity};
 
-use super::{Fleet, REBUILD_CONSUMER, event, state};
+use super::{Fleet, event, state};
 use crate::requests::{DeployKind, request_deploy, short};
 
 /// `auto_rebuild`: a new `image.stale` event about an image rebuilds it
@@ -22,53 +22,36 @@ use crate::requests::{DeployKind, request_deploy, short};
 pub(super) struct Rebuilder {
     pub(super) fleet: Fleet,
     pub(super) images: BTreeMap<String, Image>,
-    pub(super) bell: tokio::sync::watch::Receiver<i64>,
-    pub(super) after: Option<i64>,
+    pub(super) cursor: LogCursor,
+}
+
+/// Where `auto_rebuild` starts without a stored cursor: before it, steward
+/// kept one "handled" id per image (`fleet.rebuilt.NAME`); the lowest of
+/// those, 0 for an image without one.
+pub(super) fn legacy_start(
+    names: Vec<String>,
+) -> impl Fn(&steward_state::Store) -> Result<i64, steward_state::StateError> + Send + Sync + 'static
+{
+    move |s| {
+        let mut after = i64::MAX;
+        for name in &names {
+            let handled = s.meta(&format!("fleet.rebuilt.{name}"))?;
+            after = after.min(handled.and_then(|v| v.parse().ok()).unwrap_or(0));
+        }
+        Ok(after)
+    }
 }
 
 impl Controller for Rebuilder {
     fn reconcile(&mut self) -> Step<'_> {
         Box::pin(async move {
-            let store = &self.fleet.store;
-            let after = match self.after {
-                Some(a) => a,
-                None => {
-                    let names: Vec<String> = self.images.keys().cloned().collect();
-                    let start = state(store, "state", move |s| {
-                        if let Some(after) = s.event_cursor(REBUILD_CONSUMER)? {
-                            return Ok(after);
-                        }
-                        // Before the cursor, steward kept one "handled" id per image.
-                        let mut after = i64::MAX;
-                        for name in &names {
-                            let handled = s.meta(&format!("fleet.rebuilt.{name}"))?;
-                            after = after.min(handled.and_then(|v| v.parse().ok()).unwrap_or(0));
-                        }
-                        Ok(after)
-                    })
-                    .await?;
-                    self.after = Some(start);
-                    start
-                }
-            };
-            self.bell.mark_unchanged();
-            let batch = state(store, "observe", move |s| {
-                s.events(&EventQuery {
-                    after: Some(after),
-                    kinds: vec![EventKind::ImageStale],
-                    limit: 256,
-                    ..EventQuery::default()
-                })
-            })
-            .await?;
+            let batch = self
+                .cursor
+                .next_batch()
+                .await
+                .map_err(|e| StepError::new("observe", e))?;
             let Some(last) = batch.last().map(|e| e.id) else {
-                let mut bell = self.bell.clone();
-                return Ok(Next::When(Box::pin(async move {
-                    tokio::select! {
-                        _ = bell.changed() => {}
-                        _ = tokio::time::sleep(Duration::from_secs(2)) => {}
-                    }
-                })));
+                return Ok(Next::When(self.cursor.wake()));
             };
             let mut newest: BTreeMap<String, i64> = BTreeMap::new();
             for ev in batch {
@@ -79,11 +62,11 @@ impl Controller for Rebuilder {
             for (name, stale) in newest {
                 self.fleet.rebuild(&self.images[&name], stale).await;
             }
-            state(store, "state", move |s| {
-                s.set_event_cursor(REBUILD_CONSUMER, last)
-            })
-            .await?;
-            self.after = Some(last);
+            self.cursor.handled(last);
+            self.cursor
+                .save()
+                .await
+                .map_err(|e| StepError::new("state", e))?;
             Ok(Next::After(Duration::ZERO))
         })
     }
