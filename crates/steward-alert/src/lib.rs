@@ -12,7 +12,15 @@ use std::time::Duration;
 use steward_health::Board;
 use steward_runtime::{Controller, LogCursor, Next, Step, StepError, Supervisor};
 use steward_spec::{Alert, Check, Maintenance, Resolver};
-use steward_state::{Delivery, Event, EventKind, Health, NewEvent, Severity, Store, now_ms};
+use steward_state::{
+    AlertLog, Delivery, Event, EventKind, EventLog, Health, NewEvent, Severity, now_ms,
+};
+
+/// What alerting needs of the state database: the event log it follows (and
+/// writes suppression and reminder events to) and the record of deliveries.
+pub trait AlertStore: EventLog + AlertLog {}
+
+impl<T: EventLog + AlertLog + ?Sized> AlertStore for T {}
 use tokio_util::sync::CancellationToken;
 
 pub use deliver::{Sender, deliver};
@@ -141,7 +149,7 @@ pub struct Alerter {
     /// Maintenance windows.
     pub maintenance: Vec<Maintenance>,
     /// State database.
-    pub store: Arc<Store>,
+    pub store: Arc<dyn AlertStore>,
     /// Current check states.
     pub board: Board,
     /// Delivers notices.
@@ -205,7 +213,7 @@ impl Alerter {
     /// Builds the alerting controller for a spec.
     pub fn new(
         spec: &steward_spec::Spec,
-        store: Arc<Store>,
+        store: Arc<dyn AlertStore>,
         board: Board,
         resolver: Arc<dyn Resolver>,
     ) -> Self {
@@ -287,7 +295,9 @@ impl Alerter {
     async fn blocking<T: Send + 'static>(
         &self,
         stage: &'static str,
-        f: impl FnOnce(&Store) -> Result<T, steward_state::StateError> + Send + 'static,
+        f: impl FnOnce(&(dyn AlertStore + 'static)) -> Result<T, steward_state::StateError>
+        + Send
+        + 'static,
     ) -> Result<T, StepError> {
         steward_state::off_thread(&self.store, f)
             .await
@@ -701,7 +711,7 @@ alerts = ["ops"]
             steward_spec::Spec::parse("t.toml", src, Path::new("/"), &steward_spec::OsResolver)
                 .unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let store = Arc::new(steward_state::Store::open(dir.path()).unwrap());
         let now = now_ms();
         let mut db = steward_health::initial("db", now);
         db.health = Health::Down;
@@ -761,7 +771,7 @@ alerts = ["ops", "quiet"]
             steward_spec::Spec::parse("t.toml", src, Path::new("/"), &steward_spec::OsResolver)
                 .unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let store = Arc::new(steward_state::Store::open(dir.path()).unwrap());
         std::mem::forget(dir);
         Alerter::new(
             &spec,

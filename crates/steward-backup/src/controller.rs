@@ -15,8 +15,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use steward_runtime::{Controller, Next, Step, Supervisor};
 use steward_spec::{Backup, Resolver, Spec};
-use steward_state::{EventKind, Severity};
-use steward_state::{Health, NewEvent, Store, now_ms};
+use steward_state::{EventKind, EventLog, Health, NewEvent, Severity, now_ms};
 
 type Labels = Vec<(String, String)>;
 
@@ -96,7 +95,7 @@ pub struct BackupController {
     /// The spec.
     pub spec: Arc<Spec>,
     /// State database.
-    pub store: Arc<Store>,
+    pub store: Arc<dyn EventLog>,
     /// Secret resolution.
     pub resolver: Arc<dyn Resolver>,
     /// Metrics.
@@ -119,7 +118,7 @@ fn labels(backup: &str) -> Labels {
 }
 
 /// The latest event of a kind for a backup (Unix ms).
-pub fn last_event(store: &Store, kind: EventKind, backup: &str) -> Option<i64> {
+pub fn last_event(store: &dyn EventLog, kind: EventKind, backup: &str) -> Option<i64> {
     store
         .latest_event(kind, backup)
         .ok()
@@ -344,8 +343,8 @@ impl BackupController {
 
     /// Whether the latest run of a backup failed.
     fn failing(&self, name: &str) -> bool {
-        let f = last_event(&self.store, EventKind::BackupFailed, name);
-        let s = last_event(&self.store, EventKind::BackupSucceeded, name);
+        let f = last_event(&*self.store, EventKind::BackupFailed, name);
+        let s = last_event(&*self.store, EventKind::BackupSucceeded, name);
         f.is_some() && f > s
     }
 
@@ -409,9 +408,9 @@ impl BackupController {
             let Some(allowed) = allowed_age_ms(b, now) else {
                 continue;
             };
-            let last = last_event(&self.store, EventKind::BackupSucceeded, &b.name)
+            let last = last_event(&*self.store, EventKind::BackupSucceeded, &b.name)
                 // Never succeeded: count from when serve started watching.
-                .or_else(|| last_event(&self.store, EventKind::ServeStarted, "steward"))
+                .or_else(|| last_event(&*self.store, EventKind::ServeStarted, "steward"))
                 .unwrap_or(now.timestamp_millis());
             let is_overdue = now.timestamp_millis() - last > allowed;
             self.metrics

@@ -12,10 +12,9 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use steward_runtime::{Controller, Next, Step};
 use steward_spec::{ConvergeSet, Resolver};
-use steward_state::{NewEvent, Store};
 
 use crate::{Converger, RunLock, Status, Target};
-use steward_state::{EventKind, Severity};
+use steward_state::{ConvergeJournal, EventKind, EventLog, NewEvent, Severity};
 
 type Labels = Vec<(String, String)>;
 
@@ -54,12 +53,18 @@ impl ConvergeMetrics {
     }
 }
 
+/// What a drift check needs of the state database: converge's journal (what
+/// is owed and managed) and the event log it reports drift to.
+pub trait DriftStore: ConvergeJournal + EventLog {}
+
+impl<T: ConvergeJournal + EventLog + ?Sized> DriftStore for T {}
+
 /// Everything one set's drift loop needs.
 pub struct DriftCheck {
     /// The set; must have `drift_check`.
     pub set: ConvergeSet,
     /// State database (journal, events).
-    pub store: Arc<Store>,
+    pub store: Arc<dyn DriftStore>,
     /// State directory (the apply lock lives there).
     pub state_dir: std::path::PathBuf,
     /// Secret resolution.
@@ -125,7 +130,7 @@ impl DriftCheck {
             &self.set,
             Target::host(),
             self.resolver.as_ref(),
-            Some(&self.store),
+            Some(&*self.store as &dyn ConvergeJournal),
         ) {
             Ok(c) => c,
             Err(e) => {

@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use steward_spec::{Content, ConvergeSet, Ensure, Perms, Resolver, Resource, ResourceKind, Text};
-use steward_state::Store;
+use steward_state::ConvergeJournal;
 
 pub use edit::{edit_block, edit_line};
 pub use exec::installed_packages;
@@ -265,7 +265,7 @@ pub struct Converger<'a> {
     set: &'a ConvergeSet,
     target: Target,
     resolver: &'a dyn Resolver,
-    store: Option<&'a Store>,
+    store: Option<&'a dyn ConvergeJournal>,
     facts: Facts,
     show_secrets: bool,
     templates: render::Templates,
@@ -279,7 +279,7 @@ impl<'a> Converger<'a> {
         set: &'a ConvergeSet,
         target: Target,
         resolver: &'a dyn Resolver,
-        store: Option<&'a Store>,
+        store: Option<&'a dyn ConvergeJournal>,
     ) -> Result<Converger<'a>, ConvergeError> {
         if !target.dir().is_dir() {
             return Err(ConvergeError::NoRoot(target.dir().to_path_buf()));

@@ -34,10 +34,15 @@ fn set(src: &str, base: &Path, resolver: &dyn Resolver) -> ConvergeSet {
 }
 
 fn plan(set: &ConvergeSet, root: &Path, store: Option<&Store>, r: &dyn Resolver) -> Plan {
-    Converger::new(set, Target::root(root), r, store)
-        .unwrap()
-        .plan()
-        .unwrap()
+    Converger::new(
+        set,
+        Target::root(root),
+        r,
+        store.map(|s| s as &dyn steward_state::ConvergeJournal),
+    )
+    .unwrap()
+    .plan()
+    .unwrap()
 }
 
 fn apply(set: &ConvergeSet, root: &Path, store: &Store, state: &Path, r: &dyn Resolver) -> Report {

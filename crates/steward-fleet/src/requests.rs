@@ -5,14 +5,14 @@
 //! out.
 
 use steward_spec::Service;
-use steward_state::{Store, now_ms};
+use steward_state::{FleetState, now_ms};
 
 pub use crate::plan::DeployKind;
 
 /// Points `svc` at version `to` and records the deploy
 /// ([`DeployKind::starts_promoted`] decides whether canaries wait).
 pub fn request_deploy(
-    store: &Store,
+    store: &(impl FleetState + ?Sized),
     svc: &Service,
     to: &str,
     who: &str,

@@ -3,7 +3,7 @@
 
 use serde::Serialize;
 use steward_spec::Spec;
-use steward_state::{DeployRow, InstanceRow, Store};
+use steward_state::{DeployRow, FleetState, InstanceRow};
 
 /// One service's state.
 #[derive(Debug, Clone, Serialize)]
@@ -33,7 +33,7 @@ pub struct ServiceStatus {
 }
 
 /// Every service of the spec with its recorded state.
-pub fn report(spec: &Spec, store: &Store) -> Vec<ServiceStatus> {
+pub fn report(spec: &Spec, store: &dyn FleetState) -> Vec<ServiceStatus> {
     spec.services
         .values()
         .map(|s| {

@@ -14,8 +14,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use steward_spec::{Check, Retention};
 use steward_state::{
-    CheckStateRow, EventKind, Health, NewEvent, ResultRow, RetentionMs, Severity, Status, Store,
-    now_ms,
+    CheckHistory, CheckStateRow, EventKind, Health, NewEvent, ResultRow, RetentionMs, Severity,
+    Status, now_ms,
 };
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -107,7 +107,7 @@ impl Monitor {
     pub fn start(
         checks: Vec<Arc<Check>>,
         prober: Prober,
-        store: Arc<Store>,
+        store: Arc<dyn CheckHistory>,
         retention: Retention,
         metrics: HealthMetrics,
         cancel: CancellationToken,
@@ -141,7 +141,7 @@ impl Monitor {
             let metrics = metrics.clone();
             std::thread::Builder::new()
                 .name("steward-writer".into())
-                .spawn(move || write_loop(rx, &store, &metrics, retention))
+                .spawn(move || write_loop(rx, &*store, &metrics, retention))
                 .expect("spawn writer thread")
         };
         let limit = Arc::new(Semaphore::new(MAX_CONCURRENT_PROBES));
@@ -340,7 +340,7 @@ fn transition_event(check: &str, t: Transition, state: &CheckStateRow) -> NewEve
 
 fn write_loop(
     rx: mpsc::Receiver<Record>,
-    store: &Store,
+    store: &dyn CheckHistory,
     metrics: &HealthMetrics,
     retention: Retention,
 ) {

@@ -649,7 +649,7 @@ pub mod controller {
     use prometheus_client::registry::Registry;
     use steward_runtime::{Controller, Next, Step, StepError};
     use steward_spec::{Resolver, Spec};
-    use steward_state::{EventKind, NewEvent, Severity, Store};
+    use steward_state::{EventKind, EventLog, NewEvent, Severity};
 
     type Labels = Vec<(String, String)>;
 
@@ -686,7 +686,7 @@ pub mod controller {
     /// controller: one audit per step.
     pub struct Audit {
         spec: Arc<Spec>,
-        store: Arc<Store>,
+        store: Arc<dyn EventLog>,
         resolver: Arc<dyn Resolver>,
         metrics: ImageMetrics,
         name: String,
@@ -697,7 +697,7 @@ pub mod controller {
         /// The controller for `name` (an image of `spec`).
         pub fn new(
             spec: Arc<Spec>,
-            store: Arc<Store>,
+            store: Arc<dyn EventLog>,
             resolver: Arc<dyn Resolver>,
             metrics: ImageMetrics,
             name: String,

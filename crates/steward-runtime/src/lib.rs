@@ -29,7 +29,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use steward_state::{
-    Event, EventKind, EventQuery, Lease, NewEvent, Severity, StateError, Store, now_ms, off_thread,
+    Event, EventKind, EventLog, EventQuery, Lease, NewEvent, Severity, StateError, now_ms,
+    off_thread,
 };
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -204,7 +205,7 @@ struct Entry {
 /// Runs controllers with the same isolation, restarts, metrics, events and
 /// health.
 pub struct Supervisor {
-    store: Arc<Store>,
+    store: Arc<dyn EventLog>,
     metrics: RuntimeMetrics,
     health: Health,
     leader: watch::Receiver<bool>,
@@ -215,7 +216,7 @@ pub struct Supervisor {
 impl Supervisor {
     /// A supervisor writing its events to `store`; `leader` says whether this
     /// steward leads (leader-only controllers wait while it is `false`).
-    pub fn new(store: Arc<Store>, leader: watch::Receiver<bool>) -> Supervisor {
+    pub fn new(store: Arc<dyn EventLog>, leader: watch::Receiver<bool>) -> Supervisor {
         Supervisor {
             store,
             metrics: RuntimeMetrics::default(),
@@ -296,7 +297,7 @@ impl Supervisor {
 }
 
 struct Shared {
-    store: Arc<Store>,
+    store: Arc<dyn EventLog>,
     metrics: RuntimeMetrics,
     health: Health,
     backoff_floor: Duration,
@@ -531,7 +532,7 @@ impl Elector {
 }
 
 /// Where a consumer with no stored position starts.
-type StartAt = Arc<dyn Fn(&Store) -> Result<i64, StateError> + Send + Sync>;
+type StartAt = Arc<dyn Fn() -> Result<i64, StateError> + Send + Sync>;
 
 /// Where a consumer of the event log stands, kept in the state database: the
 /// one way controllers follow the log (alert channels, `auto_rebuild`, the
@@ -544,7 +545,7 @@ type StartAt = Arc<dyn Fn(&Store) -> Result<i64, StateError> + Send + Sync>;
 /// matters. [`wake`](LogCursor::wake) is what to wait for when the log has
 /// nothing new: this process's bell, or a poll for other processes' writes.
 pub struct LogCursor {
-    store: Arc<Store>,
+    store: Arc<dyn EventLog>,
     consumer: String,
     kinds: Vec<EventKind>,
     batch: usize,
@@ -559,7 +560,13 @@ impl LogCursor {
     /// A cursor named `consumer` over `kinds`. A consumer with no stored
     /// position starts at the end of the log (it is not owed the history from
     /// before it existed).
-    pub fn new(store: Arc<Store>, consumer: &str, kinds: Vec<EventKind>, poll: Duration) -> Self {
+    pub fn new(
+        store: Arc<dyn EventLog>,
+        consumer: &str,
+        kinds: Vec<EventKind>,
+        poll: Duration,
+    ) -> Self {
+        let log = store.clone();
         LogCursor {
             bell: store.event_bell(),
             store,
@@ -567,16 +574,17 @@ impl LogCursor {
             kinds,
             batch: 256,
             poll,
-            start: Arc::new(|s: &Store| s.last_event_id()),
+            start: Arc::new(move || log.last_event_id()),
             after: None,
             stored: 0,
         }
     }
 
-    /// Where a consumer with no stored position starts instead.
+    /// Where a consumer with no stored position starts instead (called on
+    /// the blocking pool).
     pub fn starting_at(
         mut self,
-        start: impl Fn(&Store) -> Result<i64, StateError> + Send + Sync + 'static,
+        start: impl Fn() -> Result<i64, StateError> + Send + Sync + 'static,
     ) -> Self {
         self.start = Arc::new(start);
         self
@@ -592,7 +600,7 @@ impl LogCursor {
                 let a = off_thread(&self.store, move |s| match s.event_cursor(&consumer)? {
                     Some(a) => Ok(a),
                     None => {
-                        let a = start(s)?;
+                        let a = start()?;
                         s.set_event_cursor(&consumer, a)?;
                         Ok(a)
                     }

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use steward_runtime::{Controller, Next, Step, StepError, Supervisor};
-use steward_state::{EventKind, EventQuery, Store};
+use steward_state::{EventKind, EventLog, EventQuery, Store};
 use tokio_util::sync::CancellationToken;
 
 /// A controller that behaves as its script says, step by step.

@@ -9,14 +9,14 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
-use steward_state::{
-    Bucket, CheckStateRow, Delivery, Event, EventQuery, ResultRow, Uptime, now_ms,
-};
 
 use steward_spec::Check;
 
 use crate::AppState;
-use steward_state::{EventKind, Severity};
+use steward_state::{
+    AlertLog, Bucket, CheckHistory, CheckStateRow, Delivery, Event, EventKind, EventLog,
+    EventQuery, FleetState, ResultRow, Severity, Uptime, now_ms,
+};
 
 pub(crate) fn routes() -> Router<AppState> {
     Router::new()
@@ -331,7 +331,7 @@ async fn services(
     State(s): State<AppState>,
 ) -> Result<Json<Vec<steward_fleet::status::ServiceStatus>>, ApiError> {
     let (spec, store) = (s.spec.clone(), s.store.clone());
-    tokio::task::spawn_blocking(move || steward_fleet::status::report(&spec, &store))
+    tokio::task::spawn_blocking(move || steward_fleet::status::report(&spec, &*store))
         .await
         .map(Json)
         .map_err(internal)
@@ -419,7 +419,7 @@ async fn deploy(
     let digest = manifest.digest.clone();
     let svc = s.spec.services[&name].clone();
     let id = blocking(move || {
-        steward_fleet::requests::request_deploy(&store, &svc, &digest, "api", DeployKind::Deploy)
+        steward_fleet::requests::request_deploy(&*store, &svc, &digest, "api", DeployKind::Deploy)
     })
     .await?;
     Ok(Json(
@@ -447,7 +447,7 @@ async fn rollback(
     let to = previous.clone();
     let svc = s.spec.services[&name].clone();
     let id = blocking(move || {
-        steward_fleet::requests::request_deploy(&store, &svc, &to, "api", DeployKind::Rollback)
+        steward_fleet::requests::request_deploy(&*store, &svc, &to, "api", DeployKind::Rollback)
     })
     .await?;
     Ok(Json(serde_json::json!({"deploy": id, "to": previous})))

@@ -17,11 +17,10 @@ use axum::middleware::Next;
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use serde::Deserialize;
 use steward_spec::AuthMode;
-use steward_state::{NewEvent, Scope, now_ms, token_hash};
 
 use crate::AppState;
 use crate::listener::PeerAddr;
-use steward_state::{EventKind, Severity};
+use steward_state::{EventKind, EventLog, NewEvent, Scope, Severity, Tokens, now_ms, token_hash};
 
 const COOKIE: &str = "steward_session";
 const SESSION_LIFETIME: Duration = Duration::from_secs(12 * 3600);

@@ -3,8 +3,7 @@
 
 use serde::Serialize;
 use steward_spec::Spec;
-use steward_state::EventKind;
-use steward_state::{Event, Store};
+use steward_state::{Event, EventKind, EventLog, Store};
 
 /// One backup as the dashboard shows it.
 #[derive(Debug, Clone, Serialize)]

@@ -27,7 +27,7 @@ use prometheus_client::registry::Registry;
 use steward_health::Board;
 use steward_health_endpoint::{HealthEndpoint, Observation};
 use steward_spec::Spec;
-use steward_state::{Health, Store};
+use steward_state::{Health, Meta, Store};
 
 /// What the handlers read.
 #[derive(Clone)]

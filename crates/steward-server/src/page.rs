@@ -9,7 +9,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use minijinja::{Environment, context};
 use serde::Serialize;
-use steward_state::{Bucket, now_ms};
+use steward_state::{Bucket, FleetState, now_ms};
 
 use crate::AppState;
 use crate::api::{check_views, rfc3339};
@@ -271,7 +271,7 @@ pub(crate) async fn status_page(
         let (spec, store) = (s.spec.clone(), s.store.clone());
         tokio::task::spawn_blocking(move || {
             (
-                steward_fleet::status::report(&spec, &store),
+                steward_fleet::status::report(&spec, &*store),
                 store.fleet_deploys(None, 10).unwrap_or_default(),
             )
         })

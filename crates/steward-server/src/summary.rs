@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use steward_state::{Bucket, StateError, Store, Uptime, now_ms};
+use steward_state::{Bucket, CheckHistory, StateError, Store, Uptime, now_ms};
 
 /// One computation.
 #[derive(Clone)]

@@ -16,10 +16,43 @@ pub struct Managed {
     pub ts: i64,
 }
 
-impl Store {
+/// What converge changed and still owes: the state boundary of converge.
+pub trait ConvergeJournal: Send + Sync {
     /// Records that `target` owes a refresh because `source` changed. Written before
     /// the target runs, so a run that fails in between still refreshes next time.
-    pub fn converge_owe(
+    fn converge_owe(
+        &self,
+        root: &str,
+        set: &str,
+        target: &str,
+        source: &str,
+        now: i64,
+    ) -> Result<(), StateError>;
+
+    /// Refreshes owed in a set: `(target, source)` pairs, oldest first.
+    fn converge_owed(&self, root: &str, set: &str) -> Result<Vec<(String, String)>, StateError>;
+
+    /// The refresh of `target` happened (or is moot): forget what it owed.
+    fn converge_paid(&self, root: &str, set: &str, target: &str) -> Result<(), StateError>;
+
+    /// Resources a set managed in a root, by id.
+    fn converge_managed(&self, root: &str, set: &str) -> Result<Vec<Managed>, StateError>;
+
+    /// Records a run: `managed` resources are upserted, `forget` ones dropped (they
+    /// were removed from the host); resources dropped from the spec but not from the
+    /// host stay remembered, so plans keep naming them.
+    fn converge_record(
+        &self,
+        root: &str,
+        set: &str,
+        managed: &[(String, Option<String>)],
+        forget: &[String],
+        now: i64,
+    ) -> Result<(), StateError>;
+}
+
+impl ConvergeJournal for Store {
+    fn converge_owe(
         &self,
         root: &str,
         set: &str,
@@ -37,12 +70,7 @@ impl Store {
             .map_err(|e| self.err(e))
     }
 
-    /// Refreshes owed in a set: `(target, source)` pairs, oldest first.
-    pub fn converge_owed(
-        &self,
-        root: &str,
-        set: &str,
-    ) -> Result<Vec<(String, String)>, StateError> {
+    fn converge_owed(&self, root: &str, set: &str) -> Result<Vec<(String, String)>, StateError> {
         let conn = self.reader();
         let mut stmt = conn
             .prepare_cached(
@@ -56,8 +84,7 @@ impl Store {
         rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
     }
 
-    /// The refresh of `target` happened (or is moot): forget what it owed.
-    pub fn converge_paid(&self, root: &str, set: &str, target: &str) -> Result<(), StateError> {
+    fn converge_paid(&self, root: &str, set: &str, target: &str) -> Result<(), StateError> {
         self.writer()
             .execute(
                 "DELETE FROM converge_pending WHERE root = ?1 AND set_name = ?2 AND target = ?3",
@@ -67,8 +94,7 @@ impl Store {
             .map_err(|e| self.err(e))
     }
 
-    /// Resources a set managed in a root, by id.
-    pub fn converge_managed(&self, root: &str, set: &str) -> Result<Vec<Managed>, StateError> {
+    fn converge_managed(&self, root: &str, set: &str) -> Result<Vec<Managed>, StateError> {
         let conn = self.reader();
         let mut stmt = conn
             .prepare_cached(
@@ -88,10 +114,7 @@ impl Store {
         rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
     }
 
-    /// Records a run: `managed` resources are upserted, `forget` ones dropped (they
-    /// were removed from the host); resources dropped from the spec but not from the
-    /// host stay remembered, so plans keep naming them.
-    pub fn converge_record(
+    fn converge_record(
         &self,
         root: &str,
         set: &str,

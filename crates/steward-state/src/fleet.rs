@@ -218,9 +218,64 @@ fn deploy(r: &Row<'_>) -> rusqlite::Result<DeployRow> {
 const INSTANCE_COLS: &str = "id, service, digest, state, addr, provider, created_ms, ready_ms, updated_ms, reason, after_drain";
 const DEPLOY_COLS: &str = "id, service, from_digest, to_digest, who, kind, requested_ms, started_ms, finished_ms, result, reason";
 
-impl Store {
+/// Services, deploys and instances: the state boundary of the fleet.
+pub trait FleetState: Send + Sync {
     /// What `service` should run (`None` before its first deploy).
-    pub fn fleet_service(&self, service: &str) -> Result<Option<ServiceRow>, StateError> {
+    fn fleet_service(&self, service: &str) -> Result<Option<ServiceRow>, StateError>;
+
+    /// Points `service` at `to` and records the deploy; the version it ran so far
+    /// becomes the one a rollback returns to. A deploy still running for the
+    /// service is superseded. Returns the deploy's id.
+    fn fleet_request_deploy(
+        &self,
+        service: &str,
+        to: &str,
+        who: &str,
+        kind: &str,
+        promoted: bool,
+        now: i64,
+    ) -> Result<i64, StateError>;
+
+    /// Sets the desired instance count.
+    fn fleet_set_replicas(&self, service: &str, n: u32, now: i64) -> Result<(), StateError>;
+
+    /// Lets a deploy continue past its canaries.
+    fn fleet_promote(&self, service: &str, now: i64) -> Result<bool, StateError>;
+
+    /// Deploys, newest first (`service = None`: all services).
+    fn fleet_deploys(
+        &self,
+        service: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<DeployRow>, StateError>;
+
+    /// One deploy by id.
+    fn fleet_deploy(&self, id: i64) -> Result<Option<DeployRow>, StateError>;
+
+    /// A running `serve` took the deploy up.
+    fn fleet_deploy_started(&self, id: i64, now: i64) -> Result<(), StateError>;
+
+    /// The deploy ended.
+    fn fleet_deploy_finished(
+        &self,
+        id: i64,
+        result: &str,
+        reason: &str,
+        now: i64,
+    ) -> Result<(), StateError>;
+
+    /// Instances, oldest first (`service = None`: all).
+    fn fleet_instances(&self, service: Option<&str>) -> Result<Vec<InstanceRow>, StateError>;
+
+    /// Records an instance (insert or replace).
+    fn fleet_put_instance(&self, i: &InstanceRow) -> Result<(), StateError>;
+
+    /// Forgets a destroyed instance.
+    fn fleet_delete_instance(&self, id: &str) -> Result<(), StateError>;
+}
+
+impl FleetState for Store {
+    fn fleet_service(&self, service: &str) -> Result<Option<ServiceRow>, StateError> {
         self.reader()
             .query_row(
                 "SELECT service, target, previous, replicas, promoted FROM fleet_service WHERE service = ?1",
@@ -239,10 +294,7 @@ impl Store {
             .map_err(|e| self.err(e))
     }
 
-    /// Points `service` at `to` and records the deploy; the version it ran so far
-    /// becomes the one a rollback returns to. A deploy still running for the
-    /// service is superseded. Returns the deploy's id.
-    pub fn fleet_request_deploy(
+    fn fleet_request_deploy(
         &self,
         service: &str,
         to: &str,
@@ -299,8 +351,7 @@ impl Store {
         Ok(id)
     }
 
-    /// Sets the desired instance count.
-    pub fn fleet_set_replicas(&self, service: &str, n: u32, now: i64) -> Result<(), StateError> {
+    fn fleet_set_replicas(&self, service: &str, n: u32, now: i64) -> Result<(), StateError> {
         self.writer()
             .execute(
                 "INSERT INTO fleet_service (service, replicas, updated_ms) VALUES (?1, ?2, ?3)
@@ -311,8 +362,7 @@ impl Store {
             .map_err(|e| self.err(e))
     }
 
-    /// Lets a deploy continue past its canaries.
-    pub fn fleet_promote(&self, service: &str, now: i64) -> Result<bool, StateError> {
+    fn fleet_promote(&self, service: &str, now: i64) -> Result<bool, StateError> {
         self.writer()
             .execute(
                 "UPDATE fleet_service SET promoted = 1, updated_ms = ?2 WHERE service = ?1 AND promoted = 0",
@@ -322,8 +372,7 @@ impl Store {
             .map_err(|e| self.err(e))
     }
 
-    /// Deploys, newest first (`service = None`: all services).
-    pub fn fleet_deploys(
+    fn fleet_deploys(
         &self,
         service: Option<&str>,
         limit: usize,
@@ -341,8 +390,7 @@ impl Store {
         rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
     }
 
-    /// One deploy by id.
-    pub fn fleet_deploy(&self, id: i64) -> Result<Option<DeployRow>, StateError> {
+    fn fleet_deploy(&self, id: i64) -> Result<Option<DeployRow>, StateError> {
         self.reader()
             .query_row(
                 &format!("SELECT {DEPLOY_COLS} FROM fleet_deploy WHERE id = ?1"),
@@ -353,8 +401,7 @@ impl Store {
             .map_err(|e| self.err(e))
     }
 
-    /// A running `serve` took the deploy up.
-    pub fn fleet_deploy_started(&self, id: i64, now: i64) -> Result<(), StateError> {
+    fn fleet_deploy_started(&self, id: i64, now: i64) -> Result<(), StateError> {
         self.writer()
             .execute(
                 "UPDATE fleet_deploy SET started_ms = ?2 WHERE id = ?1 AND started_ms IS NULL",
@@ -364,8 +411,7 @@ impl Store {
             .map_err(|e| self.err(e))
     }
 
-    /// The deploy ended.
-    pub fn fleet_deploy_finished(
+    fn fleet_deploy_finished(
         &self,
         id: i64,
         result: &str,
@@ -382,8 +428,7 @@ impl Store {
             .map_err(|e| self.err(e))
     }
 
-    /// Instances, oldest first (`service = None`: all).
-    pub fn fleet_instances(&self, service: Option<&str>) -> Result<Vec<InstanceRow>, StateError> {
+    fn fleet_instances(&self, service: Option<&str>) -> Result<Vec<InstanceRow>, StateError> {
         let conn = self.reader();
         let mut stmt = conn
             .prepare_cached(&format!(
@@ -397,8 +442,7 @@ impl Store {
         rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
     }
 
-    /// Records an instance (insert or replace).
-    pub fn fleet_put_instance(&self, i: &InstanceRow) -> Result<(), StateError> {
+    fn fleet_put_instance(&self, i: &InstanceRow) -> Result<(), StateError> {
         self.writer()
             .execute(
                 &format!(
@@ -423,8 +467,7 @@ impl Store {
             .map_err(|e| self.err(e))
     }
 
-    /// Forgets a destroyed instance.
-    pub fn fleet_delete_instance(&self, id: &str) -> Result<(), StateError> {
+    fn fleet_delete_instance(&self, id: &str) -> Result<(), StateError> {
         self.writer()
             .execute("DELETE FROM fleet_instance WHERE id = ?1", params![id])
             .map(|_| ())

@@ -10,15 +10,19 @@
 mod converge;
 mod events;
 mod fleet;
+mod history;
 mod lease;
+mod log;
 mod schema;
 mod tokens;
 
-pub use converge::Managed;
+pub use converge::{ConvergeJournal, Managed};
 pub use events::{EventKind, Severity};
-pub use fleet::{AfterDrain, DeployRow, InstanceRow, InstanceState, ServiceRow};
+pub use fleet::{AfterDrain, DeployRow, FleetState, InstanceRow, InstanceState, ServiceRow};
+pub use history::CheckHistory;
 pub use lease::{Lease, LeaseRow};
-pub use tokens::{Scope, TokenError, TokenInfo, token_hash};
+pub use log::{AlertLog, EventLog};
+pub use tokens::{Scope, TokenError, TokenInfo, Tokens, token_hash};
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -382,190 +386,10 @@ impl Store {
         self.read.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Writes results (with their rollups), check states and events in one
-    /// transaction, so a crash never leaves a transition without its event.
-    /// Returns the ids of the appended events, in order.
-    pub fn write_batch(
-        &self,
-        results: &[ResultRow],
-        states: &[CheckStateRow],
-        events: &[NewEvent],
-    ) -> Result<Vec<i64>, StateError> {
-        let mut conn = self.writer();
-        let tx = conn.transaction().map_err(|e| self.err(e))?;
-        let ids = (|| -> rusqlite::Result<Vec<i64>> {
-            {
-                let mut ins = tx.prepare_cached(
-                    "INSERT INTO results (check_name, ts, status, duration_us, error, observed) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                )?;
-                let mut roll = tx.prepare_cached(
-                    "INSERT INTO rollups (check_name, res, bucket, n, n_pass, n_warn, n_fail, sum_ms, max_ms)
-                     VALUES (?1, ?2, ?3, 1, ?4, ?5, ?6, ?7, ?7)
-                     ON CONFLICT (check_name, res, bucket) DO UPDATE SET
-                       n = n + 1, n_pass = n_pass + excluded.n_pass, n_warn = n_warn + excluded.n_warn,
-                       n_fail = n_fail + excluded.n_fail, sum_ms = sum_ms + excluded.sum_ms,
-                       max_ms = max(max_ms, excluded.max_ms)",
-                )?;
-                for r in results {
-                    ins.execute(params![
-                        r.check,
-                        r.ts,
-                        r.status.code(),
-                        r.duration_us,
-                        r.error,
-                        r.observed.as_ref().map(|o| o.get())
-                    ])?;
-                    let ms = r.duration_us as f64 / 1000.0;
-                    let (p, w, f) = match r.status {
-                        Status::Pass => (1, 0, 0),
-                        Status::Warn => (0, 1, 0),
-                        Status::Fail => (0, 0, 1),
-                    };
-                    for res in [MINUTE, HOUR, DAY] {
-                        roll.execute(params![r.check, res / 1000, r.ts - r.ts.rem_euclid(res), p, w, f, ms])?;
-                    }
-                }
-                let mut st = tx.prepare_cached(
-                    "INSERT INTO check_state (check_name, health, since, consecutive_failures, consecutive_successes, last)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-                     ON CONFLICT (check_name) DO UPDATE SET health = excluded.health, since = excluded.since,
-                       consecutive_failures = excluded.consecutive_failures,
-                       consecutive_successes = excluded.consecutive_successes,
-                       last = excluded.last",
-                )?;
-                for s in states {
-                    st.execute(params![
-                        s.check,
-                        s.health.as_str(),
-                        s.since,
-                        s.consecutive_failures,
-                        s.consecutive_successes,
-                        s.last.as_ref().map(|l| serde_json::to_string(l).unwrap_or_default()),
-                    ])?;
-                }
-            }
-            let mut ids = Vec::with_capacity(events.len());
-            for e in events {
-                ids.push(insert_event(&tx, e)?);
-            }
-            Ok(ids)
-        })()
-        .map_err(|e| self.err(e))?;
-        tx.commit().map_err(|e| self.err(e))?;
-        drop(conn);
-        if let Some(&last) = ids.last() {
-            self.ring(last);
-        }
-        Ok(ids)
-    }
-
-    /// Appends an event for a caller that cannot do better than report a
-    /// failure: it is logged as an error and counted
-    /// ([`Store::write_errors`], registered by `serve` as
-    /// `steward_state_write_errors_total`), never dropped without a trace.
-    pub fn record(&self, e: &NewEvent) {
-        if let Err(err) = self.append_event(e) {
-            self.write_errors.inc();
-            tracing::error!(error = %err, kind = %e.kind, subject = %e.subject, "cannot record an event");
-        }
-    }
-
-    /// The count of events [`Store::record`] could not write since this store
+    /// The count of events [`EventLog::record`] could not write since this store
     /// was opened: a handle to the live counter, for a metrics registry.
     pub fn write_errors(&self) -> prometheus_client::metrics::counter::Counter {
         self.write_errors.clone()
-    }
-
-    /// Appends one event to the log and returns its id.
-    pub fn append_event(&self, e: &NewEvent) -> Result<i64, StateError> {
-        let id = insert_event(&self.writer(), e).map_err(|e| self.err(e))?;
-        self.ring(id);
-        Ok(id)
-    }
-
-    /// Reads the event log.
-    pub fn events(&self, q: &EventQuery) -> Result<Vec<Event>, StateError> {
-        let conn = self.reader();
-        let mut sql = String::from(
-            "SELECT id, ts, kind, subject, severity, message, data FROM events WHERE 1=1",
-        );
-        let mut args: Vec<rusqlite::types::Value> = Vec::new();
-        if let Some(a) = q.after {
-            sql.push_str(" AND id > ?");
-            args.push(a.into());
-        }
-        if let Some(b) = q.before {
-            sql.push_str(" AND id < ?");
-            args.push(b.into());
-        }
-        if let Some(k) = &q.kind_prefix {
-            sql.push_str(" AND substr(kind, 1, ?) = ?");
-            args.push((k.len() as i64).into());
-            args.push(k.clone().into());
-        }
-        if !q.kinds.is_empty() {
-            sql.push_str(" AND kind IN (");
-            for (i, k) in q.kinds.iter().enumerate() {
-                sql.push_str(if i == 0 { "?" } else { ", ?" });
-                args.push(k.as_str().to_string().into());
-            }
-            sql.push(')');
-        }
-        if let Some(s) = &q.subject {
-            sql.push_str(" AND subject = ?");
-            args.push(s.clone().into());
-        }
-        sql.push_str(if q.after.is_some() {
-            " ORDER BY id ASC"
-        } else {
-            " ORDER BY id DESC"
-        });
-        sql.push_str(" LIMIT ?");
-        args.push((q.limit.clamp(1, 10_000) as i64).into());
-        let mut stmt = conn.prepare_cached(&sql).map_err(|e| self.err(e))?;
-        let rows = stmt
-            .query_map(rusqlite::params_from_iter(args), event_row)
-            .map_err(|e| self.err(e))?;
-        let rows: Vec<Option<Event>> = rows.collect::<Result<_, _>>().map_err(|e| self.err(e))?;
-        Ok(rows.into_iter().flatten().collect())
-    }
-
-    /// Where a consumer of the event log stands: the id of the last event it
-    /// finished with. `None` for a consumer that has never stood anywhere.
-    pub fn event_cursor(&self, consumer: &str) -> Result<Option<i64>, StateError> {
-        self.reader()
-            .prepare_cached("SELECT after_id FROM event_cursors WHERE consumer = ?1")
-            .and_then(|mut st| st.query_row([consumer], |r| r.get(0)).optional())
-            .map_err(|e| self.err(e))
-    }
-
-    /// Moves a consumer's cursor forward to `after` (never back: a late write
-    /// from a slower path cannot make a consumer handle events twice).
-    pub fn set_event_cursor(&self, consumer: &str, after: i64) -> Result<(), StateError> {
-        self.writer()
-            .prepare_cached(
-                "INSERT INTO event_cursors (consumer, after_id, updated_ms) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (consumer) DO UPDATE SET after_id = max(after_id, excluded.after_id),
-                   updated_ms = excluded.updated_ms",
-            )
-            .and_then(|mut st| st.execute(params![consumer, after, now_ms()]))
-            .map(|_| ())
-            .map_err(|e| self.err(e))
-    }
-
-    /// The newest event's id (0 for an empty log).
-    pub fn last_event_id(&self) -> Result<i64, StateError> {
-        self.reader()
-            .query_row("SELECT coalesce(max(id), 0) FROM events", [], |r| r.get(0))
-            .map_err(|e| self.err(e))
-    }
-
-    /// A receiver that sees the id of the newest event this process wrote. A
-    /// doorbell only: consumers read the log itself from their cursor, so they
-    /// miss nothing however far behind they fall (and events written by other
-    /// processes are found by reading the log).
-    pub fn event_bell(&self) -> tokio::sync::watch::Receiver<i64> {
-        self.bell.subscribe()
     }
 
     fn ring(&self, id: i64) {
@@ -576,300 +400,6 @@ impl Store {
             }
             newer
         });
-    }
-
-    /// The newest event of exactly this kind about this subject.
-    pub fn latest_event(
-        &self,
-        kind: EventKind,
-        subject: &str,
-    ) -> Result<Option<Event>, StateError> {
-        self.reader()
-            .prepare_cached(
-                "SELECT id, ts, kind, subject, severity, message, data FROM events
-                 WHERE kind = ?1 AND subject = ?2 ORDER BY id DESC LIMIT 1",
-            )
-            .and_then(|mut st| {
-                st.query_row(params![kind.as_str(), subject], event_row)
-                    .optional()
-            })
-            .map(Option::flatten)
-            .map_err(|e| self.err(e))
-    }
-
-    /// Persisted state of every check.
-    pub fn check_states(&self) -> Result<BTreeMap<String, CheckStateRow>, StateError> {
-        let conn = self.reader();
-        let mut stmt = conn
-            .prepare_cached(
-                "SELECT check_name, health, since, consecutive_failures, consecutive_successes, last FROM check_state",
-            )
-            .map_err(|e| self.err(e))?;
-        let rows = stmt
-            .query_map([], |r| {
-                let last: Option<String> = r.get(5)?;
-                Ok(CheckStateRow {
-                    check: r.get(0)?,
-                    health: Health::parse(&r.get::<_, String>(1)?),
-                    since: r.get(2)?,
-                    consecutive_failures: r.get(3)?,
-                    consecutive_successes: r.get(4)?,
-                    last: last.and_then(|l| serde_json::from_str(&l).ok()),
-                })
-            })
-            .map_err(|e| self.err(e))?;
-        rows.map(|r| r.map(|s| (s.check.clone(), s)))
-            .collect::<Result<_, _>>()
-            .map_err(|e| self.err(e))
-    }
-
-    /// Raw results of a check in `[from, to)`, newest first, at most `limit`.
-    pub fn results(
-        &self,
-        check: &str,
-        from: i64,
-        to: i64,
-        limit: usize,
-    ) -> Result<Vec<ResultRow>, StateError> {
-        let conn = self.reader();
-        let mut stmt = conn
-            .prepare_cached(
-                "SELECT check_name, ts, status, duration_us, error, observed FROM results
-                 WHERE check_name = ?1 AND ts >= ?2 AND ts < ?3 ORDER BY ts DESC LIMIT ?4",
-            )
-            .map_err(|e| self.err(e))?;
-        let rows = stmt
-            .query_map(
-                params![check, from, to, limit.clamp(1, 10_000) as i64],
-                |r| {
-                    let observed: Option<String> = r.get(5)?;
-                    Ok(ResultRow {
-                        check: r.get(0)?,
-                        ts: r.get(1)?,
-                        status: Status::from_code(r.get(2)?),
-                        duration_us: r.get(3)?,
-                        error: r.get(4)?,
-                        observed: observed
-                            .and_then(|o| serde_json::value::RawValue::from_string(o).ok()),
-                    })
-                },
-            )
-            .map_err(|e| self.err(e))?;
-        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
-    }
-
-    /// Aggregated buckets of a check in `[from, to)`, oldest first; `hourly`
-    /// picks hour buckets instead of minute buckets.
-    pub fn series(
-        &self,
-        check: &str,
-        from: i64,
-        to: i64,
-        hourly: bool,
-    ) -> Result<Vec<Bucket>, StateError> {
-        let res = if hourly { HOUR } else { MINUTE };
-        let conn = self.reader();
-        let mut stmt = conn
-            .prepare_cached(
-                "SELECT bucket, n, n_pass, n_warn, n_fail, sum_ms, max_ms FROM rollups
-                 WHERE check_name = ?1 AND res = ?2 AND bucket >= ?3 AND bucket < ?4 ORDER BY bucket",
-            )
-            .map_err(|e| self.err(e))?;
-        let rows = stmt
-            .query_map(
-                params![check, res / 1000, from - from.rem_euclid(res), to],
-                |r| bucket_at(r, 0),
-            )
-            .map_err(|e| self.err(e))?;
-        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
-    }
-
-    /// Buckets of every check since `from`, grouped by check, oldest first.
-    pub fn series_all(
-        &self,
-        from: i64,
-        hourly: bool,
-    ) -> Result<BTreeMap<String, Vec<Bucket>>, StateError> {
-        let res = if hourly { HOUR } else { MINUTE };
-        let conn = self.reader();
-        let mut stmt = conn
-            .prepare_cached(
-                "SELECT check_name, bucket, n, n_pass, n_warn, n_fail, sum_ms, max_ms FROM rollups
-                 WHERE res = ?1 AND bucket >= ?2 ORDER BY check_name, bucket",
-            )
-            .map_err(|e| self.err(e))?;
-        let rows = stmt
-            .query_map(params![res / 1000, from - from.rem_euclid(res)], |r| {
-                Ok((r.get::<_, String>(0)?, bucket_at(r, 1)?))
-            })
-            .map_err(|e| self.err(e))?;
-        let mut out: BTreeMap<String, Vec<Bucket>> = BTreeMap::new();
-        for row in rows {
-            let (name, b) = row.map_err(|e| self.err(e))?;
-            out.entry(name).or_default().push(b);
-        }
-        Ok(out)
-    }
-
-    /// Uptime of every check over 1h (minute buckets), 24h (hour buckets) and
-    /// 7d/30d (day buckets, so the oldest day counts whole). Warn counts as up.
-    /// Reads at most 60 + 25 + 31 rows per check, whatever the history length.
-    pub fn uptime_all(&self, now: i64) -> Result<BTreeMap<String, Uptime>, StateError> {
-        let conn = self.reader();
-        let mut out: BTreeMap<String, Uptime> = BTreeMap::new();
-        let windows: [(i64, i64, u8); 4] = [
-            (MINUTE, HOUR, 0),
-            (HOUR, 24 * HOUR, 1),
-            (DAY, 7 * DAY, 2),
-            (DAY, 30 * DAY, 3),
-        ];
-        let mut stmt = conn
-            .prepare_cached(
-                "SELECT check_name, sum(n), sum(n_pass + n_warn) FROM rollups
-                 WHERE res = ?1 AND bucket >= ?2 GROUP BY check_name",
-            )
-            .map_err(|e| self.err(e))?;
-        for (res, span, slot) in windows {
-            let start = now - span;
-            let start = start - start.rem_euclid(res);
-            let rows = stmt
-                .query_map(params![res / 1000, start], |r| {
-                    Ok((
-                        r.get::<_, String>(0)?,
-                        r.get::<_, i64>(1)?,
-                        r.get::<_, i64>(2)?,
-                    ))
-                })
-                .map_err(|e| self.err(e))?;
-            for row in rows {
-                let (name, n, up) = row.map_err(|e| self.err(e))?;
-                let ratio = (n > 0).then(|| up as f64 / n as f64);
-                let u = out.entry(name).or_default();
-                match slot {
-                    0 => u.h1 = ratio,
-                    1 => u.h24 = ratio,
-                    2 => u.d7 = ratio,
-                    _ => u.d30 = ratio,
-                }
-            }
-        }
-        Ok(out)
-    }
-
-    /// Records an alert delivery attempt.
-    pub fn record_delivery(&self, d: &Delivery) -> Result<(), StateError> {
-        let conn = self.writer();
-        conn.prepare_cached(
-            "INSERT INTO deliveries (ts, alert, check_name, event_id, attempt, ok, error) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        )
-        .and_then(|mut s| s.execute(params![d.ts, d.alert, d.check, d.event_id, d.attempt, d.ok, d.error]))
-        .map(|_| ())
-        .map_err(|e| self.err(e))
-    }
-
-    /// Time of the latest successful delivery per check (for reminders).
-    pub fn last_delivered(&self) -> Result<BTreeMap<String, i64>, StateError> {
-        let conn = self.reader();
-        let mut stmt = conn
-            .prepare_cached(
-                "SELECT check_name, max(ts) FROM deliveries WHERE ok = 1 GROUP BY check_name",
-            )
-            .map_err(|e| self.err(e))?;
-        let rows = stmt
-            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
-            .map_err(|e| self.err(e))?;
-        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
-    }
-
-    /// Delivery attempts, newest first.
-    pub fn deliveries(&self, limit: usize) -> Result<Vec<Delivery>, StateError> {
-        let conn = self.reader();
-        let mut stmt = conn
-            .prepare_cached(
-                "SELECT ts, alert, check_name, event_id, attempt, ok, error FROM deliveries ORDER BY id DESC LIMIT ?1",
-            )
-            .map_err(|e| self.err(e))?;
-        let rows = stmt
-            .query_map(params![limit.clamp(1, 10_000) as i64], |r| {
-                Ok(Delivery {
-                    ts: r.get(0)?,
-                    alert: r.get(1)?,
-                    check: r.get(2)?,
-                    event_id: r.get(3)?,
-                    attempt: r.get(4)?,
-                    ok: r.get(5)?,
-                    error: r.get(6)?,
-                })
-            })
-            .map_err(|e| self.err(e))?;
-        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
-    }
-
-    /// Removes check state rows for checks no longer in the spec.
-    pub fn forget_checks_except(&self, keep: &[&str]) -> Result<usize, StateError> {
-        let conn = self.writer();
-        let names: Vec<String> = conn
-            .prepare("SELECT check_name FROM check_state")
-            .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
-            .map_err(|e| self.err(e))?;
-        let mut n = 0;
-        for name in names.iter().filter(|n| !keep.contains(&n.as_str())) {
-            n += conn
-                .execute(
-                    "DELETE FROM check_state WHERE check_name = ?1",
-                    params![name],
-                )
-                .map_err(|e| self.err(e))?;
-        }
-        Ok(n)
-    }
-
-    /// Deletes history older than the retention allows. Returns rows removed.
-    pub fn prune(&self, now: i64, keep: RetentionMs) -> Result<usize, StateError> {
-        let conn = self.writer();
-        let mut n = 0;
-        let run = |sql: &str, p: &[&dyn rusqlite::ToSql]| conn.execute(sql, p);
-        n += run("DELETE FROM results WHERE ts < ?1", &[&(now - keep.raw)])
-            .map_err(|e| self.err(e))?;
-        n += run(
-            "DELETE FROM rollups WHERE res = 60 AND bucket < ?1",
-            &[&(now - keep.minute)],
-        )
-        .map_err(|e| self.err(e))?;
-        n += run(
-            "DELETE FROM rollups WHERE res = 3600 AND bucket < ?1",
-            &[&(now - keep.hour)],
-        )
-        .map_err(|e| self.err(e))?;
-        n += run("DELETE FROM events WHERE ts < ?1", &[&(now - keep.events)])
-            .map_err(|e| self.err(e))?;
-        n += run(
-            "DELETE FROM deliveries WHERE ts < ?1",
-            &[&(now - keep.events)],
-        )
-        .map_err(|e| self.err(e))?;
-        Ok(n)
-    }
-
-    /// A value from the key/value table.
-    pub fn meta(&self, key: &str) -> Result<Option<String>, StateError> {
-        let conn = self.reader();
-        conn.query_row("SELECT value FROM meta WHERE key = ?1", params![key], |r| {
-            r.get(0)
-        })
-        .optional()
-        .map_err(|e| self.err(e))
-    }
-
-    /// Sets a value in the key/value table.
-    pub fn set_meta(&self, key: &str, value: &str) -> Result<(), StateError> {
-        let conn = self.writer();
-        conn.execute(
-            "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            params![key, value],
-        )
-        .map(|_| ())
-        .map_err(|e| self.err(e))
     }
 }
 
@@ -931,19 +461,27 @@ fn restrict_file(_: &Path) -> std::io::Result<()> {
 
 /// The async front of the store: runs `f` on tokio's blocking pool, so async
 /// code (a controller's step, an HTTP handler) never waits for SQLite on its
-/// own thread. A panic inside `f` is passed on to the caller.
-pub async fn off_thread<T: Send + 'static>(
-    store: &std::sync::Arc<Store>,
-    f: impl FnOnce(&Store) -> Result<T, StateError> + Send + 'static,
-) -> Result<T, StateError> {
+/// own thread. Works on any of the state traits (`Arc<dyn FleetState>`, …) as
+/// well as on the store itself. A panic inside `f` is passed on to the caller.
+pub async fn off_thread<S, T>(
+    store: &std::sync::Arc<S>,
+    f: impl FnOnce(&S) -> Result<T, StateError> + Send + 'static,
+) -> Result<T, StateError>
+where
+    S: ?Sized + Send + Sync + 'static,
+    T: Send + 'static,
+{
     let store = store.clone();
     tokio::task::spawn_blocking(move || f(&store))
         .await
         .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
 }
 
-/// [`Store::record`] from async code, on the blocking pool.
-pub async fn record_off_thread(store: &std::sync::Arc<Store>, e: NewEvent) {
+/// [`EventLog::record`] from async code, on the blocking pool.
+pub async fn record_off_thread<S: ?Sized + EventLog + 'static>(
+    store: &std::sync::Arc<S>,
+    e: NewEvent,
+) {
     let store = store.clone();
     let _ = tokio::task::spawn_blocking(move || store.record(&e)).await;
 }
@@ -976,4 +514,35 @@ fn event_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Option<Event>> {
             data: serde_json::from_str(&data).unwrap_or(serde_json::Value::Null),
         },
     }))
+}
+
+/// A small key/value table for facts that have no table of their own
+/// (the schema version, `serve`'s heartbeat, handled rebuild requests).
+pub trait Meta: Send + Sync {
+    /// A value from the key/value table.
+    fn meta(&self, key: &str) -> Result<Option<String>, StateError>;
+
+    /// Sets a value in the key/value table.
+    fn set_meta(&self, key: &str, value: &str) -> Result<(), StateError>;
+}
+
+impl Meta for Store {
+    fn meta(&self, key: &str) -> Result<Option<String>, StateError> {
+        let conn = self.reader();
+        conn.query_row("SELECT value FROM meta WHERE key = ?1", params![key], |r| {
+            r.get(0)
+        })
+        .optional()
+        .map_err(|e| self.err(e))
+    }
+
+    fn set_meta(&self, key: &str, value: &str) -> Result<(), StateError> {
+        let conn = self.writer();
+        conn.execute(
+            "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            params![key, value],
+        )
+        .map(|_| ())
+        .map_err(|e| self.err(e))
+    }
 }

@@ -85,9 +85,26 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TokenInfo> {
     })
 }
 
-impl Store {
+/// API tokens: the state boundary of the API's authentication.
+pub trait Tokens: Send + Sync {
     /// Creates a token and returns its secret, which is not stored and cannot be shown again.
-    pub fn create_token(&self, name: &str, scope: Scope, now: i64) -> Result<String, TokenError> {
+    fn create_token(&self, name: &str, scope: Scope, now: i64) -> Result<String, TokenError>;
+
+    /// Every token, oldest first.
+    fn tokens(&self) -> Result<Vec<TokenInfo>, StateError>;
+
+    /// Revokes a token by name; false when no live token has that name.
+    fn revoke_token(&self, name: &str, now: i64) -> Result<bool, StateError>;
+
+    /// The live token with this hash, if any; notes its use (at most once a minute).
+    fn authenticate(&self, hash: &[u8], now: i64) -> Result<Option<TokenInfo>, StateError>;
+
+    /// Whether any live token exists.
+    fn has_tokens(&self) -> Result<bool, StateError>;
+}
+
+impl Tokens for Store {
+    fn create_token(&self, name: &str, scope: Scope, now: i64) -> Result<String, TokenError> {
         if name.is_empty()
             || name.len() > 64
             || !name
@@ -117,8 +134,7 @@ impl Store {
         }
     }
 
-    /// Every token, oldest first.
-    pub fn tokens(&self) -> Result<Vec<TokenInfo>, StateError> {
+    fn tokens(&self) -> Result<Vec<TokenInfo>, StateError> {
         let conn = self.reader();
         let mut stmt = conn
             .prepare_cached(
@@ -129,8 +145,7 @@ impl Store {
         rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
     }
 
-    /// Revokes a token by name; false when no live token has that name.
-    pub fn revoke_token(&self, name: &str, now: i64) -> Result<bool, StateError> {
+    fn revoke_token(&self, name: &str, now: i64) -> Result<bool, StateError> {
         let conn = self.writer();
         conn.execute(
             "UPDATE tokens SET revoked = ?2 WHERE name = ?1 AND revoked IS NULL",
@@ -140,8 +155,7 @@ impl Store {
         .map_err(|e| self.err(e))
     }
 
-    /// The live token with this hash, if any; notes its use (at most once a minute).
-    pub fn authenticate(&self, hash: &[u8], now: i64) -> Result<Option<TokenInfo>, StateError> {
+    fn authenticate(&self, hash: &[u8], now: i64) -> Result<Option<TokenInfo>, StateError> {
         let found = {
             let conn = self.reader();
             conn.query_row(
@@ -165,8 +179,7 @@ impl Store {
         Ok(found)
     }
 
-    /// Whether any live token exists.
-    pub fn has_tokens(&self) -> Result<bool, StateError> {
+    fn has_tokens(&self) -> Result<bool, StateError> {
         let conn = self.reader();
         conn.query_row(
             "SELECT count(*) FROM tokens WHERE revoked IS NULL",

@@ -4,10 +4,9 @@ use std::path::{Path, PathBuf};
 
 use steward_backup::BackupError;
 use steward_spec::{Backup, OsResolver, Spec};
-use steward_state::{NewEvent, Store};
 
 use crate::{exit, load_spec, table};
-use steward_state::{EventKind, Severity};
+use steward_state::{EventKind, EventLog, NewEvent, Severity, Store};
 
 /// What to do.
 pub(crate) enum Action {

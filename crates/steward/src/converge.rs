@@ -6,10 +6,9 @@ use std::time::Instant;
 
 use steward_converge::{Action, Converger, Outcome, Plan, RunLock, Status, Target};
 use steward_spec::OsResolver;
-use steward_state::{NewEvent, Store};
 
 use crate::{exit, load_spec};
-use steward_state::{EventKind, Severity};
+use steward_state::{EventKind, EventLog, NewEvent, Severity, Store};
 
 /// Plan or apply.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -83,7 +82,14 @@ pub(crate) fn run(spec_path: &Path, mode: Mode, opts: Options) -> u8 {
     let mut reports = Vec::new();
     for set in sets {
         let started = Instant::now();
-        let conv = match Converger::new(set, target.clone(), &OsResolver, store.as_ref()) {
+        let conv = match Converger::new(
+            set,
+            target.clone(),
+            &OsResolver,
+            store
+                .as_ref()
+                .map(|s| s as &dyn steward_state::ConvergeJournal),
+        ) {
             Ok(c) => c.show_secrets(opts.show_secrets),
             Err(e) => {
                 eprintln!("error: {e}");

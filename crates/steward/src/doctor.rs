@@ -5,7 +5,7 @@ use std::path::Path;
 use steward_doctor::{BackupFacts, Facts, Severity, diagnose};
 
 use crate::{exit, load_spec};
-use steward_state::EventKind;
+use steward_state::{EventKind, Meta};
 
 pub(crate) fn run(spec_path: &Path, json: bool) -> u8 {
     let spec = match load_spec(spec_path) {

@@ -10,10 +10,9 @@ use steward_fleet::provider::Provider as _;
 use steward_fleet::requests::DeployKind;
 
 use steward_spec::{OsResolver, Service, Spec};
-use steward_state::{EventQuery, Store, now_ms};
 
 use crate::exit;
-use steward_state::{EventKind, Severity};
+use steward_state::{EventKind, EventLog, EventQuery, FleetState, Severity, Store, now_ms};
 
 fn open(spec: &Spec) -> Result<Store, u8> {
     Store::open(&spec.settings.state_dir).map_err(|e| {

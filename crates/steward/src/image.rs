@@ -3,10 +3,9 @@
 use std::path::Path;
 
 use steward_spec::OsResolver;
-use steward_state::{NewEvent, Store};
 
 use crate::{exit, load_spec};
-use steward_state::{EventKind, Severity};
+use steward_state::{EventKind, EventLog, NewEvent, Severity, Store};
 
 /// What to do.
 pub(crate) enum Action {

@@ -9,11 +9,10 @@ use prometheus_client::registry::Registry;
 use steward_alert::Alerter;
 use steward_health::{HealthMetrics, Monitor, Prober};
 use steward_spec::{OsResolver, Resolver};
-use steward_state::{NewEvent, Store, now_ms};
 use tokio_util::sync::CancellationToken;
 
 use crate::{exit, load_spec};
-use steward_state::{EventKind, Severity};
+use steward_state::{EventKind, EventLog, Meta, NewEvent, Severity, Store, now_ms};
 
 /// Meta key holding the last heartbeat of `serve` (read by `doctor`).
 pub(crate) const HEARTBEAT_KEY: &str = "serve.heartbeat";

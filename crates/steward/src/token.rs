@@ -2,10 +2,8 @@
 
 use std::path::Path;
 
-use steward_state::{NewEvent, Scope, Store, TokenError, now_ms};
-
 use crate::{exit, load_spec, table};
-use steward_state::EventKind;
+use steward_state::{EventKind, EventLog, NewEvent, Scope, Store, TokenError, Tokens, now_ms};
 
 pub(crate) enum Action {
     Create { name: String, scope: Scope },

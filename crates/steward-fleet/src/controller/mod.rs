@@ -19,7 +19,9 @@ use prometheus_client::registry::Registry;
 use steward_health::Prober;
 use steward_runtime::{Controller, LogCursor, Next, Step, StepError, Supervisor};
 use steward_spec::{Image, Resolver, Service, Spec};
-use steward_state::{EventKind, InstanceRow, NewEvent, Severity, Store, now_ms};
+use steward_state::{
+    EventKind, EventLog, FleetState, InstanceRow, Meta, NewEvent, Severity, now_ms,
+};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -98,13 +100,20 @@ impl FleetMetrics {
     }
 }
 
+/// What the fleet needs of the state database: its own tables (services,
+/// deploys, instances), the event log it writes to and follows, and the
+/// key/value table (where `auto_rebuild` kept its marks before cursors).
+pub trait FleetStore: FleetState + EventLog + Meta {}
+
+impl<T: FleetState + EventLog + Meta + ?Sized> FleetStore for T {}
+
 /// Everything the fleet controller needs.
 #[derive(Clone)]
 pub struct Fleet {
     /// The spec.
     pub spec: Arc<Spec>,
     /// State store.
-    pub store: Arc<Store>,
+    pub store: Arc<dyn FleetStore>,
     /// Secret references.
     pub resolver: Arc<dyn Resolver>,
     /// Where instances come from.
@@ -160,9 +169,9 @@ pub const REBUILD_CONSUMER: &str = "fleet.auto_rebuild";
 /// A store call on the blocking pool; a failure is the step's error at
 /// `stage` (the supervisor counts, logs and retries it), never ignored.
 async fn state<T: Send + 'static>(
-    store: &Arc<Store>,
+    store: &Arc<dyn FleetStore>,
     stage: &'static str,
-    f: impl FnOnce(&Store) -> Result<T, steward_state::StateError> + Send + 'static,
+    f: impl FnOnce(&(dyn FleetStore + 'static)) -> Result<T, steward_state::StateError> + Send + 'static,
 ) -> Result<T, StepError> {
     steward_state::off_thread(store, f)
         .await
@@ -236,7 +245,7 @@ impl Fleet {
                         vec![EventKind::ImageStale],
                         Duration::from_secs(2),
                     )
-                    .starting_at(rebuild::legacy_start(names)),
+                    .starting_at(rebuild::legacy_start(fleet.store.clone(), names)),
                 })
             });
         }
@@ -368,7 +377,9 @@ impl ServiceLoop {
     /// (probes, the API) never waits for SQLite.
     async fn db<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&Store) -> Result<T, steward_state::StateError> + Send + 'static,
+        f: impl FnOnce(&(dyn FleetStore + 'static)) -> Result<T, steward_state::StateError>
+        + Send
+        + 'static,
     ) -> Result<T, steward_state::StateError> {
         steward_state::off_thread(&self.fleet.store, f).await
     }
@@ -377,7 +388,9 @@ impl ServiceLoop {
     async fn write(
         &self,
         what: &str,
-        f: impl FnOnce(&Store) -> Result<(), steward_state::StateError> + Send + 'static,
+        f: impl FnOnce(&(dyn FleetStore + 'static)) -> Result<(), steward_state::StateError>
+        + Send
+        + 'static,
     ) {
         if let Err(e) = self.db(f).await {
             self.error("state", format!("cannot record {what}: {e}"))

@@ -8,8 +8,9 @@ use steward_runtime::{Controller, LogCursor, Next, Step, StepError};
 use steward_spec::{Image, Service};
 use steward_state::{EventKind, Severity};
 
-use super::{Fleet, event, state};
+use super::{Fleet, FleetStore, event, state};
 use crate::requests::{DeployKind, request_deploy, short};
+use std::sync::Arc;
 
 /// `auto_rebuild`: a new `image.stale` event about an image rebuilds it
 /// (updates installed, cache ignored) and rolls the new build out to every
@@ -29,10 +30,10 @@ pub(super) struct Rebuilder {
 /// kept one "handled" id per image (`fleet.rebuilt.NAME`); the lowest of
 /// those, 0 for an image without one.
 pub(super) fn legacy_start(
+    s: Arc<dyn FleetStore>,
     names: Vec<String>,
-) -> impl Fn(&steward_state::Store) -> Result<i64, steward_state::StateError> + Send + Sync + 'static
-{
-    move |s| {
+) -> impl Fn() -> Result<i64, steward_state::StateError> + Send + Sync + 'static {
+    move || {
         let mut after = i64::MAX;
         for name in &names {
             let handled = s.meta(&format!("fleet.rebuilt.{name}"))?;

@@ -16,7 +16,7 @@ use steward_fleet::requests::DeployKind;
 use steward_fleet::requests::request_deploy;
 use steward_runtime::Supervisor;
 use steward_spec::{OsResolver, Spec};
-use steward_state::{InstanceState, Store};
+use steward_state::{EventLog, FleetState, InstanceState, Store};
 use tokio_util::sync::CancellationToken;
 
 /// A project: a spec with one service of `replicas` instances from an image
@@ -252,7 +252,7 @@ async fn the_controller_survives_a_provider_that_fails_on_command() {
     let v2 = p.new_version(2);
     let spec = p.spec();
     request_deploy(
-        &r.store,
+        &*r.store,
         &spec.services["api"],
         &v2,
         "test",
@@ -375,7 +375,7 @@ async fn scenario(p: &Project, provider: Arc<dyn Provider>, rec: Option<Recordin
                 let digest = p.new_version(version);
                 let spec = p.spec();
                 request_deploy(
-                    &r.store,
+                    &*r.store,
                     &spec.services["api"],
                     &digest,
                     "test",

@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use steward_state::AlertLog;
+
 use crate::common;
 use crate::common::{BIN, free_port, http_get, testbed};
 

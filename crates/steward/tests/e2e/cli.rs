@@ -9,11 +9,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::routing::{get, post};
-
-use crate::common::{self, Serve};
+use steward_state::EventLog;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 
-use crate::common::BIN;
+use crate::common::{self, BIN, Serve};
 
 /// A temp directory with a spec in it.
 struct Project {

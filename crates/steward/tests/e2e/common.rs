@@ -6,6 +6,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use steward_state::EventLog;
+
 /// The steward binary under test.
 pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_steward");
 
