@@ -1,10 +1,20 @@
-//! The health controller for `serve`: one task per check on its interval, a
-//! writer thread that batches results into the state database, and a board of
-//! current states that the API and the alerting controller read.
+//! Health monitoring for `serve`, as three supervised controllers:
+//!
+//! - `health.checks` keeps one task per check running on its interval (a
+//!   probe's panic is contained in its task and recorded as a failed run; a
+//!   task that ends anyway is restarted by the next step and reported);
+//! - `health.writer` batches results, the check states that changed and the
+//!   transitions they caused into the state database, one transaction per
+//!   batch, on the blocking pool; a batch that cannot be written is kept and
+//!   tried again (the step fails, so it is counted and logged);
+//! - `health.prune` applies the retention in slices, so the write lock is
+//!   never held for long.
+//!
+//! A board of current states is shared with the API and alerting.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, RwLock, mpsc};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
@@ -12,12 +22,14 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+use steward_runtime::{Controller, Next, Step, StepError, Supervisor};
 use steward_spec::{Check, Retention};
 use steward_state::{
     CheckHistory, CheckStateRow, EventKind, Health, NewEvent, ResultRow, RetentionMs, Severity,
     Status, now_ms,
 };
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore, mpsc};
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::machine::{Thresholds, Transition, advance, initial};
@@ -87,13 +99,19 @@ struct Record {
     transition: Option<Transition>,
 }
 
-/// A running health controller.
+/// Health monitoring, ready to be registered with the supervisor.
 pub struct Monitor {
     /// Current states.
     pub board: Board,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-    writer: Option<std::thread::JoinHandle<()>>,
-    tx: Option<mpsc::Sender<Record>>,
+    checks: Vec<Arc<Check>>,
+    prober: Prober,
+    store: Arc<dyn CheckHistory>,
+    keep: RetentionMs,
+    metrics: HealthMetrics,
+    tx: mpsc::UnboundedSender<Record>,
+    rx: Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<Record>>>,
+    /// Rung by a check task after it sends a result.
+    sent: Arc<Notify>,
 }
 
 /// Longest a steadily passing check's stored state may lag its latest result.
@@ -102,15 +120,23 @@ const STATE_REFRESH: Duration = Duration::from_secs(30);
 /// Most probes in flight at once; beyond this runs queue (and show up as late).
 const MAX_CONCURRENT_PROBES: usize = 1024;
 
+/// Most results kept while the database refuses them; beyond this the oldest
+/// raw results are dropped (states and transitions are always kept).
+const MAX_PENDING_RESULTS: usize = 200_000;
+
+/// How often retention is applied, and how many rows a slice deletes.
+const PRUNE_EVERY: Duration = Duration::from_secs(600);
+const PRUNE_SLICE: usize = 5_000;
+
 impl Monitor {
-    /// Restores states from the store and starts one task per check.
-    pub fn start(
+    /// Restores states from the store (forgetting checks no longer in the
+    /// spec); nothing runs until [`Monitor::register`]ed.
+    pub fn new(
         checks: Vec<Arc<Check>>,
         prober: Prober,
         store: Arc<dyn CheckHistory>,
         retention: Retention,
         metrics: HealthMetrics,
-        cancel: CancellationToken,
     ) -> Result<Monitor, steward_state::StateError> {
         let names: Vec<&str> = checks.iter().map(|c| c.name.as_str()).collect();
         store.forget_checks_except(&names)?;
@@ -135,59 +161,159 @@ impl Monitor {
                 .get_or_create(&vec![("check".into(), name.clone())])
                 .set(i64::from(s.health != Health::Down));
         }
-        let (tx, rx) = mpsc::channel::<Record>();
-        let writer = {
-            let store = store.clone();
-            let metrics = metrics.clone();
-            std::thread::Builder::new()
-                .name("steward-writer".into())
-                .spawn(move || write_loop(rx, &*store, &metrics, retention))
-                .expect("spawn writer thread")
-        };
-        let limit = Arc::new(Semaphore::new(MAX_CONCURRENT_PROBES));
-        let epoch = tokio::time::Instant::now();
-        let tasks = checks
-            .into_iter()
-            .map(|check| {
-                let ctx = TaskCtx {
-                    prober: prober.clone(),
-                    board: board.clone(),
-                    tx: tx.clone(),
-                    metrics: metrics.clone(),
-                    limit: limit.clone(),
-                    cancel: cancel.clone(),
-                    epoch,
-                };
-                tokio::spawn(check_loop(check, ctx))
-            })
-            .collect();
+        let (tx, rx) = mpsc::unbounded_channel();
         Ok(Monitor {
             board,
-            tasks,
-            writer: Some(writer),
-            tx: Some(tx),
+            checks,
+            prober,
+            store,
+            keep: RetentionMs {
+                raw: retention.raw.as_millis_i64(),
+                minute: retention.minute.as_millis_i64(),
+                hour: retention.hour.as_millis_i64(),
+                day: retention.day.as_millis_i64(),
+                events: retention.events.as_millis_i64(),
+            },
+            metrics,
+            tx,
+            rx: Arc::new(tokio::sync::Mutex::new(rx)),
+            sent: Arc::new(Notify::new()),
         })
     }
 
-    /// Waits for every check task to stop (after cancellation) and flushes the writer.
-    pub async fn join(mut self) {
-        for t in self.tasks.drain(..) {
-            let _ = t.await;
+    /// Adds `health.checks`, `health.writer` and `health.prune` to the
+    /// supervisor. They run on every steward (not only the leader).
+    pub fn register(self, sup: &mut Supervisor) {
+        let Monitor {
+            board,
+            checks,
+            prober,
+            store,
+            keep,
+            metrics,
+            tx,
+            rx,
+            sent,
+        } = self;
+        // Shared across rebuilds: a rebuilt `health.checks` adopts the tasks
+        // that are still running instead of starting a second set.
+        let tasks: Arc<Mutex<HashMap<String, JoinHandle<()>>>> = Default::default();
+        let limit = Arc::new(Semaphore::new(MAX_CONCURRENT_PROBES));
+        let epoch = tokio::time::Instant::now();
+        {
+            let (metrics, sent) = (metrics.clone(), sent.clone());
+            sup.add("health.checks", move |cancel| {
+                Box::new(Checks {
+                    checks: checks.clone(),
+                    tasks: tasks.clone(),
+                    ctx: TaskCtx {
+                        prober: prober.clone(),
+                        board: board.clone(),
+                        tx: tx.clone(),
+                        metrics: metrics.clone(),
+                        limit: limit.clone(),
+                        cancel: cancel.clone(),
+                        sent: sent.clone(),
+                        epoch,
+                    },
+                })
+            });
         }
-        self.tx.take();
-        if let Some(w) = self.writer.take() {
-            let _ = tokio::task::spawn_blocking(move || w.join()).await;
+        {
+            let (store, metrics) = (store.clone(), metrics.clone());
+            sup.add("health.writer", move |_| {
+                Box::new(Writer {
+                    rx: rx.clone(),
+                    sent: sent.clone(),
+                    store: store.clone(),
+                    metrics: metrics.clone(),
+                    written: HashMap::new(),
+                    pending: None,
+                })
+            });
         }
+        sup.add("health.prune", move |_| {
+            Box::new(Prune {
+                store: store.clone(),
+                keep,
+            })
+        });
     }
 }
 
+/// `health.checks`: one running task per check.
+struct Checks {
+    checks: Vec<Arc<Check>>,
+    tasks: Arc<Mutex<HashMap<String, JoinHandle<()>>>>,
+    ctx: TaskCtx,
+}
+
+impl Controller for Checks {
+    fn reconcile(&mut self) -> Step<'_> {
+        Box::pin(async move {
+            let mut ended = Vec::new();
+            {
+                let mut tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
+                for check in &self.checks {
+                    let alive = tasks.get(&check.name).is_some_and(|t| !t.is_finished());
+                    if alive {
+                        continue;
+                    }
+                    if let Some(dead) = tasks.remove(&check.name) {
+                        ended.push((check.name.clone(), dead));
+                    }
+                    if self.ctx.cancel.is_cancelled() {
+                        continue;
+                    }
+                    let ctx = self.ctx.clone();
+                    tasks.insert(
+                        check.name.clone(),
+                        tokio::spawn(check_loop(check.clone(), ctx)),
+                    );
+                }
+            }
+            if ended.is_empty() {
+                return Ok(Next::After(Duration::from_secs(1)));
+            }
+            let mut why = Vec::new();
+            for (name, task) in ended {
+                let how = match task.await {
+                    Err(e) if e.is_panic() => "panicked",
+                    _ => "ended",
+                };
+                why.push(format!(
+                    "the task of check `{name}` {how} and was restarted"
+                ));
+            }
+            Err(StepError::new("probe", why.join("; ")))
+        })
+    }
+
+    fn stop(&mut self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
+        Box::pin(async move {
+            let tasks: Vec<JoinHandle<()>> = self
+                .tasks
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .drain()
+                .map(|(_, t)| t)
+                .collect();
+            for t in tasks {
+                let _ = t.await;
+            }
+        })
+    }
+}
+
+#[derive(Clone)]
 struct TaskCtx {
     prober: Prober,
     board: Board,
-    tx: mpsc::Sender<Record>,
+    tx: mpsc::UnboundedSender<Record>,
     metrics: HealthMetrics,
     limit: Arc<Semaphore>,
     cancel: CancellationToken,
+    sent: Arc<Notify>,
     /// One start instant for all checks, so slot-aligned schedules stay aligned.
     epoch: tokio::time::Instant,
 }
@@ -308,6 +434,7 @@ async fn check_loop(check: Arc<Check>, ctx: TaskCtx) {
         {
             return;
         }
+        ctx.sent.notify_one();
         next += interval;
         let now = tokio::time::Instant::now();
         if next < now {
@@ -338,101 +465,177 @@ fn transition_event(check: &str, t: Transition, state: &CheckStateRow) -> NewEve
     }
 }
 
-fn write_loop(
-    rx: mpsc::Receiver<Record>,
-    store: &dyn CheckHistory,
-    metrics: &HealthMetrics,
-    retention: Retention,
-) {
-    let keep = RetentionMs {
-        raw: retention.raw.as_millis_i64(),
-        minute: retention.minute.as_millis_i64(),
-        hour: retention.hour.as_millis_i64(),
-        day: retention.day.as_millis_i64(),
-        events: retention.events.as_millis_i64(),
-    };
-    let mut last_prune = Instant::now();
-    let mut written: std::collections::HashMap<String, ((Health, u32, bool), Instant)> =
-        Default::default();
-    let mut pruned_once = false;
-    loop {
-        let first = match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(r) => Some(r),
-            Err(mpsc::RecvTimeoutError::Timeout) => None,
-            Err(mpsc::RecvTimeoutError::Disconnected) => return,
+/// A batch on its way to the database.
+#[derive(Default)]
+struct Batch {
+    results: Vec<ResultRow>,
+    states: BTreeMap<String, CheckStateRow>,
+    events: Vec<NewEvent>,
+}
+
+/// `health.writer`: results into the database, a batch per transaction.
+struct Writer {
+    rx: Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<Record>>>,
+    sent: Arc<Notify>,
+    store: Arc<dyn CheckHistory>,
+    metrics: HealthMetrics,
+    /// What was last written per check, and when (see [`STATE_REFRESH`]).
+    written: HashMap<String, ((Health, u32, bool), Instant)>,
+    /// A batch the database refused, tried again first.
+    pending: Option<Batch>,
+}
+
+impl Writer {
+    /// Adds a record to the batch. The last state per check wins; results
+    /// are all kept. A state is written when it matters after a restart
+    /// (health or failure count changed) and otherwise at most every
+    /// STATE_REFRESH, which spares a write and a JSON encoding per steady
+    /// passing run. Transitions go into the log with their results;
+    /// alerting reads them from there.
+    fn add(&mut self, batch: &mut Batch, r: Record) {
+        if let Some(t) = r.transition {
+            batch
+                .events
+                .push(transition_event(&r.result.check, t, &r.state));
+        }
+        let st = r.state;
+        let key = (
+            st.health,
+            st.consecutive_failures,
+            st.health == Health::Down && st.consecutive_successes > 0,
+        );
+        let now = Instant::now();
+        let due = match self.written.get(&st.check) {
+            Some((k, at)) => *k != key || now.duration_since(*at) >= STATE_REFRESH,
+            None => true,
         };
-        let mut batch: Vec<Record> = first.into_iter().collect();
-        // Gather what arrives in the next moment into the same transaction.
-        // Sleeping, then draining, wakes this thread once per batch instead of
-        // once per result.
-        if !batch.is_empty() {
-            std::thread::sleep(Duration::from_millis(100));
-            while let Ok(r) = rx.try_recv() {
-                batch.push(r);
+        if due || batch.states.contains_key(&st.check) {
+            self.written.insert(st.check.clone(), (key, now));
+            batch.states.insert(st.check.clone(), st);
+        }
+        batch.results.push(r.result);
+    }
+
+    /// Everything waiting in the channel now, added to `batch`.
+    fn drain(&mut self, rx: &mut mpsc::UnboundedReceiver<Record>, batch: &mut Batch) {
+        while let Ok(r) = rx.try_recv() {
+            self.add(batch, r);
+        }
+        if batch.results.len() > MAX_PENDING_RESULTS {
+            let drop = batch.results.len() - MAX_PENDING_RESULTS;
+            batch.results.drain(..drop);
+            self.metrics
+                .errors
+                .get_or_create(&vec![("stage".into(), "dropped".into())])
+                .inc();
+            tracing::error!(
+                results = drop,
+                "the state database refuses writes: oldest check results dropped"
+            );
+        }
+    }
+
+    async fn write(&mut self, batch: Batch) -> Result<(), StepError> {
+        let batch = Arc::new(batch);
+        let b = batch.clone();
+        let states: Vec<CheckStateRow> = b.states.values().cloned().collect();
+        let written = steward_state::off_thread(&self.store, move |s| {
+            s.write_batch(&b.results, &states, &b.events)
+        })
+        .await;
+        match written {
+            Ok(_) => {
+                self.metrics.write_batches.inc();
+                Ok(())
+            }
+            Err(e) => {
+                self.metrics
+                    .errors
+                    .get_or_create(&vec![("stage".into(), "store".into())])
+                    .inc();
+                let n = batch.results.len();
+                self.pending = Some(Arc::try_unwrap(batch).unwrap_or_default());
+                Err(StepError::new(
+                    "state",
+                    format!("cannot write {n} check results (kept, tried again): {e}"),
+                ))
             }
         }
-        if !batch.is_empty() {
-            // The last state per check wins; results are all kept. A state is
-            // written when it matters after a restart (health or failure count
-            // changed) and otherwise at most every STATE_REFRESH, which spares
-            // a write and a JSON encoding per steady passing run.
-            let mut latest: BTreeMap<&str, &CheckStateRow> = BTreeMap::new();
-            for r in &batch {
-                latest.insert(&r.result.check, &r.state);
+    }
+}
+
+impl Controller for Writer {
+    /// Writes what has arrived (and what was refused last time), then waits
+    /// for the next result plus 100 ms, so what arrives in that moment goes
+    /// into the same transaction: one wake-up and one commit per batch, not
+    /// per result.
+    fn reconcile(&mut self) -> Step<'_> {
+        Box::pin(async move {
+            let mut batch = self.pending.take().unwrap_or_default();
+            {
+                let rx = self.rx.clone();
+                let mut rx = rx.lock().await;
+                self.drain(&mut rx, &mut batch);
             }
-            let now = Instant::now();
-            let states: Vec<CheckStateRow> = latest
-                .into_values()
-                .filter(|st| {
-                    let key = (
-                        st.health,
-                        st.consecutive_failures,
-                        st.health == Health::Down && st.consecutive_successes > 0,
-                    );
-                    match written.get(&st.check) {
-                        Some((k, at)) if *k == key && now.duration_since(*at) < STATE_REFRESH => {
-                            false
-                        }
-                        _ => {
-                            written.insert(st.check.clone(), (key, now));
-                            true
-                        }
-                    }
+            if !batch.results.is_empty() || !batch.events.is_empty() {
+                self.write(batch).await?;
+            }
+            let sent = self.sent.clone();
+            Ok(Next::When(Box::pin(async move {
+                sent.notified().await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            })))
+        })
+    }
+
+    /// Writes what the check tasks sent before they stopped (they end with
+    /// the same cancellation; a probe in flight may take up to its timeout).
+    fn stop(&mut self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
+        Box::pin(async move {
+            let rx = self.rx.clone();
+            let mut rx = rx.lock().await;
+            let mut batch = self.pending.take().unwrap_or_default();
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+            while let Ok(Some(r)) = tokio::time::timeout_at(deadline, rx.recv()).await {
+                self.add(&mut batch, r);
+            }
+            drop(rx);
+            if (!batch.results.is_empty() || !batch.events.is_empty())
+                && let Err(e) = self.write(batch).await
+            {
+                tracing::error!(error = %e.message, "check results lost at shutdown");
+            }
+        })
+    }
+}
+
+/// `health.prune`: the retention, applied every ten minutes in slices.
+struct Prune {
+    store: Arc<dyn CheckHistory>,
+    keep: RetentionMs,
+}
+
+impl Controller for Prune {
+    fn reconcile(&mut self) -> Step<'_> {
+        Box::pin(async move {
+            let (now, keep) = (now_ms(), self.keep);
+            let mut total = 0;
+            loop {
+                let n = steward_state::off_thread(&self.store, move |s| {
+                    s.prune_slice(now, keep, PRUNE_SLICE)
                 })
-                .cloned()
-                .collect();
-            let results: Vec<ResultRow> = batch.iter().map(|r| r.result.clone()).collect();
-            // Transitions go into the log with their results; alerting reads
-            // them from there (the store rings its bell after the commit).
-            let new_events: Vec<NewEvent> = batch
-                .iter()
-                .filter_map(|r| {
-                    r.transition
-                        .map(|t| transition_event(&r.result.check, t, &r.state))
-                })
-                .collect();
-            match store.write_batch(&results, &states, &new_events) {
-                Ok(_) => {
-                    metrics.write_batches.inc();
+                .await
+                .map_err(|e| StepError::new("state", format!("cannot prune history: {e}")))?;
+                if n == 0 {
+                    break;
                 }
-                Err(e) => {
-                    metrics
-                        .errors
-                        .get_or_create(&vec![("stage".into(), "store".into())])
-                        .inc();
-                    tracing::error!(error = %e, results = results.len(), "cannot write check results");
-                }
+                total += n;
             }
-        }
-        if !pruned_once || last_prune.elapsed() > Duration::from_secs(600) {
-            pruned_once = true;
-            last_prune = Instant::now();
-            match store.prune(now_ms(), keep) {
-                Ok(n) if n > 0 => tracing::info!(rows = n, "pruned old history"),
-                Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "cannot prune history"),
+            if total > 0 {
+                tracing::info!(rows = total, "pruned old history");
             }
-        }
+            Ok(Next::After(PRUNE_EVERY))
+        })
     }
 }
 

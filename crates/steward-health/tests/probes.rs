@@ -751,3 +751,85 @@ async fn redirects_are_followed_unless_disabled() {
     .await;
     assert_fail(&j, "more than 10 redirects");
 }
+
+/// `health.writer` keeps a batch the database refuses and writes it once the
+/// database takes writes again: results probed during the outage are stored,
+/// and the refusal shows on the controller's health.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn results_refused_by_the_database_are_kept_and_written_later() {
+    use steward_health::{HealthMetrics, Monitor};
+    use steward_runtime::Supervisor;
+    use steward_state::{CheckHistory, Store};
+
+    let target = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = target.local_addr().unwrap();
+    tokio::spawn(async move { while target.accept().await.is_ok() {} });
+    let src = format!("[check.db]\ntype = \"tcp\"\naddress = \"{addr}\"\ninterval = \"1s\"\n");
+    let spec = Spec::parse("test.toml", &src, Path::new("/"), &OsResolver).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(dir.path()).unwrap());
+    let admin = rusqlite::Connection::open(store.path()).unwrap();
+    admin
+        .execute_batch(
+            "CREATE TRIGGER refuse BEFORE INSERT ON results BEGIN SELECT RAISE(ABORT, 'disk says no'); END;",
+        )
+        .unwrap();
+
+    let monitor = Monitor::new(
+        spec.checks.values().cloned().collect(),
+        Prober::new(Arc::new(OsResolver)),
+        store.clone(),
+        spec.settings.retention,
+        HealthMetrics::default(),
+    )
+    .unwrap();
+    let mut sup = Supervisor::new(store.clone(), Supervisor::always_leader())
+        .with_backoff(Duration::from_millis(100));
+    monitor.register(&mut sup);
+    let health = sup.health();
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let running = tokio::spawn(sup.run(cancel.clone()));
+
+    let writer_error = || health.snapshot()["health.writer"].last_error.clone();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !writer_error().is_some_and(|e| e.contains("disk says no")) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no refusal seen: {:?}",
+            health.snapshot()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let refused_at = steward_state::now_ms();
+    assert!(store.results("db", 0, i64::MAX, 100).unwrap().is_empty());
+    // Let a few more runs pile up behind the refused batch.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    admin.execute_batch("DROP TRIGGER refuse;").unwrap();
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let stored = loop {
+        let rows = store.results("db", 0, i64::MAX, 100).unwrap();
+        if rows.iter().any(|r| r.ts > refused_at + 2000) {
+            break rows;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "results never written"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        stored.iter().any(|r| r.ts < refused_at),
+        "the result refused first was dropped: {stored:?}"
+    );
+    assert!(
+        stored.len() >= 4,
+        "every run during the outage is stored: {stored:?}"
+    );
+    assert!(stored.iter().all(|r| r.status == Status::Pass));
+    assert_eq!(health.snapshot()["health.writer"].errors_in_a_row, 0);
+    assert!(store.check_states().unwrap().contains_key("db"));
+
+    cancel.cancel();
+    running.await.unwrap();
+}

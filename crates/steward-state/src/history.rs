@@ -53,8 +53,23 @@ pub trait CheckHistory: Send + Sync {
     /// Removes check state rows for checks no longer in the spec.
     fn forget_checks_except(&self, keep: &[&str]) -> Result<usize, StateError>;
 
-    /// Deletes history older than the retention allows. Returns rows removed.
-    fn prune(&self, now: i64, keep: RetentionMs) -> Result<usize, StateError>;
+    /// Deletes at most `limit` rows of each kind of history older than the
+    /// retention allows (raw results, minute, hour and day rollups, events,
+    /// deliveries), each kind in a transaction of its own, so the write lock
+    /// is never held for long. Returns rows removed; call again until 0.
+    fn prune_slice(&self, now: i64, keep: RetentionMs, limit: usize) -> Result<usize, StateError>;
+
+    /// Deletes all history older than the retention allows, slice by slice.
+    /// Returns rows removed.
+    fn prune(&self, now: i64, keep: RetentionMs) -> Result<usize, StateError> {
+        let mut total = 0;
+        loop {
+            match self.prune_slice(now, keep, 10_000)? {
+                0 => return Ok(total),
+                n => total += n,
+            }
+        }
+    }
 }
 
 impl CheckHistory for Store {
@@ -301,29 +316,31 @@ impl CheckHistory for Store {
         Ok(n)
     }
 
-    fn prune(&self, now: i64, keep: RetentionMs) -> Result<usize, StateError> {
-        let conn = self.writer();
+    fn prune_slice(&self, now: i64, keep: RetentionMs, limit: usize) -> Result<usize, StateError> {
+        // (table, key, condition, cutoff): each DELETE takes at most `limit`
+        // rows through the time index and commits on its own. Rollups have
+        // no rowid; their key is the primary key.
+        const ROLLUP: &str = "(check_name, res, bucket)";
+        let cuts: [(&str, &str, &str, i64); 6] = [
+            ("results", "rowid", "ts", now - keep.raw),
+            ("rollups", ROLLUP, "res = 60 AND bucket", now - keep.minute),
+            ("rollups", ROLLUP, "res = 3600 AND bucket", now - keep.hour),
+            ("rollups", ROLLUP, "res = 86400 AND bucket", now - keep.day),
+            ("events", "rowid", "ts", now - keep.events),
+            ("deliveries", "rowid", "ts", now - keep.events),
+        ];
         let mut n = 0;
-        let run = |sql: &str, p: &[&dyn rusqlite::ToSql]| conn.execute(sql, p);
-        n += run("DELETE FROM results WHERE ts < ?1", &[&(now - keep.raw)])
-            .map_err(|e| self.err(e))?;
-        n += run(
-            "DELETE FROM rollups WHERE res = 60 AND bucket < ?1",
-            &[&(now - keep.minute)],
-        )
-        .map_err(|e| self.err(e))?;
-        n += run(
-            "DELETE FROM rollups WHERE res = 3600 AND bucket < ?1",
-            &[&(now - keep.hour)],
-        )
-        .map_err(|e| self.err(e))?;
-        n += run("DELETE FROM events WHERE ts < ?1", &[&(now - keep.events)])
-            .map_err(|e| self.err(e))?;
-        n += run(
-            "DELETE FROM deliveries WHERE ts < ?1",
-            &[&(now - keep.events)],
-        )
-        .map_err(|e| self.err(e))?;
+        for (table, key, cond, cutoff) in cuts {
+            let inner = key.trim_matches(|c| c == '(' || c == ')');
+            let sql = format!(
+                "DELETE FROM {table} WHERE {key} IN (SELECT {inner} FROM {table} WHERE {cond} < ?1 LIMIT ?2)"
+            );
+            n += self
+                .writer()
+                .prepare_cached(&sql)
+                .and_then(|mut st| st.execute(params![cutoff, limit as i64]))
+                .map_err(|e| self.err(e))?;
+        }
         Ok(n)
     }
 }

@@ -177,6 +177,44 @@ fn prune_drops_only_what_retention_allows() {
     );
 }
 
+#[test]
+fn prune_takes_slices_and_day_buckets_go_after_their_own_retention() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let day = 86_400_000;
+    // 25 results on three days long ago, one today.
+    let mut rows: Vec<ResultRow> = (0..25)
+        .map(|i| result("a", T0 + (i % 3) * day + i, Status::Pass, 1))
+        .collect();
+    rows.push(result("a", T0 + 500 * day, Status::Pass, 1));
+    store.write_batch(&rows, &[], &[]).unwrap();
+    let days = |store: &Store| -> i64 {
+        let db = rusqlite::Connection::open(store.path()).unwrap();
+        db.query_row("SELECT count(*) FROM rollups WHERE res = 86400", [], |r| {
+            r.get(0)
+        })
+        .unwrap()
+    };
+    assert_eq!(days(&store), 4);
+    let now = T0 + 500 * day + 1000;
+    let keep = RetentionMs {
+        raw: 2 * day,
+        minute: 2 * day,
+        hour: 30 * day,
+        day: 400 * day,
+        events: 2 * day,
+    };
+    // One slice of 10 takes 10 raw results and the three old minute and
+    // three old hour buckets (fewer than 10 each) and the three old days.
+    assert_eq!(store.prune_slice(now, keep, 10).unwrap(), 10 + 3 + 3 + 3);
+    assert_eq!(store.results("a", 0, i64::MAX, 100).unwrap().len(), 16);
+    assert_eq!(days(&store), 1, "day buckets older than 400 days went");
+    assert_eq!(store.prune_slice(now, keep, 10).unwrap(), 10);
+    assert_eq!(store.prune_slice(now, keep, 10).unwrap(), 5);
+    assert_eq!(store.prune_slice(now, keep, 10).unwrap(), 0);
+    assert_eq!(store.results("a", 0, i64::MAX, 100).unwrap().len(), 1);
+}
+
 #[cfg(unix)]
 #[test]
 fn state_dir_and_database_are_private() {

@@ -106,13 +106,12 @@ pub(crate) async fn run(spec_path: &Path, listen: Option<SocketAddr>) -> u8 {
 
     let cancel = CancellationToken::new();
     let resolver: Arc<dyn Resolver> = Arc::new(OsResolver);
-    let monitor = match Monitor::start(
+    let monitor = match Monitor::new(
         spec.checks.values().cloned().collect(),
         Prober::new(resolver.clone()),
         store.clone(),
         spec.settings.retention,
         health_metrics,
-        cancel.clone(),
     ) {
         Ok(m) => m,
         Err(e) => {
@@ -129,12 +128,9 @@ pub(crate) async fn run(spec_path: &Path, listen: Option<SocketAddr>) -> u8 {
         store.clone(),
         steward_runtime::Supervisor::always_leader(),
     );
-    let mut alerter = Alerter::new(
-        &spec,
-        store.clone(),
-        monitor.board.clone(),
-        resolver.clone(),
-    );
+    let board = monitor.board.clone();
+    monitor.register(&mut sup);
+    let mut alerter = Alerter::new(&spec, store.clone(), board.clone(), resolver.clone());
     alerter.metrics = alert_metrics;
     alerter.register(&mut sup);
     steward_backup::controller::BackupController {
@@ -232,7 +228,7 @@ pub(crate) async fn run(spec_path: &Path, listen: Option<SocketAddr>) -> u8 {
     let state = steward_server::AppState::new(
         spec.clone(),
         store.clone(),
-        monitor.board.clone(),
+        board.clone(),
         Arc::new(registry),
     )
     .with_controllers(controllers);
@@ -253,7 +249,6 @@ pub(crate) async fn run(spec_path: &Path, listen: Option<SocketAddr>) -> u8 {
     .with_graceful_shutdown(shutdown)
     .await;
     cancel.cancel();
-    monitor.join().await;
     let _ = supervised.await;
     if let Some(proxies) = proxies {
         let _ = tokio::task::spawn_blocking(move || proxies.join()).await;
