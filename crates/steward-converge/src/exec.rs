@@ -125,33 +125,73 @@ pub(crate) fn quiet_ok(target: &Target, argv: &[&str]) -> bool {
         .is_ok_and(|s| s.success())
 }
 
-/// Runs a command to completion; a failure carries the end of its output.
-pub(crate) fn run(mut c: Command, what: &str) -> Result<(), String> {
+/// Why a command run by converge failed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum CommandError {
+    /// It could not be started.
+    #[error("cannot run `{what}`: {source}")]
+    Spawn {
+        /// The command line, for people.
+        what: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// It ran and failed.
+    #[error("`{what}` failed ({status}){}", tail(.output))]
+    Failed {
+        /// The command line, for people.
+        what: String,
+        /// How it ended.
+        status: std::process::ExitStatus,
+        /// Its standard error (its standard output when that was empty).
+        output: String,
+    },
+}
+
+impl CommandError {
+    /// Whether the command ran and said `needle`.
+    pub(crate) fn said(&self, needle: &str) -> bool {
+        matches!(self, CommandError::Failed { output, .. } if output.contains(needle))
+    }
+}
+
+/// The last five lines of a command's output, on one line, for an error.
+fn tail(output: &str) -> String {
+    let lines: Vec<&str> = output.trim().lines().rev().take(5).collect();
+    if lines.is_empty() {
+        return String::new();
+    }
+    let lines: Vec<&str> = lines.into_iter().rev().collect();
+    format!(": {}", lines.join(" / "))
+}
+
+/// Runs a command to completion; a failure carries its output.
+pub(crate) fn run(mut c: Command, what: &str) -> Result<(), CommandError> {
     let out = c
         .stdin(Stdio::null())
         .output()
-        .map_err(|e| format!("cannot run `{what}`: {e}"))?;
+        .map_err(|source| CommandError::Spawn {
+            what: what.to_string(),
+            source,
+        })?;
     if out.status.success() {
         return Ok(());
     }
-    let mut text = String::from_utf8_lossy(&out.stderr).into_owned();
-    if text.trim().is_empty() {
-        text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut output = String::from_utf8_lossy(&out.stderr).into_owned();
+    if output.trim().is_empty() {
+        output = String::from_utf8_lossy(&out.stdout).into_owned();
     }
-    let tail: Vec<&str> = text.trim().lines().rev().take(5).collect();
-    let tail: Vec<&str> = tail.into_iter().rev().collect();
-    Err(format!(
-        "`{what}` failed ({}){}{}",
-        out.status,
-        if tail.is_empty() { "" } else { ": " },
-        tail.join(" / ")
-    ))
+    Err(CommandError::Failed {
+        what: what.to_string(),
+        status: out.status,
+        output,
+    })
 }
 
 /// apt-get in the root, non-interactive, keeping existing config files. Inside a root,
 /// a `policy-rc.d` stops maintainer scripts from starting services for the duration.
 /// An unknown package triggers one `apt-get update` and a retry.
-pub(crate) fn apt(target: &Target, args: &[String]) -> Result<(), String> {
+pub(crate) fn apt(target: &Target, args: &[String]) -> Result<(), CommandError> {
     let policy = target.path(Path::new("/usr/sbin/policy-rc.d"));
     let placed = !target.is_host() && !policy.exists() && {
         let ok = fs::write(
@@ -181,10 +221,11 @@ pub(crate) fn apt(target: &Target, args: &[String]) -> Result<(), String> {
         run(c, &format!("apt-get {}", args.join(" ")))
     };
     let mut result = attempt(args);
+    // apt-get's own words for a package its lists do not know (yet).
     if let Err(e) = &result
-        && (e.contains("Unable to locate package")
-            || e.contains("has no installation candidate")
-            || e.contains("not found"))
+        && (e.said("Unable to locate package")
+            || e.said("has no installation candidate")
+            || e.said("not found"))
     {
         let update = attempt(&["update".to_string()]);
         result = update.and_then(|_| attempt(args));

@@ -61,7 +61,7 @@ impl Converger<'_> {
                 fsx::symlink_atomic(path, target)
                     .map_err(|e| format!("cannot link `{}`: {e}", show(path)))
             }
-            Op::Apt { args } => exec::apt(&self.target, args),
+            Op::Apt { args } => exec::apt(&self.target, args).map_err(|e| e.to_string()),
             Op::Cmd {
                 argv,
                 in_root,
@@ -81,7 +81,7 @@ impl Converger<'_> {
                             .expose(),
                     );
                 }
-                exec::run(c, &argv.join(" "))
+                exec::run(c, &argv.join(" ")).map_err(|e| e.to_string())
             }
             Op::Download {
                 url,
