@@ -1,0 +1,9 @@
+//! Metrics: what steward scrapes, stores, queries and scales on.
+//!
+//! - [`exposition`]: the Prometheus text format and OpenMetrics, parsed
+//!   without copying.
+//! - [`autoscale`]: the autoscaler's decision, a pure function (the
+//!   Kubernetes HPA's algorithm and KEDA's activation to and from zero).
+
+pub mod autoscale;
+pub mod exposition;
