@@ -4,6 +4,9 @@
 //!   without copying.
 //! - [`autoscale`]: the autoscaler's decision, a pure function (the
 //!   Kubernetes HPA's algorithm and KEDA's activation to and from zero).
+//! - [`tsdb`]: the embedded time-series store (compressed chunks, series
+//!   by labels).
 
 pub mod autoscale;
 pub mod exposition;
+pub mod tsdb;

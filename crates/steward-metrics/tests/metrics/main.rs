@@ -1,5 +1,6 @@
-//! steward-metrics' tests, one binary: the exposition parser and the
-//! autoscaler's decision.
+//! steward-metrics' tests, one binary: the exposition parser, the
+//! autoscaler's decision and the time-series store.
 
 mod autoscale;
 mod exposition;
+mod tsdb;
