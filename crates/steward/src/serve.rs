@@ -306,7 +306,11 @@ async fn reload_on_sighup(
                 ),
             };
             tracing::info!(%kind, "{message}");
-            store.record(&event(kind, severity, message, serde_json::json!({})));
+            steward_state::record_off_thread(
+                &store,
+                event(kind, severity, message, serde_json::json!({})),
+            )
+            .await;
         }
     }
     #[cfg(not(unix))]
