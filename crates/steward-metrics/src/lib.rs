@@ -4,9 +4,11 @@
 //!   without copying.
 //! - [`autoscale`]: the autoscaler's decision, a pure function (the
 //!   Kubernetes HPA's algorithm and KEDA's activation to and from zero).
+//! - [`scrape`]: scraping a target into the store, as Prometheus does.
 //! - [`tsdb`]: the embedded time-series store (compressed chunks, series
 //!   by labels).
 
 pub mod autoscale;
 pub mod exposition;
+pub mod scrape;
 pub mod tsdb;

@@ -1,6 +1,7 @@
 //! steward-metrics' tests, one binary: the exposition parser, the
-//! autoscaler's decision and the time-series store.
+//! autoscaler's decision, the time-series store and scraping.
 
 mod autoscale;
 mod exposition;
+mod scrape;
 mod tsdb;

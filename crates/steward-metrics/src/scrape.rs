@@ -1,0 +1,343 @@
+//! Scraping a target as Prometheus does: fetched with Prometheus's `Accept`
+//! header, bounded in time and size; parsed whole (a malformed body, too many
+//! samples or a sample with too many labels fails the scrape and stores
+//! nothing); each sample labelled with the target's labels (a scraped label
+//! of the same name is kept as `exported_NAME`); series that vanish from the
+//! target, or all of them when a scrape fails, get a staleness marker; and
+//! the report series `up`, `scrape_duration_seconds`,
+//! `scrape_samples_scraped`, `scrape_samples_post_metric_relabeling` and
+//! `scrape_series_added` written for the target.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use crate::exposition::{ACCEPT, Format, ParseError, parse};
+use crate::tsdb::chunk::AppendError;
+use crate::tsdb::head::{Head, SeriesRef};
+
+/// The value Prometheus writes to mark a series stale: a NaN with a payload
+/// of its own, told apart from a scraped NaN by its bits.
+pub const STALE_NAN: u64 = 0x7ff0_0000_0000_0002;
+
+/// Whether a stored value is a staleness marker.
+pub fn is_stale(v: f64) -> bool {
+    v.to_bits() == STALE_NAN
+}
+
+/// What a scrape may cost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Most samples in one scrape (0: no limit).
+    pub samples: usize,
+    /// Most labels on one sample, its name and the target's labels included
+    /// (0: no limit).
+    pub labels: usize,
+    /// Most bytes of body.
+    pub body_bytes: usize,
+}
+
+impl Default for Limits {
+    /// 50,000 samples, 64 labels, 16 MiB: far above a healthy target, far
+    /// below what hurts the rest of steward.
+    fn default() -> Self {
+        Limits {
+            samples: 50_000,
+            labels: 64,
+            body_bytes: 16 << 20,
+        }
+    }
+}
+
+/// One scrape target.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Target {
+    /// Where its metrics are.
+    pub url: String,
+    /// Labels added to everything scraped from it (`job`, `instance`, …),
+    /// sorted by name.
+    pub labels: Vec<(String, String)>,
+    /// Longest a scrape may take.
+    pub timeout: Duration,
+    /// What a scrape may cost.
+    pub limits: Limits,
+}
+
+/// Why a scrape failed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ScrapeError {
+    /// The request failed.
+    #[error("request failed: {0}")]
+    Request(String),
+    /// It took longer than the timeout.
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+    /// The target did not answer 200.
+    #[error("the target answered HTTP {0}")]
+    Status(u16),
+    /// The body is larger than the limit.
+    #[error("the body is larger than {0} bytes")]
+    TooLarge(usize),
+    /// The body is not UTF-8.
+    #[error("the body is not UTF-8")]
+    NotText,
+    /// The body is not a valid exposition.
+    #[error("{0}")]
+    Parse(ParseError),
+    /// More samples than the limit.
+    #[error("{found} samples, more than the sample limit of {limit}")]
+    SampleLimit {
+        /// The limit.
+        limit: usize,
+        /// How many there were.
+        found: usize,
+    },
+    /// A sample with more labels than the limit.
+    #[error("`{series}` has {found} labels, more than the label limit of {limit}")]
+    LabelLimit {
+        /// The limit.
+        limit: usize,
+        /// How many it had.
+        found: usize,
+        /// Which series.
+        series: String,
+    },
+}
+
+/// Fetches a target's body and the format its `Content-Type` names.
+pub async fn fetch(
+    client: &reqwest::Client,
+    target: &Target,
+) -> Result<(Format, String), ScrapeError> {
+    let work = async {
+        let mut resp = client
+            .get(&target.url)
+            .header(reqwest::header::ACCEPT, ACCEPT)
+            .header(
+                "X-Prometheus-Scrape-Timeout-Seconds",
+                format!("{}", target.timeout.as_secs_f64()),
+            )
+            .send()
+            .await
+            .map_err(|e| ScrapeError::Request(error_chain(&e.without_url())))?;
+        if resp.status() != reqwest::StatusCode::OK {
+            return Err(ScrapeError::Status(resp.status().as_u16()));
+        }
+        let format = resp
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map_or(Format::Text, Format::from_content_type);
+        let limit = target.limits.body_bytes;
+        if resp.content_length().is_some_and(|n| n as usize > limit) {
+            return Err(ScrapeError::TooLarge(limit));
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = resp
+            .chunk()
+            .await
+            .map_err(|e| ScrapeError::Request(error_chain(&e.without_url())))?
+        {
+            if body.len() + chunk.len() > limit {
+                return Err(ScrapeError::TooLarge(limit));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        let body = String::from_utf8(body).map_err(|_| ScrapeError::NotText)?;
+        Ok((format, body))
+    };
+    tokio::time::timeout(target.timeout, work)
+        .await
+        .unwrap_or(Err(ScrapeError::Timeout(target.timeout)))
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let m = c.to_string();
+        if !s.contains(&m) {
+            s.push_str(": ");
+            s.push_str(&m);
+        }
+        cur = c.source();
+    }
+    s
+}
+
+/// What one scrape did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Report {
+    /// Whether it succeeded.
+    pub up: bool,
+    /// How long it took, fetch and ingest.
+    pub duration: Duration,
+    /// Samples in the body.
+    pub scraped: usize,
+    /// Series seen for the first time.
+    pub added: usize,
+    /// Samples not stored: older than their series' newest, or a second
+    /// value at one time.
+    pub rejected: usize,
+    /// Why it failed.
+    pub error: Option<ScrapeError>,
+}
+
+/// One target's scrape loop state: which series its last scrape held.
+#[derive(Debug)]
+pub struct Scraper {
+    /// The target.
+    pub target: Target,
+    last: HashSet<SeriesRef>,
+}
+
+impl Scraper {
+    /// A scraper for `target` (its labels are sorted here).
+    pub fn new(mut target: Target) -> Scraper {
+        target.labels.sort();
+        Scraper {
+            target,
+            last: HashSet::new(),
+        }
+    }
+
+    /// Fetches, ingests into `head` at `now_ms` and writes the report series.
+    pub async fn scrape(
+        &mut self,
+        client: &reqwest::Client,
+        head: &std::sync::Mutex<Head>,
+        now_ms: i64,
+    ) -> Report {
+        let started = Instant::now();
+        let fetched = fetch(client, &self.target).await;
+        let mut head = head.lock().unwrap_or_else(|e| e.into_inner());
+        let result =
+            fetched.and_then(|(format, body)| self.ingest(&mut head, format, &body, now_ms));
+        let report = match result {
+            Ok((scraped, added, rejected)) => Report {
+                up: true,
+                duration: started.elapsed(),
+                scraped,
+                added,
+                rejected,
+                error: None,
+            },
+            Err(e) => {
+                self.mark_all_stale(&mut head, now_ms);
+                Report {
+                    up: false,
+                    duration: started.elapsed(),
+                    scraped: 0,
+                    added: 0,
+                    rejected: 0,
+                    error: Some(e),
+                }
+            }
+        };
+        self.write_report(&mut head, &report, now_ms);
+        report
+    }
+
+    /// Parses a body and stores its samples, all or none: returns samples
+    /// scraped, series added and samples rejected.
+    pub fn ingest(
+        &mut self,
+        head: &mut Head,
+        format: Format,
+        body: &str,
+        now_ms: i64,
+    ) -> Result<(usize, usize, usize), ScrapeError> {
+        let e = parse(body, format).map_err(ScrapeError::Parse)?;
+        let limits = self.target.limits;
+        if limits.samples > 0 && e.samples.len() > limits.samples {
+            return Err(ScrapeError::SampleLimit {
+                limit: limits.samples,
+                found: e.samples.len(),
+            });
+        }
+        // Every sample's full label set first: a limit broken anywhere fails
+        // the scrape before anything is stored.
+        let mut sets: Vec<Vec<(String, &str)>> = Vec::with_capacity(e.samples.len());
+        for s in &e.samples {
+            let mut set: Vec<(String, &str)> =
+                Vec::with_capacity(e.labels_of(s).len() + 1 + self.target.labels.len());
+            set.push(("__name__".to_string(), s.name));
+            for l in e.labels_of(s) {
+                let taken = self.target.labels.iter().any(|(n, _)| n == l.name);
+                let name = if taken {
+                    format!("exported_{}", l.name)
+                } else {
+                    l.name.to_string()
+                };
+                set.push((name, l.value.as_ref()));
+            }
+            for (n, v) in &self.target.labels {
+                set.push((n.clone(), v.as_str()));
+            }
+            if limits.labels > 0 && set.len() > limits.labels {
+                return Err(ScrapeError::LabelLimit {
+                    limit: limits.labels,
+                    found: set.len(),
+                    series: s.name.to_string(),
+                });
+            }
+            set.retain(|(_, v)| !v.is_empty());
+            set.sort();
+            set.dedup_by(|a, b| a.0 == b.0);
+            sets.push(set);
+        }
+        let before = head.series_count();
+        let mut seen = HashSet::with_capacity(sets.len());
+        let mut rejected = 0;
+        for (s, set) in e.samples.iter().zip(&sets) {
+            let pairs: Vec<(&str, &str)> = set.iter().map(|(n, v)| (n.as_str(), *v)).collect();
+            let r = head.series_ref(&pairs);
+            seen.insert(r);
+            let t = s.timestamp_ms.unwrap_or(now_ms);
+            match head.append(r, t, s.value) {
+                Ok(()) => {}
+                Err(AppendError::OutOfOrder { .. } | AppendError::Duplicate { .. }) => {
+                    rejected += 1
+                }
+                Err(AppendError::Full) => rejected += 1,
+            }
+        }
+        let added = head.series_count().saturating_sub(before);
+        for gone in self.last.difference(&seen) {
+            let _ = head.append(*gone, now_ms, f64::from_bits(STALE_NAN));
+        }
+        self.last = seen;
+        Ok((e.samples.len(), added, rejected))
+    }
+
+    /// A failed scrape: every series of the last one is stale from now.
+    pub fn mark_all_stale(&mut self, head: &mut Head, now_ms: i64) {
+        for r in self.last.drain() {
+            let _ = head.append(r, now_ms, f64::from_bits(STALE_NAN));
+        }
+    }
+
+    fn write_report(&self, head: &mut Head, report: &Report, now_ms: i64) {
+        let values = [
+            ("up", if report.up { 1.0 } else { 0.0 }),
+            ("scrape_duration_seconds", report.duration.as_secs_f64()),
+            ("scrape_samples_scraped", report.scraped as f64),
+            (
+                "scrape_samples_post_metric_relabeling",
+                report.scraped as f64,
+            ),
+            ("scrape_series_added", report.added as f64),
+        ];
+        for (name, v) in values {
+            let mut set: Vec<(&str, &str)> = vec![("__name__", name)];
+            set.extend(
+                self.target
+                    .labels
+                    .iter()
+                    .map(|(n, v)| (n.as_str(), v.as_str())),
+            );
+            set.sort();
+            let r = head.series_ref(&set);
+            let _ = head.append(r, now_ms, v);
+        }
+    }
+}
