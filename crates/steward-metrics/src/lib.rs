@@ -4,11 +4,15 @@
 //!   without copying.
 //! - [`autoscale`]: the autoscaler's decision, a pure function (the
 //!   Kubernetes HPA's algorithm and KEDA's activation to and from zero).
+//! - [`controller`]: the scrape and retention controllers of `serve`.
+//! - [`promql`]: PromQL as far as steward evaluates it (series selectors).
 //! - [`scrape`]: scraping a target into the store, as Prometheus does.
 //! - [`tsdb`]: the embedded time-series store (compressed chunks, series
 //!   by labels).
 
 pub mod autoscale;
+pub mod controller;
 pub mod exposition;
+pub mod promql;
 pub mod scrape;
 pub mod tsdb;

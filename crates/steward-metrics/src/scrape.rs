@@ -210,8 +210,18 @@ impl Scraper {
         let started = Instant::now();
         let fetched = fetch(client, &self.target).await;
         let mut head = head.lock().unwrap_or_else(|e| e.into_inner());
-        let result =
-            fetched.and_then(|(format, body)| self.ingest(&mut head, format, &body, now_ms));
+        self.finish(&mut head, fetched, started, now_ms)
+    }
+
+    /// The part of a scrape after the fetch (CPU only: parse, store, report).
+    pub fn finish(
+        &mut self,
+        head: &mut Head,
+        fetched: Result<(Format, String), ScrapeError>,
+        started: Instant,
+        now_ms: i64,
+    ) -> Report {
+        let result = fetched.and_then(|(format, body)| self.ingest(head, format, &body, now_ms));
         let report = match result {
             Ok((scraped, added, rejected)) => Report {
                 up: true,
@@ -222,7 +232,7 @@ impl Scraper {
                 error: None,
             },
             Err(e) => {
-                self.mark_all_stale(&mut head, now_ms);
+                self.mark_all_stale(head, now_ms);
                 Report {
                     up: false,
                     duration: started.elapsed(),
@@ -233,7 +243,7 @@ impl Scraper {
                 }
             }
         };
-        self.write_report(&mut head, &report, now_ms);
+        self.write_report(head, &report, now_ms);
         report
     }
 

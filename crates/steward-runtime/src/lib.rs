@@ -100,6 +100,31 @@ pub trait Controller: Send + 'static {
     }
 }
 
+/// A controller that could not be built (a secret that does not resolve,
+/// say): every step fails with the reason, tried again each minute, so it
+/// shows on `/health` and in the log like any failing controller.
+pub struct Failing {
+    stage: &'static str,
+    message: String,
+}
+
+impl Failing {
+    /// Fails at `stage` with `message`.
+    pub fn new(stage: &'static str, message: impl std::fmt::Display) -> Failing {
+        Failing {
+            stage,
+            message: message.to_string(),
+        }
+    }
+}
+
+impl Controller for Failing {
+    fn reconcile(&mut self) -> Step<'_> {
+        let e = StepError::new(self.stage, &self.message).retry_after(Duration::from_secs(60));
+        Box::pin(async move { Err(e) })
+    }
+}
+
 /// Builds a controller; called again after a panic.
 pub type Factory = Box<dyn Fn(&CancellationToken) -> Box<dyn Controller> + Send + Sync>;
 

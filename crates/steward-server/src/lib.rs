@@ -13,6 +13,7 @@ mod auth;
 pub use api::{CheckView, ResultView};
 mod page;
 mod process;
+mod prom;
 mod summary;
 
 pub use summary::SummaryCache;
@@ -48,6 +49,8 @@ pub struct AppState {
     pub findings: Arc<Vec<steward_doctor::Finding>>,
     /// How the supervised controllers are doing (for steward's own `/health`).
     pub controllers: steward_runtime::Health,
+    /// Metrics stored as series (scraped and steward's own).
+    pub series: steward_metrics::controller::Series,
 }
 
 impl AppState {
@@ -72,12 +75,19 @@ impl AppState {
             summaries: Arc::default(),
             auth: Arc::default(),
             controllers: steward_runtime::Health::default(),
+            series: Default::default(),
         }
     }
 
     /// The same state, reporting these controllers on `/health`.
     pub fn with_controllers(mut self, controllers: steward_runtime::Health) -> Self {
         self.controllers = controllers;
+        self
+    }
+
+    /// The same state, answering the series API from this store.
+    pub fn with_series(mut self, series: steward_metrics::controller::Series) -> Self {
+        self.series = series;
         self
     }
 
@@ -111,7 +121,7 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .route("/login", get(auth::login_page).post(auth::login))
         .route("/logout", axum::routing::post(auth::logout))
-        .nest("/api/v1", api::routes())
+        .nest("/api/v1", api::routes().merge(prom::routes()))
         .merge(health.router())
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

@@ -18,6 +18,7 @@ mod duration;
 mod image;
 mod model;
 mod raw;
+mod scrape;
 mod secret;
 mod service;
 mod validate;
@@ -34,6 +35,7 @@ pub use duration::Dur;
 pub use image::{Artifact, Image, ImageBase};
 pub use model::*;
 pub use raw::{AlertKind, AuthMode, CheckKind, SmtpTls};
+pub use scrape::{Scrape, ScrapeLimits, ServiceMetrics};
 pub use secret::{OsResolver, Reference, Resolver, Secret, SecretError, Text};
 pub use service::{PLACEHOLDERS, Replicas, Rollout, Service};
 

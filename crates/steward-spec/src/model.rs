@@ -33,6 +33,8 @@ pub struct Spec {
     pub images: BTreeMap<String, crate::image::Image>,
     /// `[service.*]`, by name.
     pub services: BTreeMap<String, crate::service::Service>,
+    /// `[scrape.*]`, by name.
+    pub scrapes: BTreeMap<String, crate::scrape::Scrape>,
 }
 
 /// `[steward]`: process-wide settings.

@@ -124,6 +124,8 @@ pub struct Service {
     pub memory: Option<u64>,
     /// Host directories visible inside isolated instances: `(host, inside, read_only)`.
     pub mounts: Vec<(String, String, bool)>,
+    /// Each instance's metrics, scraped (none: not scraped).
+    pub metrics: Option<crate::scrape::ServiceMetrics>,
 }
 
 impl Service {
@@ -166,6 +168,7 @@ pub(crate) struct RawService {
     memory: Option<Spanned<String>>,
     #[serde(default)]
     mounts: Vec<Spanned<String>>,
+    metrics: Option<Spanned<crate::scrape::RawServiceMetrics>>,
 }
 
 /// `replicas`: a count, or `{ min, max }` and nothing else. Deserialized by
@@ -229,7 +232,7 @@ struct RawRollout {
 }
 
 /// Parses `512M`, `2G`, `1048576` into bytes.
-fn bytes(s: &str) -> Option<u64> {
+pub(crate) fn bytes(s: &str) -> Option<u64> {
     let s = s.trim();
     let (num, mul) = match s.char_indices().find(|(_, c)| c.is_ascii_alphabetic()) {
         Some((i, _)) => {
@@ -431,6 +434,10 @@ pub(crate) fn service(
             );
         }
     }
+    let metrics = raw
+        .metrics
+        .as_ref()
+        .map(|m| crate::scrape::service_metrics(d, name, m.span(), m.get_ref()));
     let memory = raw.memory.as_ref().and_then(|m| {
         let b = bytes(m.get_ref());
         if b.is_none() {
@@ -504,6 +511,7 @@ pub(crate) fn service(
         isolate: raw.isolate,
         memory,
         mounts,
+        metrics,
     })
 }
 

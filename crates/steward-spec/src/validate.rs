@@ -26,9 +26,10 @@ const SECTIONS: &[&str] = &[
     "backup",
     "image",
     "service",
+    "scrape",
 ];
 /// Sections that later capabilities add; named so the error can say so.
-const PLANNED: &[&str] = &["scale", "metrics"];
+const PLANNED: &[&str] = &["scale", "metrics", "rule"];
 
 pub(crate) fn parse(
     name: &str,
@@ -75,6 +76,7 @@ pub(crate) fn parse(
     let mut backups_raw: Vec<(String, crate::backup::RawBackup)> = Vec::new();
     let mut images_raw: Vec<(String, crate::image::RawImage)> = Vec::new();
     let mut services_raw: Vec<(String, Range<usize>, crate::service::RawService)> = Vec::new();
+    let mut scrapes_raw: Vec<(String, Range<usize>, crate::scrape::RawScrape)> = Vec::new();
 
     for (key, value) in root {
         let kspan = key.span();
@@ -87,7 +89,7 @@ pub(crate) fn parse(
                 }
             }
             "check" | "alert" | "maintenance" | "converge" | "store" | "backup" | "image"
-            | "service" => {
+            | "service" | "scrape" => {
                 let vspan = value.span();
                 let DeValue::Table(entries) = value.into_inner() else {
                     d.error(
@@ -147,6 +149,11 @@ pub(crate) fn parse(
                         "service" => {
                             if let Some(c) = de::<crate::service::RawService>(&mut d, evalue) {
                                 services_raw.push((ename, espan, c));
+                            }
+                        }
+                        "scrape" => {
+                            if let Some(c) = de::<crate::scrape::RawScrape>(&mut d, evalue) {
+                                scrapes_raw.push((ename, espan, c));
                             }
                         }
                         "backup" => {
@@ -304,6 +311,12 @@ pub(crate) fn parse(
             services.insert(name, s);
         }
     }
+    let mut scrapes = BTreeMap::new();
+    for (name, span, raw) in &scrapes_raw {
+        if let Some(s) = crate::scrape::scrape(&mut d, name, span.clone(), raw, resolver) {
+            scrapes.insert(name.clone(), s);
+        }
+    }
 
     d.finish()?;
     Ok(Spec {
@@ -317,6 +330,7 @@ pub(crate) fn parse(
         backups,
         images,
         services,
+        scrapes,
     })
 }
 

@@ -207,6 +207,14 @@ fn readme_documents_every_key() {
             "[backup.x]\nsource = { paths = [\"/a\"] }\npassword = \"${env:DATABASE_URL}\"\nkeep = { zzzzzzzzzzzz = 1 }\n",
         ),
         (
+            "scrape",
+            "[scrape.x]\nurl = \"http://127.0.0.1:1/metrics\"\nzzzzzzzzzzzz = 1\n",
+        ),
+        (
+            "service metrics",
+            "[image.i]\nbase = \"empty\"\n[service.x]\nimage = \"i\"\ncommand = [\"a\"]\nmetrics = { zzzzzzzzzzzz = 1 }\n",
+        ),
+        (
             "backup drill",
             "[backup.x]\nsource = { paths = [\"/a\"] }\npassword = \"${env:DATABASE_URL}\"\ndrill = { zzzzzzzzzzzz = 1 }\n",
         ),

@@ -17,6 +17,9 @@ use steward_state::{EventKind, EventLog, Meta, NewEvent, Severity, Store, now_ms
 /// Meta key holding the last heartbeat of `serve` (read by `doctor`).
 pub(crate) const HEARTBEAT_KEY: &str = "serve.heartbeat";
 
+/// How often steward stores its own metrics as series.
+const SELF_SCRAPE_INTERVAL: Duration = Duration::from_secs(15);
+
 fn event(
     kind: EventKind,
     severity: Severity,
@@ -184,7 +187,87 @@ pub(crate) async fn run(spec_path: &Path, listen: Option<SocketAddr>) -> u8 {
     }
     .register(proxies, &mut sup, cancel.clone())
     .await;
+    // Metrics as series: static targets, services' instances, steward's own
+    // /metrics (the proxy's per-service requests and latencies), and their
+    // retention. The store is shared with the API.
+    let series: steward_metrics::controller::Series = Default::default();
+    let store_metrics = steward_metrics::controller::StoreMetrics::default();
+    store_metrics.register(&mut registry);
+    let scrape_client = match steward_net::http(steward_net::HttpOptions {
+        timeout: None,
+        connect_timeout: Some(Duration::from_secs(5)),
+        no_proxy: true,
+    }) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return exit::USAGE;
+        }
+    };
+    for s in spec.scrapes.values() {
+        let (client, series, resolver) = (scrape_client.clone(), series.clone(), resolver.clone());
+        let s = s.clone();
+        sup.add(format!("scrape.{}", s.name), move |_| {
+            match steward_metrics::controller::StaticScrape::new(
+                &s,
+                resolver.as_ref(),
+                client.clone(),
+                series.clone(),
+            ) {
+                Ok(c) => Box::new(c),
+                Err(e) => Box::new(steward_runtime::Failing::new("resolve", e)),
+            }
+        });
+    }
+    for svc in spec.services.values() {
+        let Some(m) = svc.metrics.clone() else {
+            continue;
+        };
+        let (client, series, fleet, name) = (
+            scrape_client.clone(),
+            series.clone(),
+            store.clone() as Arc<dyn steward_state::FleetState>,
+            svc.name.clone(),
+        );
+        sup.add(format!("scrape.service.{name}"), move |_| {
+            Box::new(steward_metrics::controller::ServiceScrape::new(
+                &name,
+                m.clone(),
+                fleet.clone(),
+                client.clone(),
+                series.clone(),
+            ))
+        });
+    }
+    {
+        let (series, keep) = (series.clone(), spec.settings.retention.raw.0);
+        sup.add("metrics.retention", move |_| {
+            Box::new(steward_metrics::controller::Retention::new(
+                series.clone(),
+                keep,
+                store_metrics.clone(),
+            ))
+        });
+    }
     sup.metrics().register(&mut registry);
+    let registry = Arc::new(registry);
+    {
+        let (series, registry) = (series.clone(), registry.clone());
+        let encode: Arc<dyn Fn() -> String + Send + Sync> = Arc::new(move || {
+            let mut body = String::new();
+            let _ = prometheus_client::encoding::text::encode(&mut body, &registry);
+            body
+        });
+        let instance = addr.to_string();
+        sup.add("scrape.steward", move |_| {
+            Box::new(steward_metrics::controller::SelfScrape::new(
+                &instance,
+                encode.clone(),
+                series.clone(),
+                SELF_SCRAPE_INTERVAL,
+            ))
+        });
+    }
     let controllers = sup.health();
     let supervised = tokio::spawn(sup.run(cancel.clone()));
 
@@ -225,13 +308,9 @@ pub(crate) async fn run(spec_path: &Path, listen: Option<SocketAddr>) -> u8 {
     };
     tracing::info!(%addr, checks = spec.checks.len(), "serving; status page at {scheme}://{addr}/");
 
-    let state = steward_server::AppState::new(
-        spec.clone(),
-        store.clone(),
-        board.clone(),
-        Arc::new(registry),
-    )
-    .with_controllers(controllers);
+    let state = steward_server::AppState::new(spec.clone(), store.clone(), board.clone(), registry)
+        .with_controllers(controllers)
+        .with_series(series);
     let summaries = tokio::spawn(state.clone().refresh_summaries(cancel.clone()));
     let app = steward_server::router(state);
     let shutdown = {

@@ -243,3 +243,92 @@ async fn vanished_series_and_failed_scrapes_mark_series_stale() {
     assert_eq!(a[..2], [(1000, 1.0), (2000, 3.0)]);
     assert!(a[2].0 == 3000 && is_stale(a[2].1), "{a:?}");
 }
+
+/// `scrape.service.SERVICE` through its controller: the ready instances the
+/// fleet's state lists are scraped, labelled with `service` and `instance`;
+/// one that is no longer ready has its series marked stale, and a starting
+/// one is not scraped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_s_ready_instances_are_scraped_through_the_fleet_state() {
+    use std::sync::Arc;
+    use steward_runtime::Controller;
+    use steward_state::{FleetState, InstanceRow, InstanceState, Store};
+
+    let one = target_server(
+        "text/plain; version=0.0.4",
+        "inflight 1\n".into(),
+        Duration::ZERO,
+    )
+    .await;
+    let two = target_server(
+        "text/plain; version=0.0.4",
+        "inflight 2\n".into(),
+        Duration::ZERO,
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(dir.path()).unwrap());
+    let row = |id: &str, addr: SocketAddr, state: InstanceState| InstanceRow {
+        id: id.into(),
+        service: "api".into(),
+        digest: "d".into(),
+        state,
+        addr: addr.to_string(),
+        provider: serde_json::Value::Null,
+        created_ms: 0,
+        ready_ms: None,
+        updated_ms: 0,
+        reason: None,
+    };
+    store
+        .fleet_put_instance(&row("api-1", one, InstanceState::Ready))
+        .unwrap();
+    store
+        .fleet_put_instance(&row("api-2", two, InstanceState::Starting))
+        .unwrap();
+    let head: steward_metrics::controller::Series = Default::default();
+    let metrics = steward_spec::ServiceMetrics {
+        path: "/metrics".into(),
+        interval: Duration::from_secs(1),
+        timeout: Duration::from_secs(1),
+        limits: steward_spec::ScrapeLimits::default(),
+    };
+    let mut c = steward_metrics::controller::ServiceScrape::new(
+        "api",
+        metrics,
+        store.clone(),
+        client(),
+        head.clone(),
+    );
+    c.reconcile().await.unwrap();
+    let got = select(&head, "inflight");
+    assert_eq!(got.len(), 1, "only the ready instance: {got:?}");
+    assert_eq!(
+        got[0].0,
+        labels(&[
+            ("__name__", "inflight"),
+            ("instance", &one.to_string()),
+            ("job", "api"),
+            ("service", "api")
+        ])
+    );
+    // api-2 is ready now, api-1 is gone.
+    store
+        .fleet_put_instance(&row("api-2", two, InstanceState::Ready))
+        .unwrap();
+    store.fleet_delete_instance("api-1").unwrap();
+    c.reconcile().await.unwrap();
+    let got = select(&head, "inflight");
+    assert_eq!(got.len(), 2);
+    let first = got
+        .iter()
+        .find(|(l, _)| l.contains(&("instance".into(), one.to_string())))
+        .unwrap();
+    assert!(is_stale(first.1.last().unwrap().1), "{first:?}");
+    let second = got
+        .iter()
+        .find(|(l, _)| l.contains(&("instance".into(), two.to_string())))
+        .unwrap();
+    assert_eq!(second.1.len(), 1);
+    assert_eq!(second.1[0].1, 2.0);
+}

@@ -1438,3 +1438,98 @@ alerts = ["slow"]
     assert!(!log.contains("panicked"), "{log}");
     serve.stop();
 }
+
+/// `%`-encodes a query parameter value.
+fn q(v: &str) -> String {
+    v.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+/// `serve` stores metrics as series: a `[scrape.NAME]` target (an exposition
+/// file the test bed's nginx serves) with its labels and `up`, and steward's
+/// own metrics — and lists them through Prometheus's series API, with its
+/// error shape for a bad selector.
+#[test]
+fn serve_scrapes_targets_and_itself_into_series() {
+    let www = common::testbed("STEWARD_TEST_WWW");
+    let file = format!("e2e-metrics-{}.txt", std::process::id());
+    std::fs::write(
+        Path::new(&www).join(&file),
+        "# TYPE jobs_waiting gauge\njobs_waiting{queue=\"render\"} 4\n",
+    )
+    .unwrap();
+    let nginx = common::testbed("STEWARD_TEST_NGINX_URL");
+    let p = Project::new(&format!(
+        "[steward]\nstate_dir = \"state\"\n\n[scrape.web]\nurl = \"{nginx}/{file}\"\ninterval = \"1s\"\nlabels = {{ env = \"test\" }}\n"
+    ));
+    let serve = common::serve(&p.spec(), &[]);
+    let api = |path: &str| -> serde_json::Value {
+        let body = common::http_get(&serve.addr, path);
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"))
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let found = loop {
+        let v = api(&format!(
+            "/api/v1/series?match[]={}",
+            q("jobs_waiting{env=\"test\"}")
+        ));
+        if v["data"].as_array().is_some_and(|d| !d.is_empty()) {
+            break v;
+        }
+        assert!(std::time::Instant::now() < deadline, "never scraped: {v}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(found["status"], "success");
+    let series = &found["data"][0];
+    assert_eq!(series["__name__"], "jobs_waiting");
+    assert_eq!(series["queue"], "render");
+    assert_eq!(series["job"], "web");
+    assert_eq!(series["instance"], nginx.trim_start_matches("http://"));
+    let up = api(&format!("/api/v1/series?match[]={}", q("up{job=\"web\"}")));
+    assert_eq!(up["data"].as_array().unwrap().len(), 1, "{up}");
+    // steward's own metrics are series too (stored every 15 s, the first at start).
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let jobs = api("/api/v1/label/job/values");
+        let jobs: Vec<&str> = jobs["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|v| v.as_str())
+            .collect();
+        if jobs == ["steward", "web"] {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "jobs: {jobs:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let own = api(&format!(
+        "/api/v1/series?match[]={}",
+        q("steward_health_runs_total")
+    ));
+    assert_eq!(own["data"][0]["job"], "steward", "{own}");
+    let names = api("/api/v1/labels");
+    for n in ["__name__", "env", "instance", "job", "queue"] {
+        assert!(
+            names["data"]
+                .as_array()
+                .unwrap()
+                .contains(&serde_json::json!(n)),
+            "{names}"
+        );
+    }
+    // Prometheus's error shape for a selector that does not parse.
+    let bad = api(&format!("/api/v1/series?match[]={}", q("up{")));
+    assert_eq!(bad["status"], "error");
+    assert_eq!(bad["errorType"], "bad_data");
+    let none = api("/api/v1/series");
+    assert_eq!(none["error"], "no match[] parameter provided");
+    let _ = std::fs::remove_file(Path::new(&www).join(&file));
+}

@@ -1,0 +1,378 @@
+//! The metrics controllers of `serve`, under the supervisor like every other:
+//!
+//! - `scrape.NAME`: a `[scrape.NAME]` target, every `interval`;
+//! - `scrape.service.SERVICE`: each ready instance of a service with
+//!   `metrics`, found through the fleet's state, labelled with `service` and
+//!   `instance` (its address); an instance that goes away gets its series
+//!   marked stale;
+//! - `scrape.steward`: steward's own `/metrics` (the proxy's request counts
+//!   and latencies per service among them), with no network in between;
+//! - `metrics.retention`: drops chunks older than the raw retention and
+//!   reports the store's size, every 15 s.
+//!
+//! Fetching is async; parsing and storing run on the blocking pool, so a
+//! large scrape never holds up probes on `serve`'s thread.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use steward_runtime::{Controller, Next, Step, StepError};
+use steward_state::{FleetState, InstanceState};
+
+use crate::exposition::Format;
+use crate::scrape::{Limits, Report, Scraper, Target, fetch};
+use crate::tsdb::head::Head;
+
+/// The series store shared by the scrapers, the retention and the API.
+pub type Series = Arc<Mutex<Head>>;
+
+/// Gauges about the series store, on `/metrics`.
+#[derive(Clone, Default)]
+pub struct StoreMetrics {
+    series: Gauge,
+    samples: Gauge,
+    bytes: Gauge,
+}
+
+impl StoreMetrics {
+    /// Registers `steward_tsdb_series`, `steward_tsdb_samples` and `steward_tsdb_chunk_bytes`.
+    pub fn register(&self, r: &mut Registry) {
+        r.register(
+            "steward_tsdb_series",
+            "Series held in the metrics store",
+            self.series.clone(),
+        );
+        r.register(
+            "steward_tsdb_samples",
+            "Samples held in the metrics store",
+            self.samples.clone(),
+        );
+        r.register(
+            "steward_tsdb_chunk_bytes",
+            "Bytes of compressed samples held in the metrics store",
+            self.bytes.clone(),
+        );
+    }
+}
+
+fn now_ms() -> i64 {
+    steward_state::now_ms()
+}
+
+fn limits(l: steward_spec::ScrapeLimits) -> Limits {
+    Limits {
+        samples: l.samples,
+        labels: l.labels,
+        body_bytes: l.body_bytes,
+    }
+}
+
+/// Logs a target's change between up and down (not every failed scrape).
+fn log_change(was_up: &mut Option<bool>, job: &str, target: &str, r: &Report) {
+    if *was_up != Some(r.up) {
+        match &r.error {
+            Some(e) => tracing::warn!(job, target, error = %e, "scrape target down"),
+            None => tracing::info!(job, target, samples = r.scraped, "scrape target up"),
+        }
+        *was_up = Some(r.up);
+    }
+}
+
+/// Parses and stores a fetched body on the blocking pool.
+async fn finish(
+    head: &Series,
+    mut scraper: Scraper,
+    fetched: Result<(Format, String), crate::scrape::ScrapeError>,
+    started: Instant,
+    now: i64,
+) -> (Scraper, Report) {
+    let head = head.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut h = head.lock().unwrap_or_else(|e| e.into_inner());
+        let report = scraper.finish(&mut h, fetched, started, now);
+        (scraper, report)
+    })
+    .await
+    .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+}
+
+/// `scrape.NAME`: one static target.
+pub struct StaticScrape {
+    scraper: Option<Scraper>,
+    client: reqwest::Client,
+    head: Series,
+    interval: Duration,
+    job: String,
+    was_up: Option<bool>,
+}
+
+impl StaticScrape {
+    /// A controller for `[scrape.NAME]`; the URL's secret is resolved here.
+    pub fn new(
+        s: &steward_spec::Scrape,
+        resolver: &dyn steward_spec::Resolver,
+        client: reqwest::Client,
+        head: Series,
+    ) -> Result<StaticScrape, String> {
+        let url = s
+            .url
+            .resolve(resolver)
+            .map_err(|e| e.to_string())?
+            .expose()
+            .to_string();
+        let target = Target {
+            url,
+            labels: s
+                .labels
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            timeout: s.timeout,
+            limits: limits(s.limits),
+        };
+        Ok(StaticScrape {
+            scraper: Some(Scraper::new(target)),
+            client,
+            head,
+            interval: s.interval,
+            job: s.name.clone(),
+            was_up: None,
+        })
+    }
+}
+
+impl Controller for StaticScrape {
+    fn reconcile(&mut self) -> Step<'_> {
+        Box::pin(async move {
+            let started = Instant::now();
+            let now = now_ms();
+            let scraper = self.scraper.take().expect("a scraper between steps");
+            let fetched = fetch(&self.client, &scraper.target).await;
+            let (scraper, report) = finish(&self.head, scraper, fetched, started, now).await;
+            log_change(&mut self.was_up, &self.job, &scraper.target.url, &report);
+            self.scraper = Some(scraper);
+            Ok(Next::After(self.interval.saturating_sub(started.elapsed())))
+        })
+    }
+}
+
+/// `scrape.service.SERVICE`: every ready instance of a service.
+pub struct ServiceScrape {
+    service: String,
+    metrics: steward_spec::ServiceMetrics,
+    fleet: Arc<dyn FleetState>,
+    client: reqwest::Client,
+    head: Series,
+    scrapers: HashMap<String, (Scraper, Option<bool>)>,
+}
+
+impl ServiceScrape {
+    /// A controller for a service's `metrics`.
+    pub fn new(
+        service: &str,
+        metrics: steward_spec::ServiceMetrics,
+        fleet: Arc<dyn FleetState>,
+        client: reqwest::Client,
+        head: Series,
+    ) -> ServiceScrape {
+        ServiceScrape {
+            service: service.to_string(),
+            metrics,
+            fleet,
+            client,
+            head,
+            scrapers: HashMap::new(),
+        }
+    }
+}
+
+impl Controller for ServiceScrape {
+    fn reconcile(&mut self) -> Step<'_> {
+        Box::pin(async move {
+            let started = Instant::now();
+            let now = now_ms();
+            let service = self.service.clone();
+            let instances =
+                steward_state::off_thread(&self.fleet, move |f| f.fleet_instances(Some(&service)))
+                    .await
+                    .map_err(|e| StepError::new("observe", e))?;
+            let ready: HashMap<String, String> = instances
+                .into_iter()
+                .filter(|i| {
+                    i.state == InstanceState::Ready || matches!(i.state, InstanceState::Draining(_))
+                })
+                .map(|i| (i.id, i.addr))
+                .collect();
+            // Instances gone since the last step: their series end here.
+            let gone: Vec<String> = self
+                .scrapers
+                .keys()
+                .filter(|id| !ready.contains_key(*id))
+                .cloned()
+                .collect();
+            if !gone.is_empty() {
+                let mut head = self.head.lock().unwrap_or_else(|e| e.into_inner());
+                for id in gone {
+                    if let Some((mut s, _)) = self.scrapers.remove(&id) {
+                        s.mark_all_stale(&mut head, now);
+                    }
+                }
+            }
+            for (id, addr) in &ready {
+                self.scrapers.entry(id.clone()).or_insert_with(|| {
+                    let target = Target {
+                        url: format!("http://{addr}{}", self.metrics.path),
+                        labels: vec![
+                            ("instance".into(), addr.clone()),
+                            ("job".into(), self.service.clone()),
+                            ("service".into(), self.service.clone()),
+                        ],
+                        timeout: self.metrics.timeout,
+                        limits: limits(self.metrics.limits),
+                    };
+                    (Scraper::new(target), None)
+                });
+            }
+            // Fetch them all at once, then store on the blocking pool.
+            let fetches = self.scrapers.iter().map(|(id, (s, _))| {
+                let client = self.client.clone();
+                let target = s.target.clone();
+                let id = id.clone();
+                async move { (id, fetch(&client, &target).await) }
+            });
+            let fetched = futures_util::future::join_all(fetches).await;
+            let mut taken: Vec<(String, Scraper, Option<bool>)> = self
+                .scrapers
+                .drain()
+                .map(|(id, (s, up))| (id, s, up))
+                .collect();
+            let head = self.head.clone();
+            let results = tokio::task::spawn_blocking(move || {
+                let mut h = head.lock().unwrap_or_else(|e| e.into_inner());
+                let mut out = Vec::new();
+                for (id, body) in fetched {
+                    if let Some(i) = taken.iter().position(|(t, _, _)| *t == id) {
+                        let (id, mut s, up) = taken.swap_remove(i);
+                        let r = s.finish(&mut h, body, started, now);
+                        out.push((id, s, up, r));
+                    }
+                }
+                out
+            })
+            .await
+            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+            for (id, s, mut up, r) in results {
+                log_change(&mut up, &self.service, &s.target.url, &r);
+                self.scrapers.insert(id, (s, up));
+            }
+            Ok(Next::After(
+                self.metrics.interval.saturating_sub(started.elapsed()),
+            ))
+        })
+    }
+}
+
+/// `scrape.steward`: steward's own metrics, encoded and stored directly.
+pub struct SelfScrape {
+    scraper: Option<Scraper>,
+    encode: Arc<dyn Fn() -> String + Send + Sync>,
+    head: Series,
+    interval: Duration,
+}
+
+impl SelfScrape {
+    /// Stores what `encode` returns (OpenMetrics text) every `interval`,
+    /// labelled `job="steward"`, `instance=INSTANCE`.
+    pub fn new(
+        instance: &str,
+        encode: Arc<dyn Fn() -> String + Send + Sync>,
+        head: Series,
+        interval: Duration,
+    ) -> SelfScrape {
+        let target = Target {
+            url: "steward:/metrics".into(),
+            labels: vec![
+                ("instance".into(), instance.to_string()),
+                ("job".into(), "steward".into()),
+            ],
+            timeout: interval,
+            limits: Limits {
+                samples: 0,
+                labels: 0,
+                body_bytes: usize::MAX,
+            },
+        };
+        SelfScrape {
+            scraper: Some(Scraper::new(target)),
+            encode,
+            head,
+            interval,
+        }
+    }
+}
+
+impl Controller for SelfScrape {
+    fn reconcile(&mut self) -> Step<'_> {
+        Box::pin(async move {
+            let started = Instant::now();
+            let now = now_ms();
+            let body = (self.encode)();
+            let scraper = self.scraper.take().expect("a scraper between steps");
+            let (scraper, report) = finish(
+                &self.head,
+                scraper,
+                Ok((Format::OpenMetrics, body)),
+                started,
+                now,
+            )
+            .await;
+            self.scraper = Some(scraper);
+            if let Some(e) = report.error {
+                return Err(StepError::new("ingest", e));
+            }
+            Ok(Next::After(self.interval.saturating_sub(started.elapsed())))
+        })
+    }
+}
+
+/// `metrics.retention`: old chunks out, sizes reported, every 15 s.
+pub struct Retention {
+    head: Series,
+    keep: Duration,
+    metrics: StoreMetrics,
+}
+
+impl Retention {
+    /// Keeps `keep` of samples.
+    pub fn new(head: Series, keep: Duration, metrics: StoreMetrics) -> Retention {
+        Retention {
+            head,
+            keep,
+            metrics,
+        }
+    }
+}
+
+impl Controller for Retention {
+    fn reconcile(&mut self) -> Step<'_> {
+        Box::pin(async move {
+            let head = self.head.clone();
+            let before = now_ms() - self.keep.as_millis() as i64;
+            let (series, samples, bytes) = tokio::task::spawn_blocking(move || {
+                let mut h = head.lock().unwrap_or_else(|e| e.into_inner());
+                h.truncate(before);
+                let (bytes, samples) = h.sample_bytes();
+                (h.series_count(), samples, bytes)
+            })
+            .await
+            .map_err(|e| StepError::new("truncate", e))?;
+            self.metrics.series.set(series as i64);
+            self.metrics.samples.set(samples as i64);
+            self.metrics.bytes.set(bytes as i64);
+            Ok(Next::After(Duration::from_secs(15)))
+        })
+    }
+}
