@@ -3,5 +3,6 @@
 
 mod autoscale;
 mod exposition;
+mod promql;
 mod scrape;
 mod tsdb;

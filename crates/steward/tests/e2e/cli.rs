@@ -1454,8 +1454,8 @@ fn q(v: &str) -> String {
 
 /// `serve` stores metrics as series: a `[scrape.NAME]` target (an exposition
 /// file the test bed's nginx serves) with its labels and `up`, and steward's
-/// own metrics — and lists them through Prometheus's series API, with its
-/// error shape for a bad selector.
+/// own metrics — lists them through Prometheus's series API and answers
+/// PromQL queries over them, with Prometheus's answer and error shapes.
 #[test]
 fn serve_scrapes_targets_and_itself_into_series() {
     let www = common::testbed("STEWARD_TEST_WWW");
@@ -1531,5 +1531,63 @@ fn serve_scrapes_targets_and_itself_into_series() {
     assert_eq!(bad["errorType"], "bad_data");
     let none = api("/api/v1/series");
     assert_eq!(none["error"], "no match[] parameter provided");
+    // PromQL over them, with Prometheus's answer shapes.
+    let v = api(&format!(
+        "/api/v1/query?query={}",
+        q("sum by (queue) (jobs_waiting) * 2")
+    ));
+    assert_eq!(v["data"]["resultType"], "vector", "{v}");
+    assert_eq!(
+        v["data"]["result"][0]["metric"],
+        serde_json::json!({"queue": "render"})
+    );
+    assert_eq!(v["data"]["result"][0]["value"][1], "8");
+    // A range query over the last 5 s, once `web` has been up that long.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let v = api(&format!(
+            "/api/v1/query_range?query={}&start={}&end={now}&step=1s",
+            q("up{job=\"web\"}"),
+            now - 5
+        ));
+        assert_eq!(v["data"]["resultType"], "matrix", "{v}");
+        let values = v["data"]["result"][0]["values"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        if values.len() == 6 {
+            assert!(values.iter().all(|p| p[1] == "1"), "{v}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{v}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    // Grafana POSTs its queries as a form.
+    let body = format!("query={}", q("scalar(jobs_waiting)"));
+    let posted = {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(&serve.addr).unwrap();
+        write!(
+            s,
+            "POST /api/v1/query HTTP/1.0\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    };
+    let (_, posted) = posted.split_once("\r\n\r\n").unwrap();
+    let posted: serde_json::Value = serde_json::from_str(posted).unwrap();
+    assert_eq!(posted["data"]["resultType"], "scalar", "{posted}");
+    assert_eq!(posted["data"]["result"][1], "4");
+    let bad = api(&format!("/api/v1/query?query={}", q("sum(")));
+    assert_eq!(bad["errorType"], "bad_data", "{bad}");
+    let unsupported = api(&format!("/api/v1/query?query={}", q("rate(up[5m:1m])")));
+    assert_eq!(unsupported["errorType"], "execution", "{unsupported}");
     let _ = std::fs::remove_file(Path::new(&www).join(&file));
 }

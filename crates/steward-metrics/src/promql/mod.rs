@@ -1,6 +1,8 @@
 //! PromQL, parsed by the `promql-parser` crate (it follows Prometheus's own
-//! grammar). What steward evaluates so far: series selectors, as the
-//! `match[]` of the series API takes them.
+//! grammar): series selectors for the series API ([`selector`]) and
+//! evaluation ([`eval`]).
+
+pub mod eval;
 
 use promql_parser::label::MatchOp as P;
 use promql_parser::parser::Expr;
