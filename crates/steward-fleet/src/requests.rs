@@ -5,7 +5,7 @@
 //! out.
 
 use steward_spec::Service;
-use steward_state::{FleetState, now_ms};
+use steward_state::{EventKind, EventLog, FleetState, NewEvent, Severity, StateError, now_ms};
 
 pub use crate::plan::DeployKind;
 
@@ -26,6 +26,54 @@ pub fn request_deploy(
         kind.starts_promoted(&svc.rollout),
         now_ms(),
     )
+}
+
+/// Why a scale request was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ScaleError {
+    /// The count is outside the service's `replicas`.
+    #[error("{service} {message}")]
+    OutOfRange {
+        /// The service.
+        service: String,
+        /// The range and the count.
+        message: String,
+    },
+    /// The state database failed.
+    #[error(transparent)]
+    State(#[from] StateError),
+}
+
+/// Asks for `n` instances of `svc` (the one door for `steward scale`, the
+/// API and the autoscaler): checked against `replicas`, written as the
+/// desired count and recorded as `fleet.scaled` by `who` with `why`.
+pub fn request_scale(
+    store: &(impl FleetState + EventLog + ?Sized),
+    svc: &Service,
+    n: u32,
+    who: &str,
+    why: Option<&str>,
+) -> Result<(), ScaleError> {
+    svc.replicas
+        .check(n)
+        .map_err(|message| ScaleError::OutOfRange {
+            service: svc.name.clone(),
+            message,
+        })?;
+    store.fleet_set_replicas(&svc.name, n, now_ms())?;
+    let mut message = format!("{} scaled to {n} by {who}", svc.name);
+    if let Some(why) = why {
+        message.push_str(": ");
+        message.push_str(why);
+    }
+    store.append_event(&NewEvent::now(
+        EventKind::FleetScaled,
+        &svc.name,
+        Severity::Info,
+        message,
+        serde_json::json!({"replicas": n, "who": who}),
+    ))?;
+    Ok(())
 }
 
 /// `user@host` of whoever runs this process, for the deploy history.

@@ -376,3 +376,279 @@ impl Controller for Retention {
         })
     }
 }
+
+/// What the autoscaler needs of the state database: the fleet's tables, the
+/// event log, and the key/value table (its latest decision, for
+/// `steward scale --explain`).
+pub trait AutoscaleStore: FleetState + steward_state::EventLog + steward_state::Meta {}
+
+impl<T: FleetState + steward_state::EventLog + steward_state::Meta + ?Sized> AutoscaleStore for T {}
+
+/// The meta key holding a service's latest autoscaler decision (JSON).
+pub fn decision_key(service: &str) -> String {
+    format!("autoscale.{service}")
+}
+
+/// The pure policy of a service's `autoscale`.
+pub fn policy(
+    svc: &steward_spec::Service,
+    a: &steward_spec::Autoscale,
+) -> crate::autoscale::Policy {
+    use crate::autoscale::{Behavior, Metric, RatePolicy, Rules, Select, Target};
+    let rules = |r: &steward_spec::ScaleRules| Rules {
+        stabilization_ms: r.stabilization.as_millis() as i64,
+        select: match r.select {
+            steward_spec::ScaleSelect::Max => Select::Max,
+            steward_spec::ScaleSelect::Min => Select::Min,
+            steward_spec::ScaleSelect::Disabled => Select::Disabled,
+        },
+        policies: r
+            .policies
+            .iter()
+            .map(|p| match *p {
+                steward_spec::ScalePolicy::Instances(value, period) => RatePolicy::Instances {
+                    value,
+                    period_ms: period.as_millis() as i64,
+                },
+                steward_spec::ScalePolicy::Percent(value, period) => RatePolicy::Percent {
+                    value,
+                    period_ms: period.as_millis() as i64,
+                },
+            })
+            .collect(),
+    };
+    crate::autoscale::Policy {
+        min: svc.replicas.min,
+        max: svc.replicas.max,
+        metrics: a
+            .metrics
+            .iter()
+            .map(|m| Metric {
+                name: m.expr.clone(),
+                target: match m.target {
+                    steward_spec::AutoscaleTarget::PerInstance(v) => Target::AverageValue(v),
+                    steward_spec::AutoscaleTarget::Value(v) => Target::Value(v),
+                },
+                activation: m.activation,
+            })
+            .collect(),
+        behavior: Behavior {
+            up: rules(&a.scale_up),
+            down: rules(&a.scale_down),
+            cooldown_ms: a.cooldown.as_millis() as i64,
+        },
+    }
+}
+
+/// What an expression says now, as the autoscaler reads it: per instance
+/// when the series carry an `instance` label naming the service's instances
+/// (by address), otherwise the sum of the values for the whole service.
+pub fn reading(
+    head: &Head,
+    expr: &str,
+    now: i64,
+    instances: &[(String, bool)],
+) -> Result<crate::autoscale::Reading, String> {
+    use crate::autoscale::{InstanceReading, Reading};
+    use crate::promql::eval::{Value, instant};
+    match instant(head, expr, now).map_err(|e| e.to_string())? {
+        Value::Scalar(v) => Ok(Reading::Total(v.is_finite().then_some(v))),
+        Value::Vector(v) => {
+            let per_instance = v.iter().any(|s| {
+                s.labels
+                    .iter()
+                    .any(|(n, val)| n == "instance" && instances.iter().any(|(a, _)| a == val))
+            });
+            if per_instance {
+                Ok(Reading::PerInstance(
+                    instances
+                        .iter()
+                        .map(|(addr, ready)| InstanceReading {
+                            ready: *ready,
+                            value: v
+                                .iter()
+                                .find(|s| {
+                                    s.labels
+                                        .iter()
+                                        .any(|(n, val)| n == "instance" && val == addr)
+                                })
+                                .map(|s| s.value)
+                                .filter(|x| x.is_finite()),
+                        })
+                        .collect(),
+                ))
+            } else if v.is_empty() {
+                Ok(Reading::Total(None))
+            } else {
+                Ok(Reading::Total(Some(v.iter().map(|s| s.value).sum())))
+            }
+        }
+        _ => Err(format!("`{expr}` is not a number or an instant vector")),
+    }
+}
+
+/// `autoscale.SERVICE`: decides a service's count from its metrics every
+/// `interval` and, in `act` mode, asks the fleet for it through the same
+/// door as `steward scale`.
+pub struct Autoscaler {
+    service: steward_spec::Service,
+    autoscale: steward_spec::Autoscale,
+    policy: crate::autoscale::Policy,
+    store: Arc<dyn AutoscaleStore>,
+    head: Series,
+    history: crate::autoscale::History,
+    last_recommended: Option<u32>,
+}
+
+impl Autoscaler {
+    /// The autoscaler of a service with `autoscale`.
+    pub fn new(
+        service: steward_spec::Service,
+        store: Arc<dyn AutoscaleStore>,
+        head: Series,
+    ) -> Option<Autoscaler> {
+        let autoscale = service.autoscale.clone()?;
+        let policy = policy(&service, &autoscale);
+        Some(Autoscaler {
+            service,
+            autoscale,
+            policy,
+            store,
+            head,
+            history: Default::default(),
+            last_recommended: None,
+        })
+    }
+}
+
+impl Controller for Autoscaler {
+    fn reconcile(&mut self) -> Step<'_> {
+        Box::pin(async move {
+            let started = Instant::now();
+            let now = now_ms();
+            let name = self.service.name.clone();
+            let (row, instances) = steward_state::off_thread(&self.store, move |s| {
+                Ok((s.fleet_service(&name)?, s.fleet_instances(Some(&name))?))
+            })
+            .await
+            .map_err(|e| StepError::new("observe", e))?;
+            let current = self.service.replicas.desired(row.and_then(|r| r.replicas));
+            let target = instances
+                .iter()
+                .filter(|i| i.state.runs())
+                .map(|i| (i.addr.clone(), i.state == InstanceState::Ready))
+                .collect::<Vec<_>>();
+            let ready = target.iter().filter(|(_, r)| *r).count() as u32;
+            let (head, exprs) = (self.head.clone(), self.autoscale.metrics.clone());
+            let readings = tokio::task::spawn_blocking(move || {
+                let h = head.lock().unwrap_or_else(|e| e.into_inner());
+                exprs
+                    .iter()
+                    .map(|m| reading(&h, &m.expr, now, &target))
+                    .collect::<Result<Vec<_>, String>>()
+            })
+            .await
+            .map_err(|e| StepError::new("observe", e))?
+            .map_err(|e| StepError::new("query", e))?;
+            let seen = crate::autoscale::Observation {
+                current,
+                ready,
+                readings,
+            };
+            let d = crate::autoscale::decide(&self.policy, &seen, &self.history, now);
+            self.history.recommendations.push((now, d.recommendation));
+            if d.active {
+                self.history.last_active_ms = Some(now);
+            }
+            let b = &self.policy.behavior;
+            let keep = [b.up.stabilization_ms, b.down.stabilization_ms]
+                .into_iter()
+                .chain(
+                    b.up.policies
+                        .iter()
+                        .chain(&b.down.policies)
+                        .map(|p| match *p {
+                            crate::autoscale::RatePolicy::Instances { period_ms, .. }
+                            | crate::autoscale::RatePolicy::Percent { period_ms, .. } => period_ms,
+                        }),
+                )
+                .max()
+                .unwrap_or(0);
+            self.history.trim(now, keep);
+            let record = serde_json::json!({
+                "at_ms": now,
+                "current": current,
+                "desired": d.desired,
+                "recommendation": d.recommendation,
+                "mode": if self.autoscale.mode == steward_spec::AutoscaleMode::Act { "act" } else { "recommend" },
+                "reason": d.reason,
+            });
+            let key = decision_key(&self.service.name);
+            let (svc, desired, reason, mode) = (
+                self.service.clone(),
+                d.desired,
+                d.reason.clone(),
+                self.autoscale.mode,
+            );
+            let changes = d.desired != current;
+            let recommend_news = mode == steward_spec::AutoscaleMode::Recommend
+                && changes
+                && self.last_recommended != Some(d.desired);
+            steward_state::off_thread(&self.store, move |s| {
+                s.set_meta(&key, &record.to_string())?;
+                if changes && mode == steward_spec::AutoscaleMode::Act {
+                    let why = reason.replace('\n', "; ");
+                    match steward_fleet_scale(s, &svc, desired, &why) {
+                        Ok(()) => {}
+                        Err(e) => return Err(e),
+                    }
+                } else if recommend_news {
+                    s.append_event(&steward_state::NewEvent::now(
+                        steward_state::EventKind::AutoscaleRecommended,
+                        &svc.name,
+                        steward_state::Severity::Info,
+                        format!(
+                            "{} would scale from {current} to {desired}: {}",
+                            svc.name,
+                            reason.replace('\n', "; ")
+                        ),
+                        serde_json::json!({"from": current, "to": desired}),
+                    ))?;
+                }
+                Ok(())
+            })
+            .await
+            .map_err(|e| StepError::new("act", e))?;
+            if changes && mode == steward_spec::AutoscaleMode::Act {
+                self.history
+                    .changes
+                    .push((now, i64::from(d.desired) - i64::from(current)));
+                tracing::info!(service = %self.service.name, from = current, to = d.desired, "autoscaled");
+            }
+            if mode == steward_spec::AutoscaleMode::Recommend {
+                self.last_recommended = Some(d.desired);
+            }
+            Ok(Next::After(
+                self.autoscale.interval.saturating_sub(started.elapsed()),
+            ))
+        })
+    }
+}
+
+/// The fleet's one scale door, as a state error for the step.
+fn steward_fleet_scale(
+    s: &(dyn AutoscaleStore + 'static),
+    svc: &steward_spec::Service,
+    n: u32,
+    why: &str,
+) -> Result<(), steward_state::StateError> {
+    match steward_fleet::requests::request_scale(s, svc, n, "the autoscaler", Some(why)) {
+        Ok(()) => Ok(()),
+        Err(steward_fleet::requests::ScaleError::State(e)) => Err(e),
+        // decide() keeps within the replicas; out of range cannot happen.
+        Err(e) => {
+            tracing::error!(error = %e, "autoscaler asked for a count outside the replicas");
+            Ok(())
+        }
+    }
+}

@@ -14,8 +14,8 @@ use steward_spec::Check;
 
 use crate::AppState;
 use steward_state::{
-    AlertLog, Bucket, CheckHistory, CheckStateRow, Delivery, Event, EventKind, EventLog,
-    EventQuery, FleetState, ResultRow, Severity, Uptime, now_ms,
+    AlertLog, Bucket, CheckHistory, CheckStateRow, Delivery, Event, EventLog, EventQuery,
+    FleetState, ResultRow, Uptime, now_ms,
 };
 
 pub(crate) fn routes() -> Router<AppState> {
@@ -367,26 +367,21 @@ async fn scale(
     Path(name): Path<String>,
     Json(body): Json<ScaleBody>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let svc = service(&s, &name)?;
-    if let Err(e) = svc.replicas.check(body.replicas) {
-        return Err(ApiError(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            format!("{name} {e}"),
-        ));
-    }
+    let svc = service(&s, &name)?.clone();
     let store = s.store.clone();
     let n = body.replicas;
-    blocking(move || {
-        store.fleet_set_replicas(&name, n, now_ms())?;
-        store.append_event(&steward_state::NewEvent::now(
-            EventKind::FleetScaled,
-            &name,
-            Severity::Info,
-            format!("{name} scaled to {n} through the API"),
-            serde_json::json!({"replicas": n}),
-        ))
+    let asked = tokio::task::spawn_blocking(move || {
+        steward_fleet::requests::request_scale(&*store, &svc, n, "the API", None)
     })
-    .await?;
+    .await
+    .map_err(internal)?;
+    match asked {
+        Ok(()) => {}
+        Err(e @ steward_fleet::requests::ScaleError::OutOfRange { .. }) => {
+            return Err(ApiError(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()));
+        }
+        Err(e) => return Err(internal(e)),
+    }
     Ok(Json(serde_json::json!({"replicas": n})))
 }
 

@@ -9,6 +9,7 @@
 //! Each capability owns its top-level table (`[check.*]`, `[alert.*]`, ...).
 
 mod alert;
+mod autoscale;
 mod backup;
 mod check;
 mod condition;
@@ -23,6 +24,10 @@ mod secret;
 mod service;
 mod validate;
 
+pub use autoscale::{
+    Autoscale, AutoscaleMetric, AutoscaleMode, AutoscaleTarget, ScalePolicy, ScaleRules,
+    ScaleSelect,
+};
 pub use backup::{Backup, DEFAULT_STORE, Drill, Keep, Source, Store, StoreKind};
 pub use condition::{
     Condition, ConditionError, Observed, Op, Operand, PathSeg, Placeholder, Selector, Verdict,

@@ -56,6 +56,8 @@ pub struct Settings {
     pub public_metrics: bool,
     /// Serve HTTPS with these PEM files (reloaded on SIGHUP).
     pub tls: Option<TlsPaths>,
+    /// How often `serve` stores its own metrics as series.
+    pub self_scrape_interval: std::time::Duration,
 }
 
 /// Certificate chain and private key of `serve`'s HTTPS listener.

@@ -21,6 +21,7 @@ pub(crate) struct RawSettings {
     pub(crate) insecure: Option<bool>,
     pub(crate) public_metrics: Option<bool>,
     pub(crate) tls: Option<RawTls>,
+    pub(crate) self_scrape_interval: Option<crate::duration::Dur>,
 }
 
 /// `tls = { cert = "...", key = "..." }`

@@ -126,6 +126,8 @@ pub struct Service {
     pub mounts: Vec<(String, String, bool)>,
     /// Each instance's metrics, scraped (none: not scraped).
     pub metrics: Option<crate::scrape::ServiceMetrics>,
+    /// The instance count follows these metrics (none: it is set by hand).
+    pub autoscale: Option<crate::autoscale::Autoscale>,
 }
 
 impl Service {
@@ -169,6 +171,7 @@ pub(crate) struct RawService {
     #[serde(default)]
     mounts: Vec<Spanned<String>>,
     metrics: Option<Spanned<crate::scrape::RawServiceMetrics>>,
+    autoscale: Option<Spanned<crate::autoscale::RawAutoscale>>,
 }
 
 /// `replicas`: a count, or `{ min, max }` and nothing else. Deserialized by
@@ -438,6 +441,15 @@ pub(crate) fn service(
         .metrics
         .as_ref()
         .map(|m| crate::scrape::service_metrics(d, name, m.span(), m.get_ref()));
+    let autoscale = raw.autoscale.as_ref().and_then(|a| {
+        crate::autoscale::autoscale(
+            d,
+            name,
+            a.span(),
+            a.get_ref(),
+            Some((replicas.min, replicas.max)),
+        )
+    });
     let memory = raw.memory.as_ref().and_then(|m| {
         let b = bytes(m.get_ref());
         if b.is_none() {
@@ -512,6 +524,7 @@ pub(crate) fn service(
         memory,
         mounts,
         metrics,
+        autoscale,
     })
 }
 

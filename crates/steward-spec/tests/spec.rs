@@ -215,6 +215,18 @@ fn readme_documents_every_key() {
             "[image.i]\nbase = \"empty\"\n[service.x]\nimage = \"i\"\ncommand = [\"a\"]\nmetrics = { zzzzzzzzzzzz = 1 }\n",
         ),
         (
+            "service autoscale",
+            "[image.i]\nbase = \"empty\"\n[service.x]\nimage = \"i\"\ncommand = [\"a\"]\nreplicas = { min = 1, max = 2 }\nautoscale = { zzzzzzzzzzzz = 1 }\n",
+        ),
+        (
+            "service autoscale metric",
+            "[image.i]\nbase = \"empty\"\n[service.x]\nimage = \"i\"\ncommand = [\"a\"]\nreplicas = { min = 1, max = 2 }\nautoscale = { metrics = [{ zzzzzzzzzzzz = 1 }] }\n",
+        ),
+        (
+            "service autoscale rules",
+            "[image.i]\nbase = \"empty\"\n[service.x]\nimage = \"i\"\ncommand = [\"a\"]\nreplicas = { min = 1, max = 2 }\nautoscale = { scale_up = { zzzzzzzzzzzz = 1 } }\n",
+        ),
+        (
             "backup drill",
             "[backup.x]\nsource = { paths = [\"/a\"] }\npassword = \"${env:DATABASE_URL}\"\ndrill = { zzzzzzzzzzzz = 1 }\n",
         ),

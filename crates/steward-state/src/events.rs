@@ -80,6 +80,7 @@ kinds! {
     FleetInstanceStopped => "fleet.instance_stopped", "an instance was stopped (and parked or destroyed)";
     FleetInstanceDestroyed => "fleet.instance_destroyed", "an instance and its copy of the image were removed";
     FleetInstanceExited => "fleet.instance_exited", "an instance's process ended by itself";
+    AutoscaleRecommended => "autoscale.recommended", "the autoscaler in `recommend` mode would change a service's count (the arithmetic in the message)";
     ServeStarted => "serve.started", "`steward serve` started";
     ServeStopped => "serve.stopped", "`steward serve` stopped";
     ServeTlsReloaded => "serve.tls_reloaded", "SIGHUP re-read the TLS certificate";

@@ -12,7 +12,7 @@ use steward_fleet::requests::DeployKind;
 use steward_spec::{OsResolver, Service, Spec};
 
 use crate::exit;
-use steward_state::{EventKind, EventLog, EventQuery, FleetState, Severity, Store, now_ms};
+use steward_state::{EventKind, EventLog, EventQuery, FleetState, Meta, Severity, Store, now_ms};
 
 fn open(spec: &Spec) -> Result<Store, u8> {
     Store::open(&spec.settings.state_dir).map_err(|e| {
@@ -231,22 +231,57 @@ pub(crate) fn scale(spec_path: &Path, name: &str, n: u32) -> u8 {
         Ok(c) => c,
         Err(code) => return code,
     };
-    if let Err(e) = svc.replicas.check(n) {
-        eprintln!("error: {name} {e}");
+    let who = steward_fleet::requests::who();
+    match steward_fleet::requests::request_scale(&store, &svc, n, &who, None) {
+        Ok(()) => {}
+        Err(e @ steward_fleet::requests::ScaleError::OutOfRange { .. }) => {
+            eprintln!("error: {e}");
+            return exit::USAGE;
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            return exit::FAILED;
+        }
+    }
+    println!("{name}: {n} instances wanted");
+    exit::OK
+}
+
+/// `steward scale --explain SERVICE`: the autoscaler's latest decision.
+pub(crate) fn explain(spec_path: &Path, name: &str) -> u8 {
+    let (_, svc, store) = match context(spec_path, name) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    if svc.autoscale.is_none() {
+        eprintln!("error: service `{name}` has no autoscale in the spec");
         return exit::USAGE;
     }
-    if let Err(e) = store.fleet_set_replicas(name, n, now_ms()) {
-        eprintln!("error: {e}");
+    let key = steward_metrics::controller::decision_key(name);
+    let saved = match store.meta(&key) {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return exit::FAILED;
+        }
+    };
+    let Some(saved) = saved.and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok()) else {
+        eprintln!(
+            "error: the autoscaler of `{name}` has not decided yet (is `steward serve` running?)"
+        );
         return exit::FAILED;
+    };
+    let at = saved["at_ms"].as_i64().unwrap_or(0);
+    let ago = (now_ms() - at).max(0) / 1000;
+    println!(
+        "{name}: {} → {} ({} mode, {ago} s ago)",
+        saved["current"],
+        saved["desired"],
+        saved["mode"].as_str().unwrap_or("?")
+    );
+    for line in saved["reason"].as_str().unwrap_or("").lines() {
+        println!("  {line}");
     }
-    store.record(&steward_state::NewEvent::now(
-        EventKind::FleetScaled,
-        name,
-        Severity::Info,
-        format!("{name} scaled to {n} by {}", steward_fleet::requests::who()),
-        serde_json::json!({"replicas": n}),
-    ));
-    println!("{name}: {n} instances wanted");
     exit::OK
 }
 

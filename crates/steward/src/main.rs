@@ -128,8 +128,12 @@ enum Command {
     Scale {
         /// The service.
         service: String,
-        /// Instances wanted.
-        replicas: u32,
+        /// Instances wanted (not with --explain).
+        #[arg(required_unless_present = "explain")]
+        replicas: Option<u32>,
+        /// Print the autoscaler's latest decision with its arithmetic instead.
+        #[arg(long, conflicts_with = "replicas")]
+        explain: bool,
     },
     /// Services, their instances and deploy history.
     Fleet {
@@ -514,7 +518,14 @@ fn main() -> ExitCode {
             no_wait,
         } => fleet::deploy(&cli.spec, &service, image.as_deref(), promote, !no_wait),
         Command::Rollback { service, no_wait } => fleet::rollback(&cli.spec, &service, !no_wait),
-        Command::Scale { service, replicas } => fleet::scale(&cli.spec, &service, replicas),
+        Command::Scale {
+            service,
+            replicas,
+            explain,
+        } => match (explain, replicas) {
+            (true, _) | (false, None) => fleet::explain(&cli.spec, &service),
+            (false, Some(n)) => fleet::scale(&cli.spec, &service, n),
+        },
         Command::Fleet { action } => match action {
             FleetCommand::Status { json } => fleet::status(&cli.spec, json),
             FleetCommand::History { service, json } => {

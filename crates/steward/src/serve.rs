@@ -17,9 +17,6 @@ use steward_state::{EventKind, EventLog, Meta, NewEvent, Severity, Store, now_ms
 /// Meta key holding the last heartbeat of `serve` (read by `doctor`).
 pub(crate) const HEARTBEAT_KEY: &str = "serve.heartbeat";
 
-/// How often steward stores its own metrics as series.
-const SELF_SCRAPE_INTERVAL: Duration = Duration::from_secs(15);
-
 fn event(
     kind: EventKind,
     severity: Severity,
@@ -239,6 +236,19 @@ pub(crate) async fn run(spec_path: &Path, listen: Option<SocketAddr>) -> u8 {
             ))
         });
     }
+    // The autoscalers: each service with `autoscale` follows its metrics,
+    // through the same scale door as `steward scale` (leader-only: two
+    // stewards must not both decide).
+    for svc in spec.services.values().filter(|s| s.autoscale.is_some()) {
+        let (series, store, svc) = (series.clone(), store.clone(), svc.clone());
+        sup.add_leader_only(format!("autoscale.{}", svc.name), move |_| {
+            let store: Arc<dyn steward_metrics::controller::AutoscaleStore> = store.clone();
+            match steward_metrics::controller::Autoscaler::new(svc.clone(), store, series.clone()) {
+                Some(a) => Box::new(a),
+                None => Box::new(steward_runtime::Failing::new("spec", "no autoscale")),
+            }
+        });
+    }
     {
         let (series, keep) = (series.clone(), spec.settings.retention.raw.0);
         sup.add("metrics.retention", move |_| {
@@ -259,12 +269,13 @@ pub(crate) async fn run(spec_path: &Path, listen: Option<SocketAddr>) -> u8 {
             body
         });
         let instance = addr.to_string();
+        let self_interval = spec.settings.self_scrape_interval;
         sup.add("scrape.steward", move |_| {
             Box::new(steward_metrics::controller::SelfScrape::new(
                 &instance,
                 encode.clone(),
                 series.clone(),
-                SELF_SCRAPE_INTERVAL,
+                self_interval,
             ))
         });
     }

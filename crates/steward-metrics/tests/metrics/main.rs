@@ -2,6 +2,7 @@
 //! autoscaler's decision, the time-series store and scraping.
 
 mod autoscale;
+mod autoscaler;
 mod exposition;
 mod promql;
 mod scrape;

@@ -772,3 +772,49 @@ fn a_canary_waits_for_promotion_next_to_the_old_version() {
     p.wait_ready(2, Some(&v3));
     drop(serve);
 }
+
+/// The autoscaler follows the proxy's request rate, which steward stores
+/// from its own metrics: under load the api grows from 2 to its maximum of 4
+/// with every request answered, the change is recorded as made by the
+/// autoscaler with its arithmetic, and `steward scale --explain` prints it.
+#[test]
+fn the_api_scales_out_on_its_request_rate() {
+    let p = Project::new("");
+    let spec = std::fs::read_to_string(&p.spec).unwrap();
+    let spec = spec.replace(
+        "[steward]\nstate_dir = \"state\"",
+        "[steward]\nstate_dir = \"state\"\nself_scrape_interval = \"1s\"",
+    );
+    let spec = format!(
+        "{spec}autoscale = {{ interval = \"1s\", metrics = [{{ expr = \"sum(rate(steward_proxy_requests_total{{service=\\\"api\\\"}}[5s]))\", per_instance = 20 }}], scale_down = {{ stabilization = \"10m\" }} }}\n"
+    );
+    std::fs::write(&p.spec, spec).unwrap();
+    let (code, out, err) = p.steward(&["validate"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let serve = p.serve();
+    p.wait_ready(2, None);
+    // Only the readiness probes so far: the autoscaler keeps the minimum.
+    let (code, out, err) = p.steward(&["scale", "--explain", "api"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("api: 2 → 2"), "{out}");
+    let load = Load::start(&p.proxy);
+    p.wait_ready(4, None);
+    let (ok, failed, errors) = load.finish();
+    assert!(ok > 100, "{ok}");
+    assert_eq!(failed, 0, "{errors:?}");
+    let scaled = events(&p.state(), "fleet.scaled", Some("api"));
+    let by_autoscaler: Vec<&str> = scaled
+        .iter()
+        .map(|e| e.event.message.as_str())
+        .filter(|m| m.contains("by the autoscaler: sum(rate("))
+        .collect();
+    assert!(!by_autoscaler.is_empty(), "{scaled:?}");
+    let (code, out, _) = p.steward(&["scale", "--explain", "api"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("sum(rate(steward_proxy_requests_total"),
+        "{out}"
+    );
+    eprintln!("{ok} requests, none failed; {}\n{out}", by_autoscaler[0]);
+    drop(serve);
+}
