@@ -148,6 +148,9 @@ pub struct Sample<'a> {
     pub timestamp_ms: Option<i64>,
     /// Its exemplar (OpenMetrics); boxed, as most samples have none.
     pub exemplar: Option<Box<Exemplar<'a>>>,
+    /// The series as written: its name and label set, exactly as in the
+    /// body (a scraper's key for series it has seen before).
+    pub series: &'a str,
     /// The index of its family in [`Exposition::families`]; `None` for a
     /// sample with no `TYPE` or `HELP` line (untyped).
     pub family: Option<u32>,
@@ -577,13 +580,17 @@ impl<'a> Parser<'a> {
                 }
             }
             Some(_) => {
+                let start = line.pos;
                 let name = line.metric_name()?;
                 line.blanks();
                 let first = self.out.labels.len() as u32;
+                let mut end = start + name.len();
                 if line.peek() == Some(b'{') {
                     line.labels(Format::Text, &mut self.out.labels)?;
+                    end = line.pos;
                     line.blanks();
                 }
+                let series = &line.text[start..end];
                 let labels = first..self.out.labels.len() as u32;
                 let value = line.value("sample value")?;
                 line.blanks();
@@ -607,6 +614,7 @@ impl<'a> Parser<'a> {
                     value,
                     timestamp_ms,
                     exemplar: None,
+                    series,
                     family,
                 });
                 Ok(())
@@ -679,11 +687,13 @@ impl<'a> Parser<'a> {
                 }
             }
         } else {
+            let start = line.pos;
             let name = line.metric_name()?;
             let first = self.out.labels.len() as u32;
             if line.peek() == Some(b'{') {
                 line.labels(Format::OpenMetrics, &mut self.out.labels)?;
             }
+            let series = &line.text[start..line.pos];
             let labels = first..self.out.labels.len() as u32;
             line.space("the value")?;
             let value = line.value("sample value")?;
@@ -736,6 +746,7 @@ impl<'a> Parser<'a> {
                 value,
                 timestamp_ms,
                 exemplar,
+                series,
                 family,
             });
             Ok(())

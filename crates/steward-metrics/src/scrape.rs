@@ -8,7 +8,7 @@
 //! `scrape_samples_scraped`, `scrape_samples_post_metric_relabeling` and
 //! `scrape_series_added` written for the target.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use crate::exposition::{ACCEPT, Format, ParseError, parse};
@@ -164,6 +164,10 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
+/// A series' labels while a scrape is checked: names (an `exported_` one
+/// owned), values borrowed from the body.
+type LabelSet<'a> = Vec<(std::borrow::Cow<'a, str>, &'a str)>;
+
 /// What one scrape did.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Report {
@@ -188,6 +192,12 @@ pub struct Scraper {
     /// The target.
     pub target: Target,
     last: HashSet<SeriesRef>,
+    /// Series as the target writes them → where they are in the store, for
+    /// series seen in the last scrape (as Prometheus's scrape cache): a
+    /// known series costs a lookup, not a label set.
+    cache: HashMap<String, SeriesRef>,
+    /// The store's generation the cache is valid for.
+    generation: u64,
 }
 
 impl Scraper {
@@ -197,6 +207,8 @@ impl Scraper {
         Scraper {
             target,
             last: HashSet::new(),
+            cache: HashMap::new(),
+            generation: 0,
         }
     }
 
@@ -264,24 +276,33 @@ impl Scraper {
                 found: e.samples.len(),
             });
         }
-        // Every sample's full label set first: a limit broken anywhere fails
-        // the scrape before anything is stored.
-        let mut sets: Vec<Vec<(String, &str)>> = Vec::with_capacity(e.samples.len());
+        if head.generation() != self.generation {
+            self.cache.clear();
+            self.generation = head.generation();
+        }
+        // Every new series' full label set first: a limit broken anywhere
+        // fails the scrape before anything is stored. (A cached series
+        // passed the same checks with the same labels.)
+        let mut sets: Vec<Option<LabelSet<'_>>> = Vec::with_capacity(e.samples.len());
         for s in &e.samples {
-            let mut set: Vec<(String, &str)> =
+            if self.cache.contains_key(s.series) {
+                sets.push(None);
+                continue;
+            }
+            let mut set: LabelSet<'_> =
                 Vec::with_capacity(e.labels_of(s).len() + 1 + self.target.labels.len());
-            set.push(("__name__".to_string(), s.name));
+            set.push(("__name__".into(), s.name));
             for l in e.labels_of(s) {
                 let taken = self.target.labels.iter().any(|(n, _)| n == l.name);
                 let name = if taken {
-                    format!("exported_{}", l.name)
+                    format!("exported_{}", l.name).into()
                 } else {
-                    l.name.to_string()
+                    l.name.into()
                 };
                 set.push((name, l.value.as_ref()));
             }
             for (n, v) in &self.target.labels {
-                set.push((n.clone(), v.as_str()));
+                set.push((n.as_str().into(), v.as_str()));
             }
             if limits.labels > 0 && set.len() > limits.labels {
                 return Err(ScrapeError::LabelLimit {
@@ -293,14 +314,33 @@ impl Scraper {
             set.retain(|(_, v)| !v.is_empty());
             set.sort();
             set.dedup_by(|a, b| a.0 == b.0);
-            sets.push(set);
+            sets.push(Some(set));
         }
         let before = head.series_count();
         let mut seen = HashSet::with_capacity(sets.len());
+        // The cache is rebuilt from this scrape's series, moving the keys of
+        // known ones over (no copy) and dropping what the target no longer has.
+        let mut old = std::mem::take(&mut self.cache);
+        let mut fresh: HashMap<String, SeriesRef> = HashMap::with_capacity(e.samples.len());
         let mut rejected = 0;
         for (s, set) in e.samples.iter().zip(&sets) {
-            let pairs: Vec<(&str, &str)> = set.iter().map(|(n, v)| (n.as_str(), *v)).collect();
-            let r = head.series_ref(&pairs);
+            let r = if let Some(&r) = fresh.get(s.series) {
+                r
+            } else if let Some((k, r)) = old.remove_entry(s.series) {
+                fresh.insert(k, r);
+                r
+            } else {
+                let r = match set {
+                    Some(set) => {
+                        let pairs: Vec<(&str, &str)> =
+                            set.iter().map(|(n, v)| (n.as_ref(), *v)).collect();
+                        head.series_ref(&pairs)
+                    }
+                    None => unreachable!("a cached series is in the old cache or the new"),
+                };
+                fresh.insert(s.series.to_string(), r);
+                r
+            };
             seen.insert(r);
             let t = s.timestamp_ms.unwrap_or(now_ms);
             match head.append(r, t, s.value) {
@@ -311,6 +351,7 @@ impl Scraper {
                 Err(AppendError::Full) => rejected += 1,
             }
         }
+        self.cache = fresh;
         let added = head.series_count().saturating_sub(before);
         for gone in self.last.difference(&seen) {
             let _ = head.append(*gone, now_ms, f64::from_bits(STALE_NAN));

@@ -87,7 +87,13 @@ fn parsed(expr: &str) -> Result<Expr, QueryError> {
 /// Evaluates `expr` at `t_ms`.
 pub fn instant(head: &Head, expr: &str, t_ms: i64) -> Result<Value, QueryError> {
     let e = parsed(expr)?;
-    Evaluator { head }.eval(&e, t_ms).map_err(QueryError::Eval)
+    Evaluator {
+        head,
+        end: t_ms,
+        cache: Default::default(),
+    }
+    .eval(&e, t_ms)
+    .map_err(QueryError::Eval)
 }
 
 /// Evaluates `expr` at every step from `start_ms` to `end_ms` (both
@@ -115,7 +121,11 @@ pub fn range(
         ));
     }
     let parsed = parsed(expr)?;
-    let ev = Evaluator { head };
+    let ev = Evaluator {
+        head,
+        end: end_ms,
+        cache: Default::default(),
+    };
     let mut out: BTreeMap<Labels, Vec<(i64, f64)>> = BTreeMap::new();
     let mut t = start_ms;
     while t <= end_ms {
@@ -143,6 +153,14 @@ pub fn range(
 
 struct Evaluator<'a> {
     head: &'a Head,
+    /// The last time this evaluator will be asked about (a range query's
+    /// end; an instant query's time).
+    end: i64,
+    /// Each selector's series, read once for the whole query: `(key, window
+    /// width)` → the series from the first step's start to the last step's
+    /// end. A range query's steps then slice them instead of decoding the
+    /// chunks again at every step.
+    cache: std::cell::RefCell<HashMap<(String, i64), Vec<Series>>>,
 }
 
 fn ms(d: Duration) -> i64 {
@@ -202,18 +220,37 @@ impl Evaluator<'_> {
         Ok(out)
     }
 
-    fn select(&self, vs: &VectorSelector, from: i64, to: i64) -> R<Vec<Series>> {
-        let m = Self::matchers(vs)?;
-        Ok(self
-            .head
-            .select(&m, from, to)
-            .into_iter()
-            .map(|(labels, points)| Series {
-                labels: labels
-                    .iter()
-                    .map(|(n, v)| (n.to_string(), v.to_string()))
-                    .collect(),
-                points,
+    /// The series a selector matches with their points in `[from, to]`,
+    /// called with windows that only move forward in time (steps of one
+    /// query).
+    fn select(&self, vs: &VectorSelector, from: i64, to: i64, t: i64) -> R<Vec<Series>> {
+        let key = (vs.to_string(), to - from);
+        let mut cache = self.cache.borrow_mut();
+        if !cache.contains_key(&key) {
+            let m = Self::matchers(vs)?;
+            let read = self
+                .head
+                .select(&m, from, to + (self.end - t))
+                .into_iter()
+                .map(|(labels, points)| Series {
+                    labels: labels
+                        .iter()
+                        .map(|(n, v)| (n.to_string(), v.to_string()))
+                        .collect(),
+                    points,
+                })
+                .collect();
+            cache.insert(key.clone(), read);
+        }
+        Ok(cache[&key]
+            .iter()
+            .filter_map(|s| {
+                let lo = s.points.partition_point(|p| p.0 < from);
+                let hi = s.points.partition_point(|p| p.0 <= to);
+                (lo < hi).then(|| Series {
+                    labels: s.labels.clone(),
+                    points: s.points[lo..hi].to_vec(),
+                })
             })
             .collect())
     }
@@ -221,7 +258,7 @@ impl Evaluator<'_> {
     fn vector_selector(&self, vs: &VectorSelector, t: i64) -> R<Vec<Sample>> {
         let at = t - offset_ms(&vs.offset);
         let mut out = Vec::new();
-        for s in self.select(vs, at - LOOKBACK_MS, at)? {
+        for s in self.select(vs, at - LOOKBACK_MS, at, t)? {
             if let Some(&(_, v)) = s.points.last()
                 && !is_stale(v)
             {
@@ -237,7 +274,7 @@ impl Evaluator<'_> {
     fn matrix_selector(&self, m: &MatrixSelector, t: i64) -> R<Vec<Series>> {
         let at = t - offset_ms(&m.vs.offset);
         let mut out = Vec::new();
-        for mut s in self.select(&m.vs, at - ms(m.range), at)? {
+        for mut s in self.select(&m.vs, at - ms(m.range), at, t)? {
             s.points.retain(|(_, v)| !is_stale(*v));
             if !s.points.is_empty() {
                 out.push(s);

@@ -94,6 +94,9 @@ pub struct Head {
     free: Vec<u32>,
     by_hash: HashMap<u64, Vec<u32>>,
     postings: HashMap<(Arc<str>, Arc<str>), Vec<u32>>,
+    /// Counts removals of series: a [`SeriesRef`] kept across a change of
+    /// generation may name another series.
+    generation: u64,
 }
 
 fn labels_hash(labels: &[(&str, &str)]) -> u64 {
@@ -310,9 +313,15 @@ impl Head {
             }
         }
         self.free.push(id);
+        self.generation += 1;
         // Strings no series uses any more are dropped with their last Arc
         // outside the interner.
         self.strings.retain(|s| Arc::strong_count(s) > 1);
+    }
+
+    /// Changes whenever a series is dropped (see [`SeriesRef`]).
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     /// Series held.
