@@ -194,32 +194,33 @@ fn set(l: &mut Labels, name: &str, value: &str) {
     }
 }
 
-impl Evaluator<'_> {
-    fn matchers(vs: &VectorSelector) -> R<Vec<Matcher>> {
-        if vs.at.is_some() {
-            return Err("the `@` modifier is not supported yet".into());
-        }
-        if !vs.matchers.or_matchers.is_empty() {
-            return Err("`or` between matchers is not supported".into());
-        }
-        let mut out = Vec::new();
-        for m in &vs.matchers.matchers {
-            let op = match m.op {
-                P::Equal => MatchOp::Eq,
-                P::NotEqual => MatchOp::Neq,
-                P::Re(_) => MatchOp::Re,
-                P::NotRe(_) => MatchOp::Nre,
-            };
-            out.push(Matcher::new(&m.name, op, &m.value).map_err(|e| e.to_string())?);
-        }
-        if let Some(name) = &vs.name
-            && !out.iter().any(|m| m.name == "__name__")
-        {
-            out.push(Matcher::new("__name__", MatchOp::Eq, name).map_err(|e| e.to_string())?);
-        }
-        Ok(out)
+/// A selector's matchers, the metric name as a `__name__` matcher.
+pub(crate) fn matchers(vs: &VectorSelector) -> R<Vec<Matcher>> {
+    if vs.at.is_some() {
+        return Err("the `@` modifier is not supported yet".into());
     }
+    if !vs.matchers.or_matchers.is_empty() {
+        return Err("`or` between matchers is not supported".into());
+    }
+    let mut out = Vec::new();
+    for m in &vs.matchers.matchers {
+        let op = match m.op {
+            P::Equal => MatchOp::Eq,
+            P::NotEqual => MatchOp::Neq,
+            P::Re(_) => MatchOp::Re,
+            P::NotRe(_) => MatchOp::Nre,
+        };
+        out.push(Matcher::new(&m.name, op, &m.value).map_err(|e| e.to_string())?);
+    }
+    if let Some(name) = &vs.name
+        && !out.iter().any(|m| m.name == "__name__")
+    {
+        out.push(Matcher::new("__name__", MatchOp::Eq, name).map_err(|e| e.to_string())?);
+    }
+    Ok(out)
+}
 
+impl Evaluator<'_> {
     /// The series a selector matches with their points in `[from, to]`,
     /// called with windows that only move forward in time (steps of one
     /// query).
@@ -227,7 +228,7 @@ impl Evaluator<'_> {
         let key = (vs.to_string(), to - from);
         let mut cache = self.cache.borrow_mut();
         if !cache.contains_key(&key) {
-            let m = Self::matchers(vs)?;
+            let m = matchers(vs)?;
             let read = self
                 .head
                 .select(&m, from, to + (self.end - t))

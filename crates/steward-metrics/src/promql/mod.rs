@@ -4,10 +4,9 @@
 
 pub mod eval;
 
-use promql_parser::label::MatchOp as P;
 use promql_parser::parser::Expr;
 
-use crate::tsdb::head::{MatchOp, Matcher};
+use crate::tsdb::head::Matcher;
 
 /// The matchers of a series selector such as `up{job="api"}`, the metric
 /// name as a `__name__` matcher.
@@ -21,23 +20,5 @@ pub fn selector(expr: &str) -> Result<Vec<Matcher>, String> {
             "`{expr}`: a series selector takes no `offset` or `@`"
         ));
     }
-    if !vs.matchers.or_matchers.is_empty() {
-        return Err(format!("`{expr}`: `or` between matchers is not supported"));
-    }
-    let mut out = Vec::new();
-    for m in &vs.matchers.matchers {
-        let op = match m.op {
-            P::Equal => MatchOp::Eq,
-            P::NotEqual => MatchOp::Neq,
-            P::Re(_) => MatchOp::Re,
-            P::NotRe(_) => MatchOp::Nre,
-        };
-        out.push(Matcher::new(&m.name, op, &m.value).map_err(|e| e.to_string())?);
-    }
-    if let Some(name) = &vs.name
-        && !out.iter().any(|m| m.name == "__name__")
-    {
-        out.push(Matcher::new("__name__", MatchOp::Eq, name).map_err(|e| e.to_string())?);
-    }
-    Ok(out)
+    eval::matchers(&vs).map_err(|e| format!("`{expr}`: {e}"))
 }
