@@ -455,9 +455,9 @@ pub fn reading(
         Value::Scalar(v) => Ok(Reading::Total(v.is_finite().then_some(v))),
         Value::Vector(v) => {
             let per_instance = v.iter().any(|s| {
-                s.labels
-                    .iter()
-                    .any(|(n, val)| n == "instance" && instances.iter().any(|(a, _)| a == val))
+                s.labels.iter().any(|(n, val)| {
+                    &**n == "instance" && instances.iter().any(|(a, _)| **a == **val)
+                })
             });
             if per_instance {
                 Ok(Reading::PerInstance(
@@ -470,7 +470,7 @@ pub fn reading(
                                 .find(|s| {
                                     s.labels
                                         .iter()
-                                        .any(|(n, val)| n == "instance" && val == addr)
+                                        .any(|(n, val)| &**n == "instance" && **val == **addr)
                                 })
                                 .map(|s| s.value)
                                 .filter(|x| x.is_finite()),

@@ -40,11 +40,11 @@ fn point(t_ms: i64, v: f64) -> serde_json::Value {
     serde_json::json!([t_ms as f64 / 1000.0, float(v)])
 }
 
-fn metric(labels: &[(String, String)]) -> serde_json::Value {
+fn metric(labels: &steward_metrics::promql::eval::Labels) -> serde_json::Value {
     serde_json::Value::Object(
         labels
             .iter()
-            .map(|(k, v)| (k.clone(), serde_json::Value::from(v.as_str())))
+            .map(|(k, v)| (k.to_string(), serde_json::Value::from(&**v)))
             .collect(),
     )
 }

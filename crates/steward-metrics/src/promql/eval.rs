@@ -9,6 +9,7 @@
 //! functions not listed in [`call`].
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::Duration;
 
 use promql_parser::label::MatchOp as P;
@@ -23,8 +24,9 @@ use crate::tsdb::head::{Head, MatchOp, Matcher};
 /// How far back an instant selector looks for a sample (Prometheus's default).
 pub const LOOKBACK_MS: i64 = 5 * 60 * 1000;
 
-/// A series' labels, sorted by name, `__name__` among them when it has one.
-pub type Labels = Vec<(String, String)>;
+/// A series' labels, sorted by name, `__name__` among them when it has one
+/// (shared strings: copying a label set copies no text).
+pub type Labels = Vec<(Arc<str>, Arc<str>)>;
 
 /// One element of an instant vector.
 #[derive(Debug, Clone, PartialEq)]
@@ -176,20 +178,20 @@ fn offset_ms(o: &Option<Offset>) -> i64 {
 }
 
 fn drop_name(mut l: Labels) -> Labels {
-    l.retain(|(n, _)| n != "__name__");
+    l.retain(|(n, _)| &**n != "__name__");
     l
 }
 
 fn get<'l>(l: &'l Labels, name: &str) -> &'l str {
     l.iter()
-        .find(|(n, _)| n == name)
-        .map_or("", |(_, v)| v.as_str())
+        .find(|(n, _)| &**n == name)
+        .map_or("", |(_, v)| &**v)
 }
 
 fn set(l: &mut Labels, name: &str, value: &str) {
-    l.retain(|(n, _)| n != name);
+    l.retain(|(n, _)| &**n != name);
     if !value.is_empty() {
-        l.push((name.to_string(), value.to_string()));
+        l.push((Arc::from(name), Arc::from(value)));
         l.sort();
     }
 }
@@ -233,13 +235,7 @@ impl Evaluator<'_> {
                 .head
                 .select(&m, from, to + (self.end - t))
                 .into_iter()
-                .map(|(labels, points)| Series {
-                    labels: labels
-                        .iter()
-                        .map(|(n, v)| (n.to_string(), v.to_string()))
-                        .collect(),
-                    points,
-                })
+                .map(|(labels, points)| Series { labels, points })
                 .collect();
             cache.insert(key.clone(), read);
         }
@@ -481,7 +477,7 @@ impl Evaluator<'_> {
                 if let Expr::VectorSelector(vs) = &*args[0] {
                     for m in &vs.matchers.matchers {
                         if matches!(m.op, P::Equal) && m.name != "__name__" {
-                            labels.push((m.name.clone(), m.value.clone()));
+                            labels.push((Arc::from(m.name.as_str()), Arc::from(m.value.as_str())));
                         }
                     }
                 }
@@ -531,7 +527,7 @@ impl Evaluator<'_> {
                 Some(LabelModifier::Include(keep)) => {
                     let mut out: Labels = l
                         .iter()
-                        .filter(|(n, _)| keep.labels.iter().any(|k| k == n))
+                        .filter(|(n, _)| keep.labels.iter().any(|k| **k == **n))
                         .cloned()
                         .collect();
                     out.sort();
@@ -539,7 +535,7 @@ impl Evaluator<'_> {
                 }
                 Some(LabelModifier::Exclude(drop)) => l
                     .iter()
-                    .filter(|(n, _)| n != "__name__" && !drop.labels.iter().any(|k| k == n))
+                    .filter(|(n, _)| &**n != "__name__" && !drop.labels.iter().any(|k| **k == **n))
                     .cloned()
                     .collect(),
                 None => Vec::new(),
@@ -649,7 +645,7 @@ impl Evaluator<'_> {
                 Some(LabelModifier::Include(on)) => {
                     let mut s: Labels = labels
                         .iter()
-                        .filter(|(n, _)| on.labels.iter().any(|k| k == n))
+                        .filter(|(n, _)| on.labels.iter().any(|k| **k == **n))
                         .cloned()
                         .collect();
                     s.sort();
@@ -657,12 +653,12 @@ impl Evaluator<'_> {
                 }
                 Some(LabelModifier::Exclude(ign)) => labels
                     .iter()
-                    .filter(|(n, _)| n != "__name__" && !ign.labels.iter().any(|k| k == n))
+                    .filter(|(n, _)| &**n != "__name__" && !ign.labels.iter().any(|k| **k == **n))
                     .cloned()
                     .collect(),
                 None => labels
                     .iter()
-                    .filter(|(n, _)| n != "__name__")
+                    .filter(|(n, _)| &**n != "__name__")
                     .cloned()
                     .collect(),
             }
@@ -731,10 +727,10 @@ impl Evaluator<'_> {
             }
             match (card, matching) {
                 (VectorMatchCardinality::OneToOne, Some(LabelModifier::Include(on))) => {
-                    labels.retain(|(n, _)| on.labels.iter().any(|k| k == n));
+                    labels.retain(|(n, _)| on.labels.iter().any(|k| **k == **n));
                 }
                 (VectorMatchCardinality::OneToOne, Some(LabelModifier::Exclude(ign))) => {
-                    labels.retain(|(n, _)| !ign.labels.iter().any(|k| k == n));
+                    labels.retain(|(n, _)| !ign.labels.iter().any(|k| **k == **n));
                 }
                 _ => {}
             }
@@ -902,7 +898,7 @@ fn histogram_quantile(q: f64, v: Vec<Sample>) -> Vec<Sample> {
         let labels: Labels = s
             .labels
             .into_iter()
-            .filter(|(n, _)| n != "le" && n != "__name__")
+            .filter(|(n, _)| &**n != "le" && &**n != "__name__")
             .collect();
         groups.entry(labels).or_default().push((upper, s.value));
     }

@@ -282,6 +282,13 @@ fn theirs(data: &serde_json::Value) -> std::result::Result<Result, String> {
     Ok(out)
 }
 
+/// Our labels as the comparison keys them.
+fn owned(l: &eval::Labels) -> Vec<(String, String)> {
+    l.iter()
+        .map(|(n, v)| (n.to_string(), v.to_string()))
+        .collect()
+}
+
 fn ours_instant(head: &Head, q: &str, t_ms: i64) -> std::result::Result<Result, String> {
     let mut out = Result::new();
     match eval::instant(head, q, t_ms)? {
@@ -290,12 +297,12 @@ fn ours_instant(head: &Head, q: &str, t_ms: i64) -> std::result::Result<Result, 
         }
         Value::Vector(v) => {
             for s in v {
-                out.insert(s.labels, vec![(t_ms, s.value)]);
+                out.insert(owned(&s.labels), vec![(t_ms, s.value)]);
             }
         }
         Value::Matrix(m) => {
             for s in m {
-                out.insert(s.labels, s.points);
+                out.insert(owned(&s.labels), s.points);
             }
         }
         Value::String(_) => return Err("string".into()),
@@ -495,7 +502,7 @@ async fn expressions_agree_with_prometheus() {
         let theirs = theirs(&resp);
         let ours = eval::range(&head, q, start * 1000, stop * 1000, step * 1000).map(|v| {
             v.into_iter()
-                .map(|s| (s.labels, s.points))
+                .map(|s| (owned(&s.labels), s.points))
                 .collect::<Result>()
         });
         compared += 1;
