@@ -352,20 +352,7 @@ async fn read_capped<R: tokio::io::AsyncRead + Unpin>(mut r: R, cap: u64) -> (Ve
     (buf, over)
 }
 
-/// Joins an error with its sources: "error sending request: connection refused".
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(src) = cur {
-        let t = src.to_string();
-        if !s.contains(&t) {
-            s.push_str(": ");
-            s.push_str(&t);
-        }
-        cur = src.source();
-    }
-    s
-}
+pub use steward_net::error_chain;
 
 fn pg_error(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use steward_runtime::{Controller, Next, Step, StepError};
-use steward_state::{FleetState, InstanceState};
+use steward_state::{FleetState, InstanceState, now_ms};
 
 use crate::exposition::Format;
 use crate::scrape::{Limits, Report, Scraper, Target, fetch};
@@ -55,18 +55,6 @@ impl StoreMetrics {
             "Bytes of compressed samples held in the metrics store",
             self.bytes.clone(),
         );
-    }
-}
-
-fn now_ms() -> i64 {
-    steward_state::now_ms()
-}
-
-fn limits(l: steward_spec::ScrapeLimits) -> Limits {
-    Limits {
-        samples: l.samples,
-        labels: l.labels,
-        body_bytes: l.body_bytes,
     }
 }
 
@@ -131,7 +119,7 @@ impl StaticScrape {
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
             timeout: s.timeout,
-            limits: limits(s.limits),
+            limits: s.limits,
         };
         Ok(StaticScrape {
             scraper: Some(Scraper::new(target)),
@@ -231,7 +219,7 @@ impl Controller for ServiceScrape {
                             ("service".into(), self.service.clone()),
                         ],
                         timeout: self.metrics.timeout,
-                        limits: limits(self.metrics.limits),
+                        limits: self.metrics.limits,
                     };
                     (Scraper::new(target), None)
                 });

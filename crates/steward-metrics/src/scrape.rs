@@ -24,29 +24,8 @@ pub fn is_stale(v: f64) -> bool {
     v.to_bits() == STALE_NAN
 }
 
-/// What a scrape may cost.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Limits {
-    /// Most samples in one scrape (0: no limit).
-    pub samples: usize,
-    /// Most labels on one sample, its name and the target's labels included
-    /// (0: no limit).
-    pub labels: usize,
-    /// Most bytes of body.
-    pub body_bytes: usize,
-}
-
-impl Default for Limits {
-    /// 50,000 samples, 64 labels, 16 MiB: far above a healthy target, far
-    /// below what hurts the rest of steward.
-    fn default() -> Self {
-        Limits {
-            samples: 50_000,
-            labels: 64,
-            body_bytes: 16 << 20,
-        }
-    }
-}
+/// What a scrape may cost: the spec's limits, as they are.
+pub use steward_spec::ScrapeLimits as Limits;
 
 /// One scrape target.
 #[derive(Debug, Clone, PartialEq)]
@@ -118,7 +97,7 @@ pub async fn fetch(
             )
             .send()
             .await
-            .map_err(|e| ScrapeError::Request(error_chain(&e.without_url())))?;
+            .map_err(|e| ScrapeError::Request(steward_net::error_chain(&e.without_url())))?;
         if resp.status() != reqwest::StatusCode::OK {
             return Err(ScrapeError::Status(resp.status().as_u16()));
         }
@@ -135,7 +114,7 @@ pub async fn fetch(
         while let Some(chunk) = resp
             .chunk()
             .await
-            .map_err(|e| ScrapeError::Request(error_chain(&e.without_url())))?
+            .map_err(|e| ScrapeError::Request(steward_net::error_chain(&e.without_url())))?
         {
             if body.len() + chunk.len() > limit {
                 return Err(ScrapeError::TooLarge(limit));
@@ -148,20 +127,6 @@ pub async fn fetch(
     tokio::time::timeout(target.timeout, work)
         .await
         .unwrap_or(Err(ScrapeError::Timeout(target.timeout)))
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let m = c.to_string();
-        if !s.contains(&m) {
-            s.push_str(": ");
-            s.push_str(&m);
-        }
-        cur = c.source();
-    }
-    s
 }
 
 /// A series' labels while a scrape is checked: names (an `exported_` one

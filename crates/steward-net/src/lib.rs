@@ -183,6 +183,21 @@ impl ServerCertVerifier for AcceptAny {
     }
 }
 
+/// Joins an error with its sources: "error sending request: connection refused".
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(src) = cur {
+        let t = src.to_string();
+        if !s.contains(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        cur = src.source();
+    }
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

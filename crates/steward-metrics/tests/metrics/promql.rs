@@ -203,6 +203,24 @@ async fn prometheus(body: &str) -> Prometheus {
     panic!("prometheus did not become ready");
 }
 
+/// Prometheus's answer to `/api/v1/PATH?PARAMS`.
+async fn ask(
+    client: &reqwest::Client,
+    prom: &Prometheus,
+    path: &str,
+    params: &[(&str, &str)],
+) -> serde_json::Value {
+    client
+        .get(format!("http://{}/api/v1/{path}", prom.addr))
+        .query(params)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 /// The same samples in steward's store, through steward's parser.
 fn store(body: &str) -> Head {
     let e = parse(body, Format::OpenMetrics).unwrap();
@@ -447,16 +465,13 @@ async fn expressions_agree_with_prometheus() {
     let mut with_data = 0;
     for q in EXPRESSIONS {
         for t in times {
-            let url = format!("http://{}/api/v1/query", prom.addr);
-            let resp: serde_json::Value = client
-                .get(&url)
-                .query(&[("query", *q), ("time", &t.to_string())])
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let resp = ask(
+                &client,
+                &prom,
+                "query",
+                &[("query", q), ("time", &t.to_string())],
+            )
+            .await;
             let theirs = theirs(&resp);
             let ours = ours_instant(&head, q, t * 1000);
             compared += 1;
@@ -485,20 +500,18 @@ async fn expressions_agree_with_prometheus() {
     ];
     for q in ranged {
         let (start, stop, step) = (end - 2400, end + 360, 60);
-        let resp: serde_json::Value = client
-            .get(format!("http://{}/api/v1/query_range", prom.addr))
-            .query(&[
+        let resp = ask(
+            &client,
+            &prom,
+            "query_range",
+            &[
                 ("query", q),
                 ("start", &start.to_string()),
                 ("end", &stop.to_string()),
                 ("step", &step.to_string()),
-            ])
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+            ],
+        )
+        .await;
         let theirs = theirs(&resp);
         let ours = eval::range(&head, q, start * 1000, stop * 1000, step * 1000).map(|v| {
             v.into_iter()
