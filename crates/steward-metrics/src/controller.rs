@@ -7,8 +7,11 @@
 //!   marked stale;
 //! - `scrape.steward`: steward's own `/metrics` (the proxy's request counts
 //!   and latencies per service among them), with no network in between;
-//! - `metrics.retention`: drops chunks older than the raw retention and
-//!   reports the store's size, every 15 s.
+//! - `metrics.flush`: writes new chunks to `series.db` every
+//!   `metrics_flush_interval` (60 s) and lets go of the memory of those older than
+//!   [`MEMORY_WINDOW`] (read back from the file when a query asks);
+//! - `metrics.retention`: drops chunks older than the raw retention, in
+//!   memory and in the file, and reports the store's size, every 15 s.
 //!
 //! Fetching is async; parsing and storing run on the blocking pool, so a
 //! large scrape never holds up probes on `serve`'s thread.
@@ -20,14 +23,18 @@ use std::time::{Duration, Instant};
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use steward_runtime::{Controller, Next, Step, StepError};
-use steward_state::{FleetState, InstanceState, now_ms};
+use steward_state::{FleetState, InstanceState, SeriesChunks, now_ms};
 
 use crate::exposition::Format;
-use crate::scrape::{Limits, Report, Scraper, Target, fetch};
+use crate::scrape::{Grid, Limits, Report, Scraper, Target, fetch};
 use crate::tsdb::head::Head;
 
 /// The series store shared by the scrapers, the retention and the API.
 pub type Series = Arc<Mutex<Head>>;
+
+/// How much of every series stays in memory once written: queries over
+/// older samples read them from `series.db`.
+pub const MEMORY_WINDOW: Duration = Duration::from_secs(2 * 3600);
 
 /// Gauges about the series store, on `/metrics`.
 #[derive(Clone, Default)]
@@ -35,6 +42,9 @@ pub struct StoreMetrics {
     series: Gauge,
     samples: Gauge,
     bytes: Gauge,
+    disk: Gauge,
+    flushed: prometheus_client::metrics::counter::Counter,
+    flush_errors: prometheus_client::metrics::counter::Counter,
 }
 
 impl StoreMetrics {
@@ -52,8 +62,23 @@ impl StoreMetrics {
         );
         r.register(
             "steward_tsdb_chunk_bytes",
-            "Bytes of compressed samples held in the metrics store",
+            "Bytes of compressed samples held in memory by the metrics store",
             self.bytes.clone(),
+        );
+        r.register(
+            "steward_tsdb_disk_bytes",
+            "Bytes series.db takes on disk",
+            self.disk.clone(),
+        );
+        r.register(
+            "steward_tsdb_chunks_flushed",
+            "Chunks written to series.db",
+            self.flushed.clone(),
+        );
+        r.register(
+            "steward_tsdb_flush_failures",
+            "Flushes to series.db that failed (retried at the next)",
+            self.flush_errors.clone(),
         );
     }
 }
@@ -92,7 +117,7 @@ pub struct StaticScrape {
     scraper: Option<Scraper>,
     client: reqwest::Client,
     head: Series,
-    interval: Duration,
+    grid: Grid,
     job: String,
     was_up: Option<bool>,
 }
@@ -122,10 +147,10 @@ impl StaticScrape {
             limits: s.limits,
         };
         Ok(StaticScrape {
+            grid: Grid::new(&target.url, s.interval),
             scraper: Some(Scraper::new(target)),
             client,
             head,
-            interval: s.interval,
             job: s.name.clone(),
             was_up: None,
         })
@@ -136,13 +161,13 @@ impl Controller for StaticScrape {
     fn reconcile(&mut self) -> Step<'_> {
         Box::pin(async move {
             let started = Instant::now();
-            let now = now_ms();
+            let now = self.grid.stamp(now_ms());
             let scraper = self.scraper.take().expect("a scraper between steps");
             let fetched = fetch(&self.client, &scraper.target).await;
             let (scraper, report) = finish(&self.head, scraper, fetched, started, now).await;
             log_change(&mut self.was_up, &self.job, &scraper.target.url, &report);
             self.scraper = Some(scraper);
-            Ok(Next::After(self.interval.saturating_sub(started.elapsed())))
+            Ok(Next::After(self.grid.wait(now_ms())))
         })
     }
 }
@@ -155,6 +180,7 @@ pub struct ServiceScrape {
     client: reqwest::Client,
     head: Series,
     scrapers: HashMap<String, (Scraper, Option<bool>)>,
+    grid: Grid,
 }
 
 impl ServiceScrape {
@@ -167,6 +193,7 @@ impl ServiceScrape {
         head: Series,
     ) -> ServiceScrape {
         ServiceScrape {
+            grid: Grid::new(&format!("service:{service}"), metrics.interval),
             service: service.to_string(),
             metrics,
             fleet,
@@ -181,7 +208,7 @@ impl Controller for ServiceScrape {
     fn reconcile(&mut self) -> Step<'_> {
         Box::pin(async move {
             let started = Instant::now();
-            let now = now_ms();
+            let now = self.grid.stamp(now_ms());
             let service = self.service.clone();
             let instances =
                 steward_state::off_thread(&self.fleet, move |f| f.fleet_instances(Some(&service)))
@@ -256,9 +283,7 @@ impl Controller for ServiceScrape {
                 log_change(&mut up, &self.service, &s.target.url, &r);
                 self.scrapers.insert(id, (s, up));
             }
-            Ok(Next::After(
-                self.metrics.interval.saturating_sub(started.elapsed()),
-            ))
+            Ok(Next::After(self.grid.wait(now_ms())))
         })
     }
 }
@@ -268,7 +293,7 @@ pub struct SelfScrape {
     scraper: Option<Scraper>,
     encode: Arc<dyn Fn() -> String + Send + Sync>,
     head: Series,
-    interval: Duration,
+    grid: Grid,
 }
 
 impl SelfScrape {
@@ -294,10 +319,10 @@ impl SelfScrape {
             },
         };
         SelfScrape {
+            grid: Grid::new(&target.url, interval),
             scraper: Some(Scraper::new(target)),
             encode,
             head,
-            interval,
         }
     }
 }
@@ -306,7 +331,7 @@ impl Controller for SelfScrape {
     fn reconcile(&mut self) -> Step<'_> {
         Box::pin(async move {
             let started = Instant::now();
-            let now = now_ms();
+            let now = self.grid.stamp(now_ms());
             let body = (self.encode)();
             let scraper = self.scraper.take().expect("a scraper between steps");
             let (scraper, report) = finish(
@@ -321,7 +346,69 @@ impl Controller for SelfScrape {
             if let Some(e) = report.error {
                 return Err(StepError::new("ingest", e));
             }
-            Ok(Next::After(self.interval.saturating_sub(started.elapsed())))
+            Ok(Next::After(self.grid.wait(now_ms())))
+        })
+    }
+}
+
+/// Writes what `head` holds that `store` does not, then lets go of the
+/// memory of written chunks older than [`MEMORY_WINDOW`]. Returns the chunks
+/// written. Blocking: call off the async threads.
+pub fn flush(head: &Series, store: &dyn SeriesChunks) -> Result<usize, steward_state::StateError> {
+    let mut plan = head.lock().unwrap_or_else(|e| e.into_inner()).plan_flush();
+    let now = now_ms();
+    if !plan.is_empty() {
+        plan.write(store, now)?;
+    }
+    head.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .flushed(&plan, now - MEMORY_WINDOW.as_millis() as i64);
+    Ok(plan.len())
+}
+
+/// `metrics.flush`: [`flush`] every `interval`; a `kill -9` loses at most
+/// the samples of one interval (and of the flush under way).
+pub struct Flusher {
+    head: Series,
+    store: Arc<dyn SeriesChunks>,
+    interval: Duration,
+    metrics: StoreMetrics,
+}
+
+impl Flusher {
+    /// Flushes `head` into `store` every `interval`.
+    pub fn new(
+        head: Series,
+        store: Arc<dyn SeriesChunks>,
+        interval: Duration,
+        metrics: StoreMetrics,
+    ) -> Flusher {
+        Flusher {
+            head,
+            store,
+            interval,
+            metrics,
+        }
+    }
+}
+
+impl Controller for Flusher {
+    fn reconcile(&mut self) -> Step<'_> {
+        Box::pin(async move {
+            let (head, store) = (self.head.clone(), self.store.clone());
+            let written = tokio::task::spawn_blocking(move || flush(&head, store.as_ref()))
+                .await
+                .map_err(|e| StepError::new("flush", e))?;
+            match written {
+                Ok(n) => {
+                    self.metrics.flushed.inc_by(n as u64);
+                }
+                Err(e) => {
+                    self.metrics.flush_errors.inc();
+                    return Err(StepError::new("flush", e));
+                }
+            }
+            Ok(Next::After(self.interval))
         })
     }
 }
@@ -329,15 +416,22 @@ impl Controller for SelfScrape {
 /// `metrics.retention`: old chunks out, sizes reported, every 15 s.
 pub struct Retention {
     head: Series,
+    store: Option<Arc<dyn SeriesChunks>>,
     keep: Duration,
     metrics: StoreMetrics,
 }
 
 impl Retention {
-    /// Keeps `keep` of samples.
-    pub fn new(head: Series, keep: Duration, metrics: StoreMetrics) -> Retention {
+    /// Keeps `keep` of samples, in memory and in `store`.
+    pub fn new(
+        head: Series,
+        store: Option<Arc<dyn SeriesChunks>>,
+        keep: Duration,
+        metrics: StoreMetrics,
+    ) -> Retention {
         Retention {
             head,
+            store,
             keep,
             metrics,
         }
@@ -347,19 +441,31 @@ impl Retention {
 impl Controller for Retention {
     fn reconcile(&mut self) -> Step<'_> {
         Box::pin(async move {
-            let head = self.head.clone();
+            let (head, store) = (self.head.clone(), self.store.clone());
             let before = now_ms() - self.keep.as_millis() as i64;
-            let (series, samples, bytes) = tokio::task::spawn_blocking(move || {
-                let mut h = head.lock().unwrap_or_else(|e| e.into_inner());
-                h.truncate(before);
-                let (bytes, samples) = h.sample_bytes();
-                (h.series_count(), samples, bytes)
+            let (series, samples, bytes, disk) = tokio::task::spawn_blocking(move || {
+                let (series, samples, bytes) = {
+                    let mut h = head.lock().unwrap_or_else(|e| e.into_inner());
+                    h.truncate(before);
+                    let (bytes, samples) = h.sample_bytes();
+                    (h.series_count(), samples, bytes)
+                };
+                let disk = match &store {
+                    Some(s) => {
+                        s.drop_before(before)?;
+                        s.disk_bytes()?
+                    }
+                    None => 0,
+                };
+                Ok::<_, steward_state::StateError>((series, samples, bytes, disk))
             })
             .await
+            .map_err(|e| StepError::new("truncate", e))?
             .map_err(|e| StepError::new("truncate", e))?;
             self.metrics.series.set(series as i64);
             self.metrics.samples.set(samples as i64);
             self.metrics.bytes.set(bytes as i64);
+            self.metrics.disk.set(disk as i64);
             Ok(Next::After(Duration::from_secs(15)))
         })
     }

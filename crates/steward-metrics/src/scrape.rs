@@ -27,6 +27,65 @@ pub fn is_stale(v: f64) -> bool {
 /// What a scrape may cost: the spec's limits, as they are.
 pub use steward_spec::ScrapeLimits as Limits;
 
+/// The times a target is scraped at: every `interval`, at an offset within
+/// the interval taken from the target's URL (so targets spread over the
+/// interval, as Prometheus spreads them). Samples are stamped with the slot
+/// they were scraped for, not the moment the request left: on the grid,
+/// the delta of deltas between timestamps is zero and a sample's timestamp
+/// costs one bit in a chunk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Grid {
+    interval_ms: i64,
+    offset_ms: i64,
+    last: Option<i64>,
+}
+
+impl Grid {
+    /// The grid of a target at `url` scraped every `interval`.
+    pub fn new(url: &str, interval: Duration) -> Grid {
+        let interval_ms = (interval.as_millis() as i64).max(1);
+        // FNV-1a: stable across runs and versions, unlike the std hasher.
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in url.bytes() {
+            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+        Grid {
+            interval_ms,
+            offset_ms: (h % interval_ms as u64) as i64,
+            last: None,
+        }
+    }
+
+    /// The slot a scrape starting at `now_ms` is stamped with: the first
+    /// scrape, the latest slot before it (never a time still to come);
+    /// later ones, the nearest slot (a scrape woken by [`Grid::wait`] starts
+    /// a few milliseconds after its slot), always later than the slot of
+    /// the scrape before.
+    pub fn stamp(&mut self, now_ms: i64) -> i64 {
+        let floor = now_ms - (now_ms - self.offset_ms).rem_euclid(self.interval_ms);
+        let t = match self.last {
+            None => floor,
+            Some(last) => {
+                let nearest = if (now_ms - floor) * 2 >= self.interval_ms {
+                    floor + self.interval_ms
+                } else {
+                    floor
+                };
+                nearest.max(last + self.interval_ms)
+            }
+        };
+        self.last = Some(t);
+        t
+    }
+
+    /// How long from `now_ms` until the next slot's scrape is due (none,
+    /// when it is late).
+    pub fn wait(&self, now_ms: i64) -> Duration {
+        let next = self.last.map_or(now_ms, |l| l + self.interval_ms);
+        Duration::from_millis((next - now_ms).max(0) as u64)
+    }
+}
+
 /// One scrape target.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Target {
@@ -355,5 +414,37 @@ impl Scraper {
             let r = head.series_ref(&set);
             let _ = head.append(r, now_ms, v);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_grid_stamps_every_scrape_on_its_slot_and_never_twice() {
+        let mut g = Grid::new("http://127.0.0.1:9100/metrics", Duration::from_secs(10));
+        let offset = g.offset_ms;
+        assert!((0..10_000).contains(&offset));
+        // 1_700_000_000_000 is a multiple of the interval.
+        let base = 1_700_000_000_000 + offset;
+        // The first scrape, at any moment, takes the slot before it.
+        assert_eq!(g.stamp(base + 6_000), base);
+        // Woken a few milliseconds after the next slot: stamped on it.
+        assert_eq!(g.wait(base + 6_100), Duration::from_millis(3_900));
+        assert_eq!(g.stamp(base + 10_003), base + 10_000);
+        // Woken early (a clock step): never the same slot twice.
+        assert_eq!(g.stamp(base + 10_500), base + 20_000);
+        // Late by more than an interval: the slot of now, no wait after.
+        assert_eq!(g.stamp(base + 55_000), base + 60_000);
+        assert_eq!(g.wait(base + 70_200), Duration::ZERO);
+        // Another target spreads elsewhere in the interval (the offset is
+        // a hash of the URL, the same every run).
+        let other = Grid::new("http://127.0.0.1:9101/metrics", Duration::from_secs(10));
+        assert_ne!(other.offset_ms, offset);
+        assert_eq!(
+            Grid::new("http://127.0.0.1:9101/metrics", Duration::from_secs(10)).offset_ms,
+            other.offset_ms
+        );
     }
 }

@@ -103,12 +103,16 @@ fn query_error(e: steward_metrics::promql::eval::QueryError) -> Response {
     use steward_metrics::promql::eval::QueryError;
     match e {
         QueryError::Parse(m) => bad_data(m),
-        QueryError::Eval(m) => (
-            StatusCode::UNPROCESSABLE_ENTITY,
-            Json(serde_json::json!({"status": "error", "errorType": "execution", "error": m})),
-        )
-            .into_response(),
+        QueryError::Eval(m) => execution(m),
     }
+}
+
+fn execution(m: String) -> Response {
+    (
+        StatusCode::UNPROCESSABLE_ENTITY,
+        Json(serde_json::json!({"status": "error", "errorType": "execution", "error": m})),
+    )
+        .into_response()
 }
 
 async fn query(State(s): State<AppState>, RawQuery(q): RawQuery, body: String) -> Response {
@@ -241,27 +245,32 @@ fn params(raw: Option<String>) -> Result<Params, String> {
 }
 
 /// Every series matching any `match[]` in `[start, end]`, as label maps.
-async fn select(s: &AppState, p: Params) -> Vec<serde_json::Map<String, serde_json::Value>> {
+async fn select(
+    s: &AppState,
+    p: Params,
+) -> Result<Vec<serde_json::Map<String, serde_json::Value>>, Response> {
     let head = s.series.clone();
     tokio::task::spawn_blocking(move || {
         let h = head.lock().unwrap_or_else(|e| e.into_inner());
         let mut seen = std::collections::BTreeSet::new();
         for m in &p.matches {
-            for (labels, _) in h.select(m, p.start, p.end) {
+            for (labels, _) in h.select(m, p.start, p.end).map_err(|e| e.to_string())? {
                 seen.insert(labels);
             }
         }
-        seen.into_iter()
+        Ok(seen
+            .into_iter()
             .map(|labels| {
                 labels
                     .iter()
                     .map(|(n, v)| (n.to_string(), serde_json::Value::from(v.to_string())))
                     .collect()
             })
-            .collect()
+            .collect())
     })
     .await
-    .unwrap_or_default()
+    .unwrap_or_else(|e| Err(e.to_string()))
+    .map_err(execution)
 }
 
 async fn series(State(s): State<AppState>, RawQuery(q): RawQuery) -> Response {
@@ -272,7 +281,10 @@ async fn series(State(s): State<AppState>, RawQuery(q): RawQuery) -> Response {
     if p.matches.is_empty() {
         return bad_data("no match[] parameter provided");
     }
-    success(serde_json::Value::from(select(&s, p).await))
+    match select(&s, p).await {
+        Ok(v) => success(serde_json::Value::from(v)),
+        Err(r) => r,
+    }
 }
 
 async fn labels(State(s): State<AppState>, RawQuery(q): RawQuery) -> Response {
@@ -289,8 +301,11 @@ async fn labels(State(s): State<AppState>, RawQuery(q): RawQuery) -> Response {
         .await
         .unwrap_or_default()
     } else {
-        select(&s, p)
-            .await
+        let found = match select(&s, p).await {
+            Ok(found) => found,
+            Err(r) => return r,
+        };
+        found
             .into_iter()
             .flat_map(|m| m.into_iter().map(|(k, _)| k))
             .collect()
@@ -316,8 +331,11 @@ async fn label_values(
             .map(|v| v.to_string())
             .collect()
     } else {
-        select(&s, p)
-            .await
+        let found = match select(&s, p).await {
+            Ok(found) => found,
+            Err(r) => return r,
+        };
+        found
             .into_iter()
             .filter_map(|m| m.get(&name).and_then(|v| v.as_str().map(String::from)))
             .collect()

@@ -58,6 +58,9 @@ pub struct Settings {
     pub tls: Option<TlsPaths>,
     /// How often `serve` stores its own metrics as series.
     pub self_scrape_interval: std::time::Duration,
+    /// How often new samples are written to `series.db` (what a `kill -9`
+    /// may lose).
+    pub metrics_flush_interval: std::time::Duration,
 }
 
 /// Certificate chain and private key of `serve`'s HTTPS listener.

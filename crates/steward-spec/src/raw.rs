@@ -22,6 +22,7 @@ pub(crate) struct RawSettings {
     pub(crate) public_metrics: Option<bool>,
     pub(crate) tls: Option<RawTls>,
     pub(crate) self_scrape_interval: Option<crate::duration::Dur>,
+    pub(crate) metrics_flush_interval: Option<crate::duration::Dur>,
 }
 
 /// `tls = { cert = "...", key = "..." }`

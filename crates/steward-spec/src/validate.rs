@@ -484,6 +484,10 @@ fn settings(d: &mut Diagnostics, raw: Option<RawSettings>, base_dir: &Path) -> S
             .self_scrape_interval
             .map_or(std::time::Duration::from_secs(15), |d| d.0)
             .max(std::time::Duration::from_secs(1)),
+        metrics_flush_interval: raw
+            .metrics_flush_interval
+            .map_or(std::time::Duration::from_secs(60), |d| d.0)
+            .max(std::time::Duration::from_secs(1)),
         tls: raw.tls.map(|t| {
             let cert = file_ref(d, &Some(t.cert), base_dir).unwrap_or_default();
             let key = file_ref(d, &Some(t.key.clone()), base_dir).unwrap_or_default();

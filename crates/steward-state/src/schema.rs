@@ -158,10 +158,18 @@ const MIGRATIONS: &[&str] = &[
      );",
 ];
 
-/// Newest schema version this build knows.
-pub(crate) const VERSION: i64 = MIGRATIONS.len() as i64;
-
+/// Applies the state database's migrations.
 pub(crate) fn migrate(conn: &Connection, path: &Path) -> Result<(), StateError> {
+    migrate_with(conn, path, MIGRATIONS)
+}
+
+/// Applies numbered migrations (`PRAGMA user_version` counts those done).
+pub(crate) fn migrate_with(
+    conn: &Connection,
+    path: &Path,
+    migrations: &[&str],
+) -> Result<(), StateError> {
+    let version_known = migrations.len() as i64;
     let sq = |source| StateError::Sqlite {
         path: path.to_path_buf(),
         source,
@@ -169,14 +177,14 @@ pub(crate) fn migrate(conn: &Connection, path: &Path) -> Result<(), StateError> 
     let current: i64 = conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .map_err(sq)?;
-    if current > VERSION {
+    if current > version_known {
         return Err(StateError::TooNew {
             path: path.to_path_buf(),
             found: current,
-            known: VERSION,
+            known: version_known,
         });
     }
-    for (i, step) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+    for (i, step) in migrations.iter().enumerate().skip(current as usize) {
         let version = i as i64 + 1;
         // Each step and its version bump commit together: a crash mid-way
         // leaves the previous version intact. The write lock is taken before the
@@ -198,8 +206,8 @@ pub(crate) fn migrate(conn: &Connection, path: &Path) -> Result<(), StateError> 
         tracing::debug!(version, "state database migrated");
     }
     // A new database is not news; an upgraded one is worth a line.
-    if current > 0 && current < VERSION {
-        tracing::info!(from = current, to = VERSION, "state database upgraded");
+    if current > 0 && current < version_known {
+        tracing::info!(from = current, to = version_known, path = %path.display(), "state database upgraded");
     }
     Ok(())
 }

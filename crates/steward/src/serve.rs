@@ -187,7 +187,33 @@ pub(crate) async fn run(spec_path: &Path, listen: Option<SocketAddr>) -> u8 {
     // Metrics as series: static targets, services' instances, steward's own
     // /metrics (the proxy's per-service requests and latencies), and their
     // retention. The store is shared with the API.
-    let series: steward_metrics::controller::Series = Default::default();
+    let chunks: Arc<dyn steward_state::SeriesChunks> =
+        match steward_state::SeriesDb::open(&spec.settings.state_dir) {
+            Ok(db) => Arc::new(db),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return exit::USAGE;
+            }
+        };
+    let memory_from = now_ms() - steward_metrics::controller::MEMORY_WINDOW.as_millis() as i64;
+    let series: steward_metrics::controller::Series = {
+        let c = chunks.clone();
+        match tokio::task::spawn_blocking(move || {
+            steward_metrics::tsdb::head::Head::open(c, memory_from)
+        })
+        .await
+        {
+            Ok(Ok(head)) => Arc::new(std::sync::Mutex::new(head)),
+            Ok(Err(e)) => {
+                eprintln!("error: cannot read the metrics store: {e}");
+                return exit::USAGE;
+            }
+            Err(e) => {
+                eprintln!("error: cannot read the metrics store: {e}");
+                return exit::USAGE;
+            }
+        }
+    };
     let store_metrics = steward_metrics::controller::StoreMetrics::default();
     store_metrics.register(&mut registry);
     let scrape_client = match steward_net::http(steward_net::HttpOptions {
@@ -250,10 +276,25 @@ pub(crate) async fn run(spec_path: &Path, listen: Option<SocketAddr>) -> u8 {
         });
     }
     {
-        let (series, keep) = (series.clone(), spec.settings.retention.raw.0);
+        let (s, c, metrics) = (series.clone(), chunks.clone(), store_metrics.clone());
+        let every = spec.settings.metrics_flush_interval;
+        sup.add("metrics.flush", move |_| {
+            Box::new(steward_metrics::controller::Flusher::new(
+                s.clone(),
+                c.clone(),
+                every,
+                metrics.clone(),
+            ))
+        });
+        let (series, chunks, keep) = (
+            series.clone(),
+            chunks.clone(),
+            spec.settings.retention.raw.0,
+        );
         sup.add("metrics.retention", move |_| {
             Box::new(steward_metrics::controller::Retention::new(
                 series.clone(),
+                Some(chunks.clone()),
                 keep,
                 store_metrics.clone(),
             ))
@@ -321,7 +362,8 @@ pub(crate) async fn run(spec_path: &Path, listen: Option<SocketAddr>) -> u8 {
 
     let state = steward_server::AppState::new(spec.clone(), store.clone(), board.clone(), registry)
         .with_controllers(controllers)
-        .with_series(series);
+        .with_series(series.clone());
+    let series_for_shutdown = series;
     let summaries = tokio::spawn(state.clone().refresh_summaries(cancel.clone()));
     let app = steward_server::router(state);
     let shutdown = {
@@ -345,6 +387,17 @@ pub(crate) async fn run(spec_path: &Path, listen: Option<SocketAddr>) -> u8 {
     }
     let _ = heartbeat.await;
     let _ = summaries.await;
+    // What the last flush did not write yet.
+    let flushed = {
+        let series = series_for_shutdown;
+        tokio::task::spawn_blocking(move || {
+            steward_metrics::controller::flush(&series, chunks.as_ref())
+        })
+        .await
+    };
+    if let Ok(Err(e)) = flushed {
+        tracing::error!(error = %e, "cannot write the last samples to the metrics store");
+    }
     store.record(&event(
         EventKind::ServeStopped,
         Severity::Info,

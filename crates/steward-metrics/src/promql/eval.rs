@@ -234,6 +234,7 @@ impl Evaluator<'_> {
             let read = self
                 .head
                 .select(&m, from, to + (self.end - t))
+                .map_err(|e| e.to_string())?
                 .into_iter()
                 .map(|(labels, points)| Series { labels, points })
                 .collect();

@@ -6,6 +6,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
+use steward_state::{ChunkRow, SeriesChunks, StateError};
+
 use super::chunk::{AppendError, Chunk};
 
 /// Samples per chunk before it is sealed (as Prometheus's head does).
@@ -13,6 +15,9 @@ pub const CHUNK_SAMPLES: usize = 120;
 
 /// A series' labels, sorted by name, `__name__` among them.
 pub type Labels = Vec<(Arc<str>, Arc<str>)>;
+
+/// Series with their samples, as [`Head::select`] finds them.
+pub type Selected = Vec<(Labels, Vec<(i64, f64)>)>;
 
 /// How a matcher compares a label's value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,6 +78,8 @@ struct Sealed {
     max_t: i64,
     count: u16,
     bytes: Box<[u8]>,
+    /// Written to the store as it is.
+    persisted: bool,
 }
 
 #[derive(Debug)]
@@ -80,15 +87,39 @@ struct Series {
     labels: Labels,
     sealed: Vec<Sealed>,
     open: Chunk,
+    /// Its number in the store, once written there.
+    db: Option<i64>,
+    /// The end of the newest chunk held in the store only: every chunk in
+    /// memory ends later (samples are appended in time order), every chunk
+    /// ending there or before is read from the store.
+    cold_max: Option<i64>,
+    /// The open chunk as last written to the store: (first time, samples).
+    open_written: Option<(i64, usize)>,
+}
+
+impl Series {
+    fn new(labels: Labels) -> Series {
+        Series {
+            labels,
+            sealed: Vec::new(),
+            open: Chunk::new(),
+            db: None,
+            cold_max: None,
+            open_written: None,
+        }
+    }
 }
 
 /// Identifies a series in a [`Head`] (valid until [`Head::truncate`] drops it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct SeriesRef(u32);
 
-/// The in-memory series store.
-#[derive(Debug, Default)]
+/// The series store: every series and its recent chunks in memory; with a
+/// [`SeriesChunks`] behind it, older chunks read from there.
+#[derive(Default)]
 pub struct Head {
+    /// Where flushed chunks are, if anywhere.
+    cold: Option<Arc<dyn SeriesChunks>>,
     strings: HashSet<Arc<str>>,
     series: Vec<Option<Series>>,
     free: Vec<u32>,
@@ -112,6 +143,74 @@ impl Head {
     /// An empty store.
     pub fn new() -> Head {
         Head::default()
+    }
+
+    /// The store as `chunks` holds it: every series, and in memory the
+    /// chunks ending at or after `memory_from` (the newest of a series, if
+    /// not full, becomes its open chunk again, to be appended to). Older
+    /// chunks stay in `chunks` and are read from there by [`Head::select`].
+    pub fn open(chunks: Arc<dyn SeriesChunks>, memory_from: i64) -> Result<Head, StateError> {
+        let mut h = Head::new();
+        let mut by_db: HashMap<i64, u32> = HashMap::new();
+        for (id, json) in chunks.all_series()? {
+            let Ok(pairs) = serde_json::from_str::<Vec<(String, String)>>(&json) else {
+                tracing::warn!(
+                    series = id,
+                    "unreadable labels in the metrics store; series skipped"
+                );
+                continue;
+            };
+            let refs: Vec<(&str, &str)> = pairs
+                .iter()
+                .map(|(n, v)| (n.as_str(), v.as_str()))
+                .collect();
+            if !refs.windows(2).all(|w| w[0].0 < w[1].0) {
+                continue;
+            }
+            let r = h.series_ref(&refs);
+            if let Some(Some(s)) = h.series.get_mut(r.0 as usize) {
+                s.db = Some(id);
+            }
+            by_db.insert(id, r.0);
+        }
+        for (id, max_t) in chunks.newest_before(memory_from)? {
+            if let Some(Some(s)) = by_db.get(&id).map(|&i| &mut h.series[i as usize]) {
+                s.cold_max = Some(max_t);
+            }
+        }
+        let rows = chunks.chunks_since(memory_from)?;
+        let mut i = 0;
+        while i < rows.len() {
+            let series = rows[i].series;
+            let end = rows[i..]
+                .iter()
+                .position(|c| c.series != series)
+                .map_or(rows.len(), |n| i + n);
+            if let Some(Some(s)) = by_db.get(&series).map(|&x| &mut h.series[x as usize]) {
+                for (k, c) in rows[i..end].iter().enumerate() {
+                    let last = i + k + 1 == end;
+                    if last && usize::from(c.count) < CHUNK_SAMPLES {
+                        let mut open = Chunk::new();
+                        for (t, v) in Chunk::decode(&c.data, usize::from(c.count)) {
+                            let _ = open.append(t, v);
+                        }
+                        s.open_written = open.range().map(|(min, _)| (min, open.len()));
+                        s.open = open;
+                    } else {
+                        s.sealed.push(Sealed {
+                            min_t: c.min_t,
+                            max_t: c.max_t,
+                            count: c.count,
+                            bytes: c.data.clone().into(),
+                            persisted: true,
+                        });
+                    }
+                }
+            }
+            i = end;
+        }
+        h.cold = Some(chunks);
+        Ok(h)
     }
 
     fn intern(&mut self, s: &str) -> Arc<str> {
@@ -147,11 +246,7 @@ impl Head {
             .iter()
             .map(|(n, v)| (self.intern(n), self.intern(v)))
             .collect();
-        let series = Series {
-            labels: interned.clone(),
-            sealed: Vec::new(),
-            open: Chunk::new(),
-        };
+        let series = Series::new(interned.clone());
         let id = match self.free.pop() {
             Some(id) => {
                 self.series[id as usize] = Some(series);
@@ -182,14 +277,14 @@ impl Head {
         let Some(Some(s)) = self.series.get_mut(r.0 as usize) else {
             return Ok(());
         };
-        if let Some(last) = s.sealed.last()
-            && s.open.is_empty()
-            && t <= last.max_t
+        // The open chunk refuses what is older than its newest sample;
+        // when it is empty, the newest sealed chunk (in memory or, after
+        // that, in the store) sets the floor.
+        if s.open.is_empty()
+            && let Some(newest) = s.sealed.last().map(|c| c.max_t).or(s.cold_max)
+            && t <= newest
         {
-            return Err(AppendError::OutOfOrder {
-                t,
-                newest: last.max_t,
-            });
+            return Err(AppendError::OutOfOrder { t, newest });
         }
         s.open.append(t, v)?;
         if s.open.len() >= CHUNK_SAMPLES {
@@ -200,20 +295,23 @@ impl Head {
                 max_t,
                 count: full.len() as u16,
                 bytes: full.bytes().into(),
+                persisted: false,
             });
         }
         Ok(())
     }
 
     /// The series matching every matcher, with their samples in `[mint, maxt]`
-    /// (series without samples there are left out), in label order.
+    /// (series without samples there are left out), in label order. Samples
+    /// no longer in memory are read from the store behind.
     pub fn select(
         &self,
         matchers: &[Matcher],
         mint: i64,
         maxt: i64,
-    ) -> Vec<(Labels, Vec<(i64, f64)>)> {
-        let mut out: Vec<(Labels, Vec<(i64, f64)>)> = self
+    ) -> Result<Selected, StateError> {
+        let mut out: Selected = Vec::new();
+        for s in self
             .candidates(matchers)
             .into_iter()
             .filter_map(|id| self.series[id as usize].as_ref())
@@ -227,13 +325,25 @@ impl Head {
                     m.matches(v)
                 })
             })
-            .filter_map(|s| {
-                let samples = samples_in(s, mint, maxt);
-                (!samples.is_empty()).then(|| (s.labels.clone(), samples))
-            })
-            .collect();
+        {
+            let mut samples = Vec::new();
+            if let (Some(cold), Some(db), Some(cold_max)) = (&self.cold, s.db, s.cold_max)
+                && cold_max >= mint
+            {
+                for c in cold.chunks_of(db, mint, maxt, cold_max + 1)? {
+                    samples.extend(
+                        Chunk::decode(&c.data, usize::from(c.count))
+                            .filter(|(t, _)| *t >= mint && *t <= maxt),
+                    );
+                }
+            }
+            samples_in(s, mint, maxt, &mut samples);
+            if !samples.is_empty() {
+                out.push((s.labels.clone(), samples));
+            }
+        }
         out.sort_by(|a, b| a.0.cmp(&b.0));
-        out
+        Ok(out)
     }
 
     /// Series worth looking at: the intersection of the postings of the
@@ -282,7 +392,10 @@ impl Head {
                 dropped += s.open.len();
                 s.open = Chunk::new();
             }
-            if s.sealed.is_empty() && s.open.is_empty() {
+            if s.cold_max.is_some_and(|c| c < before) {
+                s.cold_max = None;
+            }
+            if s.sealed.is_empty() && s.open.is_empty() && s.cold_max.is_none() {
                 gone.push(id as u32);
             }
         }
@@ -369,8 +482,7 @@ impl Head {
     }
 }
 
-fn samples_in(s: &Series, mint: i64, maxt: i64) -> Vec<(i64, f64)> {
-    let mut out = Vec::new();
+fn samples_in(s: &Series, mint: i64, maxt: i64, out: &mut Vec<(i64, f64)>) {
     for c in s
         .sealed
         .iter()
@@ -386,5 +498,150 @@ fn samples_in(s: &Series, mint: i64, maxt: i64) -> Vec<(i64, f64)> {
     {
         out.extend(s.open.samples().filter(|(t, _)| *t >= mint && *t <= maxt));
     }
-    out
+}
+
+/// What a flush writes: taken under the store's lock, written without it.
+#[derive(Debug, Default)]
+pub struct Flush {
+    generation: u64,
+    /// Series not yet in the store: where, and their labels as JSON.
+    new_series: Vec<(u32, String)>,
+    /// Chunks to write, by series (its number when known).
+    chunks: Vec<(u32, Option<i64>, ChunkRow, bool)>,
+}
+
+impl Flush {
+    /// Chunks to write.
+    pub fn len(&self) -> usize {
+        self.chunks.len()
+    }
+
+    /// Nothing to write.
+    pub fn is_empty(&self) -> bool {
+        self.chunks.is_empty() && self.new_series.is_empty()
+    }
+
+    /// Writes it: new series get their numbers, then every chunk in one
+    /// transaction (the numbers are kept for [`Head::flushed`]).
+    pub fn write(&mut self, store: &dyn SeriesChunks, now_ms: i64) -> Result<(), StateError> {
+        let labels: Vec<String> = self.new_series.iter().map(|(_, l)| l.clone()).collect();
+        let ids = store.series_ids(&labels, now_ms)?;
+        let by_ref: HashMap<u32, i64> = self
+            .new_series
+            .iter()
+            .zip(&ids)
+            .map(|((r, _), id)| (*r, *id))
+            .collect();
+        for (r, db, row, _) in &mut self.chunks {
+            if db.is_none() {
+                *db = by_ref.get(r).copied();
+            }
+            row.series = db.unwrap_or(-1);
+        }
+        let rows: Vec<ChunkRow> = self
+            .chunks
+            .iter()
+            .filter(|c| c.1.is_some())
+            .map(|c| c.2.clone())
+            .collect();
+        store.write_chunks(&rows)
+    }
+}
+
+impl Head {
+    /// What is not yet in the store: series without a number, sealed chunks
+    /// not written, and open chunks that grew since they were.
+    pub fn plan_flush(&self) -> Flush {
+        let mut f = Flush {
+            generation: self.generation,
+            ..Flush::default()
+        };
+        for (id, s) in self.series.iter().enumerate() {
+            let Some(s) = s else { continue };
+            let id = id as u32;
+            let open_now = s.open.range().map(|(min, _)| (min, s.open.len()));
+            let unsealed = s.sealed.iter().any(|c| !c.persisted);
+            if s.db.is_none() && (unsealed || open_now.is_some()) {
+                let pairs: Vec<(&str, &str)> = s.labels.iter().map(|(n, v)| (&**n, &**v)).collect();
+                f.new_series
+                    .push((id, serde_json::to_string(&pairs).unwrap_or_default()));
+            }
+            for c in s.sealed.iter().filter(|c| !c.persisted) {
+                f.chunks.push((
+                    id,
+                    s.db,
+                    ChunkRow {
+                        series: 0,
+                        min_t: c.min_t,
+                        max_t: c.max_t,
+                        count: c.count,
+                        data: c.bytes.to_vec(),
+                    },
+                    true,
+                ));
+            }
+            if open_now.is_some() && open_now != s.open_written {
+                let (min_t, max_t) = s.open.range().unwrap_or_default();
+                f.chunks.push((
+                    id,
+                    s.db,
+                    ChunkRow {
+                        series: 0,
+                        min_t,
+                        max_t,
+                        count: s.open.len() as u16,
+                        data: s.open.bytes().to_vec(),
+                    },
+                    false,
+                ));
+            }
+        }
+        f
+    }
+
+    /// Records what [`Flush::write`] wrote, then lets go of the memory of
+    /// written chunks ending before `memory_from`. When series were dropped
+    /// since the flush was planned, nothing is recorded: the next flush
+    /// writes the same again (a rewrite replaces).
+    pub fn flushed(&mut self, f: &Flush, memory_from: i64) {
+        if f.generation != self.generation {
+            return;
+        }
+        for (r, db, row, sealed) in &f.chunks {
+            let Some(Some(s)) = self.series.get_mut(*r as usize) else {
+                continue;
+            };
+            if db.is_some() && s.db.is_none() {
+                s.db = *db;
+            }
+            if *sealed {
+                if let Some(c) = s.sealed.iter_mut().find(|c| c.min_t == row.min_t) {
+                    c.persisted = true;
+                }
+            } else {
+                s.open_written = Some((row.min_t, usize::from(row.count)));
+            }
+        }
+        if self.cold.is_none() {
+            return;
+        }
+        for s in self.series.iter_mut().flatten() {
+            let keep = s
+                .sealed
+                .iter()
+                .position(|c| !c.persisted || c.max_t >= memory_from)
+                .unwrap_or(s.sealed.len());
+            if keep > 0 {
+                let last = s.sealed[keep - 1].max_t;
+                s.sealed.drain(..keep);
+                s.cold_max = Some(last);
+            }
+        }
+    }
+
+    /// Puts a store behind this head: what [`Head::flushed`] evicts is read
+    /// back from it.
+    pub fn set_store(&mut self, chunks: Arc<dyn SeriesChunks>) {
+        self.cold = Some(chunks);
+    }
 }

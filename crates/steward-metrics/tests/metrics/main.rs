@@ -4,6 +4,7 @@
 mod autoscale;
 mod autoscaler;
 mod exposition;
+mod persist;
 mod promql;
 mod scrape;
 mod tsdb;

@@ -52,6 +52,7 @@ fn select(head: &Mutex<Head>, name: &str) -> Vec<Found> {
     head.lock()
         .unwrap()
         .select(&[m], i64::MIN, i64::MAX)
+        .unwrap()
         .into_iter()
         .map(|(l, s)| {
             (

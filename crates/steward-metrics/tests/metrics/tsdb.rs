@@ -129,10 +129,14 @@ fn series_seal_chunks_and_read_across_them_by_time() {
     for i in 0..(CHUNK_SAMPLES as i64 * 2 + 10) {
         h.append(r, i * 1000, i as f64).unwrap();
     }
-    let all = h.select(&[m("__name__", MatchOp::Eq, "up")], i64::MIN, i64::MAX);
+    let all = h
+        .select(&[m("__name__", MatchOp::Eq, "up")], i64::MIN, i64::MAX)
+        .unwrap();
     assert_eq!(all.len(), 1);
     assert_eq!(all[0].1.len(), CHUNK_SAMPLES * 2 + 10);
-    let some = h.select(&[m("job", MatchOp::Eq, "api")], 100_000, 130_000);
+    let some = h
+        .select(&[m("job", MatchOp::Eq, "api")], 100_000, 130_000)
+        .unwrap();
     let ts: Vec<i64> = some[0].1.iter().map(|(t, _)| *t).collect();
     assert_eq!(ts, (100..=130).map(|i| i * 1000).collect::<Vec<_>>());
     // A sealed chunk's end is the floor for the next sample, too.
@@ -163,12 +167,15 @@ fn truncation_drops_old_chunks_and_forgotten_series() {
     assert_eq!(pods, ["b"]);
     assert!(
         h.select(&[m("__name__", MatchOp::Eq, "gone")], 0, i64::MAX)
+            .unwrap()
             .is_empty()
     );
     // A new series reuses the freed slot and is found by its labels.
     let again = h.series_ref(&[("__name__", "gone"), ("pod", "c")]);
     h.append(again, 20_000, 3.0).unwrap();
-    let got = h.select(&[m("pod", MatchOp::Re, "b|c")], 0, i64::MAX);
+    let got = h
+        .select(&[m("pod", MatchOp::Re, "b|c")], 0, i64::MAX)
+        .unwrap();
     assert_eq!(got.len(), 2);
 }
 
@@ -252,6 +259,7 @@ proptest! {
         let ms: Vec<Matcher> = matchers.iter().map(|(n, op, v)| m(n, *op, v)).collect();
         let got: Vec<BTreeMap<String, String>> = h
             .select(&ms, 0, i64::MAX)
+            .unwrap()
             .into_iter()
             .map(|(labels, _)| labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect())
             .collect();

@@ -1591,3 +1591,78 @@ fn serve_scrapes_targets_and_itself_into_series() {
     assert_eq!(unsupported["errorType"], "execution", "{unsupported}");
     let _ = std::fs::remove_file(Path::new(&www).join(&file));
 }
+
+/// `count_over_time(EXPR[1h])` at `at` (Unix seconds) as `serve` answers it.
+fn count_at(serve: &Serve, expr: &str, at: f64) -> f64 {
+    let body = common::http_get(
+        &serve.addr,
+        &format!(
+            "/api/v1/query?query={}&time={at}",
+            q(&format!("count_over_time({expr}[1h])"))
+        ),
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
+    v["data"]["result"][0]["value"][1]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[test]
+fn scraped_series_outlive_a_restart_and_a_kill_loses_at_most_one_flush_interval() {
+    let www = common::testbed("STEWARD_TEST_WWW");
+    let file = format!("e2e-persist-{}.txt", std::process::id());
+    std::fs::write(Path::new(&www).join(&file), "jobs_waiting 3\n").unwrap();
+    let nginx = common::testbed("STEWARD_TEST_NGINX_URL");
+    let p = Project::new(&format!(
+        "[steward]\nstate_dir = \"state\"\nmetrics_flush_interval = \"2s\"\n\n[scrape.web]\nurl = \"{nginx}/{file}\"\ninterval = \"1s\"\n"
+    ));
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64()
+    };
+    let expr = "jobs_waiting{job=\"web\"}";
+    let wait_for = |serve: &Serve, n: f64| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let at = now();
+            let c = count_at(serve, expr, at);
+            if c >= n {
+                return (at, c);
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{c} samples after a minute"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    // A clean stop writes everything: the same samples after a restart.
+    let serve = common::serve(&p.spec(), &[]);
+    let (at, before) = wait_for(&serve, 5.0);
+    assert_eq!(serve.stop(), 0);
+    assert!(p.dir.path().join("state/series.db").exists());
+    let serve = common::serve(&p.spec(), &[]);
+    assert_eq!(count_at(&serve, expr, at), before, "after SIGTERM");
+    // New samples join the old ones in the same series.
+    let (_, grown) = wait_for(&serve, before + 5.0);
+    // kill -9: at most the last 2 s flush interval (and the flush under
+    // way, one more scrape) of samples are lost.
+    std::thread::sleep(Duration::from_secs(3));
+    let at = now();
+    let seen = count_at(&serve, expr, at);
+    assert!(seen > grown);
+    drop(serve); // SIGKILL
+    let serve = common::serve(&p.spec(), &[]);
+    let kept = count_at(&serve, expr, at);
+    assert!(
+        kept >= seen - 3.0 && kept <= seen,
+        "{seen} samples before the kill, {kept} after"
+    );
+    let log = serve.log.lock().unwrap().clone();
+    assert!(!log.contains("\"level\":\"ERROR\""), "{log}");
+    let _ = std::fs::remove_file(Path::new(&www).join(&file));
+}
