@@ -44,6 +44,9 @@ fn headline(n: &Notice) -> String {
         NoticeKind::Degraded => format!("{} is DEGRADED", n.check),
         NoticeKind::Recovered => format!("{} has RECOVERED", n.check),
         NoticeKind::Reminder => format!("{} is still DOWN", n.check),
+        NoticeKind::Firing => format!("{} is FIRING", n.check),
+        NoticeKind::Resolved => format!("{} has RESOLVED", n.check),
+        NoticeKind::StillFiring => format!("{} is still FIRING", n.check),
     }
 }
 
@@ -71,13 +74,15 @@ pub(crate) fn webhook_body(n: &Notice) -> serde_json::Value {
 /// Body of a Slack-compatible incoming webhook.
 pub(crate) fn slack_body(n: &Notice) -> serde_json::Value {
     let emoji = match n.kind {
-        NoticeKind::Down | NoticeKind::Reminder => ":red_circle:",
+        NoticeKind::Down | NoticeKind::Reminder | NoticeKind::Firing | NoticeKind::StillFiring => {
+            ":red_circle:"
+        }
         NoticeKind::Degraded => ":large_yellow_circle:",
-        NoticeKind::Recovered => ":large_green_circle:",
+        NoticeKind::Recovered | NoticeKind::Resolved => ":large_green_circle:",
     };
     let mut text = format!("{emoji} *[{}] {}* since {}", n.app, headline(n), since(n));
     if let Some(e) = &n.error
-        && n.kind != NoticeKind::Recovered
+        && !matches!(n.kind, NoticeKind::Recovered | NoticeKind::Resolved)
     {
         text.push_str(&format!("\n```{e}```"));
     }

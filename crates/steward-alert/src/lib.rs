@@ -25,6 +25,21 @@ use tokio_util::sync::CancellationToken;
 
 pub use deliver::{Sender, deliver};
 
+/// An alerting rule's alert while it fires (what reminders are sent for).
+#[derive(Debug, Clone, PartialEq)]
+pub struct FiringRule {
+    /// The rule.
+    pub rule: String,
+    /// Since when it fires (Unix ms).
+    pub since: i64,
+    /// Its `summary` annotation.
+    pub summary: Option<String>,
+}
+
+/// Firing alerts of the rules, by subject (`NAME{labels}`), kept by the
+/// rules' controllers.
+pub type FiringBoard = Arc<std::sync::RwLock<BTreeMap<String, FiringRule>>>;
+
 /// What a notice says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NoticeKind {
@@ -36,6 +51,12 @@ pub enum NoticeKind {
     Recovered,
     /// Still down.
     Reminder,
+    /// An alerting rule's alert began to fire.
+    Firing,
+    /// An alerting rule's alert stopped firing.
+    Resolved,
+    /// An alerting rule's alert still fires.
+    StillFiring,
 }
 
 impl NoticeKind {
@@ -45,7 +66,9 @@ impl NoticeKind {
             NoticeKind::Down => "down",
             NoticeKind::Degraded => "degraded",
             NoticeKind::Recovered => "recovered",
-            NoticeKind::Reminder => "reminder",
+            NoticeKind::Reminder | NoticeKind::StillFiring => "reminder",
+            NoticeKind::Firing => "firing",
+            NoticeKind::Resolved => "resolved",
         }
     }
 }
@@ -118,11 +141,14 @@ pub fn suppression(
 }
 
 /// The events alerting reads from the log: every move of a check's or a
-/// backup's health. Each carries `from` and `to` healths in its data.
+/// backup's health, and alerting rules' alerts firing and resolving. Each
+/// carries `from` and `to` healths in its data.
 pub const ALERTED_KINDS: &[EventKind] = &[
     EventKind::CheckUp,
     EventKind::CheckDegraded,
     EventKind::CheckDown,
+    EventKind::RuleFiring,
+    EventKind::RuleResolved,
     EventKind::BackupSucceeded,
     EventKind::BackupFailed,
     EventKind::BackupOverdue,
@@ -146,6 +172,10 @@ pub struct Alerter {
     pub checks: BTreeMap<String, Arc<Check>>,
     /// The alert channels of each backup.
     pub backups: BTreeMap<String, Vec<String>>,
+    /// The alert channels of each alerting rule.
+    pub rules: BTreeMap<String, Vec<String>>,
+    /// Rules' alerts firing now (for reminders).
+    pub firing: FiringBoard,
     /// Maintenance windows.
     pub maintenance: Vec<Maintenance>,
     /// State database.
@@ -226,6 +256,12 @@ impl Alerter {
                 .values()
                 .map(|b| (b.name.clone(), b.alerts.clone()))
                 .collect(),
+            rules: spec
+                .rules
+                .values()
+                .map(|r| (r.name.clone(), r.alerts.clone()))
+                .collect(),
+            firing: FiringBoard::default(),
             maintenance: spec.maintenance.values().cloned().collect(),
             store,
             board,
@@ -263,6 +299,7 @@ impl Alerter {
             .values()
             .flat_map(|c| c.alerts.iter())
             .chain(me.backups.values().flatten())
+            .chain(me.rules.values().flatten())
             .filter(|a| me.alerts.contains_key(*a))
             .cloned()
             .collect();
@@ -312,6 +349,16 @@ impl Alerter {
         suppression(check, at, &self.maintenance, &|n| self.health_of(n))
     }
 
+    /// A rule's notices are held back by the maintenance windows that cover
+    /// everything (no `checks` list) or name the rule.
+    fn rule_suppressed(&self, rule: &str, at: i64) -> Option<Suppressed> {
+        let at = chrono::DateTime::from_timestamp_millis(at).unwrap_or_else(chrono::Utc::now);
+        self.maintenance
+            .iter()
+            .find(|m| m.covers(rule) && m.active_at(at))
+            .map(|m| Suppressed::Maintenance(m.name.clone()))
+    }
+
     fn record_suppressed(&self, check: &str, why: &Suppressed, event_id: Option<i64>) {
         let reason = match why {
             Suppressed::Maintenance(m) => format!("maintenance window `{m}`"),
@@ -355,8 +402,33 @@ impl Alerter {
         };
         let (from, to) = (health("from")?, health("to")?);
         let kind = decide(from, to, alert)?;
+        let kind = match (ev.event.kind, kind) {
+            (EventKind::RuleFiring, _) => NoticeKind::Firing,
+            (EventKind::RuleResolved, _) => NoticeKind::Resolved,
+            (_, k) => k,
+        };
         let subject = &ev.event.subject;
-        let (check, error) = if ev.event.kind.as_str().starts_with("check.") {
+        let (check, error) = if ev.event.kind.as_str().starts_with("rule.") {
+            let rule = ev.event.data.get("rule").and_then(|v| v.as_str())?;
+            if !self.rules.get(rule)?.iter().any(|a| a == channel) {
+                return None;
+            }
+            if let Some(why) = self.rule_suppressed(rule, ev.event.ts) {
+                self.record_suppressed(subject, &why, Some(ev.id));
+                return None;
+            }
+            let summary = ev
+                .event
+                .data
+                .get("annotations")
+                .and_then(|a| a.get("summary"))
+                .and_then(|v| v.as_str())
+                .map(str::to_string);
+            (
+                subject.clone(),
+                (to != Health::Up).then(|| summary.unwrap_or_else(|| ev.event.message.clone())),
+            )
+        } else if ev.event.kind.as_str().starts_with("check.") {
             let check = self.checks.get(subject)?;
             if !check.alerts.iter().any(|a| a == channel) {
                 return None;
@@ -390,6 +462,41 @@ impl Alerter {
         let now = now_ms();
         let board = self.board.read().unwrap_or_else(|e| e.into_inner()).clone();
         let mut out = Vec::new();
+        let firing = self
+            .firing
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        for (subject, f) in &firing {
+            for a in self.rules.get(&f.rule).into_iter().flatten() {
+                let Some(every) = self.alerts.get(a).and_then(|x| x.reminder) else {
+                    continue;
+                };
+                let last = last_sent
+                    .get(subject)
+                    .copied()
+                    .unwrap_or(f.since)
+                    .max(f.since);
+                if now - last < every.as_millis_i64()
+                    || self.rule_suppressed(&f.rule, now).is_some()
+                {
+                    continue;
+                }
+                out.push((
+                    a.clone(),
+                    Notice {
+                        kind: NoticeKind::StillFiring,
+                        check: subject.clone(),
+                        health: Health::Down,
+                        previous: Health::Down,
+                        since: f.since,
+                        error: f.summary.clone(),
+                        event_id: None,
+                        app: self.app.clone(),
+                    },
+                ));
+            }
+        }
         for (name, state) in &board {
             if state.health != Health::Down {
                 continue;

@@ -69,6 +69,7 @@ pub fn diagnose(spec: &Spec, facts: &Facts) -> Vec<Finding> {
     converge_gaps(spec, &mut out);
     backup_gaps(spec, facts, &mut out);
     fleet_gaps(spec, &mut out);
+    unwatched_services(spec, &mut out);
     out.sort_by(|a, b| {
         b.severity
             .cmp(&a.severity)
@@ -449,6 +450,83 @@ fn fleet_gaps(spec: &Spec, out: &mut Vec<Finding>) {
     }
 }
 
+/// The series of the proxy's requests and latencies a rule may watch.
+const PROXY_SERIES: &[&str] = &[
+    "steward_proxy_requests_total",
+    "steward_proxy_request_duration_seconds_bucket",
+    "steward_proxy_request_duration_seconds_sum",
+    "steward_proxy_request_duration_seconds_count",
+    "steward_proxy_upstream_errors_total",
+];
+
+/// Whether a rule's expression reads the proxy's request or latency series
+/// of `service` (a selector naming one of them whose `service` matchers, if
+/// any, admit it).
+fn watches(expr: &str, service: &str) -> bool {
+    use promql_parser::parser::Expr;
+    struct Finder<'a> {
+        service: &'a str,
+        found: bool,
+    }
+    impl promql_parser::util::ExprVisitor for Finder<'_> {
+        type Error = ();
+        fn pre_visit(&mut self, e: &Expr) -> Result<bool, ()> {
+            let vs = match e {
+                Expr::VectorSelector(vs) => vs,
+                Expr::MatrixSelector(m) => &m.vs,
+                _ => return Ok(true),
+            };
+            let name = vs.name.clone().or_else(|| {
+                vs.matchers
+                    .find_matchers("__name__")
+                    .first()
+                    .map(|m| m.value.clone())
+            });
+            let ours = name.is_some_and(|n| PROXY_SERIES.contains(&n.as_str()));
+            if ours
+                && vs
+                    .matchers
+                    .find_matchers("service")
+                    .iter()
+                    .all(|m| m.is_match(self.service))
+            {
+                self.found = true;
+            }
+            Ok(!self.found)
+        }
+    }
+    let Ok(e) = promql_parser::parser::parse(expr) else {
+        return false;
+    };
+    let mut f = Finder {
+        service,
+        found: false,
+    };
+    let _ = promql_parser::util::walk_expr(&mut f, &e);
+    f.found
+}
+
+fn unwatched_services(spec: &Spec, out: &mut Vec<Finding>) {
+    for svc in spec.services.values().filter(|s| s.listen.is_some()) {
+        if spec.rules.values().any(|r| watches(&r.expr, &svc.name)) {
+            continue;
+        }
+        out.push(finding(
+            Severity::Warning,
+            "service-without-metric-rule",
+            format!("service.{}", svc.name),
+            format!(
+                "no [rule.*] watches the error rate or latency of `{}`: it can fail half its requests, or answer in ten seconds, while every health check passes",
+                svc.name
+            ),
+            format!(
+                "add a rule on the proxy's series, e.g. [rule.{0}_errors] expr = 'sum(rate(steward_proxy_requests_total{{service=\"{0}\",code=\"5xx\"}}[5m])) / sum(rate(steward_proxy_requests_total{{service=\"{0}\"}}[5m])) > 0.05', for = \"5m\", alerts = [\"ops\"]",
+                svc.name
+            ),
+        ));
+    }
+}
+
 fn nothing_watching(spec: &Spec, facts: &Facts, out: &mut Vec<Finding>) {
     if spec.checks.is_empty() {
         out.push(finding(
@@ -582,7 +660,7 @@ mod tests {
             );
         }
         let good = format!(
-            "{base}[service.web]\nimage = \"i\"\ncommand = [\"x\"]\nlisten = \"127.0.0.1:9000\"\nreadiness = \"h\"\nreplicas = {{ min = 2, max = 4 }}\n"
+            "{base}[service.web]\nimage = \"i\"\ncommand = [\"x\"]\nlisten = \"127.0.0.1:9000\"\nreadiness = \"h\"\nreplicas = {{ min = 2, max = 4 }}\n[rule.errors]\nexpr = 'rate(steward_proxy_requests_total{{code=\"5xx\"}}[5m]) > 1'\n"
         );
         assert!(
             !rules(&good, &WATCHED)
@@ -591,6 +669,36 @@ mod tests {
             "{:?}",
             rules(&good, &WATCHED)
         );
+    }
+
+    #[test]
+    fn services_without_an_error_or_latency_rule_are_found() {
+        let base = "[image.i]\nbase = \"empty\"\n[service.web]\nimage = \"i\"\ncommand = [\"x\"]\nlisten = \"127.0.0.1:9000\"\n[service.api]\nimage = \"i\"\ncommand = [\"x\"]\nlisten = \"127.0.0.1:9001\"\n[service.worker]\nimage = \"i\"\ncommand = [\"x\"]\n";
+        let unwatched = |src: &str| -> Vec<String> {
+            rules(src, &WATCHED)
+                .into_iter()
+                .filter(|r| r.0 == "service-without-metric-rule")
+                .map(|r| r.1)
+                .collect()
+        };
+        // No rule: both services that take traffic (not the worker).
+        assert_eq!(unwatched(base), ["service.api", "service.web"]);
+        // A rule on another series, and one on the proxy's for another
+        // service, watch neither.
+        let other = format!(
+            "{base}[rule.a]\nexpr = 'up == 0'\n[rule.b]\nexpr = 'rate(steward_proxy_requests_total{{service=\"api\",code=\"5xx\"}}[5m]) > 1'\n"
+        );
+        assert_eq!(unwatched(&other), ["service.web"]);
+        // A latency rule over every service watches them all.
+        let all = format!(
+            "{base}[rule.slow]\nexpr = 'histogram_quantile(0.99, sum by (le, service) (rate(steward_proxy_request_duration_seconds_bucket[5m]))) > 1'\n"
+        );
+        assert!(unwatched(&all).is_empty());
+        // A regular expression naming it counts.
+        let re = format!(
+            "{base}[rule.e]\nexpr = 'sum by (service) (rate(steward_proxy_requests_total{{service=~\"web|api\",code=\"5xx\"}}[5m])) > 0'\n"
+        );
+        assert!(unwatched(&re).is_empty());
     }
 
     #[test]

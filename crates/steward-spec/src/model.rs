@@ -35,6 +35,8 @@ pub struct Spec {
     pub services: BTreeMap<String, crate::service::Service>,
     /// `[scrape.*]`, by name.
     pub scrapes: BTreeMap<String, crate::scrape::Scrape>,
+    /// `[rule.*]`, by name.
+    pub rules: BTreeMap<String, crate::rule::Rule>,
 }
 
 /// `[steward]`: process-wide settings.

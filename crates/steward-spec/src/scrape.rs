@@ -151,7 +151,7 @@ fn limits(
     out
 }
 
-fn label_name_ok(n: &str) -> bool {
+pub(crate) fn label_name_ok(n: &str) -> bool {
     let mut chars = n.chars();
     matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')

@@ -27,9 +27,10 @@ const SECTIONS: &[&str] = &[
     "image",
     "service",
     "scrape",
+    "rule",
 ];
 /// Sections that later capabilities add; named so the error can say so.
-const PLANNED: &[&str] = &["scale", "metrics", "rule"];
+const PLANNED: &[&str] = &["scale", "metrics"];
 
 pub(crate) fn parse(
     name: &str,
@@ -77,6 +78,7 @@ pub(crate) fn parse(
     let mut images_raw: Vec<(String, crate::image::RawImage)> = Vec::new();
     let mut services_raw: Vec<(String, Range<usize>, crate::service::RawService)> = Vec::new();
     let mut scrapes_raw: Vec<(String, Range<usize>, crate::scrape::RawScrape)> = Vec::new();
+    let mut rules_raw: Vec<(String, Range<usize>, crate::rule::RawRule)> = Vec::new();
 
     for (key, value) in root {
         let kspan = key.span();
@@ -89,7 +91,7 @@ pub(crate) fn parse(
                 }
             }
             "check" | "alert" | "maintenance" | "converge" | "store" | "backup" | "image"
-            | "service" | "scrape" => {
+            | "service" | "scrape" | "rule" => {
                 let vspan = value.span();
                 let DeValue::Table(entries) = value.into_inner() else {
                     d.error(
@@ -154,6 +156,11 @@ pub(crate) fn parse(
                         "scrape" => {
                             if let Some(c) = de::<crate::scrape::RawScrape>(&mut d, evalue) {
                                 scrapes_raw.push((ename, espan, c));
+                            }
+                        }
+                        "rule" => {
+                            if let Some(c) = de::<crate::rule::RawRule>(&mut d, evalue) {
+                                rules_raw.push((ename, espan, c));
                             }
                         }
                         "backup" => {
@@ -317,6 +324,12 @@ pub(crate) fn parse(
             scrapes.insert(name.clone(), s);
         }
     }
+    let mut rules = BTreeMap::new();
+    for (name, span, raw) in &rules_raw {
+        if let Some(r) = crate::rule::rule(&mut d, name, span.clone(), raw, &alert_names) {
+            rules.insert(name.clone(), r);
+        }
+    }
 
     d.finish()?;
     Ok(Spec {
@@ -331,6 +344,7 @@ pub(crate) fn parse(
         images,
         services,
         scrapes,
+        rules,
     })
 }
 

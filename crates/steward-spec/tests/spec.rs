@@ -210,6 +210,7 @@ fn readme_documents_every_key() {
             "scrape",
             "[scrape.x]\nurl = \"http://127.0.0.1:1/metrics\"\nzzzzzzzzzzzz = 1\n",
         ),
+        ("rule", "[rule.x]\nexpr = \"up\"\nzzzzzzzzzzzz = 1\n"),
         (
             "service metrics",
             "[image.i]\nbase = \"empty\"\n[service.x]\nimage = \"i\"\ncommand = [\"a\"]\nmetrics = { zzzzzzzzzzzz = 1 }\n",

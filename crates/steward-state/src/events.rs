@@ -80,6 +80,8 @@ kinds! {
     FleetInstanceStopped => "fleet.instance_stopped", "an instance was stopped (and parked or destroyed)";
     FleetInstanceDestroyed => "fleet.instance_destroyed", "an instance and its copy of the image were removed";
     FleetInstanceExited => "fleet.instance_exited", "an instance's process ended by itself";
+    RuleFiring => "rule.firing", "an alerting rule's alert began to fire (its `for` passed)";
+    RuleResolved => "rule.resolved", "an alerting rule's alert stopped firing";
     AutoscaleRecommended => "autoscale.recommended", "the autoscaler in `recommend` mode would change a service's count (the arithmetic in the message)";
     ServeStarted => "serve.started", "`steward serve` started";
     ServeStopped => "serve.stopped", "`steward serve` stopped";

@@ -132,6 +132,7 @@ pub(crate) async fn run(spec_path: &Path, listen: Option<SocketAddr>) -> u8 {
     monitor.register(&mut sup);
     let mut alerter = Alerter::new(&spec, store.clone(), board.clone(), resolver.clone());
     alerter.metrics = alert_metrics;
+    let firing = alerter.firing.clone();
     alerter.register(&mut sup);
     steward_backup::controller::BackupController {
         spec: spec.clone(),
@@ -273,6 +274,20 @@ pub(crate) async fn run(spec_path: &Path, listen: Option<SocketAddr>) -> u8 {
                 Some(a) => Box::new(a),
                 None => Box::new(steward_runtime::Failing::new("spec", "no autoscale")),
             }
+        });
+    }
+    // Alerting rules over the series (leader-only, like the alerting that
+    // delivers what they find).
+    for rule in spec.rules.values() {
+        let (series, store, firing, rule) =
+            (series.clone(), store.clone(), firing.clone(), rule.clone());
+        sup.add_leader_only(format!("rule.{}", rule.name), move |_| {
+            Box::new(steward_metrics::rules::RuleEvaluator::new(
+                rule.clone(),
+                series.clone(),
+                store.clone(),
+                firing.clone(),
+            ))
         });
     }
     {

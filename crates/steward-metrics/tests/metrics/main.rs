@@ -6,5 +6,6 @@ mod autoscaler;
 mod exposition;
 mod persist;
 mod promql;
+mod rules;
 mod scrape;
 mod tsdb;

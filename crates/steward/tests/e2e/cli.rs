@@ -1666,3 +1666,110 @@ fn scraped_series_outlive_a_restart_and_a_kill_loses_at_most_one_flush_interval(
     assert!(!log.contains("\"level\":\"ERROR\""), "{log}");
     let _ = std::fs::remove_file(Path::new(&www).join(&file));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_metric_rule_fires_and_resolves_through_the_alert_channels() {
+    let (world, http, _) = World::start().await;
+    let www = common::testbed("STEWARD_TEST_WWW");
+    let nginx = common::testbed("STEWARD_TEST_NGINX_URL");
+    let file = format!("e2e-rule-{}.txt", std::process::id());
+    let path = Path::new(&www).join(&file);
+    let write = |n: u32| {
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, format!("jobs_waiting{{queue=\"render\"}} {n}\n")).unwrap();
+        std::fs::rename(&tmp, &path).unwrap();
+    };
+    write(4);
+    let p = Project::new(&format!(
+        r#"
+[steward]
+state_dir = "state"
+
+[alert.hook]
+type = "webhook"
+url = "http://{http}/hook"
+
+[scrape.app]
+url = "{nginx}/{file}"
+interval = "1s"
+
+[rule.backlog]
+expr = "jobs_waiting > 10"
+for = "2s"
+interval = "1s"
+labels = {{ severity = "page" }}
+annotations = {{ summary = "{{{{ labels.queue }}}} has {{{{ value }}}} jobs waiting" }}
+alerts = ["hook"]
+"#
+    ));
+    let serve = p.serve();
+    let query = |q_: &str| {
+        let url = serve.url(&format!("/api/v1/query?query={}", q(q_)));
+        async move { get_json(&url).await }
+    };
+    eventually("scraped", || async {
+        query("jobs_waiting").await["data"]["result"][0]["value"][1] == "4"
+    })
+    .await;
+    write(20);
+    // Pending first (ALERTS says so), firing once `for` has passed.
+    eventually("pending or firing", || async {
+        !query("ALERTS{alertname=\"backlog\"}").await["data"]["result"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    })
+    .await;
+    eventually("firing webhook", || async { world.hooks_of("firing") == 1 }).await;
+    let hook = world
+        .hooks
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|h| h["kind"] == "firing")
+        .cloned()
+        .unwrap();
+    let subject = hook["check"].as_str().unwrap();
+    assert!(subject.starts_with("backlog{"), "{hook}");
+    assert!(
+        subject.contains("queue=\"render\"") && subject.contains("severity=\"page\""),
+        "{hook}"
+    );
+    assert_eq!(hook["error"], "render has 20.0 jobs waiting", "{hook}");
+    assert!(
+        hook["message"].as_str().unwrap().ends_with("is FIRING"),
+        "{hook}"
+    );
+    let firing = query("ALERTS{alertname=\"backlog\",alertstate=\"firing\"}").await;
+    assert_eq!(
+        firing["data"]["result"][0]["metric"]["queue"], "render",
+        "{firing}"
+    );
+    // A restart keeps the alert firing: no second notice, and its
+    // resolution still reaches the channel.
+    assert_eq!(serve.stop(), 0);
+    let serve = p.serve();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(world.hooks_of("firing"), 1, "fired again after a restart");
+    write(3);
+    eventually("resolved webhook", || async {
+        world.hooks_of("resolved") == 1
+    })
+    .await;
+    // Once each: the alert fired and resolved once.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(world.hooks_of("firing"), 1);
+    assert_eq!(world.hooks_of("resolved"), 1);
+    let events = get_json(&serve.url("/api/v1/events?limit=100")).await;
+    let kinds: Vec<&str> = events
+        .as_array()
+        .or_else(|| events["events"].as_array())
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["kind"].as_str())
+        .filter(|k| k.starts_with("rule."))
+        .collect();
+    assert_eq!(kinds.len(), 2, "{events}");
+    assert!(kinds.contains(&"rule.firing") && kinds.contains(&"rule.resolved"));
+    let _ = std::fs::remove_file(&path);
+}
