@@ -351,19 +351,23 @@ impl Controller for SelfScrape {
     }
 }
 
-/// Writes what `head` holds that `store` does not, then lets go of the
-/// memory of written chunks older than [`MEMORY_WINDOW`]. Returns the chunks
+/// Writes what `head` holds that `store` does not (new series, sealed
+/// chunks, a snapshot of the open ones), then lets go of the memory of
+/// written chunks older than [`MEMORY_WINDOW`]. Returns the sealed chunks
 /// written. Blocking: call off the async threads.
 pub fn flush(head: &Series, store: &dyn SeriesChunks) -> Result<usize, steward_state::StateError> {
-    let mut plan = head.lock().unwrap_or_else(|e| e.into_inner()).plan_flush();
+    let plan = head.lock().unwrap_or_else(|e| e.into_inner()).plan_flush();
     let now = now_ms();
-    if !plan.is_empty() {
-        plan.write(store, now)?;
+    if let Err(e) = plan.write(store) {
+        head.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .unflushed(plan);
+        return Err(e);
     }
     head.lock()
         .unwrap_or_else(|e| e.into_inner())
         .flushed(&plan, now - MEMORY_WINDOW.as_millis() as i64);
-    Ok(plan.len())
+    Ok(plan.sealed())
 }
 
 /// `metrics.flush`: [`flush`] every `interval`; a `kill -9` loses at most

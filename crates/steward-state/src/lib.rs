@@ -52,6 +52,12 @@ pub enum StateError {
         /// The SQLite error.
         source: rusqlite::Error,
     },
+    /// Another process holds the file.
+    #[error("`{path}` is held by another steward")]
+    InUse {
+        /// The lock file.
+        path: PathBuf,
+    },
     /// The database was written by a newer steward.
     #[error(
         "state database `{path}` has schema version {found}, newer than this steward understands ({known}); upgrade steward"

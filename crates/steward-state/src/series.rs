@@ -3,24 +3,24 @@
 //! never waits for, or holds up, the state database's writer).
 //!
 //! A series is its label set (as JSON, `[["__name__","up"],…]`, sorted by
-//! name) and a number; a chunk is one series' compressed samples from
-//! `min_t` to `max_t`, identified by its series and `min_t`. Writing a chunk
-//! that is already there replaces it: a chunk still being filled is written
-//! again at every flush until it is sealed.
+//! name) and a number; a sealed chunk is one series' compressed samples from
+//! `min_t` to `max_t`, a row identified by its series and `min_t` (writing
+//! one that is already there replaces it). The chunks still being filled are
+//! written together, at every flush, as one snapshot that replaces the last:
+//! one row however many series there are.
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use rusqlite::{Connection, params};
+use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::StateError;
 
 const MIGRATIONS: &[&str] = &[
     // 1: series and their chunks
     "CREATE TABLE series (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        labels TEXT NOT NULL UNIQUE,
-        created_ms INTEGER NOT NULL
+        id INTEGER PRIMARY KEY,
+        labels TEXT NOT NULL
      );
      CREATE TABLE chunks (
         series INTEGER NOT NULL,
@@ -31,6 +31,11 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (series, min_t)
      ) WITHOUT ROWID;
      CREATE INDEX chunks_max_t ON chunks (max_t);",
+    // 2: the chunks still being filled, as one snapshot
+    "CREATE TABLE open_chunks (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        data BLOB NOT NULL
+     );",
 ];
 
 /// A stored chunk.
@@ -50,12 +55,22 @@ pub struct ChunkRow {
 
 /// What the metrics store needs to keep its chunks across restarts.
 pub trait SeriesChunks: Send + Sync {
-    /// The numbers of these label sets (JSON), each created when new.
-    fn series_ids(&self, labels: &[String], now_ms: i64) -> Result<Vec<i64>, StateError>;
-    /// Writes chunks in one transaction, replacing any with the same series
-    /// and first time.
-    fn write_chunks(&self, chunks: &[ChunkRow]) -> Result<(), StateError>;
-    /// Every series: number and labels.
+    /// One flush, in one transaction: new series (number, labels as JSON)
+    /// written, sealed chunks written (replacing any with the same series
+    /// and first time), the snapshot of the open chunks replaced by `open`,
+    /// and the series in `dropped` deleted with their chunks. Numbers are
+    /// the caller's to give: one process writes the file (see
+    /// [`SeriesDb::open`]).
+    fn flush(
+        &self,
+        new_series: &[(i64, String)],
+        sealed: &[ChunkRow],
+        open: &[u8],
+        dropped: &[i64],
+    ) -> Result<(), StateError>;
+    /// The snapshot of the open chunks the last flush wrote.
+    fn open_chunks(&self) -> Result<Option<Vec<u8>>, StateError>;
+    /// Every series: number and labels, by number.
     fn all_series(&self) -> Result<Vec<(i64, String)>, StateError>;
     /// Chunks ending at or after `since`, by series and time.
     fn chunks_since(&self, since: i64) -> Result<Vec<ChunkRow>, StateError>;
@@ -70,28 +85,53 @@ pub trait SeriesChunks: Send + Sync {
         maxt: i64,
         below: i64,
     ) -> Result<Vec<ChunkRow>, StateError>;
-    /// Deletes chunks ending before `before`, then series created before
-    /// it that have no chunk left. Returns (chunks, series) deleted.
-    fn drop_before(&self, before: i64) -> Result<(usize, usize), StateError>;
+    /// Deletes sealed chunks ending before `before`; returns how many. (A
+    /// series goes when the store in memory drops it: see `flush`.)
+    fn drop_before(&self, before: i64) -> Result<usize, StateError>;
     /// Bytes the database takes on disk.
     fn disk_bytes(&self) -> Result<u64, StateError>;
 }
 
-/// The SQLite file `series.db`.
+/// The SQLite file `series.db`, held by one process at a time.
 pub struct SeriesDb {
     path: PathBuf,
+    /// `series.lock`, locked exclusively while this is open.
+    _lock: std::fs::File,
     write: Mutex<Connection>,
     read: Mutex<Connection>,
 }
 
 impl SeriesDb {
     /// Opens (creating if needed) `series.db` in `dir` (mode 0600, in a
-    /// directory of mode 0700).
+    /// directory of mode 0700), taking the lock `series.lock` beside it:
+    /// [`StateError::InUse`] when another process holds it.
     pub fn open(dir: &Path) -> Result<SeriesDb, StateError> {
         crate::create_private_dir(dir).map_err(|source| StateError::Dir {
             path: dir.to_path_buf(),
             source,
         })?;
+        let lock_path = dir.join("series.lock");
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|source| StateError::Dir {
+                path: lock_path.clone(),
+                source,
+            })?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(StateError::InUse { path: lock_path });
+            }
+            Err(std::fs::TryLockError::Error(source)) => {
+                return Err(StateError::Dir {
+                    path: lock_path,
+                    source,
+                });
+            }
+        }
         let path = dir.join("series.db");
         let sq = |source| StateError::Sqlite {
             path: path.clone(),
@@ -115,6 +155,7 @@ impl SeriesDb {
             .map_err(sq)?;
         Ok(SeriesDb {
             path,
+            _lock: lock,
             write: Mutex::new(write),
             read: Mutex::new(read),
         })
@@ -152,46 +193,58 @@ fn chunk_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ChunkRow> {
 }
 
 impl SeriesChunks for SeriesDb {
-    fn series_ids(&self, labels: &[String], now_ms: i64) -> Result<Vec<i64>, StateError> {
+    fn flush(
+        &self,
+        new_series: &[(i64, String)],
+        sealed: &[ChunkRow],
+        open: &[u8],
+        dropped: &[i64],
+    ) -> Result<(), StateError> {
         let mut conn = self.writer();
         let tx = conn.transaction().map_err(|e| self.err(e))?;
-        let mut out = Vec::with_capacity(labels.len());
         {
-            let mut insert = tx
-                .prepare_cached(
-                    "INSERT INTO series (labels, created_ms) VALUES (?1, ?2)
-                     ON CONFLICT (labels) DO UPDATE SET created_ms = created_ms
-                     RETURNING id",
-                )
+            let mut add = tx
+                .prepare_cached("INSERT OR REPLACE INTO series (id, labels) VALUES (?1, ?2)")
                 .map_err(|e| self.err(e))?;
-            for l in labels {
-                out.push(
-                    insert
-                        .query_row(params![l, now_ms], |r| r.get(0))
-                        .map_err(|e| self.err(e))?,
-                );
+            for (id, labels) in new_series {
+                add.execute(params![id, labels]).map_err(|e| self.err(e))?;
             }
-        }
-        tx.commit().map_err(|e| self.err(e))?;
-        Ok(out)
-    }
-
-    fn write_chunks(&self, chunks: &[ChunkRow]) -> Result<(), StateError> {
-        let mut conn = self.writer();
-        let tx = conn.transaction().map_err(|e| self.err(e))?;
-        {
             let mut put = tx
                 .prepare_cached(
                     "INSERT OR REPLACE INTO chunks (series, min_t, max_t, count, data)
                      VALUES (?1, ?2, ?3, ?4, ?5)",
                 )
                 .map_err(|e| self.err(e))?;
-            for c in chunks {
+            for c in sealed {
                 put.execute(params![c.series, c.min_t, c.max_t, c.count, c.data])
                     .map_err(|e| self.err(e))?;
             }
+            tx.execute(
+                "INSERT OR REPLACE INTO open_chunks (id, data) VALUES (1, ?1)",
+                [open],
+            )
+            .map_err(|e| self.err(e))?;
+            let mut gone_chunks = tx
+                .prepare_cached("DELETE FROM chunks WHERE series = ?1")
+                .map_err(|e| self.err(e))?;
+            let mut gone = tx
+                .prepare_cached("DELETE FROM series WHERE id = ?1")
+                .map_err(|e| self.err(e))?;
+            for id in dropped {
+                gone_chunks.execute([id]).map_err(|e| self.err(e))?;
+                gone.execute([id]).map_err(|e| self.err(e))?;
+            }
         }
         tx.commit().map_err(|e| self.err(e))
+    }
+
+    fn open_chunks(&self) -> Result<Option<Vec<u8>>, StateError> {
+        let conn = self.reader();
+        conn.query_row("SELECT data FROM open_chunks WHERE id = 1", [], |r| {
+            r.get(0)
+        })
+        .optional()
+        .map_err(|e| self.err(e))
     }
 
     fn all_series(&self) -> Result<Vec<(i64, String)>, StateError> {
@@ -247,21 +300,10 @@ impl SeriesChunks for SeriesDb {
             .map_err(|e| self.err(e))
     }
 
-    fn drop_before(&self, before: i64) -> Result<(usize, usize), StateError> {
-        let mut conn = self.writer();
-        let tx = conn.transaction().map_err(|e| self.err(e))?;
-        let chunks = tx
+    fn drop_before(&self, before: i64) -> Result<usize, StateError> {
+        self.writer()
             .execute("DELETE FROM chunks WHERE max_t < ?1", [before])
-            .map_err(|e| self.err(e))?;
-        let series = tx
-            .execute(
-                "DELETE FROM series WHERE created_ms < ?1
-                 AND NOT EXISTS (SELECT 1 FROM chunks WHERE chunks.series = series.id)",
-                [before],
-            )
-            .map_err(|e| self.err(e))?;
-        tx.commit().map_err(|e| self.err(e))?;
-        Ok((chunks, series))
+            .map_err(|e| self.err(e))
     }
 
     fn disk_bytes(&self) -> Result<u64, StateError> {
@@ -293,31 +335,38 @@ mod tests {
     }
 
     #[test]
-    fn chunks_survive_a_reopen_and_a_rewrite_replaces_them() {
+    fn chunks_and_the_open_snapshot_survive_a_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let db = SeriesDb::open(dir.path()).unwrap();
-        let ids = db
-            .series_ids(
-                &[
-                    r#"[["__name__","up"]]"#.into(),
-                    r#"[["__name__","x"]]"#.into(),
-                ],
-                1,
-            )
-            .unwrap();
-        assert_ne!(ids[0], ids[1]);
-        // The same labels again: the same number.
-        assert_eq!(
-            db.series_ids(&[r#"[["__name__","x"]]"#.into()], 2).unwrap(),
-            vec![ids[1]]
-        );
-        db.write_chunks(&[chunk(ids[0], 0, 10, 2), chunk(ids[1], 0, 10, 2)])
-            .unwrap();
-        // The open chunk grows and is written again; a sealed one follows.
-        db.write_chunks(&[chunk(ids[0], 0, 20, 3), chunk(ids[0], 30, 40, 2)])
-            .unwrap();
+        // One process at a time.
+        assert!(matches!(
+            SeriesDb::open(dir.path()),
+            Err(StateError::InUse { .. })
+        ));
+        let ids = [1, 2];
+        let new = [
+            (1, r#"[["__name__","up"]]"#.to_string()),
+            (2, r#"[["__name__","x"]]"#.to_string()),
+        ];
+        assert_eq!(db.open_chunks().unwrap(), None);
+        db.flush(
+            &new,
+            &[chunk(ids[0], 0, 10, 2), chunk(ids[1], 0, 10, 2)],
+            b"first",
+            &[],
+        )
+        .unwrap();
+        // A rewrite replaces a chunk; the snapshot is replaced whole.
+        db.flush(
+            &[],
+            &[chunk(ids[0], 0, 20, 3), chunk(ids[0], 30, 40, 2)],
+            b"second",
+            &[],
+        )
+        .unwrap();
         drop(db);
         let db = SeriesDb::open(dir.path()).unwrap();
+        assert_eq!(db.open_chunks().unwrap().as_deref(), Some(&b"second"[..]));
         assert_eq!(db.all_series().unwrap().len(), 2);
         let got = db.chunks_since(15).unwrap();
         assert_eq!(got, vec![chunk(ids[0], 0, 20, 3), chunk(ids[0], 30, 40, 2)]);
@@ -330,13 +379,12 @@ mod tests {
             vec![chunk(ids[0], 30, 40, 2)]
         );
         assert_eq!(db.chunks_of(ids[0], 0, 100, 40).unwrap().len(), 1);
-        // Retention: chunks ending before 15 go, and with them the series
-        // left with none (created before the cut).
-        assert_eq!(db.drop_before(15).unwrap(), (1, 1));
-        assert_eq!(
-            db.all_series().unwrap(),
-            vec![(ids[0], r#"[["__name__","up"]]"#.into())]
-        );
+        // Retention: chunks ending before 15 go; a dropped series goes with
+        // its chunks.
+        assert_eq!(db.drop_before(15).unwrap(), 1);
+        db.flush(&[], &[], b"third", &[ids[0]]).unwrap();
+        assert_eq!(db.all_series().unwrap(), vec![(ids[1], new[1].1.clone())]);
+        assert!(db.chunks_since(i64::MIN).unwrap().is_empty());
         assert!(db.disk_bytes().unwrap() > 0);
     }
 }

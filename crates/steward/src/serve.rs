@@ -188,18 +188,25 @@ pub(crate) async fn run(spec_path: &Path, listen: Option<SocketAddr>) -> u8 {
     // Metrics as series: static targets, services' instances, steward's own
     // /metrics (the proxy's per-service requests and latencies), and their
     // retention. The store is shared with the API.
-    let chunks: Arc<dyn steward_state::SeriesChunks> =
-        match steward_state::SeriesDb::open(&spec.settings.state_dir) {
-            Ok(db) => Arc::new(db),
-            Err(e) => {
-                eprintln!("error: {e}");
-                return exit::USAGE;
-            }
-        };
+    // The series live in memory and in series.db; a second steward on the
+    // same state directory keeps its own in memory only.
+    let chunks: Option<Arc<dyn steward_state::SeriesChunks>> = match steward_state::SeriesDb::open(
+        &spec.settings.state_dir,
+    ) {
+        Ok(db) => Some(Arc::new(db)),
+        Err(steward_state::StateError::InUse { path }) => {
+            tracing::warn!(lock = %path.display(), "another steward keeps the metrics of this state directory; this one keeps its series in memory only");
+            None
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            return exit::USAGE;
+        }
+    };
     let memory_from = now_ms() - steward_metrics::controller::MEMORY_WINDOW.as_millis() as i64;
-    let series: steward_metrics::controller::Series = {
-        let c = chunks.clone();
-        match tokio::task::spawn_blocking(move || {
+    let series: steward_metrics::controller::Series = match chunks.clone() {
+        None => Default::default(),
+        Some(c) => match tokio::task::spawn_blocking(move || {
             steward_metrics::tsdb::head::Head::open(c, memory_from)
         })
         .await
@@ -213,7 +220,7 @@ pub(crate) async fn run(spec_path: &Path, listen: Option<SocketAddr>) -> u8 {
                 eprintln!("error: cannot read the metrics store: {e}");
                 return exit::USAGE;
             }
-        }
+        },
     };
     let store_metrics = steward_metrics::controller::StoreMetrics::default();
     store_metrics.register(&mut registry);
@@ -291,16 +298,18 @@ pub(crate) async fn run(spec_path: &Path, listen: Option<SocketAddr>) -> u8 {
         });
     }
     {
-        let (s, c, metrics) = (series.clone(), chunks.clone(), store_metrics.clone());
-        let every = spec.settings.metrics_flush_interval;
-        sup.add("metrics.flush", move |_| {
-            Box::new(steward_metrics::controller::Flusher::new(
-                s.clone(),
-                c.clone(),
-                every,
-                metrics.clone(),
-            ))
-        });
+        if let Some(c) = chunks.clone() {
+            let (s, metrics) = (series.clone(), store_metrics.clone());
+            let every = spec.settings.metrics_flush_interval;
+            sup.add("metrics.flush", move |_| {
+                Box::new(steward_metrics::controller::Flusher::new(
+                    s.clone(),
+                    c.clone(),
+                    every,
+                    metrics.clone(),
+                ))
+            });
+        }
         let (series, chunks, keep) = (
             series.clone(),
             chunks.clone(),
@@ -309,7 +318,7 @@ pub(crate) async fn run(spec_path: &Path, listen: Option<SocketAddr>) -> u8 {
         sup.add("metrics.retention", move |_| {
             Box::new(steward_metrics::controller::Retention::new(
                 series.clone(),
-                Some(chunks.clone()),
+                chunks.clone(),
                 keep,
                 store_metrics.clone(),
             ))
@@ -403,15 +412,15 @@ pub(crate) async fn run(spec_path: &Path, listen: Option<SocketAddr>) -> u8 {
     let _ = heartbeat.await;
     let _ = summaries.await;
     // What the last flush did not write yet.
-    let flushed = {
+    if let Some(chunks) = chunks {
         let series = series_for_shutdown;
-        tokio::task::spawn_blocking(move || {
+        let flushed = tokio::task::spawn_blocking(move || {
             steward_metrics::controller::flush(&series, chunks.as_ref())
         })
-        .await
-    };
-    if let Ok(Err(e)) = flushed {
-        tracing::error!(error = %e, "cannot write the last samples to the metrics store");
+        .await;
+        if let Ok(Err(e)) = flushed {
+            tracing::error!(error = %e, "cannot write the last samples to the metrics store");
+        }
     }
     store.record(&event(
         EventKind::ServeStopped,

@@ -84,28 +84,31 @@ struct Sealed {
 
 #[derive(Debug)]
 struct Series {
+    /// Never reused (unlike its slot): what a flush checks before recording.
+    uid: u64,
     labels: Labels,
     sealed: Vec<Sealed>,
     open: Chunk,
-    /// Its number in the store, once written there.
+    /// Its number in the store (given when it is made, with a store behind).
     db: Option<i64>,
+    /// Written to the store under that number.
+    stored: bool,
     /// The end of the newest chunk held in the store only: every chunk in
     /// memory ends later (samples are appended in time order), every chunk
     /// ending there or before is read from the store.
     cold_max: Option<i64>,
-    /// The open chunk as last written to the store: (first time, samples).
-    open_written: Option<(i64, usize)>,
 }
 
 impl Series {
-    fn new(labels: Labels) -> Series {
+    fn new(uid: u64, labels: Labels) -> Series {
         Series {
+            uid,
             labels,
             sealed: Vec::new(),
             open: Chunk::new(),
             db: None,
+            stored: false,
             cold_max: None,
-            open_written: None,
         }
     }
 }
@@ -128,6 +131,12 @@ pub struct Head {
     /// Counts removals of series: a [`SeriesRef`] kept across a change of
     /// generation may name another series.
     generation: u64,
+    /// Store numbers of series removed since the last flush (which deletes
+    /// them from the store).
+    dropped: Vec<i64>,
+    next_uid: u64,
+    /// The store number the next series gets.
+    next_db: i64,
 }
 
 fn labels_hash(labels: &[(&str, &str)]) -> u64 {
@@ -145,12 +154,15 @@ impl Head {
         Head::default()
     }
 
-    /// The store as `chunks` holds it: every series, and in memory the
-    /// chunks ending at or after `memory_from` (the newest of a series, if
-    /// not full, becomes its open chunk again, to be appended to). Older
-    /// chunks stay in `chunks` and are read from there by [`Head::select`].
+    /// The store as `chunks` holds it: every series; in memory the sealed
+    /// chunks ending at or after `memory_from`, and the open chunks of the
+    /// last flush's snapshot (appended to from there). Older chunks stay in
+    /// `chunks` and are read from there by [`Head::select`].
     pub fn open(chunks: Arc<dyn SeriesChunks>, memory_from: i64) -> Result<Head, StateError> {
-        let mut h = Head::new();
+        let mut h = Head {
+            next_db: 1,
+            ..Head::new()
+        };
         let mut by_db: HashMap<i64, u32> = HashMap::new();
         for (id, json) in chunks.all_series()? {
             let Ok(pairs) = serde_json::from_str::<Vec<(String, String)>>(&json) else {
@@ -170,44 +182,44 @@ impl Head {
             let r = h.series_ref(&refs);
             if let Some(Some(s)) = h.series.get_mut(r.0 as usize) {
                 s.db = Some(id);
+                s.stored = true;
             }
             by_db.insert(id, r.0);
+            h.next_db = h.next_db.max(id + 1);
         }
         for (id, max_t) in chunks.newest_before(memory_from)? {
             if let Some(Some(s)) = by_db.get(&id).map(|&i| &mut h.series[i as usize]) {
                 s.cold_max = Some(max_t);
             }
         }
-        let rows = chunks.chunks_since(memory_from)?;
-        let mut i = 0;
-        while i < rows.len() {
-            let series = rows[i].series;
-            let end = rows[i..]
-                .iter()
-                .position(|c| c.series != series)
-                .map_or(rows.len(), |n| i + n);
-            if let Some(Some(s)) = by_db.get(&series).map(|&x| &mut h.series[x as usize]) {
-                for (k, c) in rows[i..end].iter().enumerate() {
-                    let last = i + k + 1 == end;
-                    if last && usize::from(c.count) < CHUNK_SAMPLES {
-                        let mut open = Chunk::new();
-                        for (t, v) in Chunk::decode(&c.data, usize::from(c.count)) {
-                            let _ = open.append(t, v);
-                        }
-                        s.open_written = open.range().map(|(min, _)| (min, open.len()));
-                        s.open = open;
-                    } else {
-                        s.sealed.push(Sealed {
-                            min_t: c.min_t,
-                            max_t: c.max_t,
-                            count: c.count,
-                            bytes: c.data.clone().into(),
-                            persisted: true,
-                        });
-                    }
-                }
+        for c in chunks.chunks_since(memory_from)? {
+            if let Some(Some(s)) = by_db.get(&c.series).map(|&x| &mut h.series[x as usize]) {
+                s.sealed.push(Sealed {
+                    min_t: c.min_t,
+                    max_t: c.max_t,
+                    count: c.count,
+                    bytes: c.data.into(),
+                    persisted: true,
+                });
             }
-            i = end;
+        }
+        if let Some(snapshot) = chunks.open_chunks()? {
+            for e in OpenEntries::new(&snapshot) {
+                let Some(Some(s)) = by_db.get(&e.series).map(|&x| &mut h.series[x as usize]) else {
+                    continue;
+                };
+                // Only what follows the series' sealed chunks (a snapshot
+                // older than them has nothing they do not).
+                let newest = s.sealed.last().map(|c| c.max_t).or(s.cold_max);
+                if newest.is_some_and(|n| e.min_t <= n) {
+                    continue;
+                }
+                let mut open = Chunk::new();
+                for (t, v) in Chunk::decode(e.bytes, usize::from(e.count)) {
+                    let _ = open.append(t, v);
+                }
+                s.open = open;
+            }
         }
         h.cold = Some(chunks);
         Ok(h)
@@ -246,7 +258,12 @@ impl Head {
             .iter()
             .map(|(n, v)| (self.intern(n), self.intern(v)))
             .collect();
-        let series = Series::new(interned.clone());
+        self.next_uid += 1;
+        let mut series = Series::new(self.next_uid, interned.clone());
+        if self.cold.is_some() {
+            series.db = Some(self.next_db);
+            self.next_db += 1;
+        }
         let id = match self.free.pop() {
             Some(id) => {
                 self.series[id as usize] = Some(series);
@@ -427,6 +444,9 @@ impl Head {
         }
         self.free.push(id);
         self.generation += 1;
+        if let (Some(db), true) = (s.db, s.stored) {
+            self.dropped.push(db);
+        }
         // Strings no series uses any more are dropped with their last Arc
         // outside the interner.
         self.strings.retain(|s| Arc::strong_count(s) > 1);
@@ -500,126 +520,177 @@ fn samples_in(s: &Series, mint: i64, maxt: i64, out: &mut Vec<(i64, f64)>) {
     }
 }
 
+/// One open chunk in a snapshot.
+struct OpenEntry<'a> {
+    series: i64,
+    min_t: i64,
+    count: u16,
+    bytes: &'a [u8],
+}
+
+/// The snapshot of open chunks: `SOC1`, then per chunk its series (i64),
+/// first and last time (i64), samples (u16), length (u32) and bytes, all
+/// little-endian. A truncated or foreign snapshot reads as far as it is whole.
+const SNAPSHOT_MAGIC: &[u8; 4] = b"SOC1";
+
+struct OpenEntries<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> OpenEntries<'a> {
+    fn new(snapshot: &'a [u8]) -> OpenEntries<'a> {
+        OpenEntries {
+            rest: snapshot.strip_prefix(SNAPSHOT_MAGIC).unwrap_or(&[]),
+        }
+    }
+}
+
+impl<'a> Iterator for OpenEntries<'a> {
+    type Item = OpenEntry<'a>;
+    fn next(&mut self) -> Option<OpenEntry<'a>> {
+        let r = self.rest;
+        if r.len() < 30 {
+            return None;
+        }
+        let i64_at = |at: usize| i64::from_le_bytes(r[at..at + 8].try_into().expect("8 bytes"));
+        let count = u16::from_le_bytes([r[24], r[25]]);
+        let len = u32::from_le_bytes(r[26..30].try_into().expect("4 bytes")) as usize;
+        let bytes = r.get(30..30 + len)?;
+        self.rest = &r[30 + len..];
+        Some(OpenEntry {
+            series: i64_at(0),
+            min_t: i64_at(8),
+            count,
+            bytes,
+        })
+    }
+}
+
+/// An open chunk in a [`Flush`]: its series' number, first and last time,
+/// samples, and where its bytes are.
+type PlannedOpen = (i64, i64, i64, u16, std::ops::Range<usize>);
+
 /// What a flush writes: taken under the store's lock, written without it.
+///
+/// Series are named by slot and uid: a slot freed and reused since the plan
+/// holds another series, and is left alone when the flush is recorded.
 #[derive(Debug, Default)]
 pub struct Flush {
-    generation: u64,
-    /// Series not yet in the store: where, and their labels as JSON.
-    new_series: Vec<(u32, String)>,
-    /// Chunks to write, by series (its number when known).
-    chunks: Vec<(u32, Option<i64>, ChunkRow, bool)>,
+    /// Series not yet in the store: where, their number and their labels
+    /// as JSON.
+    new_series: Vec<((u32, u64), i64, String)>,
+    /// Sealed chunks not yet written, by series.
+    sealed: Vec<((u32, u64), ChunkRow)>,
+    /// Open chunks, their bytes in `open_bytes`.
+    open: Vec<PlannedOpen>,
+    open_bytes: Vec<u8>,
+    /// Store numbers of series dropped since the last flush.
+    dropped: Vec<i64>,
 }
 
 impl Flush {
-    /// Chunks to write.
-    pub fn len(&self) -> usize {
-        self.chunks.len()
+    /// Sealed chunks to write.
+    pub fn sealed(&self) -> usize {
+        self.sealed.len()
     }
 
-    /// Nothing to write.
-    pub fn is_empty(&self) -> bool {
-        self.chunks.is_empty() && self.new_series.is_empty()
+    /// Open chunks in the snapshot.
+    pub fn open(&self) -> usize {
+        self.open.len()
     }
 
-    /// Writes it: new series get their numbers, then every chunk in one
-    /// transaction (the numbers are kept for [`Head::flushed`]).
-    pub fn write(&mut self, store: &dyn SeriesChunks, now_ms: i64) -> Result<(), StateError> {
-        let labels: Vec<String> = self.new_series.iter().map(|(_, l)| l.clone()).collect();
-        let ids = store.series_ids(&labels, now_ms)?;
-        let by_ref: HashMap<u32, i64> = self
+    /// Writes it: new series, the sealed chunks, the snapshot of the open
+    /// ones and the dropped series, in one transaction.
+    pub fn write(&self, store: &dyn SeriesChunks) -> Result<(), StateError> {
+        let new: Vec<(i64, String)> = self
             .new_series
             .iter()
-            .zip(&ids)
-            .map(|((r, _), id)| (*r, *id))
+            .map(|(_, id, l)| (*id, l.clone()))
             .collect();
-        for (r, db, row, _) in &mut self.chunks {
-            if db.is_none() {
-                *db = by_ref.get(r).copied();
-            }
-            row.series = db.unwrap_or(-1);
+        let rows: Vec<ChunkRow> = self.sealed.iter().map(|(_, row)| row.clone()).collect();
+        let mut snapshot = Vec::with_capacity(4 + self.open_bytes.len() + 30 * self.open.len());
+        snapshot.extend_from_slice(SNAPSHOT_MAGIC);
+        for (id, min_t, max_t, count, range) in &self.open {
+            snapshot.extend_from_slice(&id.to_le_bytes());
+            snapshot.extend_from_slice(&min_t.to_le_bytes());
+            snapshot.extend_from_slice(&max_t.to_le_bytes());
+            snapshot.extend_from_slice(&count.to_le_bytes());
+            snapshot.extend_from_slice(&(range.len() as u32).to_le_bytes());
+            snapshot.extend_from_slice(&self.open_bytes[range.clone()]);
         }
-        let rows: Vec<ChunkRow> = self
-            .chunks
-            .iter()
-            .filter(|c| c.1.is_some())
-            .map(|c| c.2.clone())
-            .collect();
-        store.write_chunks(&rows)
+        store.flush(&new, &rows, &snapshot, &self.dropped)
     }
 }
 
 impl Head {
-    /// What is not yet in the store: series without a number, sealed chunks
-    /// not written, and open chunks that grew since they were.
-    pub fn plan_flush(&self) -> Flush {
+    /// What the store needs to hold what this head holds: series without a
+    /// number, sealed chunks not written, every open chunk, and the series
+    /// dropped since the last flush. (The open chunks are copied whole each
+    /// time: one snapshot, one row, however many series.)
+    pub fn plan_flush(&mut self) -> Flush {
         let mut f = Flush {
-            generation: self.generation,
+            dropped: std::mem::take(&mut self.dropped),
             ..Flush::default()
         };
-        for (id, s) in self.series.iter().enumerate() {
+        for (slot, s) in self.series.iter().enumerate() {
             let Some(s) = s else { continue };
-            let id = id as u32;
-            let open_now = s.open.range().map(|(min, _)| (min, s.open.len()));
+            let Some(db) = s.db else { continue };
+            let id = (slot as u32, s.uid);
             let unsealed = s.sealed.iter().any(|c| !c.persisted);
-            if s.db.is_none() && (unsealed || open_now.is_some()) {
+            if !s.stored && (unsealed || !s.open.is_empty()) {
                 let pairs: Vec<(&str, &str)> = s.labels.iter().map(|(n, v)| (&**n, &**v)).collect();
                 f.new_series
-                    .push((id, serde_json::to_string(&pairs).unwrap_or_default()));
+                    .push((id, db, serde_json::to_string(&pairs).unwrap_or_default()));
             }
             for c in s.sealed.iter().filter(|c| !c.persisted) {
-                f.chunks.push((
+                f.sealed.push((
                     id,
-                    s.db,
                     ChunkRow {
-                        series: 0,
+                        series: db,
                         min_t: c.min_t,
                         max_t: c.max_t,
                         count: c.count,
                         data: c.bytes.to_vec(),
                     },
-                    true,
                 ));
             }
-            if open_now.is_some() && open_now != s.open_written {
-                let (min_t, max_t) = s.open.range().unwrap_or_default();
-                f.chunks.push((
-                    id,
-                    s.db,
-                    ChunkRow {
-                        series: 0,
-                        min_t,
-                        max_t,
-                        count: s.open.len() as u16,
-                        data: s.open.bytes().to_vec(),
-                    },
-                    false,
+            if let Some((min_t, max_t)) = s.open.range() {
+                let start = f.open_bytes.len();
+                f.open_bytes.extend_from_slice(s.open.bytes());
+                f.open.push((
+                    db,
+                    min_t,
+                    max_t,
+                    s.open.len() as u16,
+                    start..f.open_bytes.len(),
                 ));
             }
         }
         f
     }
 
-    /// Records what [`Flush::write`] wrote, then lets go of the memory of
-    /// written chunks ending before `memory_from`. When series were dropped
-    /// since the flush was planned, nothing is recorded: the next flush
-    /// writes the same again (a rewrite replaces).
+    /// A flush that failed: the series it was to delete are deleted by the
+    /// next.
+    pub fn unflushed(&mut self, f: Flush) {
+        self.dropped.extend(f.dropped);
+    }
+
+    /// Records what [`Flush::write`] wrote (for series still there), then
+    /// lets go of the memory of written chunks ending before `memory_from`.
     pub fn flushed(&mut self, f: &Flush, memory_from: i64) {
-        if f.generation != self.generation {
-            return;
-        }
-        for (r, db, row, sealed) in &f.chunks {
-            let Some(Some(s)) = self.series.get_mut(*r as usize) else {
-                continue;
-            };
-            if db.is_some() && s.db.is_none() {
-                s.db = *db;
+        for (id, _, _) in &f.new_series {
+            if let Some(Some(s)) = self.series.get_mut(id.0 as usize)
+                && s.uid == id.1
+            {
+                s.stored = true;
             }
-            if *sealed {
-                if let Some(c) = s.sealed.iter_mut().find(|c| c.min_t == row.min_t) {
-                    c.persisted = true;
-                }
-            } else {
-                s.open_written = Some((row.min_t, usize::from(row.count)));
+        }
+        for ((r, uid), row) in &f.sealed {
+            if let Some(Some(s)) = self.series.get_mut(*r as usize)
+                && s.uid == *uid
+                && let Some(c) = s.sealed.iter_mut().find(|c| c.min_t == row.min_t)
+            {
+                c.persisted = true;
             }
         }
         if self.cold.is_none() {
@@ -637,11 +708,5 @@ impl Head {
                 s.cold_max = Some(last);
             }
         }
-    }
-
-    /// Puts a store behind this head: what [`Head::flushed`] evicts is read
-    /// back from it.
-    pub fn set_store(&mut self, chunks: Arc<dyn SeriesChunks>) {
-        self.cold = Some(chunks);
     }
 }
