@@ -6,6 +6,7 @@
 //!   Kubernetes HPA's algorithm and KEDA's activation to and from zero).
 //! - [`controller`]: the scrape and retention controllers of `serve`.
 //! - [`promql`]: PromQL as far as steward evaluates it (series selectors).
+//! - [`remote_write`]: samples sent on with the remote-write 1.0 protocol.
 //! - [`rules`]: alerting rules (`[rule.NAME]`), Prometheus's semantics.
 //! - [`scrape`]: scraping a target into the store, as Prometheus does.
 //! - [`tsdb`]: the embedded time-series store (compressed chunks, series
@@ -15,6 +16,7 @@ pub mod autoscale;
 pub mod controller;
 pub mod exposition;
 pub mod promql;
+pub mod remote_write;
 pub mod rules;
 pub mod scrape;
 pub mod tsdb;

@@ -37,6 +37,8 @@ pub struct Spec {
     pub scrapes: BTreeMap<String, crate::scrape::Scrape>,
     /// `[rule.*]`, by name.
     pub rules: BTreeMap<String, crate::rule::Rule>,
+    /// `[remote_write.*]`, by name.
+    pub remote_writes: BTreeMap<String, crate::remote_write::RemoteWrite>,
 }
 
 /// `[steward]`: process-wide settings.

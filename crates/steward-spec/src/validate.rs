@@ -28,6 +28,7 @@ const SECTIONS: &[&str] = &[
     "service",
     "scrape",
     "rule",
+    "remote_write",
 ];
 /// Sections that later capabilities add; named so the error can say so.
 const PLANNED: &[&str] = &["scale", "metrics"];
@@ -79,6 +80,7 @@ pub(crate) fn parse(
     let mut services_raw: Vec<(String, Range<usize>, crate::service::RawService)> = Vec::new();
     let mut scrapes_raw: Vec<(String, Range<usize>, crate::scrape::RawScrape)> = Vec::new();
     let mut rules_raw: Vec<(String, Range<usize>, crate::rule::RawRule)> = Vec::new();
+    let mut remote_raw: Vec<(String, crate::remote_write::RawRemoteWrite)> = Vec::new();
 
     for (key, value) in root {
         let kspan = key.span();
@@ -91,7 +93,7 @@ pub(crate) fn parse(
                 }
             }
             "check" | "alert" | "maintenance" | "converge" | "store" | "backup" | "image"
-            | "service" | "scrape" | "rule" => {
+            | "service" | "scrape" | "rule" | "remote_write" => {
                 let vspan = value.span();
                 let DeValue::Table(entries) = value.into_inner() else {
                     d.error(
@@ -161,6 +163,13 @@ pub(crate) fn parse(
                         "rule" => {
                             if let Some(c) = de::<crate::rule::RawRule>(&mut d, evalue) {
                                 rules_raw.push((ename, espan, c));
+                            }
+                        }
+                        "remote_write" => {
+                            if let Some(c) =
+                                de::<crate::remote_write::RawRemoteWrite>(&mut d, evalue)
+                            {
+                                remote_raw.push((ename, c));
                             }
                         }
                         "backup" => {
@@ -330,6 +339,12 @@ pub(crate) fn parse(
             rules.insert(name.clone(), r);
         }
     }
+    let mut remote_writes = BTreeMap::new();
+    for (name, raw) in &remote_raw {
+        if let Some(r) = crate::remote_write::remote_write(&mut d, name, raw, resolver) {
+            remote_writes.insert(name.clone(), r);
+        }
+    }
 
     d.finish()?;
     Ok(Spec {
@@ -345,6 +360,7 @@ pub(crate) fn parse(
         services,
         scrapes,
         rules,
+        remote_writes,
     })
 }
 

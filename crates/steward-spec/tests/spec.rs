@@ -212,6 +212,10 @@ fn readme_documents_every_key() {
         ),
         ("rule", "[rule.x]\nexpr = \"up\"\nzzzzzzzzzzzz = 1\n"),
         (
+            "remote_write",
+            "[remote_write.x]\nurl = \"http://127.0.0.1:1/api/v1/write\"\nzzzzzzzzzzzz = 1\n",
+        ),
+        (
             "service metrics",
             "[image.i]\nbase = \"empty\"\n[service.x]\nimage = \"i\"\ncommand = [\"a\"]\nmetrics = { zzzzzzzzzzzz = 1 }\n",
         ),

@@ -283,6 +283,31 @@ pub(crate) async fn run(spec_path: &Path, listen: Option<SocketAddr>) -> u8 {
             }
         });
     }
+    // Remote write: every stored sample sent on (leader-only: one steward
+    // sends, the one whose store is authoritative).
+    let remote_metrics = steward_metrics::remote_write::RemoteWriteMetrics::default();
+    remote_metrics.register(&mut registry);
+    for remote in spec.remote_writes.values() {
+        let (series, resolver, remote, metrics, client) = (
+            series.clone(),
+            resolver.clone(),
+            remote.clone(),
+            remote_metrics.clone(),
+            scrape_client.clone(),
+        );
+        sup.add_leader_only(format!("remote_write.{}", remote.name), move |_| {
+            match steward_metrics::remote_write::RemoteWriter::new(
+                remote.clone(),
+                resolver.as_ref(),
+                series.clone(),
+                client.clone(),
+                metrics.clone(),
+            ) {
+                Ok(c) => Box::new(c),
+                Err(e) => Box::new(steward_runtime::Failing::new("resolve", e)),
+            }
+        });
+    }
     // Alerting rules over the series (leader-only, like the alerting that
     // delivers what they find).
     for rule in spec.rules.values() {

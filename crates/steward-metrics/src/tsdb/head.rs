@@ -137,6 +137,17 @@ pub struct Head {
     next_uid: u64,
     /// The store number the next series gets.
     next_db: i64,
+    /// Samples kept for readers (see [`Head::add_tap`]).
+    taps: Vec<Tap>,
+}
+
+/// Samples appended, kept for one reader.
+#[derive(Debug, Default)]
+struct Tap {
+    name: String,
+    samples: Vec<(u32, u64, i64, f64)>,
+    capacity: usize,
+    lost: u64,
 }
 
 fn labels_hash(labels: &[(&str, &str)]) -> u64 {
@@ -304,6 +315,7 @@ impl Head {
             return Err(AppendError::OutOfOrder { t, newest });
         }
         s.open.append(t, v)?;
+        let uid = s.uid;
         if s.open.len() >= CHUNK_SAMPLES {
             let full = std::mem::replace(&mut s.open, Chunk::new());
             let (min_t, max_t) = full.range().unwrap_or_default();
@@ -315,7 +327,48 @@ impl Head {
                 persisted: false,
             });
         }
+        for tap in &mut self.taps {
+            if tap.samples.len() < tap.capacity {
+                tap.samples.push((r.0, uid, t, v));
+            } else {
+                tap.lost += 1;
+            }
+        }
         Ok(())
+    }
+
+    /// The tap named `name`, made if new: from then on every sample appended
+    /// is also kept, up to `capacity` at a time, for [`Head::take_tap`]
+    /// (remote write reads here; a reader started again finds its tap with
+    /// what it missed). Returns its number.
+    pub fn add_tap(&mut self, name: &str, capacity: usize) -> usize {
+        if let Some(i) = self.taps.iter().position(|t| t.name == name) {
+            return i;
+        }
+        self.taps.push(Tap {
+            name: name.to_string(),
+            samples: Vec::new(),
+            capacity: capacity.max(1),
+            lost: 0,
+        });
+        self.taps.len() - 1
+    }
+
+    /// What a tap kept since it was last taken: (series slot, series uid,
+    /// time, value) in the order appended, and how many it had no room for.
+    pub fn take_tap(&mut self, tap: usize) -> (Vec<(u32, u64, i64, f64)>, u64) {
+        match self.taps.get_mut(tap) {
+            Some(t) => (std::mem::take(&mut t.samples), std::mem::take(&mut t.lost)),
+            None => (Vec::new(), 0),
+        }
+    }
+
+    /// The labels of the series in `slot`, if it is still the one with `uid`.
+    pub fn labels_at(&self, slot: u32, uid: u64) -> Option<&Labels> {
+        match self.series.get(slot as usize) {
+            Some(Some(s)) if s.uid == uid => Some(&s.labels),
+            _ => None,
+        }
     }
 
     /// The series matching every matcher, with their samples in `[mint, maxt]`
@@ -566,10 +619,6 @@ impl<'a> Iterator for OpenEntries<'a> {
     }
 }
 
-/// An open chunk in a [`Flush`]: its series' number, first and last time,
-/// samples, and where its bytes are.
-type PlannedOpen = (i64, i64, i64, u16, std::ops::Range<usize>);
-
 /// What a flush writes: taken under the store's lock, written without it.
 ///
 /// Series are named by slot and uid: a slot freed and reused since the plan
@@ -581,9 +630,10 @@ pub struct Flush {
     new_series: Vec<((u32, u64), i64, String)>,
     /// Sealed chunks not yet written, by series.
     sealed: Vec<((u32, u64), ChunkRow)>,
-    /// Open chunks, their bytes in `open_bytes`.
-    open: Vec<PlannedOpen>,
-    open_bytes: Vec<u8>,
+    /// The snapshot of the open chunks, encoded (see [`SNAPSHOT_MAGIC`]).
+    snapshot: Vec<u8>,
+    /// Open chunks in it.
+    open: usize,
     /// Store numbers of series dropped since the last flush.
     dropped: Vec<i64>,
 }
@@ -596,7 +646,7 @@ impl Flush {
 
     /// Open chunks in the snapshot.
     pub fn open(&self) -> usize {
-        self.open.len()
+        self.open
     }
 
     /// Writes it: new series, the sealed chunks, the snapshot of the open
@@ -608,17 +658,7 @@ impl Flush {
             .map(|(_, id, l)| (*id, l.clone()))
             .collect();
         let rows: Vec<ChunkRow> = self.sealed.iter().map(|(_, row)| row.clone()).collect();
-        let mut snapshot = Vec::with_capacity(4 + self.open_bytes.len() + 30 * self.open.len());
-        snapshot.extend_from_slice(SNAPSHOT_MAGIC);
-        for (id, min_t, max_t, count, range) in &self.open {
-            snapshot.extend_from_slice(&id.to_le_bytes());
-            snapshot.extend_from_slice(&min_t.to_le_bytes());
-            snapshot.extend_from_slice(&max_t.to_le_bytes());
-            snapshot.extend_from_slice(&count.to_le_bytes());
-            snapshot.extend_from_slice(&(range.len() as u32).to_le_bytes());
-            snapshot.extend_from_slice(&self.open_bytes[range.clone()]);
-        }
-        store.flush(&new, &rows, &snapshot, &self.dropped)
+        store.flush(&new, &rows, &self.snapshot, &self.dropped)
     }
 }
 
@@ -632,6 +672,7 @@ impl Head {
             dropped: std::mem::take(&mut self.dropped),
             ..Flush::default()
         };
+        f.snapshot.extend_from_slice(SNAPSHOT_MAGIC);
         for (slot, s) in self.series.iter().enumerate() {
             let Some(s) = s else { continue };
             let Some(db) = s.db else { continue };
@@ -655,15 +696,15 @@ impl Head {
                 ));
             }
             if let Some((min_t, max_t)) = s.open.range() {
-                let start = f.open_bytes.len();
-                f.open_bytes.extend_from_slice(s.open.bytes());
-                f.open.push((
-                    db,
-                    min_t,
-                    max_t,
-                    s.open.len() as u16,
-                    start..f.open_bytes.len(),
-                ));
+                let bytes = s.open.bytes();
+                let out = &mut f.snapshot;
+                out.extend_from_slice(&db.to_le_bytes());
+                out.extend_from_slice(&min_t.to_le_bytes());
+                out.extend_from_slice(&max_t.to_le_bytes());
+                out.extend_from_slice(&(s.open.len() as u16).to_le_bytes());
+                out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+                out.extend_from_slice(bytes);
+                f.open += 1;
             }
         }
         f

@@ -1773,3 +1773,108 @@ alerts = ["hook"]
     assert!(kinds.contains(&"rule.firing") && kinds.contains(&"rule.resolved"));
     let _ = std::fs::remove_file(&path);
 }
+
+/// Debian's Prometheus as a remote-write receiver on `addr`, storing in `dir`.
+fn receiver(dir: &Path, addr: &str) -> std::process::Child {
+    let config = dir.join("prometheus.yml");
+    std::fs::write(&config, "global: {}\n").unwrap();
+    Command::new(common::testbed("STEWARD_TEST_PROMETHEUS"))
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("tsdb").display()
+        ))
+        .arg(format!("--web.listen-address={addr}"))
+        .arg("--web.enable-remote-write-receiver")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// `count_over_time(EXPR[WINDOW])` at `at` as the Prometheus API at `addr`
+/// answers it (0 when nothing is there, or it does not answer).
+fn prom_count(addr: &str, expr: &str, window: &str, at: f64) -> f64 {
+    use std::io::{Read, Write};
+    let path = format!(
+        "/api/v1/query?query={}&time={at}",
+        q(&format!("count_over_time({expr}[{window}])"))
+    );
+    let Ok(mut s) = std::net::TcpStream::connect(addr) else {
+        return 0.0;
+    };
+    let mut out = String::new();
+    if write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").is_err()
+        || s.read_to_string(&mut out).is_err()
+    {
+        return 0.0;
+    }
+    let body = out.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    let v: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+    v["data"]["result"][0]["value"][1]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[test]
+fn remote_write_reaches_prometheus_and_loses_nothing_across_its_restart() {
+    let www = common::testbed("STEWARD_TEST_WWW");
+    let nginx = common::testbed("STEWARD_TEST_NGINX_URL");
+    let file = format!("e2e-remote-{}.txt", std::process::id());
+    std::fs::write(Path::new(&www).join(&file), "jobs_waiting 7\n").unwrap();
+    let prom_dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut prom = receiver(prom_dir.path(), &addr);
+    let p = Project::new(&format!(
+        "[steward]\nstate_dir = \"state\"\n\n[scrape.app]\nurl = \"{nginx}/{file}\"\ninterval = \"1s\"\n\n[remote_write.longterm]\nurl = \"http://{addr}/api/v1/write\"\nbatch_send_deadline = \"500ms\"\nmin_backoff = \"100ms\"\nmax_backoff = \"1s\"\n"
+    ));
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64()
+    };
+    let serve = common::serve(&p.spec(), &[]);
+    let expr = "jobs_waiting{job=\"app\"}";
+    let until = |what: &str, f: &dyn Fn() -> bool| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while !f() {
+            assert!(std::time::Instant::now() < deadline, "timed out: {what}");
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    };
+    until("samples at the receiver", &|| {
+        prom_count(&addr, expr, "1h", now()) >= 3.0
+    });
+    // The receiver goes away for a while and comes back: what was scraped
+    // meanwhile waits in steward's queue and arrives.
+    let _ = Command::new("kill")
+        .args(["-TERM", &prom.id().to_string()])
+        .status();
+    prom.wait().unwrap();
+    std::thread::sleep(Duration::from_secs(5));
+    let mut prom = receiver(prom_dir.path(), &addr);
+    std::thread::sleep(Duration::from_secs(2));
+    let at = now();
+    let ours = count_at(&serve, expr, at);
+    assert!(ours >= 10.0, "{ours}");
+    until("every sample steward stored", &|| {
+        prom_count(&addr, expr, "1h", at) == ours
+    });
+    let metrics = common::http_get(&serve.addr, "/metrics");
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("steward_remote_write_retries_total{remote=\"longterm\"}")),
+        "the outage was retried: {metrics}"
+    );
+    let _ = prom.kill();
+    let _ = prom.wait();
+    let _ = std::fs::remove_file(Path::new(&www).join(&file));
+}
