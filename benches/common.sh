@@ -9,7 +9,13 @@ STEWARD=$CARGO_TARGET_DIR/release/steward
 WORK=$(mktemp -d "/tmp/steward-${BENCH_NAME:-bench}.XXXXXX")
 chmod 755 "$WORK" # nginx workers run as www-data
 PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
+# Stops what the bench started and waits for it (a writer loop may be mid-write),
+# then removes the work directory.
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+  rm -rf "$WORK"
+}
 trap cleanup EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }

@@ -10,6 +10,7 @@ mod backups;
 mod listener;
 pub use listener::{PeerAddr, StewardListener, TlsFiles, TlsReloader};
 mod auth;
+mod charts;
 pub use api::{CheckView, ResultView};
 mod page;
 mod process;
@@ -116,6 +117,7 @@ pub fn router(state: AppState) -> Router {
     let health = own_health(&state);
     Router::new()
         .route("/", get(page::status_page))
+        .route("/query", get(page::query_page))
         .route("/static/status.css", get(page::css))
         .route("/static/status.js", get(page::js))
         .route("/metrics", get(metrics))

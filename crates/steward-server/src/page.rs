@@ -21,6 +21,8 @@ fn env() -> &'static Environment<'static> {
         // The `.html` name turns on HTML auto-escaping.
         env.add_template("status.html", include_str!("../assets/status.html"))
             .expect("status template parses");
+        env.add_template("query.html", include_str!("../assets/query.html"))
+            .expect("query template parses");
         env
     })
 }
@@ -109,6 +111,10 @@ struct ServiceRow {
     instances: Vec<(String, String)>,
     deploy: String,
     deploy_state: String,
+    /// Requests, errors and latency from the proxy's series.
+    signals: Option<crate::charts::Signals>,
+    /// The autoscaler's latest decision, in a line.
+    autoscale: String,
 }
 
 /// One deploy on the status page.
@@ -278,6 +284,69 @@ pub(crate) async fn status_page(
         .await
         .unwrap_or_default()
     };
+    // Each proxied service's traffic from the series store, with its scale
+    // and deploy events of the last hour marked on the chart.
+    let signals: BTreeMap<String, (crate::charts::Signals, String)> = {
+        let (spec, store, head) = (s.spec.clone(), s.store.clone(), s.series.clone());
+        tokio::task::spawn_blocking(move || {
+            use steward_state::{EventKind, EventLog, EventQuery, Meta};
+            let mut out = BTreeMap::new();
+            for svc in spec.services.values() {
+                let marks: Vec<(i64, String)> = store
+                    .events(&EventQuery {
+                        kinds: vec![
+                            EventKind::FleetScaled,
+                            EventKind::DeployStarted,
+                            EventKind::DeploySucceeded,
+                            EventKind::DeployFailed,
+                            EventKind::DeployReverted,
+                        ],
+                        subject: Some(svc.name.clone()),
+                        limit: 50,
+                        ..EventQuery::default()
+                    })
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|e| (e.event.ts, e.event.message))
+                    .collect();
+                let autoscale = store
+                    .meta(&steward_metrics::controller::decision_key(&svc.name))
+                    .ok()
+                    .flatten()
+                    .and_then(|j| serde_json::from_str::<serde_json::Value>(&j).ok())
+                    .map(|d| {
+                        format!(
+                            "{} → {} ({})",
+                            d["current"],
+                            d["recommendation"],
+                            d["reason"]
+                                .as_str()
+                                .unwrap_or("")
+                                .lines()
+                                .next()
+                                .unwrap_or("")
+                        )
+                    })
+                    .unwrap_or_default();
+                let sig = svc.listen.is_some().then(|| {
+                    let h = head.lock().unwrap_or_else(|e| e.into_inner());
+                    crate::charts::signals(&h, &svc.name, now, &marks)
+                });
+                if let Some(sig) = sig {
+                    out.insert(svc.name.clone(), (sig, autoscale));
+                } else if !autoscale.is_empty() {
+                    out.insert(
+                        svc.name.clone(),
+                        (crate::charts::Signals::default(), autoscale),
+                    );
+                }
+            }
+            out
+        })
+        .await
+        .unwrap_or_default()
+    };
+    let mut signals = signals;
     let short = steward_fleet::requests::short;
     let service_rows: Vec<ServiceRow> = services
         .into_iter()
@@ -312,6 +381,14 @@ pub(crate) async fn status_page(
                 .deploy
                 .as_ref()
                 .map(|d| d.result.clone().unwrap_or_else(|| "running".into()))
+                .unwrap_or_default(),
+            signals: signals
+                .get_mut(&x.service)
+                .map(|(sig, _)| std::mem::take(sig))
+                .filter(|sig| !sig.rate.is_empty()),
+            autoscale: signals
+                .get(&x.service)
+                .map(|(_, a)| a.clone())
                 .unwrap_or_default(),
             name: x.service,
         })
@@ -354,6 +431,72 @@ pub(crate) async fn status_page(
         )
             .into_response(),
     }
+}
+
+/// `/query?expr=…&range=…`: a PromQL expression over the stored series,
+/// as a chart and a table of the latest values.
+pub(crate) async fn query_page(
+    State(s): State<AppState>,
+    axum::extract::Query(q): axum::extract::Query<BTreeMap<String, String>>,
+) -> Response {
+    let expr = q.get("expr").cloned().unwrap_or_default();
+    let range = q.get("range").cloned().unwrap_or_else(|| "1h".into());
+    let range_ms = match humantime_ms(&range) {
+        Some(ms) if ms > 0 && ms <= 31 * 86_400_000 => ms,
+        _ => {
+            return (
+                StatusCode::BAD_REQUEST,
+                format!("range `{range}` is not a duration such as 15m, 1h or 2d"),
+            )
+                .into_response();
+        }
+    };
+    let now = now_ms();
+    let answer = if expr.trim().is_empty() {
+        crate::charts::Answer::default()
+    } else {
+        let (head, e) = (s.series.clone(), expr.clone());
+        tokio::task::spawn_blocking(move || {
+            let h = head.lock().unwrap_or_else(|e| e.into_inner());
+            crate::charts::answer(&h, &e, range_ms, now)
+        })
+        .await
+        .unwrap_or_default()
+    };
+    let tmpl = env()
+        .get_template("query.html")
+        .expect("template registered");
+    match tmpl.render(context! {
+        app => s.spec.settings.name.clone(),
+        expr,
+        range,
+        ranges => ["15m", "1h", "6h", "1d", "7d"],
+        answer => minijinja::Value::from(minijinja::value::Serde(&answer)),
+        width => crate::charts::WIDTH,
+        height => crate::charts::HEIGHT,
+        version => env!("CARGO_PKG_VERSION"),
+    }) {
+        Ok(html) => Html(html).into_response(),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("rendering query page: {e}"),
+        )
+            .into_response(),
+    }
+}
+
+/// `15m`, `1h`, `2d`, `30s` in milliseconds.
+fn humantime_ms(s: &str) -> Option<i64> {
+    let (n, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit())?);
+    let n: i64 = n.parse().ok()?;
+    let per = match unit {
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return None,
+    };
+    n.checked_mul(per)
 }
 
 pub(crate) async fn css() -> impl IntoResponse {

@@ -816,5 +816,38 @@ fn the_api_scales_out_on_its_request_rate() {
         "{out}"
     );
     eprintln!("{ok} requests, none failed; {}\n{out}", by_autoscaler[0]);
+    // The status page shows the traffic, as a person sees it in Chromium:
+    // rate, errors, latency percentiles, an hour's chart with the scale
+    // events marked, and the autoscaler's latest decision.
+    let dom = common::chromium_dom(&serve.url("/"));
+    let start = dom
+        .find("data-service=\"api\"")
+        .unwrap_or_else(|| panic!("no api row: {dom}"));
+    let row = &dom[start..start + dom[start..].find("</tr>").unwrap()];
+    let cell = |class: &str| {
+        let at = row
+            .find(&format!("class=\"{class}\">"))
+            .unwrap_or_else(|| panic!("no {class}: {row}"));
+        let text = &row[at + class.len() + 9..];
+        text[..text.find("</td>").unwrap()].to_string()
+    };
+    assert!(
+        cell("rate").ends_with("/s") && cell("rate") != "0/s",
+        "{row}"
+    );
+    assert_eq!(cell("errors"), "0%", "{row}");
+    assert!(cell("latency").matches(" ms").count() == 3, "{row}");
+    assert!(row.contains("<polyline"), "request chart: {row}");
+    assert!(row.contains("class=\"mark\""), "scale events marked: {row}");
+    assert!(row.contains("autoscaler: "), "{row}");
+    // The query page draws any expression over the stored series.
+    let dom = common::chromium_dom(&serve.url(
+        "/query?expr=sum+by+(service)+(rate(steward_proxy_requests_total%5B10s%5D))&range=15m",
+    ));
+    assert!(dom.contains("1 series over the last 15m"), "{dom}");
+    assert!(dom.contains("<polyline"), "{dom}");
+    assert!(dom.contains("{service=\"api\"}"), "{dom}");
+    let bad = common::chromium_dom(&serve.url("/query?expr=sum(&range=1h"));
+    assert!(bad.contains("id=\"query-error\""), "{bad}");
     drop(serve);
 }
