@@ -313,10 +313,12 @@ pub(crate) fn service(
             Replicas { min: *n, max: *n }
         }
         Some((RawReplicas::Range { min, max }, s)) => {
-            if *min == 0 || min > max {
+            // `min = 0` lets a worker rest at zero (its autoscaler wakes it);
+            // a service behind the proxy is checked for that below.
+            if min > max || *max == 0 {
                 d.error(
                     s,
-                    format!("replicas need 1 <= min <= max, got min = {min}, max = {max}"),
+                    format!("replicas need min <= max and max >= 1, got min = {min}, max = {max}"),
                     "bad range",
                     None,
                 );
@@ -352,6 +354,17 @@ pub(crate) fn service(
                 None
             }
         });
+    if listen.is_some()
+        && replicas.min == 0
+        && let Some(r) = &raw.replicas
+    {
+        d.error(
+            r.span(),
+            format!("service `{name}` takes traffic on its `listen` address, so it needs at least one instance: min = 0 is for workers"),
+            "min = 0 behind the proxy",
+            Some("set min = 1 or more".into()),
+        );
+    }
     let readiness = raw.readiness.as_ref().and_then(|r| {
         let known: BTreeSet<&str> = checks.keys().map(String::as_str).collect();
         if !crate::validate::unknown_ref(d, r, "check", &known) {

@@ -14,7 +14,7 @@ use steward_spec::{OsResolver, Service, Spec};
 use crate::exit;
 use steward_state::{EventKind, EventLog, EventQuery, FleetState, Meta, Severity, Store, now_ms};
 
-fn open(spec: &Spec) -> Result<Store, u8> {
+pub(crate) fn open(spec: &Spec) -> Result<Store, u8> {
     Store::open(&spec.settings.state_dir).map_err(|e| {
         eprintln!("error: {e}");
         exit::USAGE

@@ -10,6 +10,7 @@ mod image;
 mod serve;
 mod table;
 mod token;
+mod top;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -139,6 +140,21 @@ enum Command {
     Fleet {
         #[command(subcommand)]
         action: FleetCommand,
+    },
+    /// Every service live: requests per second, errors, latency
+    /// percentiles, instances ready of desired, the autoscaler's decision
+    /// (q quits).
+    Top {
+        /// Print one table and exit instead.
+        #[arg(long)]
+        once: bool,
+        /// How often the view is refreshed, in seconds.
+        #[arg(long, default_value_t = 2.0)]
+        interval: f64,
+        /// Where `steward serve` answers (default: the spec's `listen`);
+        /// a token, if it needs one, in STEWARD_TOKEN.
+        #[arg(long)]
+        url: Option<String>,
     },
     /// Output of a service's instances.
     Logs {
@@ -538,6 +554,16 @@ fn main() -> ExitCode {
             tail,
             follow,
         } => fleet::logs(&cli.spec, &service, instance.as_deref(), tail, follow),
+        Command::Top {
+            once,
+            interval,
+            url,
+        } => top::top(
+            &cli.spec,
+            once,
+            std::time::Duration::from_secs_f64(interval.clamp(0.2, 3600.0)),
+            url,
+        ),
         Command::Up { dir, listen } => fleet::up(&dir, listen),
         Command::Down => fleet::down(&cli.spec),
         Command::Token { action } => token::run(

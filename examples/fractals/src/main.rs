@@ -633,8 +633,12 @@ async fn work_amqp(app: Shared, uri: String) {
     }
 }
 
+/// Set when the process is asked to stop: a worker takes no new job and
+/// finishes the one in hand.
+static STOPPING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 fn work(app: Shared, poll: Duration) {
-    loop {
+    while !STOPPING.load(Ordering::SeqCst) {
         let claimed = open(&app.data).and_then(|c| claim(&c, &app.instance));
         let job = match claimed {
             Ok(Some(j)) => j,
@@ -655,12 +659,23 @@ fn work(app: Shared, poll: Duration) {
     }
 }
 
+/// The SQLite worker's thread, joined at shutdown.
+static WORK_THREAD: std::sync::Mutex<Option<std::thread::JoinHandle<()>>> =
+    std::sync::Mutex::new(None);
+
+/// Waits for SIGTERM or Ctrl-C; then a worker finishes the job in hand
+/// before the process ends (steward's `stop_timeout` bounds the wait).
 async fn shutdown() {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .expect("SIGTERM handler");
     tokio::select! {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
+    }
+    STOPPING.store(true, Ordering::SeqCst);
+    let worker = WORK_THREAD.lock().unwrap_or_else(|e| e.into_inner()).take();
+    if let Some(t) = worker {
+        let _ = tokio::task::spawn_blocking(move || t.join()).await;
     }
 }
 
@@ -705,7 +720,9 @@ async fn main() {
                     tokio::spawn(work_amqp(worker, uri));
                 }
                 None => {
-                    std::thread::spawn(move || work(worker, Duration::from_millis(poll_ms)));
+                    let t =
+                        std::thread::spawn(move || work(worker, Duration::from_millis(poll_ms)));
+                    *WORK_THREAD.lock().unwrap_or_else(|e| e.into_inner()) = Some(t);
                 }
             }
             let router = axum::Router::new()

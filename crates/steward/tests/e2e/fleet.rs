@@ -849,5 +849,160 @@ fn the_api_scales_out_on_its_request_rate() {
     assert!(dom.contains("{service=\"api\"}"), "{dom}");
     let bad = common::chromium_dom(&serve.url("/query?expr=sum(&range=1h"));
     assert!(bad.contains("id=\"query-error\""), "{bad}");
+    // `steward top`: once, as a table; then live in a terminal (tmux),
+    // quit with q.
+    let url = format!("http://{}", serve.addr);
+    let (code, out, err) = p.steward(&["top", "--once", "--url", &url]);
+    assert_eq!(code, 0, "{err}");
+    let api = out
+        .lines()
+        .find(|l| l.starts_with("api "))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(out.starts_with("SERVICE"), "{out}");
+    assert!(
+        api.contains("4/4") && api.contains("/s") && api.contains(" ms"),
+        "{out}"
+    );
+    assert!(api.contains("→"), "the autoscaler's decision: {out}");
+    let socket = format!("steward-top-{}", std::process::id());
+    let tmux = |args: &[&str]| {
+        Command::new("tmux")
+            .args(["-L", &socket])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let cmd = format!(
+        "{BIN} -f {} top --interval 0.5 --url {url}",
+        p.spec.display()
+    );
+    let started = tmux(&["new-session", "-d", "-x", "160", "-y", "20", &cmd]);
+    assert!(
+        started.status.success(),
+        "{}",
+        String::from_utf8_lossy(&started.stderr)
+    );
+    let mut screen = String::new();
+    for _ in 0..100 {
+        screen = String::from_utf8_lossy(&tmux(&["capture-pane", "-p"]).stdout).into_owned();
+        if screen.contains("SERVICE") && screen.contains("4/4") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        screen.contains("steward top") && screen.contains("q quits"),
+        "{screen}"
+    );
+    assert!(
+        screen
+            .lines()
+            .any(|l| l.contains("api") && l.contains("4/4")),
+        "{screen}"
+    );
+    tmux(&["send-keys", "q"]);
+    let mut gone = false;
+    for _ in 0..50 {
+        if !tmux(&["has-session"]).status.success() {
+            gone = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    if !gone {
+        tmux(&["kill-server"]);
+    }
+    assert!(gone, "q did not quit steward top");
+    drop(serve);
+}
+
+#[test]
+fn workers_wake_on_the_queue_scale_out_and_rest_at_zero_again() {
+    let p = Project::new("");
+    let spec = std::fs::read_to_string(&p.spec).unwrap();
+    // The API's instances are scraped (they report the queue depth); the
+    // workers rest at zero until there is work, grow with the backlog, and
+    // go back to zero once it is gone and the cooldown has passed.
+    let spec = format!(
+        r#"{spec}metrics = {{ path = "/metrics", interval = "1s" }}
+
+[service.worker]
+image = "app"
+command = ["/usr/local/bin/fractals", "worker", "--listen", "{{addr}}"]
+env = {{ FRACTALS_DATA = "{{state_dir}}/data" }}
+replicas = {{ min = 0, max = 3 }}
+stop_timeout = "5s"
+autoscale = {{ interval = "1s", metrics = [{{ expr = 'max(fractals_jobs{{status="queued"}}) + max(fractals_jobs{{status="running"}})', per_instance = 2, activation = 0 }}], scale_down = {{ stabilization = "3s" }}, cooldown = "3s" }}
+"#
+    );
+    std::fs::write(&p.spec, spec).unwrap();
+    let (code, out, err) = p.steward(&["validate"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let serve = p.serve();
+    p.wait_ready(2, None);
+    let workers = |state: &str| -> usize {
+        let (code, out, err) = p.steward(&["fleet", "status", "--json"]);
+        assert_eq!(code, 0, "{err}");
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        v.as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["service"] == "worker")
+            .map(|s| {
+                s["instances"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .filter(|i| state.is_empty() || i["state"] == state)
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    // Nothing queued: no worker runs.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(workers(""), 0, "a worker started with an empty queue");
+    // The demo's load script, bounded: 6 s of 3 jobs a second (smaller
+    // jobs than its default, for a busy test machine).
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/fractals/load.sh");
+    let load = Command::new("sh")
+        .arg(&script)
+        .args(["6", "3", &format!("http://{}", p.proxy)])
+        .env(
+            "FRACTALS_JOB",
+            r#"{"kind":"mandelbrot","width":320,"height":240,"iterations":2000}"#,
+        )
+        .output()
+        .unwrap();
+    let printed = String::from_utf8_lossy(&load.stdout).to_string();
+    assert!(
+        load.status.success(),
+        "{printed}{}",
+        String::from_utf8_lossy(&load.stderr)
+    );
+    let submitted: u64 = printed
+        .lines()
+        .last()
+        .and_then(|l| l.strip_prefix("submitted "))
+        .and_then(|l| l.strip_suffix(" jobs"))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{printed}"));
+    assert!(submitted >= 12, "{printed}");
+    wait_long("workers woken by the queue", || workers("ready") >= 2);
+    let scaled = events(&p.state(), "fleet.scaled", Some("worker"));
+    assert!(
+        scaled
+            .iter()
+            .any(|e| e.event.message.contains("by the autoscaler")),
+        "{scaled:?}"
+    );
+    // Every job rendered, then the workers rest again.
+    wait_long("every job done", || {
+        let m = common::http_get(&p.proxy, "/metrics");
+        m.lines()
+            .any(|l| l == format!("fractals_jobs{{status=\"done\"}} {submitted}"))
+    });
+    wait_long("workers back at rest", || workers("") == 0);
+    let (_, out, _) = p.steward(&["scale", "--explain", "worker"]);
+    assert!(out.contains("rest at 0"), "{out}");
     drop(serve);
 }
