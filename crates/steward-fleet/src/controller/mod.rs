@@ -54,6 +54,12 @@ struct StateLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct InstanceLabel {
+    service: String,
+    id: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabel {
     service: String,
     result: String,
@@ -72,6 +78,9 @@ pub struct FleetMetrics {
     deploys: Family<ResultLabel, Counter>,
     replaced: Family<ResultLabel, Counter>,
     errors: Family<StageLabel, Counter>,
+    cpu: Family<InstanceLabel, Counter<f64, std::sync::atomic::AtomicU64>>,
+    memory: Family<InstanceLabel, Gauge>,
+    fds: Family<InstanceLabel, Gauge>,
 }
 
 impl FleetMetrics {
@@ -96,6 +105,21 @@ impl FleetMetrics {
             "steward_fleet_errors",
             "Fleet failures by service and stage (build, start, stop)",
             self.errors.clone(),
+        );
+        r.register(
+            "steward_instance_cpu_seconds",
+            "CPU time an instance's process used (user and system), by service and instance id",
+            self.cpu.clone(),
+        );
+        r.register(
+            "steward_instance_memory_bytes",
+            "Resident memory of an instance's process",
+            self.memory.clone(),
+        );
+        r.register(
+            "steward_instance_open_fds",
+            "Open file descriptors of an instance's process",
+            self.fds.clone(),
         );
     }
 }
@@ -221,6 +245,8 @@ impl Fleet {
                     build_backoff: None,
                     next_due: None,
                     images: HashMap::new(),
+                    usage: HashMap::new(),
+                    usage_at: None,
                 })
             });
         }
@@ -358,6 +384,10 @@ struct ServiceLoop {
     next_due: Option<Instant>,
     /// Builds the provider has made runnable, by digest.
     images: HashMap<String, ImageRef>,
+    /// Each running instance's CPU seconds as last read, and when usage
+    /// was last read.
+    usage: HashMap<String, f64>,
+    usage_at: Option<Instant>,
 }
 
 /// The provider's handle of a recorded instance.
@@ -583,6 +613,7 @@ impl ServiceLoop {
         self.observe(&mut rows).await;
         self.update_pool(&rows);
         self.count(&rows);
+        self.measure(&rows);
 
         let input = Input {
             now,

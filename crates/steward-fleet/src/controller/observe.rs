@@ -139,6 +139,54 @@ impl ServiceLoop {
         self.pool.set(&ready);
     }
 
+    /// Every 5 s: what each running instance uses (CPU, memory, open
+    /// files), as the provider tells; the series of instances gone are
+    /// removed.
+    pub(super) fn measure(&mut self, rows: &[InstanceRow]) {
+        if self
+            .usage_at
+            .is_some_and(|t| t.elapsed() < Duration::from_secs(5))
+        {
+            return;
+        }
+        self.usage_at = Some(Instant::now());
+        let m = &self.fleet.metrics;
+        let mut seen = std::collections::HashSet::new();
+        for r in rows.iter().filter(|r| r.state.runs()) {
+            let Some(u) = self.fleet.provider.usage(&handle(r)) else {
+                continue;
+            };
+            let label = super::InstanceLabel {
+                service: self.svc.name.clone(),
+                id: r.id.clone(),
+            };
+            let last = self.usage.insert(r.id.clone(), u.cpu_seconds);
+            let delta = u.cpu_seconds - last.unwrap_or(0.0);
+            if delta > 0.0 {
+                m.cpu.get_or_create(&label).inc_by(delta);
+            }
+            m.memory.get_or_create(&label).set(u.memory_bytes as i64);
+            m.fds.get_or_create(&label).set(u.open_fds as i64);
+            seen.insert(r.id.clone());
+        }
+        let gone: Vec<String> = self
+            .usage
+            .keys()
+            .filter(|id| !seen.contains(*id))
+            .cloned()
+            .collect();
+        for id in gone {
+            self.usage.remove(&id);
+            let label = super::InstanceLabel {
+                service: self.svc.name.clone(),
+                id,
+            };
+            m.cpu.remove(&label);
+            m.memory.remove(&label);
+            m.fds.remove(&label);
+        }
+    }
+
     pub(super) fn count(&self, rows: &[InstanceRow]) {
         for state in [
             "starting", "ready", "unready", "draining", "parked", "failed",

@@ -181,4 +181,20 @@ pub trait Provider: Send + Sync {
     fn describe(&self, handle: &InstanceHandle) -> String;
     /// The file its output goes to, when the provider keeps one on this machine.
     fn log_path(&self, handle: &InstanceHandle) -> Option<PathBuf>;
+    /// What a running instance uses now, when the provider can tell cheaply
+    /// (the local provider reads `/proc`).
+    fn usage(&self, _handle: &InstanceHandle) -> Option<Usage> {
+        None
+    }
+}
+
+/// What an instance's process uses.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Usage {
+    /// CPU time used so far (user and system), in seconds.
+    pub cpu_seconds: f64,
+    /// Resident memory, in bytes.
+    pub memory_bytes: u64,
+    /// Open file descriptors.
+    pub open_fds: u64,
 }

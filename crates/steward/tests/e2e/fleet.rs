@@ -816,6 +816,24 @@ fn the_api_scales_out_on_its_request_rate() {
         "{out}"
     );
     eprintln!("{ok} requests, none failed; {}\n{out}", by_autoscaler[0]);
+    // What each instance uses, on /metrics (and so as series), read every
+    // 5 s.
+    let mut metrics = String::new();
+    let mut memory: Vec<f64> = Vec::new();
+    wait_long("usage of 4 instances", || {
+        metrics = common::http_get(&serve.addr, "/metrics");
+        memory = metrics
+            .lines()
+            .filter(|l| l.starts_with("steward_instance_memory_bytes{service=\"api\""))
+            .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+            .collect();
+        memory.len() == 4
+    });
+    assert!(memory.iter().all(|m| *m > 1e6), "{memory:?}");
+    assert!(
+        metrics.contains("steward_instance_cpu_seconds_total{service=\"api\""),
+        "{metrics}"
+    );
     // The status page shows the traffic, as a person sees it in Chromium:
     // rate, errors, latency percentiles, an hour's chart with the scale
     // events marked, and the autoscaler's latest decision.
