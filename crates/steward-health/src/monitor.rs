@@ -50,6 +50,9 @@ pub struct HealthMetrics {
     errors: Family<Labels, Counter>,
     late: Counter,
     write_batches: Counter,
+    messages: Family<Labels, Gauge>,
+    consumers: Family<Labels, Gauge>,
+    cert_expiry: Family<Labels, Gauge>,
 }
 
 impl HealthMetrics {
@@ -89,6 +92,21 @@ impl HealthMetrics {
             "steward_health_write_batches",
             "Result batches written to the state database",
             self.write_batches.clone(),
+        );
+        r.register(
+            "steward_check_queue_messages",
+            "Messages ready in the queue an amqp check looked at (its latest run)",
+            self.messages.clone(),
+        );
+        r.register(
+            "steward_check_queue_consumers",
+            "Consumers of the queue an amqp check looked at (its latest run)",
+            self.consumers.clone(),
+        );
+        r.register(
+            "steward_check_certificate_expiry_seconds",
+            "Time left on the peer certificate a TLS check saw (its latest run)",
+            self.cert_expiry.clone(),
         );
     }
 }
@@ -398,6 +416,17 @@ async fn check_loop(check: Arc<Check>, ctx: TaskCtx) {
             .duration
             .get_or_create(&labels)
             .set(elapsed.as_secs_f64());
+        // What a check observed that is worth a series of its own (a queue's
+        // depth to scale workers on, a certificate's time left).
+        for (key, family) in [
+            ("messages", &ctx.metrics.messages),
+            ("consumers", &ctx.metrics.consumers),
+            ("certificate_expires_in_s", &ctx.metrics.cert_expiry),
+        ] {
+            if let Some(v) = j.observed.get(key).and_then(|v| v.as_i64()) {
+                family.get_or_create(&labels).set(v);
+            }
+        }
         let result = ResultRow {
             check: check.name.clone(),
             ts,

@@ -1878,3 +1878,68 @@ fn remote_write_reaches_prometheus_and_loses_nothing_across_its_restart() {
     let _ = prom.wait();
     let _ = std::fs::remove_file(Path::new(&www).join(&file));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_an_amqp_check_watches_becomes_a_series() {
+    use amqprs::BasicProperties;
+    use amqprs::channel::{BasicPublishArguments, QueueDeclareArguments};
+    use amqprs::connection::{Connection, OpenConnectionArguments};
+    let url = common::testbed("STEWARD_TEST_AMQP_URL");
+    let port: u16 = url
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.split('/').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap();
+    let queue = format!("steward-e2e-series-{}", std::process::id());
+    let conn = Connection::open(&OpenConnectionArguments::new(
+        "127.0.0.1",
+        port,
+        "guest",
+        "guest",
+    ))
+    .await
+    .unwrap();
+    let ch = conn.open_channel(None).await.unwrap();
+    ch.queue_declare(
+        QueueDeclareArguments::new(&queue)
+            .auto_delete(true)
+            .finish(),
+    )
+    .await
+    .unwrap();
+    for i in 0..5 {
+        ch.basic_publish(
+            BasicProperties::default(),
+            format!("job {i}").into_bytes(),
+            BasicPublishArguments::new("", &queue),
+        )
+        .await
+        .unwrap();
+    }
+    let p = Project::new(&format!(
+        "[steward]\nstate_dir = \"state\"\nself_scrape_interval = \"1s\"\n\n[check.jobs]\ntype = \"amqp\"\nurl = \"{url}\"\nqueue = \"{queue}\"\ninterval = \"500ms\"\n"
+    ));
+    let serve = p.serve();
+    // The check's observation is a series: what an autoscaler or a rule
+    // reads, e.g. workers per 5 messages waiting.
+    let query = serve.url(&format!(
+        "/api/v1/query?query={}",
+        q("steward_check_queue_messages{check=\"jobs\"}")
+    ));
+    eventually("queue depth as a series", || async {
+        get_json(&query).await["data"]["result"][0]["value"][1] == "5"
+    })
+    .await;
+    let consumers = get_json(&serve.url(&format!(
+        "/api/v1/query?query={}",
+        q("steward_check_queue_consumers{check=\"jobs\"}")
+    )))
+    .await;
+    assert_eq!(
+        consumers["data"]["result"][0]["value"][1], "0",
+        "{consumers}"
+    );
+    let _ = ch.close().await;
+    let _ = conn.close().await;
+}
