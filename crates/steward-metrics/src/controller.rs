@@ -32,6 +32,10 @@ use crate::tsdb::head::Head;
 /// The series store shared by the scrapers, the retention and the API.
 pub type Series = Arc<Mutex<Head>>;
 
+/// How long the per-minute rollups of sealed chunks are kept (queries
+/// reaching back past the raw retention read one sample a minute from them).
+pub const ROLLUP_RETENTION: Duration = Duration::from_secs(30 * 86_400);
+
 /// How much of every series stays in memory once written: queries over
 /// older samples read them from `series.db`.
 pub const MEMORY_WINDOW: Duration = Duration::from_secs(2 * 3600);
@@ -457,6 +461,7 @@ impl Controller for Retention {
                 let disk = match &store {
                     Some(s) => {
                         s.drop_before(before)?;
+                        s.drop_rollups_before(now_ms() - ROLLUP_RETENTION.as_millis() as i64)?;
                         s.disk_bytes()?
                     }
                     None => 0,

@@ -23,7 +23,7 @@ pub use fleet::{AfterDrain, DeployRow, FleetState, InstanceRow, InstanceState, S
 pub use history::CheckHistory;
 pub use lease::{Lease, LeaseRow};
 pub use log::{AlertLog, EventLog};
-pub use series::{ChunkRow, SeriesChunks, SeriesDb};
+pub use series::{ChunkRow, RollupRow, SeriesChunks, SeriesDb};
 pub use tokens::{Scope, TokenError, TokenInfo, Tokens, token_hash};
 
 use std::collections::BTreeMap;

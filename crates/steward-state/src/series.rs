@@ -7,7 +7,8 @@
 //! `min_t` to `max_t`, a row identified by its series and `min_t` (writing
 //! one that is already there replaces it). The chunks still being filled are
 //! written together, at every flush, as one snapshot that replaces the last:
-//! one row however many series there are.
+//! one row however many series there are. Sealed chunks are also summed up
+//! per minute (min, max, sum, count, last), kept longer than they are.
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -36,7 +37,42 @@ const MIGRATIONS: &[&str] = &[
         id INTEGER PRIMARY KEY CHECK (id = 1),
         data BLOB NOT NULL
      );",
+    // 3: per series and minute: min, max, sum, count and the last sample,
+    // kept longer than the chunks
+    "CREATE TABLE rollups (
+        series INTEGER NOT NULL,
+        minute INTEGER NOT NULL,
+        min REAL NOT NULL,
+        max REAL NOT NULL,
+        sum REAL NOT NULL,
+        count INTEGER NOT NULL,
+        last REAL NOT NULL,
+        last_t INTEGER NOT NULL,
+        PRIMARY KEY (series, minute)
+     ) WITHOUT ROWID;
+     CREATE INDEX rollups_minute ON rollups (minute);",
 ];
+
+/// One series' samples of one minute.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RollupRow {
+    /// The series' number.
+    pub series: i64,
+    /// The minute's start (Unix ms, a multiple of 60,000).
+    pub minute: i64,
+    /// Smallest value.
+    pub min: f64,
+    /// Largest value.
+    pub max: f64,
+    /// Sum of the values.
+    pub sum: f64,
+    /// Samples.
+    pub count: i64,
+    /// The minute's last value.
+    pub last: f64,
+    /// Its time.
+    pub last_t: i64,
+}
 
 /// A stored chunk.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,6 +104,21 @@ pub trait SeriesChunks: Send + Sync {
         open: &[u8],
         dropped: &[i64],
     ) -> Result<(), StateError>;
+    /// Adds minutes to the rollups (a minute already there, split across
+    /// two chunks, is merged) in the same transaction as a flush: call
+    /// [`SeriesChunks::flush_with_rollups`] instead of `flush` to have both.
+    fn flush_with_rollups(
+        &self,
+        new_series: &[(i64, String)],
+        sealed: &[ChunkRow],
+        rollups: &[RollupRow],
+        open: &[u8],
+        dropped: &[i64],
+    ) -> Result<(), StateError>;
+    /// A series' minutes from `mint` to `maxt`, in time order.
+    fn rollups_of(&self, series: i64, mint: i64, maxt: i64) -> Result<Vec<RollupRow>, StateError>;
+    /// Deletes minutes before `before`; returns how many.
+    fn drop_rollups_before(&self, before: i64) -> Result<usize, StateError>;
     /// The snapshot of the open chunks the last flush wrote.
     fn open_chunks(&self) -> Result<Option<Vec<u8>>, StateError>;
     /// Every series: number and labels, by number.
@@ -200,6 +251,17 @@ impl SeriesChunks for SeriesDb {
         open: &[u8],
         dropped: &[i64],
     ) -> Result<(), StateError> {
+        self.flush_with_rollups(new_series, sealed, &[], open, dropped)
+    }
+
+    fn flush_with_rollups(
+        &self,
+        new_series: &[(i64, String)],
+        sealed: &[ChunkRow],
+        rollups: &[RollupRow],
+        open: &[u8],
+        dropped: &[i64],
+    ) -> Result<(), StateError> {
         let mut conn = self.writer();
         let tx = conn.transaction().map_err(|e| self.err(e))?;
         {
@@ -224,6 +286,29 @@ impl SeriesChunks for SeriesDb {
                 [open],
             )
             .map_err(|e| self.err(e))?;
+            let mut minute = tx
+                .prepare_cached(
+                    "INSERT INTO rollups (series, minute, min, max, sum, count, last, last_t)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                     ON CONFLICT (series, minute) DO UPDATE SET
+                        min = min(min, excluded.min),
+                        max = max(max, excluded.max),
+                        sum = sum + excluded.sum,
+                        count = count + excluded.count,
+                        last = CASE WHEN excluded.last_t >= last_t THEN excluded.last ELSE last END,
+                        last_t = max(last_t, excluded.last_t)",
+                )
+                .map_err(|e| self.err(e))?;
+            for r in rollups {
+                minute
+                    .execute(params![
+                        r.series, r.minute, r.min, r.max, r.sum, r.count, r.last, r.last_t
+                    ])
+                    .map_err(|e| self.err(e))?;
+            }
+            let mut gone_rollups = tx
+                .prepare_cached("DELETE FROM rollups WHERE series = ?1")
+                .map_err(|e| self.err(e))?;
             let mut gone_chunks = tx
                 .prepare_cached("DELETE FROM chunks WHERE series = ?1")
                 .map_err(|e| self.err(e))?;
@@ -231,6 +316,7 @@ impl SeriesChunks for SeriesDb {
                 .prepare_cached("DELETE FROM series WHERE id = ?1")
                 .map_err(|e| self.err(e))?;
             for id in dropped {
+                gone_rollups.execute([id]).map_err(|e| self.err(e))?;
                 gone_chunks.execute([id]).map_err(|e| self.err(e))?;
                 gone.execute([id]).map_err(|e| self.err(e))?;
             }
@@ -303,6 +389,36 @@ impl SeriesChunks for SeriesDb {
     fn drop_before(&self, before: i64) -> Result<usize, StateError> {
         self.writer()
             .execute("DELETE FROM chunks WHERE max_t < ?1", [before])
+            .map_err(|e| self.err(e))
+    }
+
+    fn rollups_of(&self, series: i64, mint: i64, maxt: i64) -> Result<Vec<RollupRow>, StateError> {
+        let conn = self.reader();
+        let mut st = conn
+            .prepare_cached(
+                "SELECT series, minute, min, max, sum, count, last, last_t FROM rollups
+                 WHERE series = ?1 AND minute >= ?2 AND minute <= ?3 ORDER BY minute",
+            )
+            .map_err(|e| self.err(e))?;
+        st.query_map(params![series, mint.saturating_sub(59_999), maxt], |r| {
+            Ok(RollupRow {
+                series: r.get(0)?,
+                minute: r.get(1)?,
+                min: r.get(2)?,
+                max: r.get(3)?,
+                sum: r.get(4)?,
+                count: r.get(5)?,
+                last: r.get(6)?,
+                last_t: r.get(7)?,
+            })
+        })
+        .and_then(|rows| rows.collect())
+        .map_err(|e| self.err(e))
+    }
+
+    fn drop_rollups_before(&self, before: i64) -> Result<usize, StateError> {
+        self.writer()
+            .execute("DELETE FROM rollups WHERE minute < ?1", [before])
             .map_err(|e| self.err(e))
     }
 
@@ -386,5 +502,39 @@ mod tests {
         assert_eq!(db.all_series().unwrap(), vec![(ids[1], new[1].1.clone())]);
         assert!(db.chunks_since(i64::MIN).unwrap().is_empty());
         assert!(db.disk_bytes().unwrap() > 0);
+    }
+
+    #[test]
+    fn a_minute_split_across_two_flushes_is_merged() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = SeriesDb::open(dir.path()).unwrap();
+        let row = |min: f64, max: f64, sum: f64, count: i64, last: f64, last_t: i64| RollupRow {
+            series: 7,
+            minute: 60_000,
+            min,
+            max,
+            sum,
+            count,
+            last,
+            last_t,
+        };
+        db.flush_with_rollups(
+            &[(7, "[]".into())],
+            &[],
+            &[row(1.0, 5.0, 9.0, 3, 3.0, 80_000)],
+            b"",
+            &[],
+        )
+        .unwrap();
+        db.flush_with_rollups(&[], &[], &[row(0.5, 4.0, 4.5, 2, 4.0, 110_000)], b"", &[])
+            .unwrap();
+        assert_eq!(
+            db.rollups_of(7, 60_000, 119_999).unwrap(),
+            [row(0.5, 5.0, 13.5, 5, 4.0, 110_000)]
+        );
+        // A range starting inside the minute still gets it.
+        assert_eq!(db.rollups_of(7, 90_000, 200_000).unwrap().len(), 1);
+        assert_eq!(db.drop_rollups_before(120_000).unwrap(), 1);
+        assert!(db.rollups_of(7, 0, i64::MAX).unwrap().is_empty());
     }
 }

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
-use steward_state::{ChunkRow, SeriesChunks, StateError};
+use steward_state::{ChunkRow, RollupRow, SeriesChunks, StateError};
 
 use super::chunk::{AppendError, Chunk};
 
@@ -139,6 +139,9 @@ pub struct Head {
     next_db: i64,
     /// Samples kept for readers (see [`Head::add_tap`]).
     taps: Vec<Tap>,
+    /// Raw samples before this time are gone (retention): older ranges
+    /// are read from the store's per-minute rollups.
+    raw_from: Option<i64>,
 }
 
 /// Samples appended, kept for one reader.
@@ -397,8 +400,25 @@ impl Head {
             })
         {
             let mut samples = Vec::new();
+            // Before the raw retention: one sample a minute, the minute's
+            // last, from the rollups; raw samples from there on.
+            let mut mint = mint;
+            if let (Some(cold), Some(db), Some(raw_from)) = (&self.cold, s.db, self.raw_from)
+                && mint < raw_from
+                && s.stored
+            {
+                let upto = maxt.min(raw_from - 1);
+                samples.extend(
+                    cold.rollups_of(db, mint, upto)?
+                        .into_iter()
+                        .map(|r| (r.last_t, r.last))
+                        .filter(|(t, _)| *t >= mint && *t <= upto),
+                );
+                mint = raw_from;
+            }
             if let (Some(cold), Some(db), Some(cold_max)) = (&self.cold, s.db, s.cold_max)
                 && cold_max >= mint
+                && mint <= maxt
             {
                 for c in cold.chunks_of(db, mint, maxt, cold_max + 1)? {
                     samples.extend(
@@ -407,7 +427,9 @@ impl Head {
                     );
                 }
             }
-            samples_in(s, mint, maxt, &mut samples);
+            if mint <= maxt {
+                samples_in(s, mint, maxt, &mut samples);
+            }
             if !samples.is_empty() {
                 out.push((s.labels.clone(), samples));
             }
@@ -447,6 +469,7 @@ impl Head {
     /// Drops every sealed chunk that ends before `before`, and every series
     /// left with no sample at all. Returns the samples dropped.
     pub fn truncate(&mut self, before: i64) -> usize {
+        self.raw_from = Some(self.raw_from.map_or(before, |r| r.max(before)));
         let mut dropped = 0;
         let mut gone = Vec::new();
         for (id, slot) in self.series.iter_mut().enumerate() {
@@ -573,6 +596,42 @@ fn samples_in(s: &Series, mint: i64, maxt: i64, out: &mut Vec<(i64, f64)>) {
     }
 }
 
+/// Adds a sealed chunk's samples, per minute, to `out` (staleness markers
+/// left out: they are not values).
+fn minutes(series: i64, bytes: &[u8], count: u16, out: &mut Vec<RollupRow>) {
+    let mut cur: Option<RollupRow> = None;
+    for (t, v) in Chunk::decode(bytes, usize::from(count)) {
+        if v.to_bits() == crate::scrape::STALE_NAN {
+            continue;
+        }
+        let minute = t - t.rem_euclid(60_000);
+        match &mut cur {
+            Some(r) if r.minute == minute => {
+                r.min = r.min.min(v);
+                r.max = r.max.max(v);
+                r.sum += v;
+                r.count += 1;
+                r.last = v;
+                r.last_t = t;
+            }
+            _ => {
+                out.extend(cur.take());
+                cur = Some(RollupRow {
+                    series,
+                    minute,
+                    min: v,
+                    max: v,
+                    sum: v,
+                    count: 1,
+                    last: v,
+                    last_t: t,
+                });
+            }
+        }
+    }
+    out.extend(cur);
+}
+
 /// One open chunk in a snapshot.
 struct OpenEntry<'a> {
     series: i64,
@@ -630,6 +689,8 @@ pub struct Flush {
     new_series: Vec<((u32, u64), i64, String)>,
     /// Sealed chunks not yet written, by series.
     sealed: Vec<((u32, u64), ChunkRow)>,
+    /// Their samples per minute.
+    rollups: Vec<RollupRow>,
     /// The snapshot of the open chunks, encoded (see [`SNAPSHOT_MAGIC`]).
     snapshot: Vec<u8>,
     /// Open chunks in it.
@@ -658,7 +719,7 @@ impl Flush {
             .map(|(_, id, l)| (*id, l.clone()))
             .collect();
         let rows: Vec<ChunkRow> = self.sealed.iter().map(|(_, row)| row.clone()).collect();
-        store.flush(&new, &rows, &self.snapshot, &self.dropped)
+        store.flush_with_rollups(&new, &rows, &self.rollups, &self.snapshot, &self.dropped)
     }
 }
 
@@ -684,6 +745,7 @@ impl Head {
                     .push((id, db, serde_json::to_string(&pairs).unwrap_or_default()));
             }
             for c in s.sealed.iter().filter(|c| !c.persisted) {
+                minutes(db, &c.bytes, c.count, &mut f.rollups);
                 f.sealed.push((
                     id,
                     ChunkRow {

@@ -180,8 +180,11 @@ fn an_open_chunk_goes_on_after_a_restart_and_retention_drops_old_chunks_everywhe
     // file and memory; its second (120–239 s) stays.
     h.truncate(200_000);
     db.drop_before(200_000).unwrap();
+    // Raw samples from the cut on; before it, one a minute (the minute's
+    // last) from the rollups.
     let back = all_of(&h, "old");
-    assert_eq!(back.first().map(|s| s.0), Some(CHUNK_SAMPLES as i64 * 1000));
+    let times: Vec<i64> = back.iter().map(|s| s.0).take(4).collect();
+    assert_eq!(times, [59_000, 119_000, 179_000, 200_000]);
     // The next flush deletes the series the store in memory dropped.
     flush(&mut h, db.as_ref(), i64::MIN);
     drop(h);
@@ -197,4 +200,38 @@ fn an_open_chunk_goes_on_after_a_restart_and_retention_drops_old_chunks_everywhe
         .map(|(_, l)| l)
         .collect();
     assert_eq!(left, [r#"[["__name__","old"]]"#]);
+}
+
+#[test]
+fn past_the_raw_retention_a_series_reads_one_sample_a_minute() {
+    let dir = tempfile::tempdir().unwrap();
+    let db: Arc<dyn SeriesChunks> = Arc::new(SeriesDb::open(dir.path()).unwrap());
+    let mut h = Head::open(db.clone(), i64::MIN).unwrap();
+    let r = h.series_ref(&[("__name__", "reqs_total")]);
+    // Ten minutes of a counter every second: five sealed chunks.
+    for i in 0..600i64 {
+        h.append(r, i * 1000, (i * 3) as f64).unwrap();
+    }
+    flush(&mut h, db.as_ref(), i64::MIN);
+    // Retention keeps raw samples from 300 s on.
+    h.truncate(300_000);
+    db.drop_before(300_000).unwrap();
+    let back = all_of(&h, "reqs_total");
+    type Points = Vec<(i64, u64)>;
+    let (old, raw): (Points, Points) = back.iter().partition(|(t, _)| *t < 300_000);
+    // Each of the five minutes before it: its last sample, as it was.
+    let want: Vec<(i64, u64)> = (0..5)
+        .map(|m| {
+            let t = m * 60_000 + 59_000;
+            (t, (((t / 1000) * 3) as f64).to_bits())
+        })
+        .collect();
+    assert_eq!(old, want);
+    assert_eq!(raw.len(), 300);
+    assert_eq!(raw[0].0, 300_000);
+    // The minutes carry min, max, sum and count too.
+    let id = db.all_series().unwrap()[0].0;
+    let m = db.rollups_of(id, 60_000, 60_000).unwrap();
+    assert_eq!((m[0].min, m[0].max, m[0].count), (180.0, 357.0, 60));
+    assert_eq!(m[0].sum, (60..120).map(|i| (i * 3) as f64).sum::<f64>());
 }
