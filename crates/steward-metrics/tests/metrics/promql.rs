@@ -19,8 +19,9 @@ fn testbed(var: &str) -> String {
     })
 }
 
-/// A small deterministic generator (xorshift), so the data is the same each run.
-struct Rng(u64);
+/// A small deterministic generator (xorshift), so the data is the same each
+/// run (the rules' comparison uses it too).
+pub(crate) struct Rng(pub(crate) u64);
 impl Rng {
     fn next(&mut self) -> u64 {
         self.0 ^= self.0 << 13;
@@ -28,7 +29,7 @@ impl Rng {
         self.0 ^= self.0 << 17;
         self.0
     }
-    fn below(&mut self, n: u64) -> u64 {
+    pub(crate) fn below(&mut self, n: u64) -> u64 {
         self.next() % n
     }
 }

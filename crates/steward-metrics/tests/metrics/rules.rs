@@ -13,18 +13,7 @@ use steward_metrics::promql::eval::{Value, instant};
 use steward_metrics::rules::{AlertLabels, AlertState, RuleDef, RuleState, evaluate};
 use steward_metrics::tsdb::head::Head;
 
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
+use crate::promql::Rng;
 
 const MINUTE: i64 = 60_000;
 

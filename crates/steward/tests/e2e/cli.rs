@@ -446,12 +446,6 @@ async fn own_health_metrics_and_api_paging() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_page_in_headless_chromium() {
-    let chromium =
-        std::env::var("STEWARD_TEST_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
-    assert!(
-        Path::new(&chromium).exists(),
-        "Chromium is needed (Debian package chromium; scripts/testbed install)"
-    );
     let (l, up) = bind().await;
     tokio::spawn(async move {
         loop {
@@ -486,30 +480,7 @@ group = "data"
     })
     .await;
 
-    let profile = tempfile::tempdir().unwrap();
-    let out = Command::new(&chromium)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--virtual-time-budget=3000",
-        ])
-        .arg(format!("--user-data-dir={}", profile.path().display()))
-        .arg("--dump-dom")
-        .arg(serve.url("/"))
-        .output()
-        .unwrap();
-    let dom = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "chromium failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let dom = common::chromium_dom(&serve.url("/"));
     // What a person sees: the app, the overall verdict, each check with its state,
     // uptime, chart and last error; and the script ran (CSP allows it, no inline code).
     assert!(dom.contains("<h1>Fractal Shop</h1>"), "{dom}");
