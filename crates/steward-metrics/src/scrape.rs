@@ -129,6 +129,16 @@ pub enum ScrapeError {
         /// How many there were.
         found: usize,
     },
+    /// The store holds as many series as it may.
+    #[error(
+        "{new} new series would pass the store's limit of {limit} series (`max_series` of [steward])"
+    )]
+    SeriesLimit {
+        /// The limit.
+        limit: usize,
+        /// New series in this scrape.
+        new: usize,
+    },
     /// A sample with more labels than the limit.
     #[error("`{series}` has {found} labels, more than the label limit of {limit}")]
     LabelLimit {
@@ -339,6 +349,21 @@ impl Scraper {
             set.sort();
             set.dedup_by(|a, b| a.0 == b.0);
             sets.push(Some(set));
+        }
+        // The store's series limit: the scrape's new series must all fit.
+        let new = sets
+            .iter()
+            .flatten()
+            .filter(|set| {
+                let pairs: Vec<(&str, &str)> = set.iter().map(|(n, v)| (n.as_ref(), *v)).collect();
+                head.find(&pairs).is_none()
+            })
+            .count();
+        if new > 0 && !head.has_room_for(new) {
+            return Err(ScrapeError::SeriesLimit {
+                limit: head.series_limit(),
+                new,
+            });
         }
         let before = head.series_count();
         let mut seen = HashSet::with_capacity(sets.len());

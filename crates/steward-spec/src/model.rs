@@ -65,6 +65,9 @@ pub struct Settings {
     /// How often new samples are written to `series.db` (what a `kill -9`
     /// may lose).
     pub metrics_flush_interval: std::time::Duration,
+    /// Most series the metrics store holds (0: no limit); a scrape that
+    /// would pass it fails.
+    pub max_series: usize,
 }
 
 /// Certificate chain and private key of `serve`'s HTTPS listener.

@@ -23,6 +23,7 @@ pub(crate) struct RawSettings {
     pub(crate) tls: Option<RawTls>,
     pub(crate) self_scrape_interval: Option<crate::duration::Dur>,
     pub(crate) metrics_flush_interval: Option<crate::duration::Dur>,
+    pub(crate) max_series: Option<u64>,
 }
 
 /// `tls = { cert = "...", key = "..." }`

@@ -514,6 +514,7 @@ fn settings(d: &mut Diagnostics, raw: Option<RawSettings>, base_dir: &Path) -> S
             .self_scrape_interval
             .map_or(std::time::Duration::from_secs(15), |d| d.0)
             .max(std::time::Duration::from_secs(1)),
+        max_series: raw.max_series.map_or(1_000_000, |n| n as usize),
         metrics_flush_interval: raw
             .metrics_flush_interval
             .map_or(std::time::Duration::from_secs(60), |d| d.0)

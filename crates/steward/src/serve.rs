@@ -222,6 +222,10 @@ pub(crate) async fn run(spec_path: &Path, listen: Option<SocketAddr>) -> u8 {
             }
         },
     };
+    series
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .set_series_limit(spec.settings.max_series);
     let store_metrics = steward_metrics::controller::StoreMetrics::default();
     store_metrics.register(&mut registry);
     let scrape_client = match steward_net::http(steward_net::HttpOptions {

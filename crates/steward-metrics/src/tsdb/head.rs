@@ -142,6 +142,8 @@ pub struct Head {
     /// Raw samples before this time are gone (retention): older ranges
     /// are read from the store's per-minute rollups.
     raw_from: Option<i64>,
+    /// Most series scrapes may make (0: no limit).
+    series_limit: usize,
 }
 
 /// Samples appended, kept for one reader.
@@ -248,26 +250,30 @@ impl Head {
         a
     }
 
+    /// The series with exactly these labels (sorted by name), if there is one.
+    pub fn find(&self, labels: &[(&str, &str)]) -> Option<SeriesRef> {
+        let ids = self.by_hash.get(&labels_hash(labels))?;
+        ids.iter().copied().map(SeriesRef).find(|&SeriesRef(id)| {
+            self.series[id as usize].as_ref().is_some_and(|s| {
+                s.labels.len() == labels.len()
+                    && s.labels
+                        .iter()
+                        .zip(labels)
+                        .all(|((a, b), (c, d))| &**a == *c && &**b == *d)
+            })
+        })
+    }
+
     /// The series with exactly these labels (sorted by name), created when new.
     pub fn series_ref(&mut self, labels: &[(&str, &str)]) -> SeriesRef {
         debug_assert!(
             labels.windows(2).all(|w| w[0].0 < w[1].0),
             "labels sorted, unique"
         );
-        let h = labels_hash(labels);
-        if let Some(ids) = self.by_hash.get(&h) {
-            for &id in ids {
-                if let Some(s) = &self.series[id as usize]
-                    && s.labels.len() == labels.len()
-                    && s.labels
-                        .iter()
-                        .zip(labels)
-                        .all(|((a, b), (c, d))| &**a == *c && &**b == *d)
-                {
-                    return SeriesRef(id);
-                }
-            }
+        if let Some(r) = self.find(labels) {
+            return r;
         }
+        let h = labels_hash(labels);
         let interned: Labels = labels
             .iter()
             .map(|(n, v)| (self.intern(n), self.intern(v)))
@@ -526,6 +532,22 @@ impl Head {
         // Strings no series uses any more are dropped with their last Arc
         // outside the interner.
         self.strings.retain(|s| Arc::strong_count(s) > 1);
+    }
+
+    /// Bounds the series scrapes may make (0: none): a scrape that would go
+    /// past it fails whole (see [`crate::scrape`]).
+    pub fn set_series_limit(&mut self, limit: usize) {
+        self.series_limit = limit;
+    }
+
+    /// The series limit (0: none).
+    pub fn series_limit(&self) -> usize {
+        self.series_limit
+    }
+
+    /// Whether `more` new series fit under the limit.
+    pub fn has_room_for(&self, more: usize) -> bool {
+        self.series_limit == 0 || self.series_count() + more <= self.series_limit
     }
 
     /// Changes whenever a series is dropped (see [`SeriesRef`]).

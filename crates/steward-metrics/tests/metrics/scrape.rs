@@ -333,3 +333,33 @@ async fn a_service_s_ready_instances_are_scraped_through_the_fleet_state() {
     assert_eq!(second.1.len(), 1);
     assert_eq!(second.1[0].1, 2.0);
 }
+
+#[test]
+fn the_stores_series_limit_fails_a_scrape_that_would_pass_it() {
+    use steward_metrics::exposition::Format;
+    let mut head = Head::new();
+    head.set_series_limit(5);
+    let mut s = Scraper::new(target("http://127.0.0.1:9/metrics".into()));
+    // Three series fit; the same three again cost nothing new.
+    let three: String = (0..3).map(|i| format!("m{{i=\"{i}\"}} 1\n")).collect();
+    assert_eq!(
+        s.ingest(&mut head, Format::Text, &three, 1000).unwrap().0,
+        3
+    );
+    assert_eq!(
+        s.ingest(&mut head, Format::Text, &three, 2000).unwrap().1,
+        0
+    );
+    // Three more would make six: the scrape fails whole, nothing stored.
+    let six: String = (0..6).map(|i| format!("m{{i=\"{i}\"}} 2\n")).collect();
+    let e = s.ingest(&mut head, Format::Text, &six, 3000).unwrap_err();
+    assert!(
+        matches!(e, ScrapeError::SeriesLimit { limit: 5, new: 3 }),
+        "{e}"
+    );
+    assert!(e.to_string().contains("max_series"), "{e}");
+    assert_eq!(head.series_count(), 3);
+    // Without the limit they fit.
+    head.set_series_limit(0);
+    assert_eq!(s.ingest(&mut head, Format::Text, &six, 4000).unwrap().1, 3);
+}
