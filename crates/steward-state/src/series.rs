@@ -93,21 +93,12 @@ pub struct ChunkRow {
 pub trait SeriesChunks: Send + Sync {
     /// One flush, in one transaction: new series (number, labels as JSON)
     /// written, sealed chunks written (replacing any with the same series
-    /// and first time), the snapshot of the open chunks replaced by `open`,
-    /// and the series in `dropped` deleted with their chunks. Numbers are
-    /// the caller's to give: one process writes the file (see
-    /// [`SeriesDb::open`]).
+    /// and first time), their minutes added to the rollups (a minute split
+    /// across two chunks is merged), the snapshot of the open chunks
+    /// replaced by `open`, and the series in `dropped` deleted with their
+    /// chunks and minutes. Numbers are the caller's to give: one process
+    /// writes the file (see [`SeriesDb::open`]).
     fn flush(
-        &self,
-        new_series: &[(i64, String)],
-        sealed: &[ChunkRow],
-        open: &[u8],
-        dropped: &[i64],
-    ) -> Result<(), StateError>;
-    /// Adds minutes to the rollups (a minute already there, split across
-    /// two chunks, is merged) in the same transaction as a flush: call
-    /// [`SeriesChunks::flush_with_rollups`] instead of `flush` to have both.
-    fn flush_with_rollups(
         &self,
         new_series: &[(i64, String)],
         sealed: &[ChunkRow],
@@ -245,16 +236,6 @@ fn chunk_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ChunkRow> {
 
 impl SeriesChunks for SeriesDb {
     fn flush(
-        &self,
-        new_series: &[(i64, String)],
-        sealed: &[ChunkRow],
-        open: &[u8],
-        dropped: &[i64],
-    ) -> Result<(), StateError> {
-        self.flush_with_rollups(new_series, sealed, &[], open, dropped)
-    }
-
-    fn flush_with_rollups(
         &self,
         new_series: &[(i64, String)],
         sealed: &[ChunkRow],
@@ -468,6 +449,7 @@ mod tests {
         db.flush(
             &new,
             &[chunk(ids[0], 0, 10, 2), chunk(ids[1], 0, 10, 2)],
+            &[],
             b"first",
             &[],
         )
@@ -476,6 +458,7 @@ mod tests {
         db.flush(
             &[],
             &[chunk(ids[0], 0, 20, 3), chunk(ids[0], 30, 40, 2)],
+            &[],
             b"second",
             &[],
         )
@@ -498,7 +481,7 @@ mod tests {
         // Retention: chunks ending before 15 go; a dropped series goes with
         // its chunks.
         assert_eq!(db.drop_before(15).unwrap(), 1);
-        db.flush(&[], &[], b"third", &[ids[0]]).unwrap();
+        db.flush(&[], &[], &[], b"third", &[ids[0]]).unwrap();
         assert_eq!(db.all_series().unwrap(), vec![(ids[1], new[1].1.clone())]);
         assert!(db.chunks_since(i64::MIN).unwrap().is_empty());
         assert!(db.disk_bytes().unwrap() > 0);
@@ -518,7 +501,7 @@ mod tests {
             last,
             last_t,
         };
-        db.flush_with_rollups(
+        db.flush(
             &[(7, "[]".into())],
             &[],
             &[row(1.0, 5.0, 9.0, 3, 3.0, 80_000)],
@@ -526,7 +509,7 @@ mod tests {
             &[],
         )
         .unwrap();
-        db.flush_with_rollups(&[], &[], &[row(0.5, 4.0, 4.5, 2, 4.0, 110_000)], b"", &[])
+        db.flush(&[], &[], &[row(0.5, 4.0, 4.5, 2, 4.0, 110_000)], b"", &[])
             .unwrap();
         assert_eq!(
             db.rollups_of(7, 60_000, 119_999).unwrap(),

@@ -557,7 +557,8 @@ impl Head {
 
     /// Series held.
     pub fn series_count(&self) -> usize {
-        self.series.iter().filter(|s| s.is_some()).count()
+        // Every slot holds a series but the freed ones.
+        self.series.len() - self.free.len()
     }
 
     /// Every label name in use, sorted.
@@ -706,11 +707,14 @@ impl<'a> Iterator for OpenEntries<'a> {
 /// holds another series, and is left alone when the flush is recorded.
 #[derive(Debug, Default)]
 pub struct Flush {
-    /// Series not yet in the store: where, their number and their labels
-    /// as JSON.
-    new_series: Vec<((u32, u64), i64, String)>,
-    /// Sealed chunks not yet written, by series.
-    sealed: Vec<((u32, u64), ChunkRow)>,
+    /// Series not yet in the store: their number and their labels as JSON,
+    /// as the store takes them; `new_in` says where each is in the head.
+    new_series: Vec<(i64, String)>,
+    new_in: Vec<(u32, u64)>,
+    /// Sealed chunks not yet written, as the store takes them; `sealed_in`
+    /// says whose each is.
+    sealed: Vec<ChunkRow>,
+    sealed_in: Vec<(u32, u64)>,
     /// Their samples per minute.
     rollups: Vec<RollupRow>,
     /// The snapshot of the open chunks, encoded (see [`SNAPSHOT_MAGIC`]).
@@ -735,13 +739,13 @@ impl Flush {
     /// Writes it: new series, the sealed chunks, the snapshot of the open
     /// ones and the dropped series, in one transaction.
     pub fn write(&self, store: &dyn SeriesChunks) -> Result<(), StateError> {
-        let new: Vec<(i64, String)> = self
-            .new_series
-            .iter()
-            .map(|(_, id, l)| (*id, l.clone()))
-            .collect();
-        let rows: Vec<ChunkRow> = self.sealed.iter().map(|(_, row)| row.clone()).collect();
-        store.flush_with_rollups(&new, &rows, &self.rollups, &self.snapshot, &self.dropped)
+        store.flush(
+            &self.new_series,
+            &self.sealed,
+            &self.rollups,
+            &self.snapshot,
+            &self.dropped,
+        )
     }
 }
 
@@ -764,20 +768,19 @@ impl Head {
             if !s.stored && (unsealed || !s.open.is_empty()) {
                 let pairs: Vec<(&str, &str)> = s.labels.iter().map(|(n, v)| (&**n, &**v)).collect();
                 f.new_series
-                    .push((id, db, serde_json::to_string(&pairs).unwrap_or_default()));
+                    .push((db, serde_json::to_string(&pairs).unwrap_or_default()));
+                f.new_in.push(id);
             }
             for c in s.sealed.iter().filter(|c| !c.persisted) {
                 minutes(db, &c.bytes, c.count, &mut f.rollups);
-                f.sealed.push((
-                    id,
-                    ChunkRow {
-                        series: db,
-                        min_t: c.min_t,
-                        max_t: c.max_t,
-                        count: c.count,
-                        data: c.bytes.to_vec(),
-                    },
-                ));
+                f.sealed.push(ChunkRow {
+                    series: db,
+                    min_t: c.min_t,
+                    max_t: c.max_t,
+                    count: c.count,
+                    data: c.bytes.to_vec(),
+                });
+                f.sealed_in.push(id);
             }
             if let Some((min_t, max_t)) = s.open.range() {
                 let bytes = s.open.bytes();
@@ -803,14 +806,14 @@ impl Head {
     /// Records what [`Flush::write`] wrote (for series still there), then
     /// lets go of the memory of written chunks ending before `memory_from`.
     pub fn flushed(&mut self, f: &Flush, memory_from: i64) {
-        for (id, _, _) in &f.new_series {
-            if let Some(Some(s)) = self.series.get_mut(id.0 as usize)
-                && s.uid == id.1
+        for (slot, uid) in &f.new_in {
+            if let Some(Some(s)) = self.series.get_mut(*slot as usize)
+                && s.uid == *uid
             {
                 s.stored = true;
             }
         }
-        for ((r, uid), row) in &f.sealed {
+        for ((r, uid), row) in f.sealed_in.iter().zip(&f.sealed) {
             if let Some(Some(s)) = self.series.get_mut(*r as usize)
                 && s.uid == *uid
                 && let Some(c) = s.sealed.iter_mut().find(|c| c.min_t == row.min_t)

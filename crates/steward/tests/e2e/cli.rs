@@ -1565,19 +1565,7 @@ fn serve_scrapes_targets_and_itself_into_series() {
 
 /// `count_over_time(EXPR[1h])` at `at` (Unix seconds) as `serve` answers it.
 fn count_at(serve: &Serve, expr: &str, at: f64) -> f64 {
-    let body = common::http_get(
-        &serve.addr,
-        &format!(
-            "/api/v1/query?query={}&time={at}",
-            q(&format!("count_over_time({expr}[1h])"))
-        ),
-    );
-    let v: serde_json::Value =
-        serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
-    v["data"]["result"][0]["value"][1]
-        .as_str()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0.0)
+    prom_count(&serve.addr, expr, "1h", at)
 }
 
 #[test]
@@ -1763,8 +1751,9 @@ fn receiver(dir: &Path, addr: &str) -> std::process::Child {
         .unwrap()
 }
 
-/// `count_over_time(EXPR[WINDOW])` at `at` as the Prometheus API at `addr`
-/// answers it (0 when nothing is there, or it does not answer).
+/// `count_over_time(EXPR[WINDOW])` at `at` as the Prometheus query API at
+/// `addr` (steward's or Prometheus's) answers it (0 when nothing is there,
+/// or it does not answer).
 fn prom_count(addr: &str, expr: &str, window: &str, at: f64) -> f64 {
     use std::io::{Read, Write};
     let path = format!(
