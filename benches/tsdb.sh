@@ -6,7 +6,7 @@
 #
 # Targets: one nginx serving TARGETS exposition files of SERIES counters each (labels
 # method, code, handler), rewritten every 5 s with new values by a loop whose CPU is not
-# counted. Both tools scrape every 10 s. After a 20 s warm-up, for SECONDS: CPU per
+# counted. Both tools scrape every 10 s. After a 70 s warm-up, for SECONDS: CPU per
 # ingested sample (utime+stime of the process over samples appended), RSS per active
 # series, and then the median latency of a range query over everything
 # (`sum by (code) (rate(bench_requests_total[1m]))`, step 10 s, 5 runs). steward also
@@ -62,7 +62,10 @@ prometheus --config.file="$WORK/prometheus.yml" --storage.tsdb.path="$WORK/prom"
 metric() { # addr name -> the sum of its samples (any labels)
   curl -s "http://$1/metrics" | awk -v n="$2" '$1 == n || index($1, n "{") == 1 { s += $2 } END { printf "%d", s }'
 }
-sleep 20
+# The warm-up covers every one-time cost of a new series in both: Prometheus
+# writes its series records to the WAL as it creates them, steward writes them
+# with its first flush, 60 s after start (metrics_flush_interval).
+sleep 70
 s0=$(metric "$S_LISTEN" steward_tsdb_samples); sc0=$(cpu_ticks $SPID)
 p0=$(metric "$P_LISTEN" prometheus_tsdb_head_samples_appended_total); pc0=$(cpu_ticks $PPID_)
 start=$(date +%s)

@@ -225,13 +225,32 @@ pub struct Report {
 pub struct Scraper {
     /// The target.
     pub target: Target,
-    last: HashSet<SeriesRef>,
     /// Series as the target writes them → where they are in the store, for
-    /// series seen in the last scrape (as Prometheus's scrape cache): a
-    /// known series costs a lookup, not a label set.
-    cache: HashMap<String, SeriesRef>,
+    /// exactly the series of the last successful scrape (as Prometheus's
+    /// scrape cache): a known series costs one hash lookup, not a label set.
+    cache: HashMap<Box<str>, Cached, foldhash::fast::RandomState>,
+    /// Counts ingest attempts; an entry seen in this one carries its number.
+    attempt: u64,
+    /// The cached series are already marked stale (the scrape after them
+    /// failed): a series missing from the next one needs no second marker.
+    marked_stale: bool,
     /// The store's generation the cache is valid for.
     generation: u64,
+}
+
+/// A series in a [`Scraper`]'s cache.
+#[derive(Debug, Clone, Copy)]
+struct Cached {
+    series: SeriesRef,
+    /// The ingest attempt that last saw it.
+    seen: u64,
+}
+
+/// A scraped sample's series: known from the last scrape, or new with its
+/// full label set.
+enum Slot<'a> {
+    Known(SeriesRef),
+    New(LabelSet<'a>),
 }
 
 impl Scraper {
@@ -240,8 +259,9 @@ impl Scraper {
         target.labels.sort();
         Scraper {
             target,
-            last: HashSet::new(),
-            cache: HashMap::new(),
+            cache: HashMap::default(),
+            attempt: 0,
+            marked_stale: false,
             generation: 0,
         }
     }
@@ -310,17 +330,30 @@ impl Scraper {
                 found: e.samples.len(),
             });
         }
+        // A change of generation means series were dropped from the store
+        // and their refs may be reused: the cache starts over (dropped series
+        // had no recent samples, so none of them can be in the last scrape —
+        // unless a target sends timestamps older than retention, whose
+        // staleness markers are then skipped once).
         if head.generation() != self.generation {
             self.cache.clear();
             self.generation = head.generation();
         }
+        self.attempt += 1;
+        let attempt = self.attempt;
         // Every new series' full label set first: a limit broken anywhere
         // fails the scrape before anything is stored. (A cached series
-        // passed the same checks with the same labels.)
-        let mut sets: Vec<Option<LabelSet<'_>>> = Vec::with_capacity(e.samples.len());
+        // passed the same checks with the same labels.) Known series are
+        // marked seen on the way: one lookup each.
+        let mut slots: Vec<Slot<'_>> = Vec::with_capacity(e.samples.len());
+        let mut known = 0;
         for s in &e.samples {
-            if self.cache.contains_key(s.series) {
-                sets.push(None);
+            if let Some(c) = self.cache.get_mut(s.series) {
+                if c.seen != attempt {
+                    c.seen = attempt;
+                    known += 1;
+                }
+                slots.push(Slot::Known(c.series));
                 continue;
             }
             let mut set: LabelSet<'_> =
@@ -348,15 +381,18 @@ impl Scraper {
             set.retain(|(_, v)| !v.is_empty());
             set.sort();
             set.dedup_by(|a, b| a.0 == b.0);
-            sets.push(Some(set));
+            slots.push(Slot::New(set));
         }
         // The store's series limit: the scrape's new series must all fit.
-        let new = sets
+        let new = slots
             .iter()
-            .flatten()
-            .filter(|set| {
-                let pairs: Vec<(&str, &str)> = set.iter().map(|(n, v)| (n.as_ref(), *v)).collect();
-                head.find(&pairs).is_none()
+            .filter(|slot| match slot {
+                Slot::New(set) => {
+                    let pairs: Vec<(&str, &str)> =
+                        set.iter().map(|(n, v)| (n.as_ref(), *v)).collect();
+                    head.find(&pairs).is_none()
+                }
+                Slot::Known(_) => false,
             })
             .count();
         if new > 0 && !head.has_room_for(new) {
@@ -366,31 +402,26 @@ impl Scraper {
             });
         }
         let before = head.series_count();
-        let mut seen = HashSet::with_capacity(sets.len());
-        // The cache is rebuilt from this scrape's series, moving the keys of
-        // known ones over (no copy) and dropping what the target no longer has.
-        let mut old = std::mem::take(&mut self.cache);
-        let mut fresh: HashMap<String, SeriesRef> = HashMap::with_capacity(e.samples.len());
+        let mut inserted = 0;
         let mut rejected = 0;
-        for (s, set) in e.samples.iter().zip(&sets) {
-            let r = if let Some(&r) = fresh.get(s.series) {
-                r
-            } else if let Some((k, r)) = old.remove_entry(s.series) {
-                fresh.insert(k, r);
-                r
-            } else {
-                let r = match set {
-                    Some(set) => {
-                        let pairs: Vec<(&str, &str)> =
-                            set.iter().map(|(n, v)| (n.as_ref(), *v)).collect();
-                        head.series_ref(&pairs)
+        for (s, slot) in e.samples.iter().zip(&slots) {
+            let r = match slot {
+                Slot::Known(r) => *r,
+                Slot::New(set) => {
+                    let pairs: Vec<(&str, &str)> =
+                        set.iter().map(|(n, v)| (n.as_ref(), *v)).collect();
+                    let r = head.series_ref(&pairs);
+                    let entry = Cached {
+                        series: r,
+                        seen: attempt,
+                    };
+                    // The same series twice in one body is one entry.
+                    if self.cache.insert(s.series.into(), entry).is_none() {
+                        inserted += 1;
                     }
-                    None => unreachable!("a cached series is in the old cache or the new"),
-                };
-                fresh.insert(s.series.to_string(), r);
-                r
+                    r
+                }
             };
-            seen.insert(r);
             let t = s.timestamp_ms.unwrap_or(now_ms);
             match head.append(r, t, s.value) {
                 Ok(()) => {}
@@ -400,20 +431,41 @@ impl Scraper {
                 Err(AppendError::Full) => rejected += 1,
             }
         }
-        self.cache = fresh;
         let added = head.series_count().saturating_sub(before);
-        for gone in self.last.difference(&seen) {
-            let _ = head.append(*gone, now_ms, f64::from_bits(STALE_NAN));
+        // Series of the last scrape missing from this one leave the cache
+        // and get a staleness marker (unless the failed scrape between
+        // already gave them one, or another spelling of the same series is
+        // still here).
+        if known + inserted < self.cache.len() {
+            let mut gone = Vec::new();
+            self.cache.retain(|_, c| {
+                let keep = c.seen == attempt;
+                if !keep {
+                    gone.push(c.series);
+                }
+                keep
+            });
+            if !self.marked_stale {
+                let here: HashSet<SeriesRef> = self.cache.values().map(|c| c.series).collect();
+                for r in gone.into_iter().filter(|r| !here.contains(r)) {
+                    let _ = head.append(r, now_ms, f64::from_bits(STALE_NAN));
+                }
+            }
         }
-        self.last = seen;
+        self.marked_stale = false;
         Ok((e.samples.len(), added, rejected))
     }
 
-    /// A failed scrape: every series of the last one is stale from now.
+    /// A failed scrape: every series of the last successful one is stale
+    /// from now (once).
     pub fn mark_all_stale(&mut self, head: &mut Head, now_ms: i64) {
-        for r in self.last.drain() {
-            let _ = head.append(r, now_ms, f64::from_bits(STALE_NAN));
+        if self.marked_stale || head.generation() != self.generation {
+            return;
         }
+        for c in self.cache.values() {
+            let _ = head.append(c.series, now_ms, f64::from_bits(STALE_NAN));
+        }
+        self.marked_stale = true;
     }
 
     fn write_report(&self, head: &mut Head, report: &Report, now_ms: i64) {

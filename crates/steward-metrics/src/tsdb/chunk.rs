@@ -5,6 +5,20 @@
 //! only the meaningful bits. Samples on a regular scrape grid cost one bit
 //! for the timestamp; an unchanged value one bit.
 //!
+//! One change from the paper, for the values exporters mostly write —
+//! counters and gauges of whole numbers: a chunk whose first value is an
+//! integer (below 2^53 in magnitude) stores its values as integers, each as
+//! the change in its change, in the same kind of buckets as timestamps (a
+//! counter growing at a steady rate costs one bit a sample, where its XOR
+//! costs a dozen or more). The first value that is not an integer switches
+//! the rest of the chunk to XOR. VictoriaMetrics stores whole-number values
+//! the same way, as deltas of deltas.
+//!
+//! A chunk starts with a byte naming its value encoding (1: XOR, 2:
+//! integers). Chunks written before that byte existed start with the top
+//! byte of a 64-bit timestamp — zero for any time after 1970 and before
+//! the year 10,000 — and are still read.
+//!
 //! Written here rather than taken from a crate: the encoders published
 //! are either unmaintained (`tsz`, last released 2017), pre-release codecs
 //! of a database's own (`nodedb-codec`), or batch column codecs (`pco`)
@@ -99,8 +113,37 @@ pub struct Chunk {
     last_t: i64,
     last_delta: i64,
     last_v: u64,
+    /// Values are written as integers (deltas of deltas), not XOR.
+    ints: bool,
+    /// The last value's change, in integer mode.
+    last_v_delta: i64,
     leading: u8,
     trailing: u8,
+}
+
+/// The first byte of a chunk: how its values are written.
+const TAG_XOR: u8 = 1;
+const TAG_INT: u8 = 2;
+
+/// Integer-value delta-of-delta buckets, as [`BUCKETS`]; `0b11110` + 64 bits
+/// holds any other, `0b11111` + 64 bits is a value that is not an integer,
+/// written whole, after which the chunk's values are XOR-encoded.
+const INT_BUCKETS: [(u64, u8, u8); 3] = [(0b10, 2, 7), (0b110, 3, 14), (0b1110, 4, 32)];
+
+/// Whether a value is stored exactly as an integer: whole, below 2^53 in
+/// magnitude (where every integer is a float), and not negative zero.
+fn as_int(v: f64) -> Option<i64> {
+    const LIMIT: f64 = 9_007_199_254_740_992.0; // 2^53
+    (v.fract() == 0.0 && v.abs() < LIMIT && !(v == 0.0 && v.is_sign_negative())).then_some(v as i64)
+}
+
+/// Zigzag: small magnitudes of either sign to small unsigned numbers.
+fn zigzag(v: i64) -> u64 {
+    ((v << 1) ^ (v >> 63)) as u64
+}
+
+fn unzigzag(u: u64) -> i64 {
+    ((u >> 1) as i64) ^ -((u & 1) as i64)
 }
 
 /// Why a sample was not appended.
@@ -184,8 +227,15 @@ impl Chunk {
         }
         match self.count {
             0 => {
-                self.w.bits(t as u64, 64);
-                self.w.bits(bits, 64);
+                let int = as_int(v);
+                self.ints = int.is_some();
+                self.w
+                    .bits(u64::from(if self.ints { TAG_INT } else { TAG_XOR }), 8);
+                self.write_varbits(zigzag(t));
+                match int {
+                    Some(i) => self.write_varbits(zigzag(i)),
+                    None => self.w.bits(bits, 64),
+                }
                 self.first_t = t;
             }
             1 => {
@@ -207,6 +257,13 @@ impl Chunk {
         Ok(())
     }
 
+    /// A number in as many bits as it needs, after 7 bits saying how many.
+    fn write_varbits(&mut self, u: u64) {
+        let n = (64 - u.leading_zeros()) as u8;
+        self.w.bits(u64::from(n), 7);
+        self.w.bits(u, n);
+    }
+
     fn write_dod(&mut self, dod: i64) {
         if dod == 0 {
             self.w.bit(false);
@@ -224,6 +281,34 @@ impl Chunk {
     }
 
     fn write_value(&mut self, bits: u64) {
+        if self.ints {
+            let Some(i) = as_int(f64::from_bits(bits)) else {
+                // Not an integer: written whole; XOR from here on.
+                self.w.bits(0b11111, 5);
+                self.w.bits(bits, 64);
+                self.ints = false;
+                self.leading = u8::MAX;
+                return;
+            };
+            let last = f64::from_bits(self.last_v) as i64;
+            let delta = i - last;
+            let dod = delta - self.last_v_delta;
+            self.last_v_delta = delta;
+            if dod == 0 {
+                self.w.bit(false);
+                return;
+            }
+            for (prefix, len, width) in INT_BUCKETS {
+                if fits(dod, width) {
+                    self.w.bits(prefix, len);
+                    self.w.bits(dod as u64, width);
+                    return;
+                }
+            }
+            self.w.bits(0b11110, 5);
+            self.w.bits(dod as u64, 64);
+            return;
+        }
         let xor = bits ^ self.last_v;
         if xor == 0 {
             self.w.bit(false);
@@ -263,6 +348,8 @@ impl Chunk {
             t: 0,
             delta: 0,
             v: 0,
+            ints: false,
+            v_delta: 0,
             leading: 0,
             trailing: 0,
         }
@@ -278,6 +365,8 @@ pub struct Decoder<'a> {
     t: i64,
     delta: i64,
     v: u64,
+    ints: bool,
+    v_delta: i64,
     leading: u8,
     trailing: u8,
 }
@@ -290,10 +379,24 @@ impl Decoder<'_> {
 
     fn next_sample(&mut self) -> Option<(i64, f64)> {
         match self.read {
-            0 => {
-                self.t = self.r.bits(64)? as i64;
-                self.v = self.r.bits(64)?;
-            }
+            0 => match self.r.bits(8)? as u8 {
+                // Written before chunks had a tag: a 64-bit time, a value.
+                0 => {
+                    self.r.pos = 0;
+                    self.t = self.r.bits(64)? as i64;
+                    self.v = self.r.bits(64)?;
+                }
+                TAG_XOR => {
+                    self.t = unzigzag(self.read_varbits()?);
+                    self.v = self.r.bits(64)?;
+                }
+                TAG_INT => {
+                    self.t = unzigzag(self.read_varbits()?);
+                    self.v = (unzigzag(self.read_varbits()?) as f64).to_bits();
+                    self.ints = true;
+                }
+                _ => return None,
+            },
             1 => {
                 self.delta = self.read_dod()?;
                 self.t += self.delta;
@@ -306,6 +409,14 @@ impl Decoder<'_> {
             }
         }
         Some((self.t, f64::from_bits(self.v)))
+    }
+
+    fn read_varbits(&mut self) -> Option<u64> {
+        let n = self.r.bits(7)? as u8;
+        if n > 64 {
+            return None;
+        }
+        self.r.bits(n)
     }
 
     fn read_dod(&mut self) -> Option<i64> {
@@ -324,6 +435,32 @@ impl Decoder<'_> {
     }
 
     fn read_value(&mut self) -> Option<()> {
+        if self.ints {
+            let dod = if !self.r.bit()? {
+                0
+            } else {
+                let mut found = None;
+                for (_, _, width) in INT_BUCKETS {
+                    if !self.r.bit()? {
+                        found = Some(sign_extend(self.r.bits(width)?, width));
+                        break;
+                    }
+                }
+                match found {
+                    Some(dod) => dod,
+                    None if !self.r.bit()? => self.r.bits(64)? as i64,
+                    None => {
+                        self.v = self.r.bits(64)?;
+                        self.ints = false;
+                        return Some(());
+                    }
+                }
+            };
+            self.v_delta = self.v_delta.wrapping_add(dod);
+            let i = (f64::from_bits(self.v) as i64).wrapping_add(self.v_delta);
+            self.v = (i as f64).to_bits();
+            return Some(());
+        }
         if !self.r.bit()? {
             return Some(());
         }

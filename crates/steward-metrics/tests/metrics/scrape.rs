@@ -243,6 +243,24 @@ async fn vanished_series_and_failed_scrapes_mark_series_stale() {
     let a = &select(&head, "a")[0].1;
     assert_eq!(a[..2], [(1000, 1.0), (2000, 3.0)]);
     assert!(a[2].0 == 3000 && is_stale(a[2].1), "{a:?}");
+    // Another failure marks nothing twice.
+    s.scrape(&client(), &head, 4000).await;
+    assert_eq!(select(&head, "a")[0].1.len(), 3);
+    // Back, with `a` and a new `c`: `a` resumes, `b` gets no second marker.
+    s.target.url = url;
+    served("stale", "a 5\nc 6\n");
+    assert!(s.scrape(&client(), &head, 5000).await.up);
+    assert_eq!(select(&head, "a")[0].1[3], (5000, 5.0));
+    assert_eq!(select(&head, "b")[0].1.len(), 2);
+    // `a` leaves: marked stale once, at the scrape that misses it; `c` not.
+    served("stale", "c 7\n");
+    assert!(s.scrape(&client(), &head, 6000).await.up);
+    assert!(s.scrape(&client(), &head, 7000).await.up);
+    let a = &select(&head, "a")[0].1;
+    assert_eq!(a.len(), 5, "{a:?}");
+    assert!(a[4].0 == 6000 && is_stale(a[4].1), "{a:?}");
+    let c = &select(&head, "c")[0].1;
+    assert_eq!(c[..], [(5000, 6.0), (6000, 7.0), (7000, 7.0)]);
 }
 
 /// `scrape.service.SERVICE` through its controller: the ready instances the

@@ -81,23 +81,85 @@ fn every_timestamp_bucket_and_value_window_reads_back() {
 fn grid_aligned_samples_cost_a_fraction_of_a_byte() {
     let mut constant = Chunk::new();
     let mut counter = Chunk::new();
+    let mut fractions = Chunk::new();
     for i in 0..120i64 {
-        constant
-            .append(1_700_000_000_000 + i * 10_000, 1.0)
-            .unwrap();
-        counter
-            .append(1_700_000_000_000 + i * 10_000, (i * 3) as f64)
-            .unwrap();
+        let t = 1_700_000_000_000 + i * 10_000;
+        constant.append(t, 1.0).unwrap();
+        counter.append(t, (i * 3) as f64).unwrap();
+        fractions.append(t, i as f64 * 0.25).unwrap();
     }
-    // 16 bytes for the first sample, 21 bits for the first interval, then
-    // one bit for each timestamp on the grid and one for each unchanged
-    // value: 385 bits.
-    assert_eq!(constant.encoded_len(), 49);
+    // A byte for the encoding, 7 + 42 bits for the first time and 7 + 2 for
+    // the first value, 20 + 1 bits for the first interval, then one bit
+    // for each timestamp on the grid and one for each value whose change
+    // does not change: 323 bits.
+    assert_eq!(constant.encoded_len(), 41);
+    // A counter at a steady rate: its first change takes 9 bits, not 1.
+    assert_eq!(counter.encoded_len(), 42);
+    // Values that are not whole numbers are XOR-encoded, as in Gorilla.
     assert!(
-        (counter.encoded_len() as f64 / 120.0) < 2.0,
-        "{} bytes for 120 counter samples",
-        counter.encoded_len()
+        (fractions.encoded_len() as f64 / 120.0) < 2.0,
+        "{} bytes for 120 samples",
+        fractions.encoded_len()
     );
+    assert!(fractions.encoded_len() > 2 * counter.encoded_len());
+}
+
+/// A chunk of whole numbers meets a fraction, a NaN, negative zero and
+/// numbers past 2^53: it switches to XOR and every bit still reads back.
+#[test]
+fn integer_chunks_take_any_value_after_all() {
+    let big = 9_007_199_254_740_992.0; // 2^53
+    for odd in [0.5, f64::NAN, -0.0, big, -big, f64::INFINITY, 1e300] {
+        let samples: Vec<(i64, f64)> = [1.0, 5.0, 9.0, odd, 13.0, 17.0, odd, 2.0]
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (i as i64 * 1000, *v))
+            .collect();
+        roundtrip(&samples);
+    }
+    // Changes in every bucket, at their edges, and past them.
+    let mut v = 0i64;
+    let mut delta = 0i64;
+    let mut samples = vec![(0, 0.0)];
+    for dod in [
+        0,
+        64,
+        -63,
+        65,
+        8192,
+        -8191,
+        8193,
+        1 << 31,
+        -(1 << 31) + 1,
+        1 << 32,
+        -(1 << 40),
+    ] {
+        delta += dod;
+        v += delta;
+        samples.push((samples.len() as i64, v as f64));
+    }
+    roundtrip(&samples);
+}
+
+/// Chunks stored before chunks named their encoding (a 64-bit time, then a
+/// 64-bit value) still read back.
+#[test]
+fn chunks_written_before_the_encoding_byte_still_read() {
+    let t = 1_700_000_000_000i64;
+    // Bits, most significant first: the time, the value 2.5, then the next
+    // sample 10 s later — `110` and 10,000 in 17 bits — with the same value
+    // (`0`).
+    let mut bits = format!("{:064b}{:064b}110{:017b}0", t, 2.5f64.to_bits(), 10_000);
+    while bits.len() % 8 != 0 {
+        bits.push('0');
+    }
+    let bytes: Vec<u8> = bits
+        .as_bytes()
+        .chunks(8)
+        .map(|b| u8::from_str_radix(std::str::from_utf8(b).unwrap(), 2).unwrap())
+        .collect();
+    let back: Vec<(i64, f64)> = Chunk::decode(&bytes, 2).collect();
+    assert_eq!(back, [(t, 2.5), (t + 10_000, 2.5)]);
 }
 
 #[test]
@@ -227,6 +289,28 @@ fn arb_matcher() -> impl Strategy<Value = (String, MatchOp, String)> {
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// Mostly whole numbers, as exporters write them, with the odd
+    /// fraction or special value among them.
+    #[test]
+    fn whole_numbers_and_the_odd_other_read_back_bit_for_bit(
+        values in proptest::collection::vec(prop_oneof![
+            8 => -1000i64..1000,
+            4 => any::<i64>().prop_map(|v| v >> 11),
+            1 => Just(i64::MIN),
+        ], 1..300),
+        odd in proptest::collection::vec(any::<u64>(), 300),
+    ) {
+        let samples: Vec<(i64, f64)> = values
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                let v = if *v == i64::MIN { f64::from_bits(odd[i]) } else { *v as f64 };
+                (i as i64 * 10_000, v)
+            })
+            .collect();
+        roundtrip(&samples);
+    }
 
     #[test]
     fn any_samples_read_back_bit_for_bit(
