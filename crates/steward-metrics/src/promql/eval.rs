@@ -9,6 +9,8 @@
 //! functions not listed in [`call`].
 
 use std::collections::{BTreeMap, HashMap};
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -162,7 +164,24 @@ struct Evaluator<'a> {
     /// width)` → the series from the first step's start to the last step's
     /// end. A range query's steps then slice them instead of decoding the
     /// chunks again at every step.
-    cache: std::cell::RefCell<HashMap<(String, i64), Vec<Series>>>,
+    cache: std::cell::RefCell<HashMap<(String, i64), Rc<Vec<Read>>>>,
+}
+
+/// A selected series as read for a whole query: its labels with and without
+/// the name (made once, not at every step), and its points.
+struct Read {
+    labels: Labels,
+    nameless: Labels,
+    points: Vec<(i64, f64)>,
+}
+
+impl Read {
+    /// Its points in `[from, to]`.
+    fn window(&self, from: i64, to: i64) -> &[(i64, f64)] {
+        let lo = self.points.partition_point(|p| p.0 < from);
+        let hi = self.points.partition_point(|p| p.0 <= to);
+        &self.points[lo..hi.max(lo)]
+    }
 }
 
 fn ms(d: Duration) -> i64 {
@@ -223,45 +242,42 @@ pub(crate) fn matchers(vs: &VectorSelector) -> R<Vec<Matcher>> {
 }
 
 impl Evaluator<'_> {
-    /// The series a selector matches with their points in `[from, to]`,
-    /// called with windows that only move forward in time (steps of one
-    /// query).
-    fn select(&self, vs: &VectorSelector, from: i64, to: i64, t: i64) -> R<Vec<Series>> {
+    /// The series a selector matches, read once per query from the first
+    /// window asked for to the query's end: every step's window is a slice
+    /// of them. Called with windows that only move forward in time (steps
+    /// of one query).
+    fn read(&self, vs: &VectorSelector, from: i64, to: i64, t: i64) -> R<Rc<Vec<Read>>> {
         let key = (vs.to_string(), to - from);
         let mut cache = self.cache.borrow_mut();
-        if !cache.contains_key(&key) {
-            let m = matchers(vs)?;
-            let read = self
-                .head
+        if let Some(r) = cache.get(&key) {
+            return Ok(r.clone());
+        }
+        let m = matchers(vs)?;
+        let read: Rc<Vec<Read>> = Rc::new(
+            self.head
                 .select(&m, from, to + (self.end - t))
                 .map_err(|e| e.to_string())?
                 .into_iter()
-                .map(|(labels, points)| Series { labels, points })
-                .collect();
-            cache.insert(key.clone(), read);
-        }
-        Ok(cache[&key]
-            .iter()
-            .filter_map(|s| {
-                let lo = s.points.partition_point(|p| p.0 < from);
-                let hi = s.points.partition_point(|p| p.0 <= to);
-                (lo < hi).then(|| Series {
-                    labels: s.labels.clone(),
-                    points: s.points[lo..hi].to_vec(),
+                .map(|(labels, points)| Read {
+                    nameless: drop_name(labels.clone()),
+                    labels,
+                    points,
                 })
-            })
-            .collect())
+                .collect(),
+        );
+        cache.insert(key, read.clone());
+        Ok(read)
     }
 
     fn vector_selector(&self, vs: &VectorSelector, t: i64) -> R<Vec<Sample>> {
         let at = t - offset_ms(&vs.offset);
         let mut out = Vec::new();
-        for s in self.select(vs, at - LOOKBACK_MS, at, t)? {
-            if let Some(&(_, v)) = s.points.last()
+        for s in self.read(vs, at - LOOKBACK_MS, at, t)?.iter() {
+            if let Some(&(_, v)) = s.window(at - LOOKBACK_MS, at).last()
                 && !is_stale(v)
             {
                 out.push(Sample {
-                    labels: s.labels,
+                    labels: s.labels.clone(),
                     value: v,
                 });
             }
@@ -270,15 +286,40 @@ impl Evaluator<'_> {
     }
 
     fn matrix_selector(&self, m: &MatrixSelector, t: i64) -> R<Vec<Series>> {
-        let at = t - offset_ms(&m.vs.offset);
         let mut out = Vec::new();
-        for mut s in self.select(&m.vs, at - ms(m.range), at, t)? {
-            s.points.retain(|(_, v)| !is_stale(*v));
-            if !s.points.is_empty() {
-                out.push(s);
+        self.each_window(m, t, &mut |s, points| {
+            out.push(Series {
+                labels: s.labels.clone(),
+                points: points.to_vec(),
+            })
+        })?;
+        Ok(out)
+    }
+
+    /// Calls `f` with every series of a range selector and its points in
+    /// the window ending at `t` (staleness markers left out; series with
+    /// no points there are skipped).
+    fn each_window(
+        &self,
+        m: &MatrixSelector,
+        t: i64,
+        f: &mut dyn FnMut(&Read, &[(i64, f64)]),
+    ) -> R<()> {
+        let at = t - offset_ms(&m.vs.offset);
+        let from = at - ms(m.range);
+        for s in self.read(&m.vs, from, at, t)?.iter() {
+            let points = s.window(from, at);
+            if points.iter().any(|p| is_stale(p.1)) {
+                let kept: Vec<(i64, f64)> =
+                    points.iter().copied().filter(|p| !is_stale(p.1)).collect();
+                if !kept.is_empty() {
+                    f(s, &kept);
+                }
+            } else if !points.is_empty() {
+                f(s, points);
             }
         }
-        Ok(out)
+        Ok(())
     }
 
     fn eval(&self, e: &Expr, t: i64) -> R<Value> {
@@ -322,14 +363,30 @@ impl Evaluator<'_> {
         }
     }
 
-    fn matrix(&self, e: &Expr, t: i64) -> R<(Vec<Series>, i64, i64)> {
-        let m = match e {
-            Expr::MatrixSelector(m) => m,
-            Expr::Paren(p) => return self.matrix(&p.expr, t),
-            _ => return Err("expected a range vector selector".into()),
+    /// A function's range-vector argument: `f` gets each series and its
+    /// window, which starts and ends at the two times returned first.
+    fn matrix(
+        &self,
+        e: &Expr,
+        t: i64,
+    ) -> R<(
+        i64,
+        i64,
+        impl FnOnce(&mut dyn FnMut(&Read, &[(i64, f64)])) -> R<()>,
+    )> {
+        let mut e = e;
+        while let Expr::Paren(p) = e {
+            e = &p.expr;
+        }
+        let Expr::MatrixSelector(m) = e else {
+            return Err("expected a range vector selector".into());
         };
         let end = t - offset_ms(&m.vs.offset);
-        Ok((self.matrix_selector(m, t)?, end - ms(m.range), end))
+        Ok((
+            end - ms(m.range),
+            end,
+            move |f: &mut dyn FnMut(&Read, &[(i64, f64)])| self.each_window(m, t, f),
+        ))
     }
 
     fn call(&self, c: &Call, t: i64) -> R<Value> {
@@ -347,62 +404,58 @@ impl Evaluator<'_> {
             ))
         };
         let over_time = |f: OverTime<'_>| -> R<Value> {
-            let (m, _, _) = self.matrix(&args[0], t)?;
-            Ok(Value::Vector(
-                m.into_iter()
-                    .map(|s| Sample {
-                        value: f(&s.points),
-                        labels: drop_name(s.labels),
-                    })
-                    .collect(),
-            ))
+            let mut out = Vec::new();
+            let (_, _, each) = self.matrix(&args[0], t)?;
+            each(&mut |s, points| {
+                out.push(Sample {
+                    value: f(points),
+                    labels: s.nameless.clone(),
+                })
+            })?;
+            Ok(Value::Vector(out))
         };
         match name {
             "rate" | "increase" | "delta" => {
-                let (m, start, end) = self.matrix(&args[0], t)?;
                 let counter = name != "delta";
                 let per_second = name == "rate";
-                Ok(Value::Vector(
-                    m.into_iter()
-                        .filter_map(|s| {
-                            extrapolated(&s.points, start, end, counter, per_second).map(|v| {
-                                Sample {
-                                    labels: drop_name(s.labels),
-                                    value: v,
-                                }
-                            })
-                        })
-                        .collect(),
-                ))
+                let (start, end, each) = self.matrix(&args[0], t)?;
+                let mut out = Vec::new();
+                each(&mut |s, points| {
+                    if let Some(value) = extrapolated(points, start, end, counter, per_second) {
+                        out.push(Sample {
+                            labels: s.nameless.clone(),
+                            value,
+                        });
+                    }
+                })?;
+                Ok(Value::Vector(out))
             }
             "irate" | "idelta" => {
-                let (m, _, _) = self.matrix(&args[0], t)?;
-                Ok(Value::Vector(
-                    m.into_iter()
-                        .filter_map(|s| {
-                            let n = s.points.len();
-                            if n < 2 {
-                                return None;
-                            }
-                            let (t0, v0) = s.points[n - 2];
-                            let (t1, v1) = s.points[n - 1];
-                            let mut d = v1 - v0;
-                            if name == "irate" {
-                                if v1 < v0 {
-                                    d = v1;
-                                }
-                                if t1 == t0 {
-                                    return None;
-                                }
-                                d /= (t1 - t0) as f64 / 1000.0;
-                            }
-                            Some(Sample {
-                                labels: drop_name(s.labels),
-                                value: d,
-                            })
-                        })
-                        .collect(),
-                ))
+                let mut out = Vec::new();
+                let (_, _, each) = self.matrix(&args[0], t)?;
+                each(&mut |s, points| {
+                    let n = points.len();
+                    if n < 2 {
+                        return;
+                    }
+                    let (t0, v0) = points[n - 2];
+                    let (t1, v1) = points[n - 1];
+                    let mut d = v1 - v0;
+                    if name == "irate" {
+                        if v1 < v0 {
+                            d = v1;
+                        }
+                        if t1 == t0 {
+                            return;
+                        }
+                        d /= (t1 - t0) as f64 / 1000.0;
+                    }
+                    out.push(Sample {
+                        labels: s.nameless.clone(),
+                        value: d,
+                    });
+                })?;
+                Ok(Value::Vector(out))
             }
             "avg_over_time" => over_time(&|p| p.iter().map(|x| x.1).sum::<f64>() / p.len() as f64),
             "sum_over_time" => over_time(&|p| p.iter().map(|x| x.1).sum()),
@@ -410,17 +463,17 @@ impl Evaluator<'_> {
             "min_over_time" => over_time(&|p| p.iter().map(|x| x.1).fold(f64::NAN, nan_min)),
             "max_over_time" => over_time(&|p| p.iter().map(|x| x.1).fold(f64::NAN, nan_max)),
             "last_over_time" => {
-                let (m, _, _) = self.matrix(&args[0], t)?;
-                Ok(Value::Vector(
-                    m.into_iter()
-                        .filter_map(|s| {
-                            s.points.last().map(|p| Sample {
-                                value: p.1,
-                                labels: s.labels,
-                            })
-                        })
-                        .collect(),
-                ))
+                let mut out = Vec::new();
+                let (_, _, each) = self.matrix(&args[0], t)?;
+                each(&mut |s, points| {
+                    if let Some(p) = points.last() {
+                        out.push(Sample {
+                            value: p.1,
+                            labels: s.labels.clone(),
+                        });
+                    }
+                })?;
+                Ok(Value::Vector(out))
             }
             "abs" => per_sample(&f64::abs),
             "ceil" => per_sample(&f64::ceil),
@@ -523,29 +576,37 @@ impl Evaluator<'_> {
             Some(p) if op != "count_values" => Some(self.scalar(p, t)?),
             _ => None,
         };
-        let key = |l: &Labels| -> Labels {
-            match &a.modifier {
-                Some(LabelModifier::Include(keep)) => {
-                    let mut out: Labels = l
-                        .iter()
-                        .filter(|(n, _)| keep.labels.iter().any(|k| **k == **n))
-                        .cloned()
-                        .collect();
-                    out.sort();
-                    out
-                }
-                Some(LabelModifier::Exclude(drop)) => l
-                    .iter()
-                    .filter(|(n, _)| &**n != "__name__" && !drop.labels.iter().any(|k| **k == **n))
-                    .cloned()
-                    .collect(),
-                None => Vec::new(),
+        // A sample's group is its labels that `by` keeps (or `without`
+        // does not drop). Groups are found by a hash of those labels,
+        // compared in place: a sample costs no label set of its own.
+        let kept = |n: &str| match &a.modifier {
+            Some(LabelModifier::Include(keep)) => keep.labels.iter().any(|k| k == n),
+            Some(LabelModifier::Exclude(drop)) => {
+                n != "__name__" && !drop.labels.iter().any(|k| k == n)
             }
+            None => false,
         };
-        let mut groups: BTreeMap<Labels, Vec<Sample>> = BTreeMap::new();
+        let hasher = foldhash::fast::RandomState::default();
+        let mut index: HashMap<u64, Vec<usize>> = HashMap::new();
+        let mut groups: Vec<(Labels, Vec<Sample>)> = Vec::new();
         for s in v {
-            groups.entry(key(&s.labels)).or_default().push(s);
+            let key = || s.labels.iter().filter(|(n, _)| kept(n));
+            let mut h = hasher.build_hasher();
+            for pair in key() {
+                pair.hash(&mut h);
+            }
+            let ids = index.entry(h.finish()).or_default();
+            let g = match ids.iter().copied().find(|&g| groups[g].0.iter().eq(key())) {
+                Some(g) => g,
+                None => {
+                    groups.push((key().cloned().collect(), Vec::new()));
+                    ids.push(groups.len() - 1);
+                    groups.len() - 1
+                }
+            };
+            groups[g].1.push(s);
         }
+        groups.sort_by(|a, b| a.0.cmp(&b.0));
         let mut out = Vec::new();
         for (labels, members) in groups {
             let values: Vec<f64> = members.iter().map(|s| s.value).collect();
