@@ -167,6 +167,9 @@ struct Evaluator<'a> {
     cache: std::cell::RefCell<HashMap<(String, i64), Rc<Vec<Read>>>>,
 }
 
+/// What is called with each series of a range selector and its window.
+type EachWindow<'f> = &'f mut dyn FnMut(&Read, &[(i64, f64)]);
+
 /// A selected series as read for a whole query: its labels with and without
 /// the name (made once, not at every step), and its points.
 struct Read {
@@ -299,12 +302,7 @@ impl Evaluator<'_> {
     /// Calls `f` with every series of a range selector and its points in
     /// the window ending at `t` (staleness markers left out; series with
     /// no points there are skipped).
-    fn each_window(
-        &self,
-        m: &MatrixSelector,
-        t: i64,
-        f: &mut dyn FnMut(&Read, &[(i64, f64)]),
-    ) -> R<()> {
+    fn each_window(&self, m: &MatrixSelector, t: i64, f: EachWindow<'_>) -> R<()> {
         let at = t - offset_ms(&m.vs.offset);
         let from = at - ms(m.range);
         for s in self.read(&m.vs, from, at, t)?.iter() {
