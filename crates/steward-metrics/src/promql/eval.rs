@@ -164,8 +164,11 @@ struct Evaluator<'a> {
     /// width)` → the series from the first step's start to the last step's
     /// end. A range query's steps then slice them instead of decoding the
     /// chunks again at every step.
-    cache: std::cell::RefCell<HashMap<(String, i64), Rc<Vec<Read>>>>,
+    cache: std::cell::RefCell<HashMap<(String, i64), Reads>>,
 }
+
+/// A selector's series as read for a query, shared by its steps.
+type Reads = Rc<Vec<Read>>;
 
 /// What is called with each series of a range selector and its window.
 type EachWindow<'f> = &'f mut dyn FnMut(&Read, &[(i64, f64)]);
@@ -249,14 +252,14 @@ impl Evaluator<'_> {
     /// window asked for to the query's end: every step's window is a slice
     /// of them. Called with windows that only move forward in time (steps
     /// of one query).
-    fn read(&self, vs: &VectorSelector, from: i64, to: i64, t: i64) -> R<Rc<Vec<Read>>> {
+    fn read(&self, vs: &VectorSelector, from: i64, to: i64, t: i64) -> R<Reads> {
         let key = (vs.to_string(), to - from);
         let mut cache = self.cache.borrow_mut();
         if let Some(r) = cache.get(&key) {
             return Ok(r.clone());
         }
         let m = matchers(vs)?;
-        let read: Rc<Vec<Read>> = Rc::new(
+        let read: Reads = Rc::new(
             self.head
                 .select(&m, from, to + (self.end - t))
                 .map_err(|e| e.to_string())?
@@ -363,15 +366,7 @@ impl Evaluator<'_> {
 
     /// A function's range-vector argument: `f` gets each series and its
     /// window, which starts and ends at the two times returned first.
-    fn matrix(
-        &self,
-        e: &Expr,
-        t: i64,
-    ) -> R<(
-        i64,
-        i64,
-        impl FnOnce(&mut dyn FnMut(&Read, &[(i64, f64)])) -> R<()>,
-    )> {
+    fn matrix(&self, e: &Expr, t: i64) -> R<(i64, i64, impl FnOnce(EachWindow<'_>) -> R<()>)> {
         let mut e = e;
         while let Expr::Paren(p) = e {
             e = &p.expr;
@@ -380,11 +375,9 @@ impl Evaluator<'_> {
             return Err("expected a range vector selector".into());
         };
         let end = t - offset_ms(&m.vs.offset);
-        Ok((
-            end - ms(m.range),
-            end,
-            move |f: &mut dyn FnMut(&Read, &[(i64, f64)])| self.each_window(m, t, f),
-        ))
+        Ok((end - ms(m.range), end, move |f: EachWindow<'_>| {
+            self.each_window(m, t, f)
+        }))
     }
 
     fn call(&self, c: &Call, t: i64) -> R<Value> {
