@@ -208,7 +208,7 @@ impl RemoteWriter {
                 if !self.labels.contains_key(&(*slot, *uid))
                     && let Some(l) = h.labels_at(*slot, *uid)
                 {
-                    fresh.push(((*slot, *uid), Arc::new(l.clone())));
+                    fresh.push(((*slot, *uid), Arc::new(l)));
                 }
             }
             (taken, lost, fresh)

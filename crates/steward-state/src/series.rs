@@ -100,9 +100,9 @@ pub trait SeriesChunks: Send + Sync {
     /// writes the file (see [`SeriesDb::open`]).
     fn flush(
         &self,
-        new_series: &[(i64, String)],
+        new_series: &[(i64, &str)],
         sealed: &[ChunkRow],
-        rollups: &[RollupRow],
+        rollups: &mut dyn Iterator<Item = RollupRow>,
         open: &[u8],
         dropped: &[i64],
     ) -> Result<(), StateError>;
@@ -237,9 +237,9 @@ fn chunk_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ChunkRow> {
 impl SeriesChunks for SeriesDb {
     fn flush(
         &self,
-        new_series: &[(i64, String)],
+        new_series: &[(i64, &str)],
         sealed: &[ChunkRow],
-        rollups: &[RollupRow],
+        rollups: &mut dyn Iterator<Item = RollupRow>,
         open: &[u8],
         dropped: &[i64],
     ) -> Result<(), StateError> {
@@ -441,15 +441,12 @@ mod tests {
             Err(StateError::InUse { .. })
         ));
         let ids = [1, 2];
-        let new = [
-            (1, r#"[["__name__","up"]]"#.to_string()),
-            (2, r#"[["__name__","x"]]"#.to_string()),
-        ];
+        let new = [(1, r#"[["__name__","up"]]"#), (2, r#"[["__name__","x"]]"#)];
         assert_eq!(db.open_chunks().unwrap(), None);
         db.flush(
             &new,
             &[chunk(ids[0], 0, 10, 2), chunk(ids[1], 0, 10, 2)],
-            &[],
+            &mut std::iter::empty(),
             b"first",
             &[],
         )
@@ -458,7 +455,7 @@ mod tests {
         db.flush(
             &[],
             &[chunk(ids[0], 0, 20, 3), chunk(ids[0], 30, 40, 2)],
-            &[],
+            &mut std::iter::empty(),
             b"second",
             &[],
         )
@@ -481,8 +478,12 @@ mod tests {
         // Retention: chunks ending before 15 go; a dropped series goes with
         // its chunks.
         assert_eq!(db.drop_before(15).unwrap(), 1);
-        db.flush(&[], &[], &[], b"third", &[ids[0]]).unwrap();
-        assert_eq!(db.all_series().unwrap(), vec![(ids[1], new[1].1.clone())]);
+        db.flush(&[], &[], &mut std::iter::empty(), b"third", &[ids[0]])
+            .unwrap();
+        assert_eq!(
+            db.all_series().unwrap(),
+            vec![(ids[1], new[1].1.to_string())]
+        );
         assert!(db.chunks_since(i64::MIN).unwrap().is_empty());
         assert!(db.disk_bytes().unwrap() > 0);
     }
@@ -502,15 +503,21 @@ mod tests {
             last_t,
         };
         db.flush(
-            &[(7, "[]".into())],
+            &[(7, "[]")],
             &[],
-            &[row(1.0, 5.0, 9.0, 3, 3.0, 80_000)],
+            &mut [row(1.0, 5.0, 9.0, 3, 3.0, 80_000)].into_iter(),
             b"",
             &[],
         )
         .unwrap();
-        db.flush(&[], &[], &[row(0.5, 4.0, 4.5, 2, 4.0, 110_000)], b"", &[])
-            .unwrap();
+        db.flush(
+            &[],
+            &[],
+            &mut [row(0.5, 4.0, 4.5, 2, 4.0, 110_000)].into_iter(),
+            b"",
+            &[],
+        )
+        .unwrap();
         assert_eq!(
             db.rollups_of(7, 60_000, 119_999).unwrap(),
             [row(0.5, 5.0, 13.5, 5, 4.0, 110_000)]

@@ -2,8 +2,8 @@
 //! from `name=value` to series (postings) for selection by matchers, and per
 //! series its sealed chunks plus the one being written.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::hash::{Hash, Hasher};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::Arc;
 
 use steward_state::{ChunkRow, RollupRow, SeriesChunks, StateError};
@@ -86,7 +86,8 @@ struct Sealed {
 struct Series {
     /// Never reused (unlike its slot): what a flush checks before recording.
     uid: u64,
-    labels: Labels,
+    /// Its labels as [`Symbols`]: name, value, name, value, … sorted by name.
+    labels: Box<[u32]>,
     sealed: Vec<Sealed>,
     open: Chunk,
     /// Its number in the store (given when it is made, with a store behind).
@@ -100,7 +101,7 @@ struct Series {
 }
 
 impl Series {
-    fn new(uid: u64, labels: Labels) -> Series {
+    fn new(uid: u64, labels: Box<[u32]>) -> Series {
         Series {
             uid,
             labels,
@@ -123,11 +124,15 @@ pub struct SeriesRef(u32);
 pub struct Head {
     /// Where flushed chunks are, if anywhere.
     cold: Option<Arc<dyn SeriesChunks>>,
-    strings: HashSet<Arc<str>>,
+    symbols: Symbols,
     series: Vec<Option<Series>>,
     free: Vec<u32>,
-    by_hash: HashMap<u64, Vec<u32>>,
-    postings: HashMap<(Arc<str>, Arc<str>), Vec<u32>>,
+    /// Every series by the hash of its labels (the table holds only the
+    /// slot; the hash is made again from the labels when it grows).
+    by_hash: hashbrown::HashTable<u32>,
+    hasher: foldhash::fast::RandomState,
+    /// `(name, value)` symbols → the series carrying them, in slot order.
+    postings: HashMap<(u32, u32), Vec<u32>>,
     /// Counts removals of series: a [`SeriesRef`] kept across a change of
     /// generation may name another series.
     generation: u64,
@@ -155,13 +160,89 @@ struct Tap {
     lost: u64,
 }
 
-fn labels_hash(labels: &[(&str, &str)]) -> u64 {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    for (n, v) in labels {
+/// Label names and values, each string held once and known by a number
+/// (a series' labels are a few numbers, not a few shared pointers), dropped
+/// when the last series using it goes.
+#[derive(Default)]
+struct Symbols {
+    strings: Vec<Option<Arc<str>>>,
+    uses: Vec<u32>,
+    ids: HashMap<Arc<str>, u32>,
+    free: Vec<u32>,
+}
+
+impl Symbols {
+    fn get(&self, id: u32) -> &Arc<str> {
+        self.strings[id as usize]
+            .as_ref()
+            .expect("a symbol in use is held")
+    }
+
+    fn str(&self, id: u32) -> &str {
+        self.get(id)
+    }
+
+    fn id(&self, s: &str) -> Option<u32> {
+        self.ids.get(s).copied()
+    }
+
+    /// The number of `s`, counting one more use.
+    fn intern(&mut self, s: &str) -> u32 {
+        if let Some(&id) = self.ids.get(s) {
+            self.uses[id as usize] += 1;
+            return id;
+        }
+        let a: Arc<str> = Arc::from(s);
+        let id = match self.free.pop() {
+            Some(id) => {
+                self.strings[id as usize] = Some(a.clone());
+                self.uses[id as usize] = 1;
+                id
+            }
+            None => {
+                self.strings.push(Some(a.clone()));
+                self.uses.push(1);
+                (self.strings.len() - 1) as u32
+            }
+        };
+        self.ids.insert(a, id);
+        id
+    }
+
+    /// One use fewer; the string goes with its last.
+    fn release(&mut self, id: u32) {
+        let uses = &mut self.uses[id as usize];
+        *uses -= 1;
+        if *uses == 0
+            && let Some(a) = self.strings[id as usize].take()
+        {
+            self.ids.remove(&a);
+            self.free.push(id);
+        }
+    }
+}
+
+/// The hash a series is found by: of its label names and values in order.
+fn hash_pairs<'a>(
+    hasher: &foldhash::fast::RandomState,
+    pairs: impl Iterator<Item = (&'a str, &'a str)>,
+) -> u64 {
+    let mut h = hasher.build_hasher();
+    for (n, v) in pairs {
         n.hash(&mut h);
         v.hash(&mut h);
     }
     h.finish()
+}
+
+/// A series' labels as strings.
+fn pairs_of<'a>(
+    symbols: &'a Symbols,
+    labels: &'a [u32],
+) -> impl Iterator<Item = (&'a str, &'a str)> {
+    labels
+        .chunks_exact(2)
+        .map(|p| (symbols.str(p[0]), symbols.str(p[1])))
 }
 
 impl Head {
@@ -241,27 +322,30 @@ impl Head {
         Ok(h)
     }
 
-    fn intern(&mut self, s: &str) -> Arc<str> {
-        if let Some(a) = self.strings.get(s) {
-            return a.clone();
-        }
-        let a: Arc<str> = Arc::from(s);
-        self.strings.insert(a.clone());
-        a
+    /// A series' labels, as the store's readers take them.
+    fn labels_of(&self, s: &Series) -> Labels {
+        s.labels
+            .chunks_exact(2)
+            .map(|p| {
+                (
+                    self.symbols.get(p[0]).clone(),
+                    self.symbols.get(p[1]).clone(),
+                )
+            })
+            .collect()
     }
 
     /// The series with exactly these labels (sorted by name), if there is one.
     pub fn find(&self, labels: &[(&str, &str)]) -> Option<SeriesRef> {
-        let ids = self.by_hash.get(&labels_hash(labels))?;
-        ids.iter().copied().map(SeriesRef).find(|&SeriesRef(id)| {
-            self.series[id as usize].as_ref().is_some_and(|s| {
-                s.labels.len() == labels.len()
-                    && s.labels
-                        .iter()
-                        .zip(labels)
-                        .all(|((a, b), (c, d))| &**a == *c && &**b == *d)
+        let h = hash_pairs(&self.hasher, labels.iter().copied());
+        self.by_hash
+            .find(h, |&id| {
+                self.series[id as usize].as_ref().is_some_and(|s| {
+                    s.labels.len() == 2 * labels.len()
+                        && pairs_of(&self.symbols, &s.labels).eq(labels.iter().copied())
+                })
             })
-        })
+            .map(|&id| SeriesRef(id))
     }
 
     /// The series with exactly these labels (sorted by name), created when new.
@@ -273,10 +357,11 @@ impl Head {
         if let Some(r) = self.find(labels) {
             return r;
         }
-        let h = labels_hash(labels);
-        let interned: Labels = labels
+        let h = hash_pairs(&self.hasher, labels.iter().copied());
+        let interned: Box<[u32]> = labels
             .iter()
-            .map(|(n, v)| (self.intern(n), self.intern(v)))
+            .flat_map(|(n, v)| [*n, *v])
+            .map(|x| self.symbols.intern(x))
             .collect();
         self.next_uid += 1;
         let mut series = Series::new(self.next_uid, interned.clone());
@@ -294,9 +379,19 @@ impl Head {
                 (self.series.len() - 1) as u32
             }
         };
-        self.by_hash.entry(h).or_default().push(id);
-        for pair in interned {
-            let list = self.postings.entry(pair).or_default();
+        let Head {
+            by_hash,
+            series,
+            symbols,
+            hasher,
+            ..
+        } = self;
+        by_hash.insert_unique(h, id, |&id| match &series[id as usize] {
+            Some(s) => hash_pairs(hasher, pairs_of(symbols, &s.labels)),
+            None => 0,
+        });
+        for pair in interned.chunks_exact(2) {
+            let list = self.postings.entry((pair[0], pair[1])).or_default();
             // Ids are mostly increasing; a reused id is inserted in order.
             match list.last() {
                 Some(&last) if last > id => {
@@ -373,9 +468,9 @@ impl Head {
     }
 
     /// The labels of the series in `slot`, if it is still the one with `uid`.
-    pub fn labels_at(&self, slot: u32, uid: u64) -> Option<&Labels> {
+    pub fn labels_at(&self, slot: u32, uid: u64) -> Option<Labels> {
         match self.series.get(slot as usize) {
-            Some(Some(s)) if s.uid == uid => Some(&s.labels),
+            Some(Some(s)) if s.uid == uid => Some(self.labels_of(s)),
             _ => None,
         }
     }
@@ -390,17 +485,17 @@ impl Head {
         maxt: i64,
     ) -> Result<Selected, StateError> {
         let mut out: Selected = Vec::new();
+        // Each matcher's label as a symbol (none: no series carries it).
+        let names: Vec<Option<u32>> = matchers.iter().map(|m| self.symbols.id(&m.name)).collect();
         for s in self
             .candidates(matchers)
             .into_iter()
             .filter_map(|id| self.series[id as usize].as_ref())
             .filter(|s| {
-                matchers.iter().all(|m| {
-                    let v = s
-                        .labels
-                        .iter()
-                        .find(|(n, _)| **n == *m.name)
-                        .map_or("", |(_, v)| &**v);
+                matchers.iter().zip(&names).all(|(m, name)| {
+                    let v = name
+                        .and_then(|n| s.labels.chunks_exact(2).find(|p| p[0] == n))
+                        .map_or("", |p| self.symbols.str(p[1]));
                     m.matches(v)
                 })
             })
@@ -437,7 +532,7 @@ impl Head {
                 samples_in(s, mint, maxt, &mut samples);
             }
             if !samples.is_empty() {
-                out.push((s.labels.clone(), samples));
+                out.push((self.labels_of(s), samples));
             }
         }
         out.sort_by(|a, b| a.0.cmp(&b.0));
@@ -452,11 +547,8 @@ impl Head {
             .iter()
             .filter(|m| m.op == MatchOp::Eq && !m.value.is_empty())
         {
-            let key = (
-                Arc::<str>::from(m.name.as_str()),
-                Arc::<str>::from(m.value.as_str()),
-            );
-            match self.postings.get(&key) {
+            let key = self.symbols.id(&m.name).zip(self.symbols.id(&m.value));
+            match key.and_then(|k| self.postings.get(&k)) {
                 Some(l) => lists.push(l),
                 None => return Vec::new(),
             }
@@ -508,30 +600,27 @@ impl Head {
         let Some(s) = self.series[id as usize].take() else {
             return;
         };
-        let pairs: Vec<(&str, &str)> = s.labels.iter().map(|(n, v)| (&**n, &**v)).collect();
-        let h = labels_hash(&pairs);
-        if let Some(ids) = self.by_hash.get_mut(&h) {
-            ids.retain(|&x| x != id);
-            if ids.is_empty() {
-                self.by_hash.remove(&h);
-            }
+        let h = hash_pairs(&self.hasher, pairs_of(&self.symbols, &s.labels));
+        if let Ok(entry) = self.by_hash.find_entry(h, |&x| x == id) {
+            entry.remove();
         }
-        for pair in s.labels {
-            if let Some(list) = self.postings.get_mut(&pair) {
+        for pair in s.labels.chunks_exact(2) {
+            let key = (pair[0], pair[1]);
+            if let Some(list) = self.postings.get_mut(&key) {
                 list.retain(|&x| x != id);
                 if list.is_empty() {
-                    self.postings.remove(&pair);
+                    self.postings.remove(&key);
                 }
             }
+        }
+        for &symbol in &s.labels {
+            self.symbols.release(symbol);
         }
         self.free.push(id);
         self.generation += 1;
         if let (Some(db), true) = (s.db, s.stored) {
             self.dropped.push(db);
         }
-        // Strings no series uses any more are dropped with their last Arc
-        // outside the interner.
-        self.strings.retain(|s| Arc::strong_count(s) > 1);
     }
 
     /// Bounds the series scrapes may make (0: none): a scrape that would go
@@ -563,15 +652,21 @@ impl Head {
 
     /// Every label name in use, sorted.
     pub fn label_names(&self) -> BTreeSet<Arc<str>> {
-        self.postings.keys().map(|(n, _)| n.clone()).collect()
+        self.postings
+            .keys()
+            .map(|&(n, _)| self.symbols.get(n).clone())
+            .collect()
     }
 
     /// Every value of a label in use, sorted.
     pub fn label_values(&self, name: &str) -> BTreeSet<Arc<str>> {
+        let Some(name) = self.symbols.id(name) else {
+            return BTreeSet::new();
+        };
         self.postings
             .keys()
-            .filter(|(n, _)| &**n == name)
-            .map(|(_, v)| v.clone())
+            .filter(|&&(n, _)| n == name)
+            .map(|&(_, v)| self.symbols.get(v).clone())
             .collect()
     }
 
@@ -595,7 +690,7 @@ impl Head {
     pub fn cardinality(&self) -> BTreeMap<Arc<str>, usize> {
         let mut out: BTreeMap<Arc<str>, usize> = BTreeMap::new();
         for ((n, _), ids) in &self.postings {
-            *out.entry(n.clone()).or_default() += ids.len();
+            *out.entry(self.symbols.get(*n).clone()).or_default() += ids.len();
         }
         out
     }
@@ -707,16 +802,16 @@ impl<'a> Iterator for OpenEntries<'a> {
 /// holds another series, and is left alone when the flush is recorded.
 #[derive(Debug, Default)]
 pub struct Flush {
-    /// Series not yet in the store: their number and their labels as JSON,
-    /// as the store takes them; `new_in` says where each is in the head.
-    new_series: Vec<(i64, String)>,
+    /// Series not yet in the store: their number and where their labels,
+    /// as JSON, are in `labels` (one buffer, not a string each); `new_in`
+    /// says where each is in the head.
+    new_series: Vec<(i64, std::ops::Range<usize>)>,
+    labels: String,
     new_in: Vec<(u32, u64)>,
     /// Sealed chunks not yet written, as the store takes them; `sealed_in`
     /// says whose each is.
     sealed: Vec<ChunkRow>,
     sealed_in: Vec<(u32, u64)>,
-    /// Their samples per minute.
-    rollups: Vec<RollupRow>,
     /// The snapshot of the open chunks, encoded (see [`SNAPSHOT_MAGIC`]).
     snapshot: Vec<u8>,
     /// Open chunks in it.
@@ -738,11 +833,24 @@ impl Flush {
 
     /// Writes it: new series, the sealed chunks, the snapshot of the open
     /// ones and the dropped series, in one transaction.
+    /// The chunks' samples per minute are made as the store takes them (a
+    /// chunk's at a time: a flush of every series' sealed chunks holds no
+    /// more than their bytes).
     pub fn write(&self, store: &dyn SeriesChunks) -> Result<(), StateError> {
+        let new: Vec<(i64, &str)> = self
+            .new_series
+            .iter()
+            .map(|(id, at)| (*id, &self.labels[at.clone()]))
+            .collect();
+        let mut rollups = self.sealed.iter().flat_map(|c| {
+            let mut minutes_of = Vec::new();
+            minutes(c.series, &c.data, c.count, &mut minutes_of);
+            minutes_of
+        });
         store.flush(
-            &self.new_series,
+            &new,
             &self.sealed,
-            &self.rollups,
+            &mut rollups,
             &self.snapshot,
             &self.dropped,
         )
@@ -759,6 +867,16 @@ impl Head {
             dropped: std::mem::take(&mut self.dropped),
             ..Flush::default()
         };
+        // Sized first: grown by doubling, the copy of every open chunk
+        // would briefly take up to twice its bytes.
+        let size: usize = self
+            .series
+            .iter()
+            .flatten()
+            .filter(|s| s.db.is_some() && !s.open.is_empty())
+            .map(|s| 30 + s.open.encoded_len())
+            .sum();
+        f.snapshot.reserve_exact(SNAPSHOT_MAGIC.len() + size);
         f.snapshot.extend_from_slice(SNAPSHOT_MAGIC);
         for (slot, s) in self.series.iter().enumerate() {
             let Some(s) = s else { continue };
@@ -766,13 +884,14 @@ impl Head {
             let id = (slot as u32, s.uid);
             let unsealed = s.sealed.iter().any(|c| !c.persisted);
             if !s.stored && (unsealed || !s.open.is_empty()) {
-                let pairs: Vec<(&str, &str)> = s.labels.iter().map(|(n, v)| (&**n, &**v)).collect();
-                f.new_series
-                    .push((db, serde_json::to_string(&pairs).unwrap_or_default()));
+                let pairs: Vec<(&str, &str)> = pairs_of(&self.symbols, &s.labels).collect();
+                let from = f.labels.len();
+                f.labels
+                    .push_str(&serde_json::to_string(&pairs).unwrap_or_default());
+                f.new_series.push((db, from..f.labels.len()));
                 f.new_in.push(id);
             }
             for c in s.sealed.iter().filter(|c| !c.persisted) {
-                minutes(db, &c.bytes, c.count, &mut f.rollups);
                 f.sealed.push(ChunkRow {
                     series: db,
                     min_t: c.min_t,
