@@ -107,13 +107,12 @@ async fn finish(
     now: i64,
 ) -> (Scraper, Report) {
     let head = head.clone();
-    tokio::task::spawn_blocking(move || {
+    crate::store_thread::run(move || {
         let mut h = head.lock().unwrap_or_else(|e| e.into_inner());
         let report = scraper.finish(&mut h, fetched, started, now);
         (scraper, report)
     })
     .await
-    .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
 }
 
 /// `scrape.NAME`: one static target.
@@ -374,6 +373,41 @@ pub fn flush(head: &Series, store: &dyn SeriesChunks) -> Result<usize, steward_s
     Ok(plan.sealed())
 }
 
+/// [`flush`] from the runtime: planned and recorded on the store's thread
+/// (see [`crate::store_thread`]), written on the blocking pool.
+pub async fn flush_async(
+    head: &Series,
+    store: &Arc<dyn SeriesChunks>,
+) -> Result<usize, steward_state::StateError> {
+    let h = head.clone();
+    let plan =
+        crate::store_thread::run(move || h.lock().unwrap_or_else(|e| e.into_inner()).plan_flush())
+            .await;
+    let now = now_ms();
+    let s = store.clone();
+    let (plan, written) = tokio::task::spawn_blocking(move || {
+        let written = plan.write(s.as_ref());
+        (plan, written)
+    })
+    .await
+    .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+    let h = head.clone();
+    crate::store_thread::run(move || {
+        let mut h = h.lock().unwrap_or_else(|e| e.into_inner());
+        match written {
+            Ok(()) => {
+                h.flushed(&plan, now - MEMORY_WINDOW.as_millis() as i64);
+                Ok(plan.sealed())
+            }
+            Err(e) => {
+                h.unflushed(plan);
+                Err(e)
+            }
+        }
+    })
+    .await
+}
+
 /// `metrics.flush`: [`flush`] every `interval`; a `kill -9` loses at most
 /// the samples of one interval (and of the flush under way).
 pub struct Flusher {
@@ -403,10 +437,7 @@ impl Flusher {
 impl Controller for Flusher {
     fn reconcile(&mut self) -> Step<'_> {
         Box::pin(async move {
-            let (head, store) = (self.head.clone(), self.store.clone());
-            let written = tokio::task::spawn_blocking(move || flush(&head, store.as_ref()))
-                .await
-                .map_err(|e| StepError::new("flush", e))?;
+            let written = flush_async(&self.head, &self.store).await;
             match written {
                 Ok(n) => {
                     self.metrics.flushed.inc_by(n as u64);
@@ -451,22 +482,20 @@ impl Controller for Retention {
         Box::pin(async move {
             let (head, store) = (self.head.clone(), self.store.clone());
             let before = now_ms() - self.keep.as_millis() as i64;
-            let (series, samples, bytes, disk) = tokio::task::spawn_blocking(move || {
-                let (series, samples, bytes) = {
-                    let mut h = head.lock().unwrap_or_else(|e| e.into_inner());
-                    h.truncate(before);
-                    let (bytes, samples) = h.sample_bytes();
-                    (h.series_count(), samples, bytes)
-                };
-                let disk = match &store {
-                    Some(s) => {
-                        s.drop_before(before)?;
-                        s.drop_rollups_before(now_ms() - ROLLUP_RETENTION.as_millis() as i64)?;
-                        s.disk_bytes()?
-                    }
-                    None => 0,
-                };
-                Ok::<_, steward_state::StateError>((series, samples, bytes, disk))
+            let (series, samples, bytes) = crate::store_thread::run(move || {
+                let mut h = head.lock().unwrap_or_else(|e| e.into_inner());
+                h.truncate(before);
+                let (bytes, samples) = h.sample_bytes();
+                (h.series_count(), samples, bytes)
+            })
+            .await;
+            let disk = tokio::task::spawn_blocking(move || match &store {
+                Some(s) => {
+                    s.drop_before(before)?;
+                    s.drop_rollups_before(now_ms() - ROLLUP_RETENTION.as_millis() as i64)?;
+                    s.disk_bytes()
+                }
+                None => Ok(0),
             })
             .await
             .map_err(|e| StepError::new("truncate", e))?

@@ -9,6 +9,7 @@
 //! - [`remote_write`]: samples sent on with the remote-write 1.0 protocol.
 //! - [`rules`]: alerting rules (`[rule.NAME]`), Prometheus's semantics.
 //! - [`scrape`]: scraping a target into the store, as Prometheus does.
+//! - [`store_thread`]: the thread the store's own work runs on.
 //! - [`tsdb`]: the embedded time-series store (compressed chunks, series
 //!   by labels).
 
@@ -19,4 +20,5 @@ pub mod promql;
 pub mod remote_write;
 pub mod rules;
 pub mod scrape;
+pub mod store_thread;
 pub mod tsdb;
