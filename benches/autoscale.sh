@@ -46,9 +46,8 @@ drain_timeout = "2s"
 autoscale = { metrics = [{ expr = 'sum(irate(steward_proxy_requests_total{service="api"}[1m]))', per_instance = 20 }], interval = "1s" }
 SPEC
 (cd "$WORK" && exec "$STEWARD" -f steward.toml serve >"$WORK/serve.log" 2>&1) & PIDS+=($!)
-S() { "$STEWARD" -f "$WORK/steward.toml" "$@"; }
 for _ in $(seq 1 300); do
-  r=$(S fleet status --json 2>/dev/null | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["ready"])' 2>/dev/null || true)
+  r=$(ready_instances "$WORK/steward.toml")
   [ "$r" = "1" ] && break
   sleep 0.2
 done
@@ -82,7 +81,7 @@ ts = [threading.Thread(target=run, args=(k,)) for k in range(threads)]
 PY
 LOAD=$!; PIDS+=($LOAD)
 for _ in $(seq 1 $((SECONDS_LOAD * 5))); do
-  r=$(S fleet status --json 2>/dev/null | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["ready"])' 2>/dev/null || true)
+  r=$(ready_instances "$WORK/steward.toml")
   [ "${r:-0}" -ge 2 ] && break
   sleep 0.2
 done

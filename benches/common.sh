@@ -36,3 +36,10 @@ CONF
   nginx -c "$WORK/nginx.conf" -p "$WORK" & PIDS+=($!)
   sleep 0.5
 }
+
+# ready_instances SPEC — how many instances of the spec's first service are ready
+# (0 while serve is not answering yet).
+ready_instances() {
+  "$STEWARD" -f "$1" fleet status --json 2>/dev/null \
+    | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["ready"])' 2>/dev/null || echo 0
+}

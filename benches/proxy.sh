@@ -62,8 +62,7 @@ SPEC
 (cd "$WORK" && exec "$STEWARD" -f steward.toml serve >"$WORK/serve.log" 2>&1) & SERVE=$!
 PIDS+=($SERVE)
 for _ in $(seq 1 150); do
-  n=$("$STEWARD" -f "$WORK/steward.toml" fleet status --json 2>/dev/null \
-    | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["ready"])' 2>/dev/null || echo 0)
+  n=$(ready_instances "$WORK/steward.toml")
   [ "$n" = 2 ] && break
   sleep 0.2
 done

@@ -62,6 +62,25 @@ impl BitWriter {
     }
 }
 
+impl BitWriter {
+    /// A signed number in the first of `buckets` it fits (`0` alone for
+    /// zero); false, and nothing written, when it fits none.
+    fn bucketed(&mut self, v: i64, buckets: &[(u64, u8, u8)]) -> bool {
+        if v == 0 {
+            self.bit(false);
+            return true;
+        }
+        match buckets.iter().find(|b| fits(v, b.2)) {
+            Some(&(prefix, len, width)) => {
+                self.bits(prefix, len);
+                self.bits(v as u64, width);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
 /// Reads bits written by [`BitWriter`].
 struct BitReader<'a> {
     bytes: &'a [u8],
@@ -74,6 +93,21 @@ impl BitReader<'_> {
         let one = byte & (0x80 >> (self.pos % 8)) != 0;
         self.pos += 1;
         Some(one)
+    }
+
+    /// A number written by [`BitWriter::bucketed`]; `Some(None)` when the
+    /// prefix is all ones past the last bucket (the caller's escape).
+    fn bucketed(&mut self, buckets: &[(u64, u8, u8)]) -> Option<Option<i64>> {
+        if !self.bit()? {
+            return Some(Some(0));
+        }
+        // Past each bucket's prefix of ones, a 0 chooses it.
+        for &(_, _, width) in buckets {
+            if !self.bit()? {
+                return Some(Some(sign_extend(self.bits(width)?, width)));
+            }
+        }
+        Some(None)
     }
 
     fn bits(&mut self, n: u8) -> Option<u64> {
@@ -265,19 +299,10 @@ impl Chunk {
     }
 
     fn write_dod(&mut self, dod: i64) {
-        if dod == 0 {
-            self.w.bit(false);
-            return;
+        if !self.w.bucketed(dod, &BUCKETS) {
+            self.w.bits(0b1111, 4);
+            self.w.bits(dod as u64, 64);
         }
-        for (prefix, len, bits) in BUCKETS {
-            if fits(dod, bits) {
-                self.w.bits(prefix, len);
-                self.w.bits(dod as u64, bits);
-                return;
-            }
-        }
-        self.w.bits(0b1111, 4);
-        self.w.bits(dod as u64, 64);
     }
 
     fn write_value(&mut self, bits: u64) {
@@ -294,19 +319,10 @@ impl Chunk {
             let delta = i - last;
             let dod = delta - self.last_v_delta;
             self.last_v_delta = delta;
-            if dod == 0 {
-                self.w.bit(false);
-                return;
+            if !self.w.bucketed(dod, &INT_BUCKETS) {
+                self.w.bits(0b11110, 5);
+                self.w.bits(dod as u64, 64);
             }
-            for (prefix, len, width) in INT_BUCKETS {
-                if fits(dod, width) {
-                    self.w.bits(prefix, len);
-                    self.w.bits(dod as u64, width);
-                    return;
-                }
-            }
-            self.w.bits(0b11110, 5);
-            self.w.bits(dod as u64, 64);
             return;
         }
         let xor = bits ^ self.last_v;
@@ -420,40 +436,21 @@ impl Decoder<'_> {
     }
 
     fn read_dod(&mut self) -> Option<i64> {
-        if !self.r.bit()? {
-            return Some(0);
+        match self.r.bucketed(&BUCKETS)? {
+            Some(dod) => Some(dod),
+            None => Some(self.r.bits(64)? as i64),
         }
-        for (i, (_, _, bits)) in BUCKETS.iter().enumerate() {
-            // The prefix so far is `1…1` of length i + 1; a 0 ends it here.
-            if !self.r.bit()? {
-                let raw = self.r.bits(*bits)?;
-                return Some(sign_extend(raw, *bits));
-            }
-            let _ = i;
-        }
-        Some(self.r.bits(64)? as i64)
     }
 
     fn read_value(&mut self) -> Option<()> {
         if self.ints {
-            let dod = if !self.r.bit()? {
-                0
-            } else {
-                let mut found = None;
-                for (_, _, width) in INT_BUCKETS {
-                    if !self.r.bit()? {
-                        found = Some(sign_extend(self.r.bits(width)?, width));
-                        break;
-                    }
-                }
-                match found {
-                    Some(dod) => dod,
-                    None if !self.r.bit()? => self.r.bits(64)? as i64,
-                    None => {
-                        self.v = self.r.bits(64)?;
-                        self.ints = false;
-                        return Some(());
-                    }
+            let dod = match self.r.bucketed(&INT_BUCKETS)? {
+                Some(dod) => dod,
+                None if !self.r.bit()? => self.r.bits(64)? as i64,
+                None => {
+                    self.v = self.r.bits(64)?;
+                    self.ints = false;
+                    return Some(());
                 }
             };
             self.v_delta = self.v_delta.wrapping_add(dod);
