@@ -484,7 +484,7 @@ impl Controller for Retention {
             let before = now_ms() - self.keep.as_millis() as i64;
             let (series, samples, bytes) = crate::store_thread::run(move || {
                 let mut h = head.lock().unwrap_or_else(|e| e.into_inner());
-                h.truncate(before);
+                h.truncate(before, now_ms() - ROLLUP_RETENTION.as_millis() as i64);
                 let (bytes, samples) = h.sample_bytes();
                 (h.series_count(), samples, bytes)
             })

@@ -318,6 +318,14 @@ impl Head {
                 s.open = open;
             }
         }
+        // A series with nothing left but its minutes (its chunks gone with
+        // the raw retention): kept to be found by, as if its newest sample
+        // were just before `memory_from` (so until the minutes expire).
+        for s in h.series.iter_mut().flatten() {
+            if s.stored && s.sealed.is_empty() && s.open.is_empty() && s.cold_max.is_none() {
+                s.cold_max = Some(memory_from.saturating_sub(1));
+            }
+        }
         h.cold = Some(chunks);
         Ok(h)
     }
@@ -565,25 +573,47 @@ impl Head {
     }
 
     /// Drops every sealed chunk that ends before `before`, and every series
-    /// left with no sample at all. Returns the samples dropped.
-    pub fn truncate(&mut self, before: i64) -> usize {
+    /// left with no sample at all — but a series whose chunks were written
+    /// to the store behind stays (its labels, to be found by) while its
+    /// per-minute rollups there may still hold a minute at or after
+    /// `forget_before`. Returns the samples dropped.
+    pub fn truncate(&mut self, before: i64, forget_before: i64) -> usize {
         self.raw_from = Some(self.raw_from.map_or(before, |r| r.max(before)));
+        let has_store = self.cold.is_some();
         let mut dropped = 0;
         let mut gone = Vec::new();
         for (id, slot) in self.series.iter_mut().enumerate() {
             let Some(s) = slot else { continue };
             let keep = s.sealed.partition_point(|c| c.max_t < before);
-            dropped += s
-                .sealed
-                .drain(..keep)
-                .map(|c| usize::from(c.count))
-                .sum::<usize>();
-            let open_old = s.open.range().is_some_and(|(_, max)| max < before);
-            if open_old {
-                dropped += s.open.len();
-                s.open = Chunk::new();
+            for c in s.sealed.drain(..keep) {
+                dropped += usize::from(c.count);
+                // Its minutes are in the store: the series' newest there.
+                if c.persisted {
+                    s.cold_max = Some(s.cold_max.map_or(c.max_t, |m| m.max(c.max_t)));
+                }
             }
-            if s.cold_max.is_some_and(|c| c < before) {
+            if let Some((min_t, max_t)) = s.open.range()
+                && max_t < before
+            {
+                let old = std::mem::replace(&mut s.open, Chunk::new());
+                if has_store && s.db.is_some() {
+                    // A series that stopped mid-chunk: sealed, so the next
+                    // flush writes its minutes (the chunk itself goes with
+                    // the store's retention).
+                    s.sealed.push(Sealed {
+                        min_t,
+                        max_t,
+                        count: old.len() as u16,
+                        bytes: old.bytes().into(),
+                        persisted: false,
+                    });
+                } else {
+                    dropped += old.len();
+                }
+            }
+            let minutes_left =
+                has_store && s.stored && s.cold_max.is_some_and(|c| c >= forget_before);
+            if s.cold_max.is_some_and(|c| c < before) && !minutes_left {
                 s.cold_max = None;
             }
             if s.sealed.is_empty() && s.open.is_empty() && s.cold_max.is_none() {

@@ -178,13 +178,19 @@ fn an_open_chunk_goes_on_after_a_restart_and_retention_drops_old_chunks_everywhe
     );
     // Retention at t = 200 s: `old`'s first chunk (0–119 s) goes from the
     // file and memory; its second (120–239 s) stays.
-    h.truncate(200_000);
+    h.truncate(200_000, 200_000);
     db.drop_before(200_000).unwrap();
     // Raw samples from the cut on; before it, one a minute (the minute's
     // last) from the rollups.
     let back = all_of(&h, "old");
     let times: Vec<i64> = back.iter().map(|s| s.0).take(4).collect();
     assert_eq!(times, [59_000, 119_000, 179_000, 200_000]);
+    // `live` stopped mid-chunk: retention sealed that chunk for the next
+    // flush to write its minutes; the pass after drops it, and, its minutes
+    // older than `forget_before` too, the series.
+    flush(&mut h, db.as_ref(), i64::MIN);
+    h.truncate(200_000, 200_000);
+    db.drop_before(200_000).unwrap();
     // The next flush deletes the series the store in memory dropped.
     flush(&mut h, db.as_ref(), i64::MIN);
     drop(h);
@@ -214,7 +220,7 @@ fn past_the_raw_retention_a_series_reads_one_sample_a_minute() {
     }
     flush(&mut h, db.as_ref(), i64::MIN);
     // Retention keeps raw samples from 300 s on.
-    h.truncate(300_000);
+    h.truncate(300_000, 300_000);
     db.drop_before(300_000).unwrap();
     let back = all_of(&h, "reqs_total");
     type Points = Vec<(i64, u64)>;
@@ -234,4 +240,44 @@ fn past_the_raw_retention_a_series_reads_one_sample_a_minute() {
     let m = db.rollups_of(id, 60_000, 60_000).unwrap();
     assert_eq!((m[0].min, m[0].max, m[0].count), (180.0, 357.0, 60));
     assert_eq!(m[0].sum, (60..120).map(|i| (i * 3) as f64).sum::<f64>());
+}
+
+/// A series that stopped keeps its per-minute rollups — its last, unsealed
+/// chunk's minutes too — past the raw retention, across a restart, until
+/// they expire; then it goes from memory and the store.
+#[test]
+fn a_stopped_series_keeps_its_minutes_until_they_expire() {
+    let dir = tempfile::tempdir().unwrap();
+    let db: Arc<dyn SeriesChunks> = Arc::new(SeriesDb::open(dir.path()).unwrap());
+    let mut h = Head::open(db.clone(), i64::MIN).unwrap();
+    let r = h.series_ref(&[("__name__", "stopped")]);
+    // Three minutes, one sample a second: one sealed chunk (0-119 s), the
+    // rest (120-179 s) in the open chunk when the series stops.
+    for i in 0..180i64 {
+        h.append(r, i * 1000, i as f64).unwrap();
+    }
+    flush(&mut h, db.as_ref(), i64::MIN);
+    // Raw retention passes all of it; the minutes are kept (forget_before 0).
+    h.truncate(1_000_000, 0);
+    flush(&mut h, db.as_ref(), i64::MIN);
+    h.truncate(1_000_000, 0);
+    db.drop_before(1_000_000).unwrap();
+    assert!(db.chunks_since(i64::MIN).unwrap().is_empty());
+    let minutes = [
+        (59_000, 59.0f64.to_bits()),
+        (119_000, 119.0f64.to_bits()),
+        (179_000, 179.0f64.to_bits()),
+    ];
+    assert_eq!(all_of(&h, "stopped"), minutes);
+    // A restart finds it again (once retention has set where raw begins).
+    drop(h);
+    let mut h = Head::open(db.clone(), 1_000_000).unwrap();
+    h.truncate(1_000_000, 0);
+    assert_eq!(all_of(&h, "stopped"), minutes);
+    // The minutes expire: the series goes, from memory and the store.
+    h.truncate(1_000_000, 2_000_000);
+    assert!(all_of(&h, "stopped").is_empty());
+    flush(&mut h, db.as_ref(), i64::MIN);
+    assert!(db.all_series().unwrap().is_empty());
+    assert!(db.rollups_of(1, i64::MIN, i64::MAX).unwrap().is_empty());
 }

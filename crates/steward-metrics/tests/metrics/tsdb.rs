@@ -218,7 +218,7 @@ fn truncation_drops_old_chunks_and_forgotten_series() {
         h.append(live, i, 1.0).unwrap();
     }
     h.append(live, 10_000, 2.0).unwrap();
-    let dropped = h.truncate(5_000);
+    let dropped = h.truncate(5_000, 5_000);
     assert_eq!(dropped, CHUNK_SAMPLES * 2);
     assert_eq!(h.series_count(), 1);
     let pods: Vec<String> = h
