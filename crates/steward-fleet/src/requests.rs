@@ -80,11 +80,24 @@ pub fn request_scale(
 pub fn who() -> String {
     let user = std::env::var("USER")
         .or_else(|_| std::env::var("LOGNAME"))
-        .unwrap_or_else(|_| "unknown".into());
+        .ok()
+        .filter(|u| !u.is_empty())
+        .unwrap_or_else(uid_name);
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .unwrap_or_else(|_| "localhost".into());
     format!("{user}@{host}")
+}
+
+/// The name of the user this process runs as, from the user database (the
+/// uid as a number when it has no entry) — for when the environment does
+/// not say (a service, a container, `env -i`).
+fn uid_name() -> String {
+    let uid = nix::unistd::getuid();
+    match nix::unistd::User::from_uid(uid) {
+        Ok(Some(u)) => u.name,
+        _ => uid.to_string(),
+    }
 }
 
 /// `sha256:0123456789ab…` shortened to 12 hex digits, as reports show it.
@@ -94,4 +107,21 @@ pub fn short(digest: &str) -> String {
         .chars()
         .take(12)
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    /// Without USER or LOGNAME, the deployer is the uid's name, as `id -un`
+    /// says, not `unknown`.
+    #[test]
+    fn the_user_is_the_uid_s_name() {
+        let id = std::process::Command::new("id")
+            .arg("-un")
+            .output()
+            .unwrap();
+        assert_eq!(
+            super::uid_name(),
+            String::from_utf8_lossy(&id.stdout).trim()
+        );
+    }
 }

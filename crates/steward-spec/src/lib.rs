@@ -54,9 +54,22 @@ impl Spec {
     /// Reads, parses and validates a spec file, resolving references from the
     /// process environment and file system.
     pub fn load(path: &Path) -> Result<Spec, LoadError> {
-        let bytes = std::fs::read(path).map_err(|e| LoadError::Read {
-            path: path.display().to_string(),
-            reason: e.to_string(),
+        let bytes = std::fs::read(path).map_err(|e| {
+            // Where it looked, whole: a relative path is read from the
+            // working directory, which the message would not show.
+            let looked = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+            LoadError::Read {
+                path: looked.display().to_string(),
+                hint: if e.kind() == std::io::ErrorKind::NotFound {
+                    "point steward at a spec with `-f PATH` or the STEWARD_SPEC environment \
+                     variable (the default is ./steward.toml); the README's quick start \
+                     has one to begin with"
+                        .into()
+                } else {
+                    "check the file's permissions: steward reads it as the user it runs as".into()
+                },
+                reason: e.to_string(),
+            }
         })?;
         let src = match String::from_utf8(bytes) {
             Ok(src) => src,
@@ -108,12 +121,14 @@ impl Spec {
 pub enum LoadError {
     /// The file could not be read.
     #[error("cannot read spec `{path}`: {reason}")]
-    #[diagnostic(code(steward::spec::read))]
     Read {
-        /// The path given.
+        /// The path given, as steward looked for it.
         path: String,
         /// The OS error.
         reason: String,
+        /// Where to go from here.
+        #[help]
+        hint: String,
     },
     /// The file has problems.
     #[error(transparent)]

@@ -369,6 +369,27 @@ enum ScopeArg {
     Operate,
 }
 
+/// A reader that goes away (`steward fleet status | head`) ends the command
+/// quietly, as it ends `ls` or `cat`: Rust's `println!` panics on the closed
+/// pipe, so a panic saying exactly that exits with the status a shell gives a
+/// command killed by SIGPIPE (141) and no message. Any other panic reports
+/// as before.
+fn quiet_on_closed_stdout() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if message.starts_with("failed printing to stdout") && message.contains("Broken pipe") {
+            std::process::exit(141);
+        }
+        report(info);
+    }));
+}
+
 fn init_logging(format: LogFormat, verbose: u8) {
     let default = match verbose {
         0 => "info",
@@ -377,8 +398,13 @@ fn init_logging(format: LogFormat, verbose: u8) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("STEWARD_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{default},hyper=warn,h2=warn,rustls=warn,reqwest=warn,tokio_postgres=warn,amqprs=warn,lettre=warn,hickory=warn,rustic_core=off")));
+    // Colour only for a person at a terminal (never in a log file or a
+    // journal), and never with NO_COLOR set (no-color.org).
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour)
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Human => builder.init(),
@@ -442,6 +468,7 @@ fn report(e: LoadError) {
 }
 
 fn main() -> ExitCode {
+    quiet_on_closed_stdout();
     let cli = Cli::parse();
     init_logging(cli.log_format, cli.verbose);
     let code = match cli.command {

@@ -634,6 +634,84 @@ fn validate_ok_and_missing_file() {
     );
 }
 
+/// With no spec where steward looks, it says where that was (the whole
+/// path, not just `steward.toml`) and how to point it elsewhere.
+#[test]
+fn a_missing_spec_says_where_steward_looked_and_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .arg("check")
+        .current_dir(dir.path())
+        .env_remove("STEWARD_SPEC")
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    // miette wraps long lines; the words are what count.
+    let err = String::from_utf8_lossy(&out.stderr)
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
+    let looked = dir.path().join("steward.toml");
+    assert!(
+        err.contains(&format!("cannot read spec `{}`", looked.display())),
+        "{err}"
+    );
+    assert!(
+        err.contains(
+            "help: point steward at a spec with `-f PATH` or the STEWARD_SPEC environment variable"
+        ),
+        "{err}"
+    );
+    assert!(!err.contains("steward::spec::read"), "{err}");
+}
+
+/// A reader that goes away (`steward … | head`) ends the command quietly
+/// with SIGPIPE's status, as it ends `ls`: no panic message.
+#[test]
+fn a_closed_stdout_ends_a_command_quietly() {
+    let p = Project::new("[check.a]\ntype = \"http\"\nurl = \"http://127.0.0.1:1/\"\n");
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = Command::new(BIN)
+        .arg("-f")
+        .arg(p.spec())
+        .arg("validate")
+        .stdout(writer)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(141));
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "");
+}
+
+/// Logs written anywhere but a terminal carry no colour codes.
+#[test]
+fn logs_to_a_file_have_no_colour() {
+    let p = Project::new(&format!(
+        "[steward]\nstate_dir = \"state\"\nlisten = \"127.0.0.1:{}\"\n",
+        common::free_port()
+    ));
+    let log = p.dir.path().join("serve.log");
+    let mut child = Command::new(BIN)
+        .arg("-f")
+        .arg(p.spec())
+        .arg("serve")
+        .env_remove("NO_COLOR")
+        .env("STEWARD_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    common::wait_for("serve's first log lines", || {
+        std::fs::read_to_string(&log).is_ok_and(|l| l.contains("serving"))
+    });
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("INFO"), "{text}");
+    assert!(!text.contains('\x1b'), "{text:?}");
+}
+
 #[test]
 fn check_exit_codes_and_json() {
     let ok = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
