@@ -31,7 +31,7 @@ pub(crate) mod exit {
 #[derive(Parser)]
 #[command(
     name = "steward",
-    version,
+    version = concat!(env!("CARGO_PKG_VERSION"), " (", env!("STEWARD_COMMIT"), ")"),
     about = "Operations for cloud applications, in one binary"
 )]
 struct Cli {

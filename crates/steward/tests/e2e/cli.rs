@@ -1981,3 +1981,22 @@ async fn a_queue_an_amqp_check_watches_becomes_a_series() {
     let _ = ch.close().await;
     let _ = conn.close().await;
 }
+
+/// `steward --version` names the version and the commit it was built from.
+#[test]
+fn version_names_the_commit() {
+    let out = Command::new(BIN).arg("--version").output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let head = Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    let head = String::from_utf8_lossy(&head.stdout).trim().to_string();
+    assert!(
+        text.starts_with(&format!("steward {} (commit ", env!("CARGO_PKG_VERSION"))),
+        "{text}"
+    );
+    assert!(!head.is_empty() && text.contains(&head), "{text} / {head}");
+}
