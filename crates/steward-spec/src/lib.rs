@@ -100,7 +100,11 @@ impl Spec {
                 }
             })
             .unwrap_or(Path::new("."));
-        Spec::parse(&path.display().to_string(), &src, base, &OsResolver)
+        // Paths in the spec are relative to its directory, made absolute
+        // here: what a backup records, or a later process reads, must not
+        // depend on the working directory of whoever loaded the spec.
+        let base = std::path::absolute(base).unwrap_or_else(|_| base.to_path_buf());
+        Spec::parse(&path.display().to_string(), &src, &base, &OsResolver)
             .map_err(LoadError::Invalid)
     }
 

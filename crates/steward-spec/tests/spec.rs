@@ -902,3 +902,42 @@ fn conditions_follow_gatus_rules_beyond_its_tests() {
     }
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
 }
+
+/// A spec named by a relative path still gives absolute paths: what a
+/// backup records must not depend on the working directory it was loaded
+/// from (the demo's drill looked for `./.steward/…` under the restore).
+#[test]
+fn a_spec_loaded_by_a_relative_path_gives_absolute_paths() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("pw"), "secret").unwrap();
+    std::fs::set_permissions(
+        dir.path().join("pw"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("steward.toml"),
+        "[steward]\nstate_dir = \".steward\"\n\n[backup.files]\nsource = { paths = [\"data\"] }\npassword = \"${file:pw}\"\n",
+    )
+    .unwrap();
+    // The same file, named relative to the test's working directory.
+    let cwd = std::env::current_dir().unwrap();
+    let up = "../".repeat(cwd.components().count() - 1);
+    let relative = Path::new(&up)
+        .join(dir.path().strip_prefix("/").unwrap())
+        .join("steward.toml");
+    assert!(relative.is_relative());
+    let spec = Spec::load(&relative).unwrap();
+    assert!(
+        spec.settings.state_dir.is_absolute(),
+        "{:?}",
+        spec.settings.state_dir
+    );
+    assert!(spec.settings.state_dir.ends_with(".steward"));
+    match &spec.backups["files"].source {
+        steward_spec::Source::Paths { paths, .. } => {
+            assert!(paths.iter().all(|p| p.is_absolute()), "{paths:?}");
+        }
+        other => panic!("{other:?}"),
+    }
+}
