@@ -82,6 +82,21 @@ struct Sealed {
     persisted: bool,
 }
 
+impl Sealed {
+    /// A chunk that was being written, sealed as it is (not yet written to
+    /// the store).
+    fn of(open: &Chunk) -> Sealed {
+        let (min_t, max_t) = open.range().unwrap_or_default();
+        Sealed {
+            min_t,
+            max_t,
+            count: open.len() as u16,
+            bytes: open.bytes().into(),
+            persisted: false,
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Series {
     /// Never reused (unlike its slot): what a flush checks before recording.
@@ -430,14 +445,7 @@ impl Head {
         let uid = s.uid;
         if s.open.len() >= CHUNK_SAMPLES {
             let full = std::mem::replace(&mut s.open, Chunk::new());
-            let (min_t, max_t) = full.range().unwrap_or_default();
-            s.sealed.push(Sealed {
-                min_t,
-                max_t,
-                count: full.len() as u16,
-                bytes: full.bytes().into(),
-                persisted: false,
-            });
+            s.sealed.push(Sealed::of(&full));
         }
         for tap in &mut self.taps {
             if tap.samples.len() < tap.capacity {
@@ -592,21 +600,13 @@ impl Head {
                     s.cold_max = Some(s.cold_max.map_or(c.max_t, |m| m.max(c.max_t)));
                 }
             }
-            if let Some((min_t, max_t)) = s.open.range()
-                && max_t < before
-            {
+            if s.open.range().is_some_and(|(_, max_t)| max_t < before) {
                 let old = std::mem::replace(&mut s.open, Chunk::new());
                 if has_store && s.db.is_some() {
                     // A series that stopped mid-chunk: sealed, so the next
                     // flush writes its minutes (the chunk itself goes with
                     // the store's retention).
-                    s.sealed.push(Sealed {
-                        min_t,
-                        max_t,
-                        count: old.len() as u16,
-                        bytes: old.bytes().into(),
-                        persisted: false,
-                    });
+                    s.sealed.push(Sealed::of(&old));
                 } else {
                     dropped += old.len();
                 }
