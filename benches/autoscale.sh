@@ -14,37 +14,16 @@ RATE=${1:-60}
 SCRAPE=${2:-2}
 SECONDS_LOAD=${3:-25}
 BENCH_NAME=autoscale source benches/common.sh
-cargo build --release -q -p fractals
-mkdir -p "$WORK/base"
-cp "$CARGO_TARGET_DIR/release/fractals" "$WORK/app"
 PROXY=127.0.0.1:$(free_port)
-cat >"$WORK/steward.toml" <<SPEC
-[steward]
-state_dir = "state"
-listen = "127.0.0.1:$(free_port)"
-self_scrape_interval = "${SCRAPE}s"
-
-[check.api]
-type = "http"
-url = "http://$PROXY/health"
-interval = "1s"
-conditions = ["[STATUS] == 200"]
-
-[image.app]
-base = "dir:base"
-artifacts = [{ from = "app", to = "/usr/local/bin/fractals", mode = "0755" }]
-
-[service.api]
-image = "app"
-command = ["/usr/local/bin/fractals", "api", "--listen", "{addr}"]
-env = { FRACTALS_DATA = "{state_dir}/data" }
+{ printf '[steward]\nstate_dir = "state"\nlisten = "127.0.0.1:%s"\nself_scrape_interval = "%ss"\n' "$(free_port)" "$SCRAPE"
+  fractals_api_spec "$PROXY"
+  cat <<'SPEC'
 replicas = { min = 1, max = 4 }
-listen = "$PROXY"
-readiness = "api"
 drain_timeout = "2s"
 # 20 requests a second per instance; the rate over the last two scrapes.
 autoscale = { metrics = [{ expr = 'sum(irate(steward_proxy_requests_total{service="api"}[1m]))', per_instance = 20 }], interval = "1s" }
 SPEC
+} >"$WORK/steward.toml"
 (cd "$WORK" && exec "$STEWARD" -f steward.toml serve >"$WORK/serve.log" 2>&1) & PIDS+=($!)
 for _ in $(seq 1 300); do
   r=$(ready_instances "$WORK/steward.toml")

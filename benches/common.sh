@@ -43,3 +43,32 @@ ready_instances() {
   "$STEWARD" -f "$1" fleet status --json 2>/dev/null \
     | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["ready"])' 2>/dev/null || echo 0
 }
+
+# fractals_api_spec PROXY — builds the demo's API (into $WORK/app, on an empty image
+# base in $WORK/base) and prints the spec for it behind steward's proxy at PROXY: a
+# readiness check, the image, and [service.api] up to its readiness, for the caller
+# to go on with the service's other keys.
+fractals_api_spec() {
+  cargo build --release -q -p fractals >&2
+  mkdir -p "$WORK/base"
+  cp "$CARGO_TARGET_DIR/release/fractals" "$WORK/app"
+  cat <<SPEC
+
+[check.api]
+type = "http"
+url = "http://$1/health"
+interval = "1s"
+conditions = ["[STATUS] == 200"]
+
+[image.app]
+base = "dir:base"
+artifacts = [{ from = "app", to = "/usr/local/bin/fractals", mode = "0755" }]
+
+[service.api]
+image = "app"
+command = ["/usr/local/bin/fractals", "api", "--listen", "{addr}"]
+env = { FRACTALS_DATA = "{state_dir}/data" }
+listen = "$1"
+readiness = "api"
+SPEC
+}

@@ -12,36 +12,17 @@ N=${1:-6}
 P=${2:-2}
 MHT=${3:-2}
 BENCH_NAME=rollout source benches/common.sh
-cargo build --release -q -p fractals
 mkdir -p "$WORK/base/etc"
 echo v1 >"$WORK/base/etc/release"
-cp "$CARGO_TARGET_DIR/release/fractals" "$WORK/app"
 PROXY=127.0.0.1:$(free_port)
-cat >"$WORK/steward.toml" <<SPEC
-[steward]
-state_dir = "state"
-listen = "127.0.0.1:$(free_port)"
-
-[check.api]
-type = "http"
-url = "http://$PROXY/health"
-interval = "1s"
-conditions = ["[STATUS] == 200"]
-
-[image.app]
-base = "dir:base"
-artifacts = [{ from = "app", to = "/usr/local/bin/fractals", mode = "0755" }]
-
-[service.api]
-image = "app"
-command = ["/usr/local/bin/fractals", "api", "--listen", "{addr}"]
-env = { FRACTALS_DATA = "{state_dir}/data" }
+{ printf '[steward]\nstate_dir = "state"\nlisten = "127.0.0.1:%s"\n' "$(free_port)"
+  fractals_api_spec "$PROXY"
+  cat <<SPEC
 replicas = $N
-listen = "$PROXY"
-readiness = "api"
 rollout = { max_parallel = $P, min_healthy_time = "${MHT}s", healthy_deadline = "60s", progress_deadline = "10m" }
 drain_timeout = "5s"
 SPEC
+} >"$WORK/steward.toml"
 (cd "$WORK" && exec "$STEWARD" -f steward.toml serve >"$WORK/serve.log" 2>&1) & PIDS+=($!)
 S() { "$STEWARD" -f "$WORK/steward.toml" "$@"; }
 for _ in $(seq 1 300); do

@@ -361,16 +361,12 @@ impl Controller for SelfScrape {
 pub fn flush(head: &Series, store: &dyn SeriesChunks) -> Result<usize, steward_state::StateError> {
     let plan = head.lock().unwrap_or_else(|e| e.into_inner()).plan_flush();
     let now = now_ms();
-    if let Err(e) = plan.write(store) {
-        head.lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .unflushed(plan);
-        return Err(e);
-    }
-    head.lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .flushed(&plan, now - MEMORY_WINDOW.as_millis() as i64);
-    Ok(plan.sealed())
+    let written = plan.write(store);
+    head.lock().unwrap_or_else(|e| e.into_inner()).record_flush(
+        plan,
+        written,
+        now - MEMORY_WINDOW.as_millis() as i64,
+    )
 }
 
 /// [`flush`] from the runtime: planned and recorded on the store's thread
@@ -393,17 +389,11 @@ pub async fn flush_async(
     .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
     let h = head.clone();
     crate::store_thread::run(move || {
-        let mut h = h.lock().unwrap_or_else(|e| e.into_inner());
-        match written {
-            Ok(()) => {
-                h.flushed(&plan, now - MEMORY_WINDOW.as_millis() as i64);
-                Ok(plan.sealed())
-            }
-            Err(e) => {
-                h.unflushed(plan);
-                Err(e)
-            }
-        }
+        h.lock().unwrap_or_else(|e| e.into_inner()).record_flush(
+            plan,
+            written,
+            now - MEMORY_WINDOW.as_millis() as i64,
+        )
     })
     .await
 }

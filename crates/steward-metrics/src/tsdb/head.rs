@@ -946,6 +946,26 @@ impl Head {
         f
     }
 
+    /// Records how [`Flush::write`] went: written, as [`Head::flushed`];
+    /// failed, as [`Head::unflushed`]. Returns the sealed chunks written.
+    pub fn record_flush(
+        &mut self,
+        f: Flush,
+        written: Result<(), StateError>,
+        memory_from: i64,
+    ) -> Result<usize, StateError> {
+        match written {
+            Ok(()) => {
+                self.flushed(&f, memory_from);
+                Ok(f.sealed())
+            }
+            Err(e) => {
+                self.unflushed(f);
+                Err(e)
+            }
+        }
+    }
+
     /// A flush that failed: the series it was to delete are deleted by the
     /// next.
     pub fn unflushed(&mut self, f: Flush) {
