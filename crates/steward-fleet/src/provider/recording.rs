@@ -181,13 +181,24 @@ impl Provider for Recording {
                 u
             };
             let (address, server) = if unreachable {
-                // A port nothing listens on.
-                let port = super::free_port().map_err(|source| ProviderError::Io {
+                // A port bound but never listened on: connections are refused,
+                // and, unlike a port merely found free, no other listener (a
+                // later instance, another test) can take it while it is held.
+                let io = |source| ProviderError::Io {
                     id: spec.id.to_string(),
-                    what: "finding a port",
+                    what: "holding a port",
                     source,
-                })?;
-                (SocketAddr::from(([127, 0, 0, 1], port)), None)
+                };
+                let socket = tokio::net::TcpSocket::new_v4().map_err(io)?;
+                socket
+                    .bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+                    .map_err(io)?;
+                let address = socket.local_addr().map_err(io)?;
+                let held = tokio::spawn(async move {
+                    let _socket = socket;
+                    std::future::pending::<()>().await
+                });
+                (address, held)
             } else {
                 let l = tokio::net::TcpListener::bind("127.0.0.1:0")
                     .await
@@ -201,7 +212,7 @@ impl Provider for Recording {
                     what: "listening",
                     source,
                 })?;
-                (address, Some(tokio::spawn(answer(l))))
+                (address, tokio::spawn(answer(l)))
             };
             let mut s = self.lock();
             let Some(i) = s.instances.get_mut(spec.id) else {
@@ -209,7 +220,7 @@ impl Provider for Recording {
             };
             i.address = address;
             // "Running" even when unreachable: the process is up, it just never answers.
-            i.server = Some(server.unwrap_or_else(|| tokio::spawn(std::future::pending())));
+            i.server = Some(server);
             Ok(InstanceHandle {
                 address,
                 ..handle.clone()
