@@ -2,10 +2,10 @@
 //! Keystone v3 password auth), keeps the token, logs in again shortly before it
 //! expires and once more when a request comes back 401.
 //!
-//! tempauth is exercised by the tests against a real Swift. Keystone v3 follows the
-//! Identity API v3 reference (POST /v3/auth/tokens, `X-Subject-Token`, the
-//! `object-store` entry of the service catalog) and is tested once the test bed
-//! runs Keystone.
+//! Both are exercised by the tests against a real Swift: tempauth directly, Keystone
+//! v3 (POST /v3/auth/tokens, `X-Subject-Token`, the `object-store` entry of the
+//! service catalog) through the test bed's Keystone and a Swift proxy that takes
+//! its tokens (e2e `swift_through_keystone_holds_the_repository_and_restic_reads_it_there`).
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
