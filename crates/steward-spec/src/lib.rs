@@ -12,6 +12,7 @@ mod alert;
 mod autoscale;
 mod backup;
 mod check;
+mod cloud;
 mod condition;
 mod converge;
 mod diag;
@@ -31,6 +32,7 @@ pub use autoscale::{
     ScaleSelect,
 };
 pub use backup::{Backup, DEFAULT_STORE, Drill, Keep, Source, Store, StoreKind};
+pub use cloud::{Cloud, OpenStackPlacement, Placement, ServerNetworks};
 pub use condition::{
     Condition, ConditionError, Observed, Op, Operand, PathSeg, Placeholder, Selector, Verdict,
 };

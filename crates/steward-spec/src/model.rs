@@ -39,6 +39,8 @@ pub struct Spec {
     pub rules: BTreeMap<String, crate::rule::Rule>,
     /// `[remote_write.*]`, by name.
     pub remote_writes: BTreeMap<String, crate::remote_write::RemoteWrite>,
+    /// `[cloud.*]`, by name.
+    pub clouds: BTreeMap<String, crate::cloud::Cloud>,
 }
 
 /// `[steward]`: process-wide settings.

@@ -128,6 +128,8 @@ pub struct Service {
     pub metrics: Option<crate::scrape::ServiceMetrics>,
     /// The instance count follows these metrics (none: it is set by hand).
     pub autoscale: Option<crate::autoscale::Autoscale>,
+    /// Where its instances run (`provider`).
+    pub placement: crate::cloud::Placement,
 }
 
 impl Service {
@@ -172,6 +174,24 @@ pub(crate) struct RawService {
     mounts: Vec<Spanned<String>>,
     metrics: Option<Spanned<crate::scrape::RawServiceMetrics>>,
     autoscale: Option<Spanned<crate::autoscale::RawAutoscale>>,
+    provider: Option<Spanned<String>>,
+    cloud: Option<Spanned<String>>,
+    flavor: Option<Spanned<String>>,
+    networks: Option<Spanned<RawNetworks>>,
+    port: Option<Spanned<u16>>,
+    #[serde(default)]
+    security_groups: Vec<String>,
+    key_name: Option<String>,
+    availability_zone: Option<String>,
+    config_drive: Option<Spanned<bool>>,
+}
+
+/// `networks`: `"none"` or a list of network names or ids.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawNetworks {
+    Keyword(String),
+    List(Vec<String>),
 }
 
 /// `replicas`: a count, or `{ min, max }` and nothing else. Deserialized by
@@ -262,8 +282,10 @@ pub(crate) fn service(
     images: &BTreeSet<&str>,
     checks: &BTreeMap<String, Arc<Check>>,
     taken: &mut BTreeMap<SocketAddr, String>,
+    clouds: &BTreeSet<&str>,
 ) -> Option<Service> {
     let before = d.errors.len();
+    let placement = placement(d, name, span, &raw, clouds);
     crate::validate::unknown_ref(d, &raw.image, "image", images);
     let command: Vec<String> = raw
         .command
@@ -507,7 +529,6 @@ pub(crate) fn service(
             None,
         );
     }
-    let _ = span;
     if d.errors.len() > before {
         return None;
     }
@@ -538,7 +559,164 @@ pub(crate) fn service(
         mounts,
         metrics,
         autoscale,
+        placement: placement.unwrap_or_default(),
     })
+}
+
+/// `provider` and the settings that go with it.
+fn placement(
+    d: &mut Diagnostics,
+    name: &str,
+    span: Range<usize>,
+    raw: &RawService,
+    clouds: &BTreeSet<&str>,
+) -> Option<crate::cloud::Placement> {
+    use crate::cloud::{OpenStackPlacement, Placement, ServerNetworks};
+    let provider = raw
+        .provider
+        .as_ref()
+        .map(|p| (p.get_ref().as_str(), p.span()));
+    match provider {
+        None | Some(("local", _)) => {
+            // Cloud settings on a local service are a mistake worth naming.
+            let stray = [
+                raw.cloud.as_ref().map(|c| ("cloud", c.span())),
+                raw.flavor.as_ref().map(|c| ("flavor", c.span())),
+                raw.networks.as_ref().map(|c| ("networks", c.span())),
+                raw.port.as_ref().map(|c| ("port", c.span())),
+                raw.config_drive
+                    .as_ref()
+                    .map(|c| ("config_drive", c.span())),
+            ];
+            for (key, s) in stray.into_iter().flatten() {
+                d.error(
+                    s,
+                    format!("service `{name}`: `{key}` is for services on a cloud"),
+                    "not for local instances",
+                    Some(
+                        "add provider = \"openstack\" (and a [cloud.NAME]) to run it on Nova"
+                            .into(),
+                    ),
+                );
+            }
+            if !raw.security_groups.is_empty()
+                || raw.key_name.is_some()
+                || raw.availability_zone.is_some()
+            {
+                d.error(
+                    span,
+                    format!("service `{name}`: security_groups, key_name and availability_zone are for services on a cloud"),
+                    "not for local instances",
+                    Some("add provider = \"openstack\"".into()),
+                );
+            }
+            Some(Placement::Local)
+        }
+        Some(("openstack", pspan)) => {
+            let before = d.errors.len();
+            let cloud = match &raw.cloud {
+                Some(c) => {
+                    crate::validate::unknown_ref(d, c, "cloud", clouds);
+                    c.get_ref().clone()
+                }
+                None if clouds.len() == 1 => clouds
+                    .iter()
+                    .next()
+                    .map(|c| c.to_string())
+                    .unwrap_or_default(),
+                None => {
+                    d.error(
+                        pspan.clone(),
+                        format!("service `{name}` runs on OpenStack but does not say which cloud"),
+                        "which [cloud.NAME]?",
+                        Some(if clouds.is_empty() {
+                            "describe the cloud in a [cloud.NAME] section (it may just name a clouds.yaml entry)".into()
+                        } else {
+                            format!("add cloud = one of: {}", clouds.iter().copied().collect::<Vec<_>>().join(", "))
+                        }),
+                    );
+                    String::new()
+                }
+            };
+            let flavor = match &raw.flavor {
+                Some(f) => f.get_ref().clone(),
+                None => {
+                    d.error(
+                        pspan.clone(),
+                        format!("service `{name}` runs on OpenStack and needs a `flavor`"),
+                        "no flavor",
+                        Some("e.g. flavor = \"m1.small\"".into()),
+                    );
+                    String::new()
+                }
+            };
+            let networks = match raw.networks.as_ref().map(|n| (n.get_ref(), n.span())) {
+                Some((RawNetworks::Keyword(k), _)) if k == "none" => ServerNetworks::None,
+                Some((RawNetworks::Keyword(k), s)) => {
+                    d.error(
+                        s,
+                        format!("networks = \"{k}\": the only word is \"none\""),
+                        "expected \"none\" or a list",
+                        Some("e.g. networks = [\"private\"]".into()),
+                    );
+                    ServerNetworks::Named(Vec::new())
+                }
+                Some((RawNetworks::List(l), s)) if l.is_empty() => {
+                    d.error(
+                        s,
+                        "an empty list of networks",
+                        "no network",
+                        Some("write networks = \"none\" for a server without one".into()),
+                    );
+                    ServerNetworks::Named(Vec::new())
+                }
+                Some((RawNetworks::List(l), _)) => ServerNetworks::Named(l.clone()),
+                None => {
+                    d.error(pspan.clone(), format!("service `{name}` runs on OpenStack and needs `networks`"), "which networks?", Some("the first network's fixed address is where steward reaches an instance, e.g. networks = [\"private\"]; \"none\" for none".into()));
+                    ServerNetworks::Named(Vec::new())
+                }
+            };
+            let port = match &raw.port {
+                Some(p) if *p.get_ref() == 0 => {
+                    d.error(p.span(), "port 0", "not a port", None);
+                    0
+                }
+                Some(p) => *p.get_ref(),
+                None => {
+                    d.error(pspan.clone(), format!("service `{name}` runs on OpenStack and needs the `port` its application listens on"), "which port?", Some("steward reaches an instance at its server's address and this port; {port} in the command is replaced by it".into()));
+                    0
+                }
+            };
+            if networks == ServerNetworks::None && (raw.readiness.is_some() || raw.listen.is_some())
+            {
+                d.error(pspan, format!("service `{name}` has no network, so steward cannot reach its instances for readiness checks or its proxy"), "networks = \"none\"", Some("name the network its servers are reached on".into()));
+            }
+            if raw.isolate || raw.memory.is_some() || !raw.mounts.is_empty() {
+                d.error(span, format!("service `{name}`: isolate, memory and mounts are for local instances (a server is isolated already; its flavor sets its memory)"), "not for servers", None);
+            }
+            (d.errors.len() == before).then(|| {
+                Placement::OpenStack(OpenStackPlacement {
+                    cloud,
+                    flavor,
+                    networks,
+                    port,
+                    security_groups: raw.security_groups.clone(),
+                    key_name: raw.key_name.clone(),
+                    availability_zone: raw.availability_zone.clone(),
+                    config_drive: raw.config_drive.as_ref().is_some_and(|c| *c.get_ref()),
+                })
+            })
+        }
+        Some((other, s)) => {
+            d.error(
+                s,
+                format!("unknown provider `{other}`"),
+                "expected local or openstack",
+                None,
+            );
+            None
+        }
+    }
 }
 
 #[cfg(test)]

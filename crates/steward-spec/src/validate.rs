@@ -29,6 +29,7 @@ const SECTIONS: &[&str] = &[
     "scrape",
     "rule",
     "remote_write",
+    "cloud",
 ];
 /// Sections that later capabilities add; named so the error can say so.
 const PLANNED: &[&str] = &["scale", "metrics"];
@@ -81,6 +82,7 @@ pub(crate) fn parse(
     let mut scrapes_raw: Vec<(String, Range<usize>, crate::scrape::RawScrape)> = Vec::new();
     let mut rules_raw: Vec<(String, Range<usize>, crate::rule::RawRule)> = Vec::new();
     let mut remote_raw: Vec<(String, crate::remote_write::RawRemoteWrite)> = Vec::new();
+    let mut clouds_raw: Vec<(String, crate::cloud::RawCloud)> = Vec::new();
 
     for (key, value) in root {
         let kspan = key.span();
@@ -93,7 +95,7 @@ pub(crate) fn parse(
                 }
             }
             "check" | "alert" | "maintenance" | "converge" | "store" | "backup" | "image"
-            | "service" | "scrape" | "rule" | "remote_write" => {
+            | "service" | "scrape" | "rule" | "remote_write" | "cloud" => {
                 let vspan = value.span();
                 let DeValue::Table(entries) = value.into_inner() else {
                     d.error(
@@ -163,6 +165,11 @@ pub(crate) fn parse(
                         "rule" => {
                             if let Some(c) = de::<crate::rule::RawRule>(&mut d, evalue) {
                                 rules_raw.push((ename, espan, c));
+                            }
+                        }
+                        "cloud" => {
+                            if let Some(c) = de::<crate::cloud::RawCloud>(&mut d, evalue) {
+                                clouds_raw.push((ename, c));
                             }
                         }
                         "remote_write" => {
@@ -310,6 +317,15 @@ pub(crate) fn parse(
         }
     }
 
+    // Services name every declared cloud, valid or not (its own errors say what is wrong).
+    let declared_clouds: Vec<String> = clouds_raw.iter().map(|(n, _)| n.clone()).collect();
+    let cloud_names: BTreeSet<&str> = declared_clouds.iter().map(String::as_str).collect();
+    let mut clouds = BTreeMap::new();
+    for (name, raw) in clouds_raw {
+        if let Some(c) = crate::cloud::cloud(&mut d, &name, raw, resolver) {
+            clouds.insert(name, c);
+        }
+    }
     let image_names: BTreeSet<&str> = images.keys().map(String::as_str).collect();
     let mut services = BTreeMap::new();
     let mut taken = BTreeMap::from([(settings.listen, "steward's own API".to_string())]);
@@ -323,6 +339,7 @@ pub(crate) fn parse(
             &image_names,
             &out_checks,
             &mut taken,
+            &cloud_names,
         ) {
             services.insert(name, s);
         }
@@ -361,6 +378,7 @@ pub(crate) fn parse(
         scrapes,
         rules,
         remote_writes,
+        clouds,
     })
 }
 

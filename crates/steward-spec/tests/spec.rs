@@ -211,6 +211,7 @@ fn readme_documents_every_key() {
             "[scrape.x]\nurl = \"http://127.0.0.1:1/metrics\"\nzzzzzzzzzzzz = 1\n",
         ),
         ("rule", "[rule.x]\nexpr = \"up\"\nzzzzzzzzzzzz = 1\n"),
+        ("cloud", "[cloud.x]\nzzzzzzzzzzzz = 1\n"),
         (
             "remote_write",
             "[remote_write.x]\nurl = \"http://127.0.0.1:1/api/v1/write\"\nzzzzzzzzzzzz = 1\n",

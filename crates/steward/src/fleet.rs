@@ -499,7 +499,12 @@ pub(crate) fn down(spec_path: &Path) -> u8 {
         Ok(s) => s,
         Err(c) => return c,
     };
-    let provider = Local::new(&spec.settings.state_dir);
+    // Servers on a cloud are destroyed there, local instances here.
+    let provider = steward_fleet::provider::Providers::for_spec(
+        &spec,
+        std::sync::Arc::new(steward_spec::OsResolver),
+        std::sync::Arc::new(Local::new(&spec.settings.state_dir)),
+    );
     let rows = match store.fleet_instances(None) {
         Ok(rows) => rows,
         Err(e) => {

@@ -175,8 +175,12 @@ pub(crate) async fn run(spec_path: &Path, listen: Option<SocketAddr>) -> u8 {
         spec: spec.clone(),
         store: store.clone(),
         resolver: resolver.clone(),
-        provider: Arc::new(steward_fleet::provider::Local::new(
-            &spec.settings.state_dir,
+        provider: Arc::new(steward_fleet::provider::Providers::for_spec(
+            &spec,
+            resolver.clone(),
+            Arc::new(steward_fleet::provider::Local::new(
+                &spec.settings.state_dir,
+            )),
         )),
         provider_timeout: steward_fleet::controller::PROVIDER_TIMEOUT,
         prober: Prober::new(resolver.clone()),

@@ -85,6 +85,7 @@ impl ServiceLoop {
             spec: self.fleet.spec.clone(),
             image: self.image.clone(),
             digest: digest.to_string(),
+            service: self.svc.name.clone(),
             resolver: self.fleet.resolver.clone(),
         };
         let published = self

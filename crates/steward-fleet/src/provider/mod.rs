@@ -7,6 +7,10 @@
 //! - [`Local`] runs instances on this machine as supervised processes, each in
 //!   its own copy of the unpacked image, on its own loopback port, in its own
 //!   process group (it outlives a `kill -9` of steward and is adopted again);
+//! - [`OpenStack`] makes them Nova servers on one `[cloud.NAME]`, from the
+//!   build uploaded to Glance;
+//! - [`Providers`] sends each call to the provider of the service (or of the
+//!   instance's record): the one the fleet holds when clouds are in the spec;
 //! - [`recording::Recording`] runs nothing: it records every call, answers on
 //!   loopback for each started instance, and fails on command — the fleet's
 //!   tests drive the controller through it to prove the controller does not
@@ -16,6 +20,7 @@
 //! that hangs (a cloud API, a stuck `destroy`) cannot stall a service.
 
 mod local;
+mod openstack;
 pub mod recording;
 
 use std::future::Future;
@@ -26,9 +31,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use steward_spec::{Image, Resolver, Service, Spec};
+use steward_spec::{Image, Placement, Resolver, Service, Spec};
 
 pub use local::{Local, expand, free_port};
+pub use openstack::{OpenStack, cloud_config, digest_tag, fleet_tag, user_data};
 
 /// Why a provider step failed.
 #[derive(Debug, thiserror::Error)]
@@ -105,6 +111,8 @@ pub struct Publish {
     pub image: Image,
     /// The build to publish.
     pub digest: String,
+    /// The service it is published for (which provider runs it).
+    pub service: String,
     /// Secret references.
     pub resolver: Arc<dyn Resolver>,
 }
@@ -197,4 +205,149 @@ pub struct Usage {
     pub memory_bytes: u64,
     /// Open file descriptors.
     pub open_fds: u64,
+}
+
+/// Every provider the spec's services use, each call sent to the right one:
+/// by the service's `provider` for `publish` and `create`, by the instance's
+/// record (a cloud's records name it) for the rest. `list` is all of theirs.
+pub struct Providers {
+    local: Arc<dyn Provider>,
+    clouds: std::collections::BTreeMap<String, Arc<dyn Provider>>,
+    services: std::collections::BTreeMap<String, Placement>,
+}
+
+impl Providers {
+    /// Local instances by `local`, and an [`OpenStack`] provider for each
+    /// `[cloud.NAME]` (disk images made under the state directory).
+    pub fn for_spec(
+        spec: &Spec,
+        resolver: Arc<dyn Resolver>,
+        local: Arc<dyn Provider>,
+    ) -> Providers {
+        let cache = spec.settings.state_dir.join("fleet/openstack");
+        let tag = fleet_tag(&spec.settings.state_dir);
+        let clouds = spec
+            .clouds
+            .values()
+            .map(|c| {
+                let p: Arc<dyn Provider> = Arc::new(OpenStack::new(
+                    c.clone(),
+                    resolver.clone(),
+                    cache.clone(),
+                    tag.clone(),
+                ));
+                (c.name.clone(), p)
+            })
+            .collect();
+        Providers::new(spec, local, clouds)
+    }
+
+    /// `local` and the given cloud providers (by `[cloud.NAME]`).
+    pub fn new(
+        spec: &Spec,
+        local: Arc<dyn Provider>,
+        clouds: std::collections::BTreeMap<String, Arc<dyn Provider>>,
+    ) -> Providers {
+        Providers {
+            local,
+            clouds,
+            services: spec
+                .services
+                .values()
+                .map(|s| (s.name.clone(), s.placement.clone()))
+                .collect(),
+        }
+    }
+
+    fn by_placement(
+        &self,
+        id: &str,
+        placement: Option<&Placement>,
+    ) -> Result<&dyn Provider, ProviderError> {
+        match placement {
+            None | Some(Placement::Local) => Ok(self.local.as_ref()),
+            Some(Placement::OpenStack(p)) => self
+                .clouds
+                .get(&p.cloud)
+                .map(|c| c.as_ref())
+                .ok_or_else(|| ProviderError::Refused {
+                    id: id.to_string(),
+                    reason: format!("cloud `{}` is not in the spec", p.cloud),
+                }),
+        }
+    }
+
+    fn by_handle(&self, h: &InstanceHandle) -> &dyn Provider {
+        h.data
+            .get("cloud")
+            .and_then(|c| c.as_str())
+            .and_then(|c| self.clouds.get(c))
+            .map_or(self.local.as_ref(), |c| c.as_ref())
+    }
+}
+
+impl Provider for Providers {
+    fn publish<'a>(&'a self, image: &'a Publish) -> ProviderFuture<'a, ImageRef> {
+        match self.by_placement(&image.service, self.services.get(&image.service)) {
+            Ok(p) => p.publish(image),
+            Err(e) => Box::pin(async move { Err(e) }),
+        }
+    }
+
+    fn create<'a>(
+        &'a self,
+        spec: InstanceSpec<'a>,
+        image: &'a ImageRef,
+    ) -> ProviderFuture<'a, InstanceHandle> {
+        match self.by_placement(spec.id, Some(&spec.service.placement)) {
+            Ok(p) => p.create(spec, image),
+            Err(e) => Box::pin(async move { Err(e) }),
+        }
+    }
+
+    fn start<'a>(
+        &'a self,
+        handle: &'a InstanceHandle,
+        spec: InstanceSpec<'a>,
+    ) -> ProviderFuture<'a, InstanceHandle> {
+        self.by_handle(handle).start(handle, spec)
+    }
+
+    fn status<'a>(&'a self, handle: &'a InstanceHandle) -> ProviderFuture<'a, Status> {
+        self.by_handle(handle).status(handle)
+    }
+
+    fn stop<'a>(
+        &'a self,
+        handle: &'a InstanceHandle,
+        grace: Duration,
+    ) -> ProviderFuture<'a, InstanceHandle> {
+        self.by_handle(handle).stop(handle, grace)
+    }
+
+    fn destroy<'a>(&'a self, handle: &'a InstanceHandle) -> ProviderFuture<'a, ()> {
+        self.by_handle(handle).destroy(handle)
+    }
+
+    fn list(&self) -> ProviderFuture<'_, Vec<InstanceHandle>> {
+        Box::pin(async move {
+            let mut all = self.local.list().await?;
+            for c in self.clouds.values() {
+                all.extend(c.list().await?);
+            }
+            Ok(all)
+        })
+    }
+
+    fn describe(&self, handle: &InstanceHandle) -> String {
+        self.by_handle(handle).describe(handle)
+    }
+
+    fn log_path(&self, handle: &InstanceHandle) -> Option<PathBuf> {
+        self.by_handle(handle).log_path(handle)
+    }
+
+    fn usage(&self, handle: &InstanceHandle) -> Option<Usage> {
+        self.by_handle(handle).usage(handle)
+    }
 }

@@ -76,15 +76,23 @@ stop_timeout = "2s"
 }
 
 /// The fleet controller for `api`, under a supervisor, until dropped.
-struct Running {
-    store: Arc<Store>,
+pub(crate) struct Running {
+    pub(crate) store: Arc<Store>,
     cancel: CancellationToken,
     task: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Running {
     async fn start(p: &Project, provider: Arc<dyn Provider>) -> Running {
-        let spec = p.spec();
+        Running::with(p.spec(), provider, Duration::from_secs(1)).await
+    }
+
+    /// The fleet of `spec` on `provider`, each provider call cut off after `timeout`.
+    pub(crate) async fn with(
+        spec: Arc<Spec>,
+        provider: Arc<dyn Provider>,
+        timeout: Duration,
+    ) -> Running {
         let store = Arc::new(Store::open(&spec.settings.state_dir).unwrap());
         let resolver: Arc<dyn steward_spec::Resolver> = Arc::new(OsResolver);
         let fleet = Fleet {
@@ -92,7 +100,7 @@ impl Running {
             store: store.clone(),
             resolver: resolver.clone(),
             provider,
-            provider_timeout: Duration::from_secs(1),
+            provider_timeout: timeout,
             prober: steward_health::Prober::new(resolver),
             metrics: Default::default(),
             proxy_metrics: Default::default(),
@@ -110,14 +118,14 @@ impl Running {
         }
     }
 
-    async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         self.cancel.cancel();
         if let Some(t) = self.task.take() {
             t.await.unwrap();
         }
     }
 
-    fn target(&self) -> Option<String> {
+    pub(crate) fn target(&self) -> Option<String> {
         self.store
             .fleet_service("api")
             .unwrap()
@@ -125,7 +133,7 @@ impl Running {
     }
 
     /// Instances by state, from the store.
-    fn states(&self) -> Vec<(String, InstanceState, String)> {
+    pub(crate) fn states(&self) -> Vec<(String, InstanceState, String)> {
         self.store
             .fleet_instances(Some("api"))
             .unwrap()
@@ -134,7 +142,7 @@ impl Running {
             .collect()
     }
 
-    fn desired(&self) -> u32 {
+    pub(crate) fn desired(&self) -> u32 {
         self.store
             .fleet_service("api")
             .unwrap()
@@ -144,7 +152,7 @@ impl Running {
 
     /// Converged: as many ready instances of the target as desired, nothing
     /// starting, draining or failed, no deploy running.
-    fn settled(&self) -> bool {
+    pub(crate) fn settled(&self) -> bool {
         let Some(target) = self.target() else {
             return false;
         };
@@ -173,7 +181,7 @@ impl Drop for Running {
 }
 
 /// Polls `f` (async-friendly) until it holds; fails after `secs`.
-async fn until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+pub(crate) async fn until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(secs);
     while !f() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");

@@ -1,0 +1,388 @@
+//! The fleet controller on the test bed's real OpenStack (Keystone, Glance,
+//! Nova with the fake driver): the same controller and planner as for local
+//! instances, through the OpenStack provider.
+//!
+//! FakeDriver servers are database rows with no process, so nothing runs the
+//! service's command. The test plays the application instead: for each of the
+//! fleet's ACTIVE servers it listens on the server's fixed address (a loopback
+//! address the Neutron stand-in gave it) and the service's port, and answers
+//! the readiness check — except for servers of a build it was told is broken.
+//! Health gating, rollouts and reverts then run exactly as they would against
+//! real servers.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use steward_fleet::provider::{Local, Provider, Providers, digest_tag, fleet_tag};
+use steward_fleet::requests::{DeployKind, request_deploy};
+use steward_openstack::{Compute, Images, Session};
+use steward_spec::{OsResolver, Spec};
+use steward_state::{FleetState, InstanceState};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use steward_state::EventLog;
+
+use crate::controller::Running;
+
+/// The fleet's last events, oldest first: what a failed wait prints.
+fn story(r: &Running) -> String {
+    let mut events = r
+        .store
+        .events(&steward_state::EventQuery {
+            limit: 30,
+            ..Default::default()
+        })
+        .unwrap();
+    events.reverse();
+    events
+        .iter()
+        .map(|e| format!("  {} {}", e.event.kind, e.event.message))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Polls until `f` holds; fails after `secs` with the fleet's story.
+async fn until(r: &Running, what: &str, secs: u64, f: impl Fn(&Running) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !f(r) {
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}: {:?}\n{}",
+            r.states(),
+            story(r)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Project {
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+impl Project {
+    fn new() -> Project {
+        for v in ["STEWARD_TEST_OS_AUTH_URL", "STEWARD_TEST_OS_DEMO_PASSWORD"] {
+            assert!(
+                std::env::var(v).is_ok(),
+                "{v} is not set: run the tests through scripts/test (or source <(scripts/testbed env))"
+            );
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        std::fs::write(dir.path().join("index.html"), "v1\n").unwrap();
+        let spec = format!(
+            r#"
+[steward]
+state_dir = "state"
+
+[cloud.test]
+auth_url = "${{env:STEWARD_TEST_OS_AUTH_URL}}"
+username = "demo"
+password = "${{env:STEWARD_TEST_OS_DEMO_PASSWORD}}"
+project = "demo"
+region = "RegionOne"
+boot_timeout = "150s"
+
+[check.ready]
+type = "http"
+url = "http://127.0.0.1:1/index.html"
+interval = "300ms"
+timeout = "1s"
+conditions = ["[STATUS] == 200"]
+
+[image.app]
+base = "empty"
+artifacts = [{{ from = "index.html", to = "/index.html" }}]
+
+[service.api]
+provider = "openstack"
+flavor = "steward.tiny"
+networks = ["steward-test"]
+port = {port}
+image = "app"
+command = ["/bin/app", "--listen", "{{addr}}"]
+replicas = 2
+readiness = "ready"
+health_grace = "1s"
+rollout = {{ max_parallel = 1, min_healthy_time = "500ms", healthy_deadline = "15s", progress_deadline = "600s" }}
+drain_timeout = "1s"
+stop_timeout = "2s"
+"#
+        );
+        std::fs::write(dir.path().join("steward.toml"), spec).unwrap();
+        Project { dir, port }
+    }
+
+    fn spec(&self) -> Arc<Spec> {
+        Arc::new(Spec::load(&self.dir.path().join("steward.toml")).unwrap())
+    }
+
+    fn new_version(&self, n: u32) -> String {
+        std::fs::write(self.dir.path().join("index.html"), format!("v{n}\n")).unwrap();
+        let spec = self.spec();
+        steward_image::build(&spec, &spec.images["app"], &OsResolver, &mut |_| {})
+            .unwrap()
+            .manifest
+            .digest
+    }
+}
+
+/// The cloud as the test sees it (the same project steward uses).
+fn nova(spec: &Spec) -> Compute {
+    let config = steward_fleet::provider::cloud_config(&spec.clouds["test"], &OsResolver).unwrap();
+    Compute::new(Arc::new(Session::new(config).unwrap()))
+}
+
+/// Plays the application of every ACTIVE server of the fleet: listens on its
+/// address and the service's port and answers 200, unless its build is in
+/// `broken`. Stops with the returned guard.
+struct App {
+    broken: Arc<Mutex<BTreeSet<String>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl App {
+    fn start(nova: Compute, tag: String, port: u16) -> App {
+        let broken: Arc<Mutex<BTreeSet<String>>> = Default::default();
+        let b = broken.clone();
+        let task = tokio::spawn(async move {
+            let mut serving: BTreeMap<String, tokio::task::JoinHandle<()>> = BTreeMap::new();
+            loop {
+                if let Ok(servers) = nova.list(&tag).await {
+                    let live: BTreeSet<String> = servers.iter().map(|s| s.id.clone()).collect();
+                    serving.retain(|id, t| {
+                        let keep = live.contains(id);
+                        if !keep {
+                            t.abort();
+                        }
+                        keep
+                    });
+                    for s in servers.iter().filter(|s| s.status == "ACTIVE") {
+                        let digest = s
+                            .metadata
+                            .get("steward_digest")
+                            .cloned()
+                            .unwrap_or_default();
+                        if serving.contains_key(&s.id) || b.lock().unwrap().contains(&digest) {
+                            continue;
+                        }
+                        let Some(ip) = s.fixed_ipv4(Some("steward-test")) else {
+                            continue;
+                        };
+                        let addr: SocketAddr = format!("{ip}:{port}").parse().unwrap();
+                        if let Ok(l) = tokio::net::TcpListener::bind(addr).await {
+                            serving.insert(s.id.clone(), tokio::spawn(answer(l, digest)));
+                        }
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        });
+        App { broken, task }
+    }
+}
+
+impl Drop for App {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn answer(l: tokio::net::TcpListener, digest: String) {
+    while let Ok((mut s, _)) = l.accept().await {
+        let body = format!("{digest}\n");
+        tokio::spawn(async move {
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf).await;
+            let reply = format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = s.write_all(reply.as_bytes()).await;
+        });
+    }
+}
+
+/// The fleet's servers in Nova: instance id → (server status, digest).
+async fn servers(nova: &Compute, tag: &str) -> BTreeMap<String, (String, String)> {
+    nova.list(tag)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| {
+            (
+                s.metadata["steward_instance"].clone(),
+                (s.status.clone(), s.metadata["steward_digest"].clone()),
+            )
+        })
+        .collect()
+}
+
+/// Nova holds exactly what the records say: every recorded instance is a
+/// server of the same build, ACTIVE when ready, SHUTOFF when parked, and no
+/// server of the fleet is unrecorded. Returns the ready instances' builds.
+async fn agrees(r: &Running, nova: &Compute, tag: &str) -> Vec<String> {
+    let in_nova = servers(nova, tag).await;
+    let rows = r.store.fleet_instances(Some("api")).unwrap();
+    let recorded: BTreeSet<&String> = rows.iter().map(|r| &r.id).collect();
+    assert_eq!(
+        in_nova.keys().collect::<BTreeSet<_>>(),
+        recorded,
+        "Nova and the records: {in_nova:?}"
+    );
+    let mut ready = Vec::new();
+    for row in &rows {
+        let (status, digest) = &in_nova[&row.id];
+        assert_eq!(digest, &row.digest, "{}", row.id);
+        match row.state {
+            InstanceState::Ready => {
+                assert_eq!(status, "ACTIVE", "{}", row.id);
+                ready.push(row.digest.clone());
+            }
+            InstanceState::Parked => assert_eq!(status, "SHUTOFF", "{}", row.id),
+            other => panic!("{} is {other:?} after the fleet settled", row.id),
+        }
+    }
+    ready
+}
+
+/// One deploy to `digest`, watched until it ends: its result.
+async fn deploy(r: &Running, spec: &Spec, digest: &str, watch: impl Fn(&Running)) -> String {
+    request_deploy(
+        &*r.store,
+        &spec.services["api"],
+        digest,
+        "test",
+        DeployKind::Deploy,
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(400);
+    loop {
+        watch(r);
+        let result = r
+            .store
+            .fleet_deploys(Some("api"), 10)
+            .unwrap()
+            .into_iter()
+            .find(|d| d.to_digest == digest)
+            .and_then(|d| d.result);
+        if let Some(result) = result
+            && r.settled()
+        {
+            return result;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the deploy did not end: {:?}\n{}",
+            r.states(),
+            story(r)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn servers_roll_from_v1_to_v2_and_a_broken_v3_is_reverted() {
+    let p = Project::new();
+    let spec = p.spec();
+    let tag = fleet_tag(&spec.settings.state_dir);
+    let nova = nova(&spec);
+    let app = App::start(nova.clone(), tag.clone(), p.port);
+    let provider: Arc<dyn Provider> = Arc::new(Providers::for_spec(
+        &spec,
+        Arc::new(OsResolver),
+        Arc::new(Local::new(&spec.settings.state_dir)),
+    ));
+    let r = Running::with(spec.clone(), provider.clone(), Duration::from_secs(200)).await;
+
+    // Two servers of v1, ready through the readiness check on their addresses.
+    r.store
+        .fleet_set_replicas("api", 2, steward_state::now_ms())
+        .unwrap();
+    until(&r, "two ready servers of v1", 300, |r| r.settled()).await;
+    let v1 = r.target().unwrap();
+    let rows = r.store.fleet_instances(Some("api")).unwrap();
+    for row in &rows {
+        let addr: SocketAddr = row.addr.parse().unwrap();
+        assert_eq!(addr.port(), p.port);
+        assert!(
+            addr.ip().to_string().starts_with("127.0.1."),
+            "{}",
+            row.addr
+        );
+        assert!(
+            provider
+                .describe(&steward_fleet::controller::handle(row))
+                .contains("on cloud test")
+        );
+    }
+    assert_eq!(agrees(&r, &nova, &tag).await, [v1.clone(), v1.clone()]);
+    let first: BTreeSet<String> = rows.iter().map(|r| r.id.clone()).collect();
+    let images = Images::new(nova.session().clone());
+    let v1_images = images.with_tag(&digest_tag(&v1)).await.unwrap();
+    assert_eq!(v1_images.len(), 1, "one Glance image per build");
+    assert_eq!(v1_images[0].properties["steward_image"], "app");
+
+    // v2 replaces them one by one; two stay ready throughout.
+    let v2 = p.new_version(2);
+    let result = deploy(&r, &spec, &v2, |r| {
+        let ready = r
+            .states()
+            .iter()
+            .filter(|(_, s, _)| *s == InstanceState::Ready)
+            .count();
+        assert!(ready >= 2, "two keep serving: {:?}", r.states());
+    })
+    .await;
+    assert_eq!(result, "succeeded");
+    assert_eq!(agrees(&r, &nova, &tag).await, [v2.clone(), v2.clone()]);
+    let ready_now: Vec<String> = r
+        .states()
+        .into_iter()
+        .filter(|(_, s, _)| *s == InstanceState::Ready)
+        .map(|(id, _, _)| id)
+        .collect();
+    assert!(
+        ready_now.iter().all(|id| !first.contains(id)),
+        "new servers serve v2"
+    );
+
+    // v3's application never answers: its server fails the gate, the deploy
+    // is reverted, and no server of v3 is left in Nova.
+    let v3 = p.new_version(3);
+    app.broken.lock().unwrap().insert(v3.clone());
+    let result = deploy(&r, &spec, &v3, |_| {}).await;
+    assert_eq!(result, "reverted");
+    assert_eq!(r.target().as_deref(), Some(v2.as_str()));
+    assert_eq!(agrees(&r, &nova, &tag).await, [v2.clone(), v2.clone()]);
+    assert!(
+        servers(&nova, &tag).await.values().all(|(_, d)| *d != v3),
+        "no server of v3 is left"
+    );
+
+    // Everything goes, Nova's side included.
+    r.stop().await;
+    let store = steward_state::Store::open(&spec.settings.state_dir).unwrap();
+    for row in store.fleet_instances(None).unwrap() {
+        let h = steward_fleet::controller::handle(&row);
+        provider.destroy(&h).await.unwrap();
+    }
+    assert!(servers(&nova, &tag).await.is_empty());
+    for d in [&v1, &v2, &v3] {
+        for i in images.with_tag(&digest_tag(d)).await.unwrap() {
+            images.delete(&i.id).await.unwrap();
+        }
+    }
+    drop(app);
+}
