@@ -290,14 +290,16 @@ impl Compute {
             .ok_or_else(|| Error::Invalid("Nova's answer to a create has no server id".into()))
     }
 
-    /// The server, or `None` when Nova does not know it (deleted).
+    /// The server, or `None` when Nova does not know it or shows it `DELETED`.
     pub async fn get(&self, id: &str) -> Result<Option<Server>, Error> {
         match self
             .session
             .send(self.call(Method::GET, format!("/servers/{id}")).await?)
             .await
         {
-            Ok(a) => Server::from_json(&a.json()?["server"]).map(Some),
+            // Just after a delete Nova may still show it, as DELETED: gone.
+            Ok(a) => Server::from_json(&a.json()?["server"])
+                .map(|s| (s.status != "DELETED").then_some(s)),
             Err(Error::Api { status: 404, .. }) => Ok(None),
             Err(e) => Err(e),
         }
@@ -323,7 +325,7 @@ impl Compute {
         loop {
             match self.get(id).await? {
                 None => return Ok(()),
-                Some(s) if s.status == "DELETED" || s.status == "SOFT_DELETED" => return Ok(()),
+                Some(s) if s.status == "SOFT_DELETED" => return Ok(()),
                 Some(s) if s.status == "ERROR" && s.task_state.is_none() => {
                     // A delete that failed leaves the server in ERROR: ask again.
                     self.delete(id).await?;
@@ -341,7 +343,7 @@ impl Compute {
         }
     }
 
-    /// Every server carrying `tag`, all pages.
+    /// Every server carrying `tag`, all pages (not those already `DELETED`).
     pub async fn list(&self, tag: &str) -> Result<Vec<Server>, Error> {
         let mut out = Vec::new();
         let mut marker: Option<String> = None;
@@ -357,7 +359,11 @@ impl Compute {
                 .json()?;
             let page = doc["servers"].as_array().cloned().unwrap_or_default();
             for s in &page {
-                out.push(Server::from_json(s)?);
+                let server = Server::from_json(s)?;
+                // A server being deleted can show as DELETED for a moment: it is gone.
+                if server.status != "DELETED" {
+                    out.push(server);
+                }
             }
             let more = doc["servers_links"]
                 .as_array()

@@ -351,6 +351,116 @@ pub(crate) fn status(spec_path: &Path, json: bool) -> u8 {
     exit::OK
 }
 
+/// `steward fleet orphans [--delete]`: what carries this steward's tag on
+/// the spec's clouds but is in no record (a server made by a steward killed
+/// before it recorded the instance, an image of a build nothing uses).
+pub(crate) fn orphans(spec_path: &Path, delete: bool, json: bool) -> u8 {
+    use std::collections::BTreeSet;
+    let spec = match crate::load_spec(spec_path) {
+        Ok(s) => s,
+        Err(c) => return c,
+    };
+    let store = match open(&spec) {
+        Ok(s) => s,
+        Err(c) => return c,
+    };
+    if spec.clouds.is_empty() {
+        eprintln!("error: the spec has no [cloud.NAME]: nothing runs anywhere but here");
+        return exit::USAGE;
+    }
+    let services: Result<Vec<_>, _> = spec
+        .services
+        .keys()
+        .map(|name| store.fleet_service(name))
+        .collect();
+    let (rows, services) = match (store.fleet_instances(None), services) {
+        (Ok(r), Ok(s)) => (r, s.into_iter().flatten().collect::<Vec<_>>()),
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("error: cannot read the fleet's records: {e}");
+            return exit::FAILED;
+        }
+    };
+    let instances: BTreeSet<String> = rows.iter().map(|r| r.id.clone()).collect();
+    let digests: BTreeSet<String> = rows
+        .iter()
+        .map(|r| r.digest.clone())
+        .chain(
+            services
+                .iter()
+                .flat_map(|s| [s.target.clone(), s.previous.clone()])
+                .flatten(),
+        )
+        .collect();
+    let tag = steward_fleet::provider::fleet_tag(&spec.settings.state_dir);
+    let resolver: std::sync::Arc<dyn steward_spec::Resolver> =
+        std::sync::Arc::new(steward_spec::OsResolver);
+    let rt = crate::runtime();
+    let mut code = exit::OK;
+    let mut all = Vec::new();
+    for cloud in spec.clouds.values() {
+        let provider = steward_fleet::provider::OpenStack::new(
+            cloud.clone(),
+            resolver.clone(),
+            spec.settings.state_dir.join("fleet/openstack"),
+            tag.clone(),
+        );
+        let found = match rt.block_on(provider.orphans(&instances, &digests)) {
+            Ok(f) => f,
+            Err(e) => {
+                eprintln!("error: cloud {}: {e}", cloud.name);
+                code = exit::FAILED;
+                continue;
+            }
+        };
+        for o in found {
+            let deleted = if delete {
+                match rt.block_on(provider.delete_orphan(&o)) {
+                    Ok(()) => Some(true),
+                    Err(e) => {
+                        eprintln!("error: cloud {}: {} {}: {e}", o.cloud, o.kind, o.id);
+                        code = exit::FAILED;
+                        Some(false)
+                    }
+                }
+            } else {
+                None
+            };
+            all.push((o, deleted));
+        }
+    }
+    if json {
+        let out: Vec<serde_json::Value> = all
+            .iter()
+            .map(|(o, d)| {
+                let mut v = serde_json::to_value(o).unwrap_or_default();
+                if let Some(d) = d {
+                    v["deleted"] = serde_json::json!(d);
+                }
+                v
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+    } else if all.is_empty() {
+        println!("no orphans: every server and image with this steward's tag is in its records");
+    } else {
+        for (o, d) in &all {
+            let done = match d {
+                Some(true) => " — deleted",
+                Some(false) => " — NOT deleted",
+                None => "",
+            };
+            println!(
+                "{}  {:<6}  {}  {}: {}{done}",
+                o.cloud, o.kind, o.id, o.name, o.why
+            );
+        }
+        if !delete {
+            println!("(steward fleet orphans --delete removes them)");
+        }
+    }
+    code
+}
+
 /// `steward fleet history`.
 pub(crate) fn history(spec_path: &Path, name: Option<&str>, json: bool) -> u8 {
     let spec = match crate::load_spec(spec_path) {

@@ -204,6 +204,16 @@ enum FleetCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Servers and images on the spec's clouds that carry this steward's tag
+    /// but that its state does not know.
+    Orphans {
+        /// Delete them (servers until Nova no longer shows them).
+        #[arg(long)]
+        delete: bool,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -571,6 +581,7 @@ fn main() -> ExitCode {
         },
         Command::Fleet { action } => match action {
             FleetCommand::Status { json } => fleet::status(&cli.spec, json),
+            FleetCommand::Orphans { delete, json } => fleet::orphans(&cli.spec, delete, json),
             FleetCommand::History { service, json } => {
                 fleet::history(&cli.spec, service.as_deref(), json)
             }

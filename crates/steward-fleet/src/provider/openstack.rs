@@ -235,7 +235,11 @@ impl OpenStack {
                 name: format!("steward-{}-{}", p.image.name, short(&p.digest)),
                 disk_format: "raw".into(),
                 container_format: "bare".into(),
-                tags: vec!["steward".into(), digest_tag(&p.digest)],
+                tags: vec![
+                    "steward".into(),
+                    digest_tag(&p.digest),
+                    self.fleet_tag.clone(),
+                ],
                 properties: [
                     ("steward_image".to_string(), p.image.name.clone()),
                     ("steward_digest".to_string(), p.digest.clone()),
@@ -361,6 +365,95 @@ pub fn user_data(id: &str, service: &Service, port: u16, env: &[(String, String)
         },
         block(&unit)
     )
+}
+
+/// Something on a cloud that carries this steward's tag but that its state
+/// does not know.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Orphan {
+    /// The `[cloud.NAME]`.
+    pub cloud: String,
+    /// `server` or `image`.
+    pub kind: &'static str,
+    /// Nova's or Glance's id.
+    pub id: String,
+    /// Its name.
+    pub name: String,
+    /// Why it counts as an orphan.
+    pub why: String,
+}
+
+impl OpenStack {
+    /// Servers with this steward's tag whose instance no record holds, and
+    /// images it uploaded whose build no service runs, keeps for a rollback or
+    /// has an instance of — unless a server still boots from it.
+    pub async fn orphans(
+        &self,
+        instances: &std::collections::BTreeSet<String>,
+        digests: &std::collections::BTreeSet<String>,
+    ) -> Result<Vec<Orphan>, String> {
+        let c = self.clients().await?;
+        let servers = c
+            .compute
+            .list(&self.fleet_tag)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut out = Vec::new();
+        for s in &servers {
+            let why = match s.metadata.get("steward_instance") {
+                None => "a server with this steward's tag but no instance id".to_string(),
+                Some(i) if !instances.contains(i) => format!("instance {i} is in no record"),
+                Some(_) => continue,
+            };
+            out.push(Orphan {
+                cloud: self.cloud.name.clone(),
+                kind: "server",
+                id: s.id.clone(),
+                name: s.name.clone(),
+                why,
+            });
+        }
+        let booted: std::collections::BTreeSet<&str> = servers
+            .iter()
+            .filter_map(|s| s.image_id.as_deref())
+            .collect();
+        for i in c
+            .images
+            .with_tag(&self.fleet_tag)
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            let digest = i
+                .properties
+                .get("steward_digest")
+                .cloned()
+                .unwrap_or_default();
+            if digests.contains(&digest) || booted.contains(i.id.as_str()) {
+                continue;
+            }
+            out.push(Orphan {
+                cloud: self.cloud.name.clone(),
+                kind: "image",
+                id: i.id,
+                name: i.name,
+                why: format!("build {} is not run, kept or recorded", short(&digest)),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Deletes an orphan (a server: until Nova no longer shows it).
+    pub async fn delete_orphan(&self, o: &Orphan) -> Result<(), String> {
+        let c = self.clients().await?;
+        match o.kind {
+            "server" => c
+                .compute
+                .delete_and_wait(&o.id, Duration::from_secs(300))
+                .await
+                .map_err(|e| e.to_string()),
+            _ => c.images.delete(&o.id).await.map_err(|e| e.to_string()),
+        }
+    }
 }
 
 impl Provider for OpenStack {

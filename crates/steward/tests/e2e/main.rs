@@ -7,3 +7,4 @@ mod common;
 mod converge;
 mod fleet;
 mod image;
+mod openstack;
