@@ -33,7 +33,7 @@ export OS_REGION_NAME=RegionOne OS_IDENTITY_API_VERSION=3 OS_COMPUTE_API_VERSION
 
 head -c 1048576 /dev/urandom >"$WORK/disk.raw"
 IMAGE=$(openstack image create --disk-format raw --container-format bare --file "$WORK/disk.raw" \
-  "steward-bench-$$" -f value -c id)
+  "steward-bench-$$" -f value -c id | tr -d '[:space:]')
 trap 'openstack image delete "$IMAGE" >/dev/null 2>&1 || true; cleanup' EXIT
 
 now() { date +%s.%N; }
@@ -41,7 +41,7 @@ now() { date +%s.%N; }
 for r in $(seq 1 "$ROUNDS"); do
   t0=$(now)
   id=$(openstack server create --image "$IMAGE" --flavor steward.tiny --nic none --wait \
-    "steward-bench-cli-$$-$r" -f value -c id)
+    "steward-bench-cli-$$-$r" -f value -c id | tr -d '[:space:]')
   t1=$(now)
   openstack server show "$id" -f value -c status >/dev/null
   t2=$(now)

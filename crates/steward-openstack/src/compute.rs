@@ -339,7 +339,7 @@ impl Compute {
                 )));
             }
             tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_secs(2));
+            pause = (pause * 2).min(Duration::from_secs(1));
         }
     }
 
@@ -387,8 +387,9 @@ impl Compute {
             .map(|_| ())
     }
 
-    /// Polls the server until `done` says so, it goes to `ERROR` (its fault
-    /// is the error) or `limit` passes.
+    /// Polls the server (every second once past the first half-second: a
+    /// boot seen late is a rollout slowed) until `done` says so, it goes to
+    /// `ERROR` (its fault is the error) or `limit` passes.
     pub async fn wait(
         &self,
         id: &str,
@@ -423,7 +424,7 @@ impl Compute {
                 )));
             }
             tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_secs(3));
+            pause = (pause * 2).min(Duration::from_secs(1));
         }
     }
 }
