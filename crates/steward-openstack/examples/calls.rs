@@ -33,17 +33,8 @@ async fn main() {
     let flavor_id = nova.flavor_id(flavor).await.unwrap();
     let id = nova
         .create(&NewServer {
-            name: name.clone(),
-            image_id: image.clone(),
-            flavor_id,
-            networks: Networks::None,
-            metadata: Default::default(),
             tags: vec!["steward-bench".into()],
-            user_data: None,
-            security_groups: vec![],
-            key_name: None,
-            availability_zone: None,
-            config_drive: false,
+            ..NewServer::new(name, image, &flavor_id, Networks::None)
         })
         .await
         .unwrap();

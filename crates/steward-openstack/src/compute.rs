@@ -56,6 +56,27 @@ pub struct NewServer {
     pub config_drive: bool,
 }
 
+impl NewServer {
+    /// A server from `image_id` of `flavor_id` on `networks`, with no
+    /// metadata, tags, user data, security groups, key, zone or config drive
+    /// (set the fields for those).
+    pub fn new(name: &str, image_id: &str, flavor_id: &str, networks: Networks) -> NewServer {
+        NewServer {
+            name: name.to_string(),
+            image_id: image_id.to_string(),
+            flavor_id: flavor_id.to_string(),
+            networks,
+            metadata: BTreeMap::new(),
+            tags: Vec::new(),
+            user_data: None,
+            security_groups: Vec::new(),
+            key_name: None,
+            availability_zone: None,
+            config_drive: false,
+        }
+    }
+}
+
 /// One of a server's addresses.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Address {

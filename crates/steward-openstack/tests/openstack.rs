@@ -205,17 +205,15 @@ async fn a_server_is_made_found_by_its_tag_and_deleted() {
 
     let id = nova
         .create(&NewServer {
-            name: tag.clone(),
-            image_id: image_id.clone(),
-            flavor_id: flavor,
-            networks: Networks::Ids(vec![net.id.clone()]),
             metadata: [("steward_service".to_string(), "api".to_string())].into(),
             tags: vec!["steward".into(), tag.clone()],
             user_data: Some("#cloud-config\n{}\n".into()),
-            security_groups: vec![],
-            key_name: None,
-            availability_zone: None,
-            config_drive: false,
+            ..NewServer::new(
+                &tag,
+                &image_id,
+                &flavor,
+                Networks::Ids(vec![net.id.clone()]),
+            )
         })
         .await
         .unwrap();
@@ -263,17 +261,13 @@ async fn a_server_no_host_can_take_fails_with_nova_s_fault_and_is_deleted() {
     let image_id = image(&s, &tag).await;
     let id = nova
         .create(&NewServer {
-            name: tag.clone(),
-            image_id: image_id.clone(),
-            flavor_id: nova.flavor_id("steward.huge").await.unwrap(),
-            networks: Networks::None,
-            metadata: Default::default(),
             tags: vec![tag.clone()],
-            user_data: None,
-            security_groups: vec![],
-            key_name: None,
-            availability_zone: None,
-            config_drive: false,
+            ..NewServer::new(
+                &tag,
+                &image_id,
+                &nova.flavor_id("steward.huge").await.unwrap(),
+                Networks::None,
+            )
         })
         .await
         .unwrap();
@@ -305,17 +299,13 @@ async fn a_full_quota_is_nova_s_refusal_with_its_message() {
     let image_id = image(&s, &tag).await;
     let err = nova
         .create(&NewServer {
-            name: tag.clone(),
-            image_id: image_id.clone(),
-            flavor_id: nova.flavor_id("steward.tiny").await.unwrap(),
-            networks: Networks::None,
-            metadata: Default::default(),
             tags: vec![tag.clone()],
-            user_data: None,
-            security_groups: vec![],
-            key_name: None,
-            availability_zone: None,
-            config_drive: false,
+            ..NewServer::new(
+                &tag,
+                &image_id,
+                &nova.flavor_id("steward.tiny").await.unwrap(),
+                Networks::None,
+            )
         })
         .await
         .unwrap_err();

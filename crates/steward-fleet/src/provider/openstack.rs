@@ -512,10 +512,6 @@ impl Provider for OpenStack {
             let server = c
                 .compute
                 .create(&NewServer {
-                    name: id.to_string(),
-                    image_id: image_id.to_string(),
-                    flavor_id,
-                    networks,
                     metadata: [
                         ("steward_instance".to_string(), id.to_string()),
                         ("steward_service".to_string(), spec.service.name.clone()),
@@ -528,6 +524,7 @@ impl Provider for OpenStack {
                     key_name: p.key_name.clone(),
                     availability_zone: p.availability_zone.clone(),
                     config_drive: p.config_drive,
+                    ..NewServer::new(id, image_id, &flavor_id, networks)
                 })
                 .await
                 .map_err(|e| refused(id, e))?;

@@ -66,13 +66,19 @@ stop_timeout = "2s"
 
     /// A new build of the image (a different digest), returned.
     fn new_version(&self, n: u32) -> String {
-        std::fs::write(self.dir.path().join("index.html"), format!("v{n}\n")).unwrap();
-        let spec = self.spec();
-        steward_image::build(&spec, &spec.images["app"], &OsResolver, &mut |_| {})
-            .unwrap()
-            .manifest
-            .digest
+        new_build(self.dir.path(), n)
     }
+}
+
+/// A new build of image `app` of the project in `dir` (its `index.html`
+/// says `vN`): its digest.
+pub(crate) fn new_build(dir: &std::path::Path, n: u32) -> String {
+    std::fs::write(dir.join("index.html"), format!("v{n}\n")).unwrap();
+    let spec = Spec::load(&dir.join("steward.toml")).unwrap();
+    steward_image::build(&spec, &spec.images["app"], &OsResolver, &mut |_| {})
+        .unwrap()
+        .manifest
+        .digest
 }
 
 /// The fleet controller for `api`, under a supervisor, until dropped.

@@ -129,12 +129,7 @@ stop_timeout = "2s"
     }
 
     fn new_version(&self, n: u32) -> String {
-        std::fs::write(self.dir.path().join("index.html"), format!("v{n}\n")).unwrap();
-        let spec = self.spec();
-        steward_image::build(&spec, &spec.images["app"], &OsResolver, &mut |_| {})
-            .unwrap()
-            .manifest
-            .digest
+        crate::controller::new_build(self.dir.path(), n)
     }
 }
 

@@ -383,6 +383,30 @@ password = "${file:{dir}/pw}"
     psql(&format!("DROP TABLE {table}"));
 }
 
+/// Backup `files` of `p` (in repository `repos/files` of Swift container
+/// `container`) checks clean, restores the tree it read, and restic finds
+/// `snapshots` snapshots there and checks it too.
+fn restored_and_read_by_restic(p: &Project, container: &str, snapshots: usize) {
+    p.ok(&["backup", "check", "--read-data"]);
+    p.ok(&[
+        "backup",
+        "restore",
+        "files",
+        "--target",
+        p.path("out").to_str().unwrap(),
+    ]);
+    let restored = p
+        .path("out")
+        .join(p.path("data").strip_prefix("/").unwrap());
+    assert_eq!(tree(&restored), tree(&p.path("data")));
+
+    let repo = format!("swift:{container}:/repos/files");
+    let snaps: serde_json::Value =
+        serde_json::from_str(&p.restic(&repo, &["snapshots", "--json"])).unwrap();
+    assert_eq!(snaps.as_array().unwrap().len(), snapshots);
+    p.restic(&repo, &["check", "--read-data"]);
+}
+
 #[test]
 fn swift_holds_the_repository_and_restic_reads_it_there() {
     let container = format!("steward-test-{}", std::process::id());
@@ -411,24 +435,7 @@ password = "${{file:{{dir}}/pw}}"
     sample_data(&p.path("data"));
     p.ok(&["backup", "run"]);
     p.ok(&["backup", "run"]);
-    p.ok(&["backup", "check", "--read-data"]);
-    p.ok(&[
-        "backup",
-        "restore",
-        "files",
-        "--target",
-        p.path("out").to_str().unwrap(),
-    ]);
-    let restored = p
-        .path("out")
-        .join(p.path("data").strip_prefix("/").unwrap());
-    assert_eq!(tree(&restored), tree(&p.path("data")));
-
-    let repo = format!("swift:{container}:/repos/files");
-    let snaps: serde_json::Value =
-        serde_json::from_str(&p.restic(&repo, &["snapshots", "--json"])).unwrap();
-    assert_eq!(snaps.as_array().unwrap().len(), 2);
-    p.restic(&repo, &["check", "--read-data"]);
+    restored_and_read_by_restic(&p, &container, 2);
 }
 
 /// Swift behind Keystone v3 (the test bed's second proxy; the catalog's
@@ -471,24 +478,7 @@ password = "${{file:{{dir}}/pw}}"
     ];
     sample_data(&p.path("data"));
     p.ok(&["backup", "run"]);
-    p.ok(&["backup", "check", "--read-data"]);
-    p.ok(&[
-        "backup",
-        "restore",
-        "files",
-        "--target",
-        p.path("out").to_str().unwrap(),
-    ]);
-    let restored = p
-        .path("out")
-        .join(p.path("data").strip_prefix("/").unwrap());
-    assert_eq!(tree(&restored), tree(&p.path("data")));
-
-    let repo = format!("swift:{container}:/repos/files");
-    let snaps: serde_json::Value =
-        serde_json::from_str(&p.restic(&repo, &["snapshots", "--json"])).unwrap();
-    assert_eq!(snaps.as_array().unwrap().len(), 1);
-    p.restic(&repo, &["check", "--read-data"]);
+    restored_and_read_by_restic(&p, &container, 1);
 
     // A wrong password is Keystone's refusal, named as such, and nothing runs.
     p.env[2].1 = "not-the-password".into();

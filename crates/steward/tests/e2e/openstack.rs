@@ -108,17 +108,14 @@ fn fleet_orphans_lists_and_deletes_what_no_record_knows() {
             .unwrap();
         let flavor = nova.flavor_id("steward.tiny").await.unwrap();
         let server = |tag: String, instance: &str| NewServer {
-            name: format!("{name}-{instance}"),
-            image_id: image.clone(),
-            flavor_id: flavor.clone(),
-            networks: Networks::None,
             metadata: BTreeMap::from([("steward_instance".to_string(), instance.to_string())]),
             tags: vec!["steward".into(), tag],
-            user_data: None,
-            security_groups: vec![],
-            key_name: None,
-            availability_zone: None,
-            config_drive: false,
+            ..NewServer::new(
+                &format!("{name}-{instance}"),
+                &image,
+                &flavor,
+                Networks::None,
+            )
         };
         let mine = nova
             .create(&server(ours.clone(), "api-dead00"))
