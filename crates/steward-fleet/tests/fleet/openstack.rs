@@ -72,6 +72,11 @@ struct Project {
 
 impl Project {
     fn new() -> Project {
+        Project::as_user("demo", "${env:STEWARD_TEST_OS_DEMO_PASSWORD}")
+    }
+
+    /// A project whose cloud logs in as `user` (project of the same name).
+    fn as_user(user: &str, password: &str) -> Project {
         for v in ["STEWARD_TEST_OS_AUTH_URL", "STEWARD_TEST_OS_DEMO_PASSWORD"] {
             assert!(
                 std::env::var(v).is_ok(),
@@ -88,9 +93,9 @@ state_dir = "state"
 
 [cloud.test]
 auth_url = "${{env:STEWARD_TEST_OS_AUTH_URL}}"
-username = "demo"
-password = "${{env:STEWARD_TEST_OS_DEMO_PASSWORD}}"
-project = "demo"
+username = "{user}"
+password = "{password}"
+project = "{user}"
 region = "RegionOne"
 boot_timeout = "150s"
 
@@ -380,4 +385,45 @@ async fn servers_roll_from_v1_to_v2_and_a_broken_v3_is_reverted() {
         }
     }
     drop(app);
+}
+
+/// The project's quota allows no server: each try fails with Nova's message,
+/// recorded as the instance's failure, and nothing is left in Nova or in the
+/// records.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_quota_fails_each_start_with_nova_s_message_and_leaves_nothing() {
+    let p = Project::as_user("quota", "quota");
+    let spec = p.spec();
+    let tag = fleet_tag(&spec.settings.state_dir);
+    let nova = nova(&spec);
+    let provider: Arc<dyn Provider> = Arc::new(Providers::for_spec(
+        &spec,
+        Arc::new(OsResolver),
+        Arc::new(Local::new(&spec.settings.state_dir)),
+    ));
+    let r = Running::with(spec.clone(), provider, Duration::from_secs(200)).await;
+    let failed = |r: &Running| {
+        r.store
+            .events(&steward_state::EventQuery {
+                kind_prefix: Some("fleet.start_failed".into()),
+                limit: 10,
+                ..Default::default()
+            })
+            .unwrap()
+    };
+    until(&r, "a failed start", 120, |r| !failed(r).is_empty()).await;
+    let message = &failed(&r)[0].event.message;
+    assert!(message.contains("Quota exceeded"), "{message}");
+    assert!(message.contains("HTTP 403"), "{message}");
+    r.stop().await;
+    let store = steward_state::Store::open(&spec.settings.state_dir).unwrap();
+    assert!(
+        store.fleet_instances(None).unwrap().is_empty(),
+        "no record stays"
+    );
+    assert!(servers(&nova, &tag).await.is_empty(), "no server stays");
+    let images = Images::new(nova.session().clone());
+    for i in images.with_tag(&tag).await.unwrap() {
+        images.delete(&i.id).await.unwrap();
+    }
 }
