@@ -47,6 +47,7 @@ fn headline(n: &Notice) -> String {
         NoticeKind::Firing => format!("{} is FIRING", n.check),
         NoticeKind::Resolved => format!("{} has RESOLVED", n.check),
         NoticeKind::StillFiring => format!("{} is still FIRING", n.check),
+        NoticeKind::Test => format!("test notice: alert channel {} works", n.check),
     }
 }
 
@@ -79,10 +80,14 @@ pub(crate) fn slack_body(n: &Notice) -> serde_json::Value {
         }
         NoticeKind::Degraded => ":large_yellow_circle:",
         NoticeKind::Recovered | NoticeKind::Resolved => ":large_green_circle:",
+        NoticeKind::Test => ":white_check_mark:",
     };
     let mut text = format!("{emoji} *[{}] {}* since {}", n.app, headline(n), since(n));
     if let Some(e) = &n.error
-        && !matches!(n.kind, NoticeKind::Recovered | NoticeKind::Resolved)
+        && !matches!(
+            n.kind,
+            NoticeKind::Recovered | NoticeKind::Resolved | NoticeKind::Test
+        )
     {
         text.push_str(&format!("\n```{e}```"));
     }

@@ -57,6 +57,9 @@ pub enum NoticeKind {
     Resolved,
     /// An alerting rule's alert still fires.
     StillFiring,
+    /// `steward alert test`: a notice saying the channel works (its `check`
+    /// is the channel's name).
+    Test,
 }
 
 impl NoticeKind {
@@ -69,6 +72,7 @@ impl NoticeKind {
             NoticeKind::Reminder | NoticeKind::StillFiring => "reminder",
             NoticeKind::Firing => "firing",
             NoticeKind::Resolved => "resolved",
+            NoticeKind::Test => "test",
         }
     }
 }

@@ -102,7 +102,7 @@ fn no_alert_channel(spec: &Spec, out: &mut Vec<Finding>) {
             "no-alert-channel",
             "alert".into(),
             format!("{} check(s) but no alert channel: a failure at night reaches nobody", spec.checks.len()),
-            "add an [alert.ops] (type = \"webhook\", \"slack\" or \"email\") and list it in each check's `alerts`",
+            "add an [alert.ops] (type = \"webhook\", \"slack\" or \"email\"), list it in each check's `alerts`, and prove it with `steward alert test ops`",
         ));
     }
 }

@@ -1,6 +1,7 @@
 //! The `steward` command: argument parsing, output and wiring. The work lives
 //! in the `steward-*` library crates.
 
+mod alert;
 mod backup;
 mod check;
 mod converge;
@@ -185,6 +186,20 @@ enum Command {
     Token {
         #[command(subcommand)]
         action: TokenCommand,
+    },
+    /// Alert channels.
+    Alert {
+        #[command(subcommand)]
+        action: AlertCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AlertCommand {
+    /// Send a test notice through one channel (all when none is named).
+    Test {
+        /// An `[alert.NAME]`.
+        channel: Option<String>,
     },
 }
 
@@ -604,6 +619,9 @@ fn main() -> ExitCode {
         ),
         Command::Up { dir, listen } => fleet::up(&dir, listen),
         Command::Down => fleet::down(&cli.spec),
+        Command::Alert {
+            action: AlertCommand::Test { channel },
+        } => alert::test(&cli.spec, channel.as_deref()),
         Command::Token { action } => token::run(
             &cli.spec,
             match action {

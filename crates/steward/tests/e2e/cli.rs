@@ -2000,3 +2000,97 @@ fn version_names_the_commit() {
     );
     assert!(!head.is_empty() && text.contains(&head), "{text} / {head}");
 }
+
+/// `steward alert test` sends a test notice through each channel, the way
+/// real notices go (webhook JSON, Slack text, mail), names a channel that
+/// could not be reached and fails, and helps with an unknown name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alert_test_proves_each_channel() {
+    let (world, http, smtp) = World::start().await;
+    let closed = bind().await.1;
+    let p = Project::new(&format!(
+        r#"
+[steward]
+name = "e2e"
+state_dir = "state"
+
+[alert.hook]
+type = "webhook"
+url = "http://{http}/hook"
+
+[alert.chat]
+type = "slack"
+url = "http://{http}/slack"
+
+[alert.mail]
+type = "email"
+smtp_host = "127.0.0.1"
+smtp_port = {port}
+smtp_tls = "none"
+from = "steward@example.test"
+to = ["ops@example.test"]
+
+[alert.broken]
+type = "webhook"
+url = "http://{closed}/nowhere"
+
+[check.x]
+type = "tcp"
+address = "127.0.0.1:1"
+"#,
+        port = smtp.port()
+    ));
+    let run = |args: &'static [&'static str]| {
+        let p = p.spec();
+        async move {
+            tokio::task::spawn_blocking(move || common::steward(&p, args, &[]))
+                .await
+                .unwrap()
+        }
+    };
+    let (code, out, err) = run(&["alert", "test", "hook"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(out, "hook: test notice sent\n");
+    {
+        let hooks = world.hooks.lock().unwrap();
+        assert_eq!(hooks.len(), 1);
+        assert_eq!(hooks[0]["kind"], "test");
+        assert_eq!(hooks[0]["app"], "e2e");
+        assert_eq!(hooks[0]["message"], "test notice: alert channel hook works");
+    }
+
+    // All channels: three arrive, the fourth is named as undelivered.
+    let (code, out, err) = run(&["alert", "test"]).await;
+    assert_eq!(code, 1, "{out}{err}");
+    for c in ["hook", "chat", "mail"] {
+        assert!(out.contains(&format!("{c}: test notice sent")), "{out}");
+    }
+    assert!(
+        err.contains("broken: the test notice was not delivered"),
+        "{err}"
+    );
+    assert_eq!(world.hooks.lock().unwrap().len(), 2);
+    let slack = world.slack.lock().unwrap().clone();
+    assert!(
+        slack[0]["text"]
+            .as_str()
+            .unwrap()
+            .contains("test notice: alert channel chat works"),
+        "{slack:?}"
+    );
+    let mails = world.mails.lock().unwrap().clone();
+    assert!(
+        mails[0].contains("test notice: alert channel mail works"),
+        "{mails:?}"
+    );
+
+    let (code, _, err) = run(&["alert", "test", "hok"]).await;
+    assert_eq!(code, 2);
+    assert!(err.contains("no alert channel `hok`"), "{err}");
+    assert!(err.contains("did you mean `hook`?"), "{err}");
+
+    let none = Project::new("[check.x]\ntype = \"tcp\"\naddress = \"127.0.0.1:1\"\n");
+    let (code, _, err) = none.run(&["alert", "test"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("the spec has no alert channel"), "{err}");
+}
