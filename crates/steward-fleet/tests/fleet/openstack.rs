@@ -293,7 +293,7 @@ async fn deploy(r: &Running, spec: &Spec, digest: &str, watch: impl Fn(&Running)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn servers_roll_from_v1_to_v2_and_a_broken_v3_is_reverted() {
+async fn servers_roll_to_v2_a_broken_v3_is_reverted_and_parked_v1_comes_back() {
     let p = Project::new();
     let spec = p.spec();
     let tag = fleet_tag(&spec.settings.state_dir);
@@ -370,6 +370,29 @@ async fn servers_roll_from_v1_to_v2_and_a_broken_v3_is_reverted() {
         servers(&nova, &tag).await.values().all(|(_, d)| *d != v3),
         "no server of v3 is left"
     );
+
+    // A rollback to v1 starts the parked v1 servers again (SHUTOFF → os-start
+    // → ACTIVE) instead of booting new ones.
+    request_deploy(
+        &*r.store,
+        &spec.services["api"],
+        &v1,
+        "test",
+        DeployKind::Rollback,
+    )
+    .unwrap();
+    until(&r, "the rollback to v1", 300, |r| {
+        r.settled() && r.target().as_deref() == Some(v1.as_str())
+    })
+    .await;
+    assert_eq!(agrees(&r, &nova, &tag).await, [v1.clone(), v1.clone()]);
+    let revived: BTreeSet<String> = r
+        .states()
+        .into_iter()
+        .filter(|(_, s, _)| *s == InstanceState::Ready)
+        .map(|(id, _, _)| id)
+        .collect();
+    assert_eq!(revived, first, "the first servers, started again");
 
     // Everything goes, Nova's side included.
     r.stop().await;
