@@ -2094,3 +2094,78 @@ address = "127.0.0.1:1"
     assert_eq!(code, 2);
     assert!(err.contains("the spec has no alert channel"), "{err}");
 }
+
+/// The README's quick start, run as written: each `steward` line of its code
+/// block (the built binary standing for the alias), `serve &` in the
+/// background, `sleep`, `kill %1`; from a copy of the example so the state
+/// lands in a temporary directory. Every command must succeed, `check`
+/// included (steward's own checks watch the `serve` started just before);
+/// `doctor` names the one gap left, the alert channel.
+#[test]
+fn the_readme_quick_start_runs_as_written() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let section = &readme[readme.find("## Quick start").unwrap()..];
+    let block = &section[section.find("```sh\n").unwrap() + 6..];
+    let block = &block[..block.find("```").unwrap()];
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("examples")).unwrap();
+    std::fs::copy(
+        root.join("examples/quickstart.toml"),
+        dir.path().join("examples/quickstart.toml"),
+    )
+    .unwrap();
+    /// Killed if the test fails before the block's `kill %1`.
+    struct Background(Option<std::process::Child>);
+    impl Drop for Background {
+        fn drop(&mut self) {
+            if let Some(c) = self.0.as_mut() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+    let mut serve = Background(None);
+    let mut ran = Vec::new();
+    for line in block.lines() {
+        let command = line.split(" #").next().unwrap().trim();
+        if let Some(rest) = command.strip_prefix("steward ") {
+            let background = rest.ends_with(" &");
+            let args: Vec<&str> = rest.trim_end_matches(" &").split_whitespace().collect();
+            let mut cmd = Command::new(BIN);
+            cmd.args(&args).current_dir(dir.path()).env("NO_COLOR", "1");
+            if background {
+                cmd.stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null());
+                serve.0 = Some(cmd.spawn().unwrap());
+            } else {
+                let out = cmd.output().unwrap();
+                let text = String::from_utf8_lossy(&out.stdout).into_owned()
+                    + &String::from_utf8_lossy(&out.stderr);
+                if args[2] == "doctor" {
+                    // Its findings are the point: the one gap a fresh
+                    // quick start has is the alert channel (exit 1).
+                    assert_eq!(out.status.code(), Some(1), "{text}");
+                    assert!(text.contains("no-alert-channel"), "{text}");
+                } else {
+                    assert!(out.status.success(), "`{command}` failed: {text}");
+                }
+            }
+            ran.push(args[2].to_string());
+        } else if let Some(secs) = command.strip_prefix("sleep ") {
+            std::thread::sleep(Duration::from_secs(secs.parse().unwrap()));
+        } else if command == "kill %1" {
+            let child = serve.0.as_mut().expect("a background serve to stop");
+            nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(child.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            )
+            .unwrap();
+            let status = child.wait().unwrap();
+            assert!(status.success(), "serve ends cleanly on SIGTERM: {status}");
+            serve.0 = None;
+        }
+    }
+    assert_eq!(ran, ["validate", "serve", "check", "doctor"]);
+    assert!(serve.0.is_none(), "the block stops what it started");
+}
