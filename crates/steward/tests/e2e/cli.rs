@@ -2169,3 +2169,43 @@ fn the_readme_quick_start_runs_as_written() {
     assert_eq!(ran, ["validate", "serve", "check", "doctor"]);
     assert!(serve.0.is_none(), "the block stops what it started");
 }
+
+/// The README's converge example, run as written (from the repository root,
+/// the built binary standing for the alias, `export`s as the environment):
+/// the plan of the example's converge set on an empty directory.
+#[test]
+fn the_readme_converge_example_runs_as_written() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let at = readme.find("try the converge set safely").unwrap();
+    let block = &readme[at..];
+    let block = &block[block.find("```sh\n").unwrap() + 6..];
+    let block = &block[..block.find("```").unwrap()];
+    let mut env: Vec<(String, String)> = Vec::new();
+    let mut planned = false;
+    for line in block.lines() {
+        if let Some(dir) = line.strip_prefix("mkdir -p ") {
+            std::fs::create_dir_all(dir).unwrap();
+        } else if let Some(vars) = line.strip_prefix("export ") {
+            for v in vars.split_whitespace() {
+                let (k, val) = v.split_once('=').unwrap();
+                env.push((k.to_string(), val.to_string()));
+            }
+        } else if let Some(rest) = line.strip_prefix("steward ") {
+            let args: Vec<&str> = rest.split_whitespace().collect();
+            let out = Command::new(BIN)
+                .args(&args)
+                .current_dir(&root)
+                .envs(env.iter().map(|(k, v)| (k, v)))
+                .env("NO_COLOR", "1")
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(1), "changes pending: {text}");
+            assert!(text.contains("Plan: 8 to create"), "{text}");
+            planned = true;
+        }
+    }
+    assert!(planned, "the block runs a plan");
+}
