@@ -347,8 +347,8 @@ impl Session {
     }
 
     /// One request, tried again on 5xx, 409 and connection errors (a request
-    /// that may have reached the server — a timeout — only when repeating it
-    /// is harmless: not for POST).
+    /// that may have reached the server — a timeout, a 5xx — only when
+    /// repeating it is harmless: not a POST, except Keystone's login).
     async fn with_retries(
         &self,
         method: &Method,
@@ -388,7 +388,12 @@ impl Session {
                             body,
                         });
                     }
-                    let retry = status.is_server_error() || status == StatusCode::CONFLICT;
+                    // A 409 changed nothing; a 5xx to a POST may have made
+                    // what it asked for (a server, an image) before failing, so
+                    // only a login is repeated then.
+                    let retry = status == StatusCode::CONFLICT
+                        || (status.is_server_error()
+                            && (*method != Method::POST || service == "identity"));
                     if retry && !last {
                         tracing::debug!(url, %status, "retrying");
                         tokio::time::sleep(wait).await;

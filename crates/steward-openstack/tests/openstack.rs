@@ -81,6 +81,19 @@ async fn image(session: &Arc<Session>, tag: &str) -> String {
     id
 }
 
+/// A server named and tagged `tag`, from `image_id`, of `flavor`, on no network.
+async fn tagged(nova: &Compute, tag: &str, image_id: &str, flavor: &str) -> NewServer {
+    NewServer {
+        tags: vec![tag.to_string()],
+        ..NewServer::new(
+            tag,
+            image_id,
+            &nova.flavor_id(flavor).await.unwrap(),
+            Networks::None,
+        )
+    }
+}
+
 #[tokio::test]
 async fn password_and_application_credential_logins_find_the_catalog() {
     let s = demo();
@@ -260,15 +273,7 @@ async fn a_server_no_host_can_take_fails_with_nova_s_fault_and_is_deleted() {
     let tag = unique("steward-test");
     let image_id = image(&s, &tag).await;
     let id = nova
-        .create(&NewServer {
-            tags: vec![tag.clone()],
-            ..NewServer::new(
-                &tag,
-                &image_id,
-                &nova.flavor_id("steward.huge").await.unwrap(),
-                Networks::None,
-            )
-        })
+        .create(&tagged(&nova, &tag, &image_id, "steward.huge").await)
         .await
         .unwrap();
     let err = nova
@@ -298,15 +303,7 @@ async fn a_full_quota_is_nova_s_refusal_with_its_message() {
     let tag = unique("steward-test");
     let image_id = image(&s, &tag).await;
     let err = nova
-        .create(&NewServer {
-            tags: vec![tag.clone()],
-            ..NewServer::new(
-                &tag,
-                &image_id,
-                &nova.flavor_id("steward.tiny").await.unwrap(),
-                Networks::None,
-            )
-        })
+        .create(&tagged(&nova, &tag, &image_id, "steward.tiny").await)
         .await
         .unwrap_err();
     match &err {

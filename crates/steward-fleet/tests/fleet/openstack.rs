@@ -28,10 +28,13 @@ use crate::controller::Running;
 
 /// The fleet's last events, oldest first: what a failed wait prints.
 fn story(r: &Running) -> String {
-    let mut events = r
-        .store
+    story_of(&r.store)
+}
+
+fn story_of(store: &steward_state::Store) -> String {
+    let mut events = store
         .events(&steward_state::EventQuery {
-            limit: 30,
+            limit: 60,
             ..Default::default()
         })
         .unwrap();
@@ -103,7 +106,7 @@ boot_timeout = "150s"
 type = "http"
 url = "http://127.0.0.1:1/index.html"
 interval = "300ms"
-timeout = "1s"
+timeout = "3s"
 conditions = ["[STATUS] == 200"]
 
 [image.app]
@@ -119,7 +122,7 @@ image = "app"
 command = ["/bin/app", "--listen", "{{addr}}"]
 replicas = 2
 readiness = "ready"
-health_grace = "1s"
+health_grace = "10s"
 rollout = {{ max_parallel = 1, min_healthy_time = "500ms", healthy_deadline = "15s", progress_deadline = "600s" }}
 drain_timeout = "1s"
 stop_timeout = "2s"
@@ -401,7 +404,12 @@ async fn servers_roll_to_v2_a_broken_v3_is_reverted_and_parked_v1_comes_back() {
         let h = steward_fleet::controller::handle(&row);
         provider.destroy(&h).await.unwrap();
     }
-    assert!(servers(&nova, &tag).await.is_empty());
+    let left = servers(&nova, &tag).await;
+    assert!(
+        left.is_empty(),
+        "servers left after every record was destroyed: {left:?}\n{}",
+        story_of(&store)
+    );
     for d in [&v1, &v2, &v3] {
         for i in images.with_tag(&digest_tag(d)).await.unwrap() {
             images.delete(&i.id).await.unwrap();

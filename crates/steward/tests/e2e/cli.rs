@@ -202,17 +202,11 @@ async fn smtp_sink(l: tokio::net::TcpListener, mails: Arc<Mutex<Vec<String>>>) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn serve_alerts_once_per_transition_and_keeps_history_across_restarts() {
-    let (world, http, smtp) = World::start().await;
-    let closed = bind().await.1; // nothing listens here once the listener is dropped
-    let spec = format!(
-        r#"
-[steward]
-name = "e2e"
-state_dir = "state"
-
-[alert.hook]
+/// The four channels of the alert tests: `hook` (webhook), `chat` (Slack)
+/// and `mail` (SMTP) at the world's receivers, `broken` at a closed port.
+fn alert_channels(http: SocketAddr, smtp: SocketAddr, closed: SocketAddr) -> String {
+    format!(
+        r#"[alert.hook]
 type = "webhook"
 url = "http://{http}/hook"
 
@@ -231,7 +225,22 @@ to = ["ops@example.test"]
 [alert.broken]
 type = "webhook"
 url = "http://{closed}/nowhere"
+"#,
+        port = smtp.port()
+    )
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_alerts_once_per_transition_and_keeps_history_across_restarts() {
+    let (world, http, smtp) = World::start().await;
+    let closed = bind().await.1; // nothing listens here once the listener is dropped
+    let spec = format!(
+        r#"
+[steward]
+name = "e2e"
+state_dir = "state"
+
+{channels}
 [check.api]
 type = "http"
 url = "http://{http}/health"
@@ -241,7 +250,7 @@ failure_threshold = 2
 conditions = ["[STATUS] == 200"]
 alerts = ["hook", "chat", "mail", "broken"]
 "#,
-        port = smtp.port()
+        channels = alert_channels(http, smtp, closed)
     );
     let p = Project::new(&spec);
     let serve = p.serve();
@@ -2014,31 +2023,12 @@ async fn alert_test_proves_each_channel() {
 name = "e2e"
 state_dir = "state"
 
-[alert.hook]
-type = "webhook"
-url = "http://{http}/hook"
-
-[alert.chat]
-type = "slack"
-url = "http://{http}/slack"
-
-[alert.mail]
-type = "email"
-smtp_host = "127.0.0.1"
-smtp_port = {port}
-smtp_tls = "none"
-from = "steward@example.test"
-to = ["ops@example.test"]
-
-[alert.broken]
-type = "webhook"
-url = "http://{closed}/nowhere"
-
+{channels}
 [check.x]
 type = "tcp"
 address = "127.0.0.1:1"
 "#,
-        port = smtp.port()
+        channels = alert_channels(http, smtp, closed)
     ));
     let run = |args: &'static [&'static str]| {
         let p = p.spec();
