@@ -38,11 +38,9 @@ async fn main() {
         })
         .await
         .unwrap();
-    nova.wait(&id, "ACTIVE", Duration::from_secs(300), |s| {
-        s.status == "ACTIVE"
-    })
-    .await
-    .unwrap();
+    nova.wait(&id, "ACTIVE", Duration::from_secs(300))
+        .await
+        .unwrap();
     let create = t.elapsed().as_secs_f64();
 
     let t = Instant::now();

@@ -409,24 +409,18 @@ impl Compute {
     }
 
     /// Polls the server (every second once past the first half-second: a
-    /// boot seen late is a rollout slowed) until `done` says so, it goes to
-    /// `ERROR` (its fault is the error) or `limit` passes.
-    pub async fn wait(
-        &self,
-        id: &str,
-        what: &str,
-        limit: Duration,
-        done: impl Fn(&Server) -> bool,
-    ) -> Result<Server, Error> {
+    /// boot seen late is a rollout slowed) until its status is `status`, it
+    /// goes to `ERROR` (its fault is the error) or `limit` passes.
+    pub async fn wait(&self, id: &str, status: &str, limit: Duration) -> Result<Server, Error> {
         let deadline = tokio::time::Instant::now() + limit;
         let mut pause = Duration::from_millis(500);
         loop {
             let Some(s) = self.get(id).await? else {
                 return Err(Error::NotFound(format!(
-                    "server {id} disappeared while waiting for it to be {what}"
+                    "server {id} disappeared while waiting for it to be {status}"
                 )));
             };
-            if done(&s) {
+            if s.status == status {
                 return Ok(s);
             }
             if s.status == "ERROR" {
@@ -439,7 +433,7 @@ impl Compute {
             }
             if tokio::time::Instant::now() >= deadline {
                 return Err(Error::Timeout(format!(
-                    "server {id} was not {what} within {} s (status {})",
+                    "server {id} was not {status} within {} s (status {})",
                     limit.as_secs(),
                     s.status
                 )));

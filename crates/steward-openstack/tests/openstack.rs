@@ -231,9 +231,7 @@ async fn a_server_is_made_found_by_its_tag_and_deleted() {
         .await
         .unwrap();
     let active = nova
-        .wait(&id, "ACTIVE", Duration::from_secs(120), |s| {
-            s.status == "ACTIVE"
-        })
+        .wait(&id, "ACTIVE", Duration::from_secs(120))
         .await
         .unwrap();
     let ip: std::net::Ipv4Addr = active
@@ -277,9 +275,7 @@ async fn a_server_no_host_can_take_fails_with_nova_s_fault_and_is_deleted() {
         .await
         .unwrap();
     let err = nova
-        .wait(&id, "ACTIVE", Duration::from_secs(120), |s| {
-            s.status == "ACTIVE"
-        })
+        .wait(&id, "ACTIVE", Duration::from_secs(120))
         .await
         .unwrap_err();
     match &err {

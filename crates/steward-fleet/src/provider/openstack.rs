@@ -565,9 +565,7 @@ impl Provider for OpenStack {
             }
             let active = c
                 .compute
-                .wait(&r.server, "ACTIVE", self.cloud.boot_timeout, |s| {
-                    s.status == "ACTIVE"
-                })
+                .wait(&r.server, "ACTIVE", self.cloud.boot_timeout)
                 .await
                 .map_err(|e| refused(id, e))?;
             let ip = match &r.network {
@@ -623,12 +621,7 @@ impl Provider for OpenStack {
                         .await
                         .map_err(|e| refused(id, e))?;
                     c.compute
-                        .wait(
-                            &r.server,
-                            "SHUTOFF",
-                            grace + Duration::from_secs(120),
-                            |s| s.status == "SHUTOFF",
-                        )
+                        .wait(&r.server, "SHUTOFF", grace + Duration::from_secs(120))
                         .await
                         .map_err(|e| refused(id, e))?;
                 }
