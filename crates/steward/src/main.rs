@@ -8,6 +8,7 @@ mod converge;
 mod doctor;
 mod fleet;
 mod image;
+mod init;
 mod serve;
 mod table;
 mod token;
@@ -63,6 +64,23 @@ enum LogFormat {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Find what runs on this machine (listening ports, their processes,
+    /// health and metrics endpoints, databases, data, logs) and write a
+    /// starter spec for it; then validate it and run doctor.
+    Init {
+        /// Take every finding without asking (needed when not on a terminal).
+        #[arg(long)]
+        yes: bool,
+        /// Only print the findings as JSON; write nothing.
+        #[arg(long)]
+        json: bool,
+        /// Replace an existing spec (the old one is kept as FILE.bak).
+        #[arg(long)]
+        force: bool,
+        /// Only this listening port (repeat for more; default: every port).
+        #[arg(long = "port", value_name = "PORT")]
+        ports: Vec<u16>,
+    },
     /// Check the whole spec; report every problem with file:line:col. Starts nothing.
     Validate {
         /// Spec file (overrides --spec).
@@ -517,6 +535,20 @@ fn main() -> ExitCode {
                 Err(code) => code,
             }
         }
+        Command::Init {
+            yes,
+            json,
+            force,
+            ports,
+        } => init::run(
+            &cli.spec,
+            init::Options {
+                yes,
+                json,
+                force,
+                ports,
+            },
+        ),
         Command::Check { names, json } => runtime().block_on(check::run(&cli.spec, &names, json)),
         Command::Serve { listen } => serve_runtime().block_on(serve::run(&cli.spec, listen)),
         Command::Doctor { json } => doctor::run(&cli.spec, json),

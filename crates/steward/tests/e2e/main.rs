@@ -7,4 +7,5 @@ mod common;
 mod converge;
 mod fleet;
 mod image;
+mod init;
 mod openstack;
