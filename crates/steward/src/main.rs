@@ -210,6 +210,18 @@ enum Command {
         #[command(subcommand)]
         action: AlertCommand,
     },
+    /// Print a shell completion script, e.g. `steward completions bash >
+    /// /etc/bash_completion.d/steward`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages (one per command) into a directory.
+    #[command(hide = true)]
+    Man {
+        /// Where to write them (created when missing).
+        dir: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -433,6 +445,21 @@ fn quiet_on_closed_stdout() {
     }));
 }
 
+/// Writes bytes to standard output; a reader that went away ends the
+/// command as a closed pipe ends any (141).
+fn print_bytes(bytes: &[u8]) -> u8 {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(bytes).and_then(|()| out.flush()) {
+        Ok(()) => exit::OK,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => 141,
+        Err(e) => {
+            eprintln!("error: cannot write to standard output: {e}");
+            exit::FAILED
+        }
+    }
+}
+
 fn init_logging(format: LogFormat, verbose: u8) {
     let default = match verbose {
         0 => "info",
@@ -654,6 +681,24 @@ fn main() -> ExitCode {
         Command::Alert {
             action: AlertCommand::Test { channel },
         } => alert::test(&cli.spec, channel.as_deref()),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "steward", &mut script);
+            print_bytes(&script)
+        }
+        Command::Man { dir } => {
+            use clap::CommandFactory;
+            match std::fs::create_dir_all(&dir)
+                .and_then(|()| clap_mangen::generate_to(Cli::command(), &dir))
+            {
+                Ok(()) => exit::OK,
+                Err(e) => {
+                    eprintln!("error: cannot write man pages to {}: {e}", dir.display());
+                    exit::FAILED
+                }
+            }
+        }
         Command::Token { action } => token::run(
             &cli.spec,
             match action {

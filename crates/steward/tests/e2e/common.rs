@@ -210,3 +210,57 @@ pub(crate) fn chromium_dom(url: &str) -> String {
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// The cached debootstrap root of the test bed (finished).
+pub(crate) fn debian_root() -> std::path::PathBuf {
+    let dir = std::env::var("STEWARD_TEST_DEBIAN_ROOT").unwrap_or_else(|_| {
+        panic!("STEWARD_TEST_DEBIAN_ROOT is not set: run `scripts/testbed up` (scripts/test does)")
+    });
+    let dir = std::path::PathBuf::from(dir);
+    assert!(
+        dir.join(".steward-complete").exists(),
+        "{} is not a finished debootstrap root; run `scripts/testbed debian-root`",
+        dir.display()
+    );
+    dir
+}
+
+/// Runs `script` in a private mount namespace where `$ROOT` is an overlay of the
+/// cached Debian root (changes land in `upper`), with /proc and /dev mounted in it.
+pub(crate) fn in_debian_root(lower: &Path, work: &Path, script: &str) -> (i32, String) {
+    for d in ["upper", "work", "merged"] {
+        std::fs::create_dir_all(work.join(d)).unwrap();
+    }
+    let full = format!(
+        "set -e\n\
+         ROOT={merged}\n\
+         mount -t overlay overlay -o lowerdir={lower},upperdir={upper},workdir={w} $ROOT\n\
+         mount -t proc proc $ROOT/proc\n\
+         mount --rbind /dev $ROOT/dev\n\
+         set +e\n{script}",
+        merged = work.join("merged").display(),
+        lower = lower.display(),
+        upper = work.join("upper").display(),
+        w = work.join("work").display(),
+    );
+    let out = Command::new("unshare")
+        .args([
+            "--mount",
+            "--propagation",
+            "private",
+            "--",
+            "sh",
+            "-c",
+            &full,
+        ])
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}

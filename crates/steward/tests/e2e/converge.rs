@@ -161,62 +161,9 @@ exec = [{ name = "slow", command = ["sh", "-c", "test -f {dir}/fast || sleep 30"
     assert!(out.contains("exec:slow") && !out.contains("file:"), "{out}");
 }
 
-fn debian_root() -> PathBuf {
-    let dir = std::env::var("STEWARD_TEST_DEBIAN_ROOT").unwrap_or_else(|_| {
-        panic!("STEWARD_TEST_DEBIAN_ROOT is not set: run `scripts/testbed up` (scripts/test does)")
-    });
-    let dir = PathBuf::from(dir);
-    assert!(
-        dir.join(".steward-complete").exists(),
-        "{} is not a finished debootstrap root; run `scripts/testbed debian-root`",
-        dir.display()
-    );
-    dir
-}
-
-/// Runs `script` in a private mount namespace where `$ROOT` is an overlay of the
-/// cached Debian root (changes land in `upper`), with /proc and /dev mounted in it.
-fn in_debian_root(lower: &Path, work: &Path, script: &str) -> (i32, String) {
-    for d in ["upper", "work", "merged"] {
-        fs::create_dir_all(work.join(d)).unwrap();
-    }
-    let full = format!(
-        "set -e\n\
-         ROOT={merged}\n\
-         mount -t overlay overlay -o lowerdir={lower},upperdir={upper},workdir={w} $ROOT\n\
-         mount -t proc proc $ROOT/proc\n\
-         mount --rbind /dev $ROOT/dev\n\
-         set +e\n{script}",
-        merged = work.join("merged").display(),
-        lower = lower.display(),
-        upper = work.join("upper").display(),
-        w = work.join("work").display(),
-    );
-    let out = Command::new("unshare")
-        .args([
-            "--mount",
-            "--propagation",
-            "private",
-            "--",
-            "sh",
-            "-c",
-            &full,
-        ])
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
-}
-
 #[test]
 fn a_real_debian_root_gets_packages_users_and_an_enabled_service() {
-    let lower = debian_root();
+    let lower = common::debian_root();
     let p = Project::new(
         r#"
 [converge.base]
@@ -236,7 +183,7 @@ exec = [{ name = "whoami", command = ["sh", "-c", "id app > /srv/app/id.txt"], c
          {BIN} -f {spec} converge plan --root $ROOT; echo \"plan=$?\"\n",
         spec = spec.display()
     );
-    let (code, out) = in_debian_root(&lower, &p.path("ns"), &script);
+    let (code, out) = common::in_debian_root(&lower, &p.path("ns"), &script);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("apply=0"), "{out}");
     assert!(

@@ -9,3 +9,4 @@ mod fleet;
 mod image;
 mod init;
 mod openstack;
+mod package;
