@@ -164,15 +164,52 @@ fn hash_file(h: &mut Sha256, p: &Path) {
     }
 }
 
-/// Digest of everything that goes into an image.
-fn inputs_digest(spec: &Spec, image: &Image) -> Result<String, ImageError> {
-    let mut h = Sha256::new();
+/// Hashes the files under `path` (a file or a directory, recursively, in
+/// name order): each one's path relative to `base`, its permission bits and
+/// its content. Directories named `.git` or `target`, and `skip` (the state
+/// directory, the artifacts `prepare` makes), are left out.
+fn hash_tree(h: &mut Sha256, base: &Path, path: &Path, skip: &[&Path]) {
+    use std::os::unix::fs::PermissionsExt;
+    let mut files = Vec::new();
+    let mut stack = vec![path.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        if p.is_dir() {
+            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            if (p != path && (name == ".git" || name == "target")) || skip.contains(&p.as_path()) {
+                continue;
+            }
+            for e in std::fs::read_dir(&p).into_iter().flatten().flatten() {
+                stack.push(e.path());
+            }
+        } else if !skip.contains(&p.as_path()) {
+            files.push(p);
+        }
+    }
+    files.sort();
+    for f in files {
+        h.update(
+            f.strip_prefix(base)
+                .unwrap_or(&f)
+                .to_string_lossy()
+                .as_bytes(),
+        );
+        let mode = std::fs::metadata(&f)
+            .map(|m| m.permissions().mode())
+            .unwrap_or(0);
+        h.update(mode.to_le_bytes());
+        hash_file(h, &f);
+    }
+}
+
+/// What every build of the image shares: base, commands, version, converge
+/// sets and where artifacts go.
+fn recipe(h: &mut Sha256, spec: &Spec, image: &Image) -> Result<(), ImageError> {
     h.update(format!("{:?}|{:?}|{:?}|", image.base, image.run, image.version).as_bytes());
     match &image.base {
         ImageBase::Debian => {
             let root = debian_root()?;
-            hash_file(&mut h, &root.join("var/lib/dpkg/status"));
-            hash_file(&mut h, &root.join("etc/os-release"));
+            hash_file(h, &root.join("var/lib/dpkg/status"));
+            hash_file(h, &root.join("etc/os-release"));
         }
         ImageBase::Dir(dir) => {
             let mut files = Vec::new();
@@ -194,7 +231,7 @@ fn inputs_digest(spec: &Spec, image: &Image) -> Result<String, ImageError> {
                         .to_string_lossy()
                         .as_bytes(),
                 );
-                hash_file(&mut h, &f);
+                hash_file(h, &f);
             }
         }
         ImageBase::Empty => {}
@@ -207,9 +244,56 @@ fn inputs_digest(spec: &Spec, image: &Image) -> Result<String, ImageError> {
     }
     for a in &image.artifacts {
         h.update(format!("{}|{:?}|", a.to.display(), a.mode).as_bytes());
+    }
+    Ok(())
+}
+
+/// Digest of everything that goes into an image: the recipe and the
+/// artifacts' contents.
+fn inputs_digest(spec: &Spec, image: &Image) -> Result<String, ImageError> {
+    let mut h = Sha256::new();
+    recipe(&mut h, spec, image)?;
+    for a in &image.artifacts {
         hash_file(&mut h, &a.from);
     }
     Ok(format!("sha256:{}", hex::encode(h.finalize())))
+}
+
+/// Digest of what decides an image before `prepare` runs: the recipe, the
+/// `prepare` commands, where the artifacts come from, and the contents of
+/// the declared `sources`. `None` without `sources`.
+fn sources_digest(spec: &Spec, image: &Image) -> Result<Option<String>, ImageError> {
+    if image.sources.is_empty() {
+        return Ok(None);
+    }
+    let mut h = Sha256::new();
+    h.update(b"sources-v1|");
+    recipe(&mut h, spec, image)?;
+    h.update(format!("{:?}|", image.prepare).as_bytes());
+    for a in &image.artifacts {
+        h.update(format!("{}|", a.from.display()).as_bytes());
+    }
+    let mut skip: Vec<&Path> = vec![spec.settings.state_dir.as_path()];
+    skip.extend(image.artifacts.iter().map(|a| a.from.as_path()));
+    for src in &image.sources {
+        h.update(format!("{}|", src.display()).as_bytes());
+        hash_tree(&mut h, &image.dir, src, &skip);
+    }
+    Ok(Some(format!("sha256:{}", hex::encode(h.finalize()))))
+}
+
+/// The stored build a pointer (`inputs/…` or `sources/…`) names, if both
+/// exist.
+fn pointed(store: &dyn ObjectStore, image: &Image, pointer: &str) -> Option<Manifest> {
+    let digest = store.get(pointer).ok()?;
+    let digest = String::from_utf8_lossy(&digest).trim().to_string();
+    let m = store
+        .get(&key(
+            &image.name,
+            &format!("{}.json", digest.trim_start_matches("sha256:")),
+        ))
+        .ok()?;
+    serde_json::from_slice(&m).ok()
 }
 
 /// Runs `apt-get ARGS` inside `root` (through chroot, non-interactive); its output.
@@ -284,6 +368,28 @@ pub fn build_with(
     let started = Instant::now();
     let store = store_of(spec, image, resolver)?;
     store.ensure()?;
+    // With declared sources, unchanged sources mean the stored build: no
+    // `prepare` (a compile, often) at all.
+    let sources = sources_digest(spec, image)?;
+    let sources_pointer = sources.as_ref().map(|d| {
+        key(
+            &image.name,
+            &format!("sources/{}", d.trim_start_matches("sha256:")),
+        )
+    });
+    if let Some(p) = sources_pointer.as_ref().filter(|_| !options.force)
+        && let Some(manifest) = pointed(store.as_ref(), image, p)
+    {
+        say(&format!(
+            "sources unchanged: reusing {} (prepare not run)",
+            manifest.digest
+        ));
+        return Ok(BuildReport {
+            manifest,
+            reused: true,
+            seconds: started.elapsed().as_secs_f64(),
+        });
+    }
     for argv in &image.prepare {
         say(&format!("preparing: `{}`", argv.join(" ")));
         let status = Command::new(&argv[0])
@@ -312,21 +418,19 @@ pub fn build_with(
         &image.name,
         &format!("inputs/{}", inputs.trim_start_matches("sha256:")),
     );
-    if let Some(Ok(digest)) = (!options.force).then(|| store.get(&pointer)) {
-        let digest = String::from_utf8_lossy(&digest).trim().to_string();
-        if let Ok(m) = store.get(&key(
-            &image.name,
-            &format!("{}.json", digest.trim_start_matches("sha256:")),
-        )) {
-            let manifest: Manifest =
-                serde_json::from_slice(&m).map_err(|e| ImageError::Build(e.to_string()))?;
-            say(&format!("inputs unchanged: reusing {}", manifest.digest));
-            return Ok(BuildReport {
-                manifest,
-                reused: true,
-                seconds: started.elapsed().as_secs_f64(),
-            });
+    if let Some(manifest) = (!options.force)
+        .then(|| pointed(store.as_ref(), image, &pointer))
+        .flatten()
+    {
+        say(&format!("inputs unchanged: reusing {}", manifest.digest));
+        if let Some(p) = &sources_pointer {
+            store.put(p, &[Bytes::from(manifest.digest.clone().into_bytes())])?;
         }
+        return Ok(BuildReport {
+            manifest,
+            reused: true,
+            seconds: started.elapsed().as_secs_f64(),
+        });
     }
     std::fs::create_dir_all(&spec.settings.state_dir)
         .map_err(|e| ImageError::Build(e.to_string()))?;
@@ -461,6 +565,9 @@ pub fn build_with(
         &key(&image.name, &format!("{hex_digest}.json")),
         &[Bytes::from(json)],
     )?;
+    if let Some(p) = &sources_pointer {
+        store.put(p, &[Bytes::from(digest.clone().into_bytes())])?;
+    }
     store.put(&pointer, &[Bytes::from(digest.into_bytes())])?;
     Ok(BuildReport {
         manifest,

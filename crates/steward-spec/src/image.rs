@@ -48,6 +48,10 @@ pub struct Image {
     /// Commands run on this machine, in the spec's directory, before anything
     /// else (e.g. compiling the application whose binary is an artifact).
     pub prepare: Vec<Vec<String>>,
+    /// Files and directories whose contents decide what `prepare` makes:
+    /// with them, unchanged sources reuse the stored image without running
+    /// `prepare` at all.
+    pub sources: Vec<PathBuf>,
     /// The spec's directory (where `prepare` runs).
     pub dir: PathBuf,
     /// `serve` rebuilds a stale image and rolls it out to the services using it.
@@ -74,6 +78,8 @@ pub(crate) struct RawImage {
     run: Vec<Spanned<Vec<String>>>,
     #[serde(default)]
     prepare: Vec<Spanned<Vec<String>>>,
+    #[serde(default)]
+    sources: Vec<Spanned<String>>,
     store: Option<Spanned<String>>,
     version: Option<String>,
     audit: Option<RawAudit>,
@@ -203,6 +209,26 @@ pub(crate) fn image(
         }
         prepare.push(r.into_inner());
     }
+    let mut sources = Vec::new();
+    for src in &raw.sources {
+        let path = base_dir.join(src.get_ref());
+        if prepare.is_empty() {
+            d.error(
+                src.span(),
+                "`sources` needs `prepare`: they say when its output can be reused",
+                "no prepare",
+                Some("without `prepare`, the artifacts themselves are the inputs".into()),
+            );
+        } else if !path.exists() {
+            d.error(
+                src.span(),
+                format!("source `{}` does not exist", path.display()),
+                "missing",
+                Some("paths are relative to the spec".into()),
+            );
+        }
+        sources.push(path);
+    }
     let auto_rebuild = raw
         .audit
         .as_ref()
@@ -233,6 +259,7 @@ pub(crate) fn image(
         artifacts,
         run,
         prepare,
+        sources,
         dir: base_dir.to_path_buf(),
         auto_rebuild,
         store,

@@ -63,13 +63,20 @@ pub(crate) fn serve(spec: &Path, env: &[(String, String)]) -> Serve {
 
 /// `serve` with extra global arguments (before the subcommand).
 pub(crate) fn serve_with(spec: &Path, env: &[(String, String)], extra: &[&str]) -> Serve {
-    let mut child = Command::new(BIN)
-        .arg("-f")
+    let mut cmd = Command::new(BIN);
+    cmd.arg("-f")
         .arg(spec)
         .args(["--log-format", "json"])
         .args(extra)
         .args(["serve", "--listen", "127.0.0.1:0"])
-        .envs(env.iter().map(|(k, v)| (k, v)))
+        .envs(env.iter().map(|(k, v)| (k, v)));
+    serving(cmd)
+}
+
+/// Runs a command that ends up serving (`serve`, `up`; JSON logs) and waits
+/// for the address it prints.
+pub(crate) fn serving(mut cmd: Command) -> Serve {
+    let mut child = cmd
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()

@@ -227,3 +227,76 @@ audit = { every = "1s", max_age = "1s" }
         "a verdict that does not change is recorded once"
     );
 }
+
+/// `sources`: a `prepare` whose output differs on every run (a stamp in the
+/// "binary", as a compiler's output may differ with its environment) still
+/// gives one image while the declared sources are unchanged — `prepare`
+/// does not even run — and a changed source builds a new one.
+#[test]
+fn unchanged_sources_reuse_the_image_without_running_prepare() {
+    let p = Project::new(
+        r#"
+[image.app]
+base = "empty"
+prepare = [["sh", "build.sh"]]
+sources = ["src", "build.sh"]
+artifacts = [{ from = "out/app", to = "/usr/local/bin/app", mode = "0755" }]
+"#,
+    );
+    fs::create_dir_all(p.path("src")).unwrap();
+    fs::write(p.path("src/main.txt"), "v1\n").unwrap();
+    // Each run appends to `runs` and stamps its output with the time.
+    fs::write(
+        p.path("build.sh"),
+        "set -e\necho run >> runs\nmkdir -p out\n{ cat src/main.txt; date +%s%N; } > out/app\n",
+    )
+    .unwrap();
+    let runs = || {
+        fs::read_to_string(p.path("runs"))
+            .map(|s| s.lines().count())
+            .unwrap_or(0)
+    };
+    let first = p.json(&["image", "build", "--json"]);
+    assert_eq!(first[0]["reused"], false);
+    let digest = first[0]["manifest"]["digest"].as_str().unwrap().to_string();
+    assert_eq!(runs(), 1);
+
+    let (code, out, err) = p.run(&["image", "build"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        err.contains(&format!(
+            "sources unchanged: reusing {digest} (prepare not run)"
+        )),
+        "{err}"
+    );
+    assert_eq!(runs(), 1, "prepare did not run again");
+    // What prepare made in between is not a source.
+    fs::write(p.path("out/app"), "something else\n").unwrap();
+    let again = p.json(&["image", "build", "--json"]);
+    assert_eq!(again[0]["reused"], true);
+    assert_eq!(again[0]["manifest"]["digest"], digest.as_str());
+
+    fs::write(p.path("src/main.txt"), "v2\n").unwrap();
+    let changed = p.json(&["image", "build", "--json"]);
+    assert_eq!(
+        changed[0]["reused"], false,
+        "a changed source is a new build"
+    );
+    assert_ne!(changed[0]["manifest"]["digest"], digest.as_str());
+    assert_eq!(runs(), 2);
+
+    // Back to v1: the v1 build again, without a prepare run.
+    fs::write(p.path("src/main.txt"), "v1\n").unwrap();
+    let back = p.json(&["image", "build", "--json"]);
+    assert_eq!(back[0]["manifest"]["digest"], digest.as_str());
+    assert_eq!(runs(), 2);
+
+    // `sources` without `prepare` is a spec error at its line.
+    let bad = Project::new("[image.x]\nbase = \"empty\"\nsources = [\"src\"]\n");
+    let (code, _, err) = bad.run(&["validate"]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("`sources` needs `prepare`") && err.contains("steward.toml:6:12"),
+        "{err}"
+    );
+}

@@ -8,5 +8,6 @@ mod converge;
 mod fleet;
 mod image;
 mod init;
+mod main_job;
 mod openstack;
 mod package;
