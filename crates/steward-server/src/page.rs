@@ -37,6 +37,8 @@ struct Row {
     uptime7: String,
     uptime30: String,
     points: String,
+    /// The top of the response-time axis, e.g. `50 ms`.
+    axis: String,
     latency: String,
     since: String,
     since_text: String,
@@ -67,27 +69,51 @@ fn pct(v: Option<f64>) -> String {
     }
 }
 
-/// Polyline points for the mean latency of each bucket, scaled to 240×40.
-fn sparkline(buckets: &[Bucket], from: i64, span: i64) -> String {
-    let max = buckets
+/// The top of a chart's axis: the smallest 1, 2 or 5 × 10ⁿ at or above
+/// `max`, so the line sits where its values are, under a round label.
+fn nice_ceiling(max: f64) -> f64 {
+    if max <= 0.0 || !max.is_finite() {
+        return 1.0;
+    }
+    let magnitude = 10f64.powf(max.log10().floor());
+    [1.0, 2.0, 5.0, 10.0]
         .iter()
-        .map(|b| b.avg_ms)
-        .fold(0.0_f64, f64::max)
-        .max(1.0);
+        .map(|m| m * magnitude)
+        .find(|v| *v >= max)
+        .unwrap_or(10.0 * magnitude)
+}
+
+/// Polyline points for the mean latency of each bucket over a 240×40 box
+/// whose height runs from 0 (bottom) to the axis top it returns in ms.
+fn sparkline(buckets: &[Bucket], from: i64, span: i64) -> (String, f64) {
+    let max = buckets.iter().map(|b| b.avg_ms).fold(0.0_f64, f64::max);
+    let top = nice_ceiling(max.max(1.0));
+    let y = |ms: f64| 39.0 - ms / top * 38.0;
     if let [only] = buckets {
         // One bucket so far: a flat line at its level reads better than a dot.
-        let y = 38.0 - only.avg_ms / max * 36.0;
-        return format!("0,{y:.1} 240,{y:.1}");
+        let y = y(only.avg_ms);
+        return (format!("0,{y:.1} 240,{y:.1}"), top);
     }
-    buckets
+    let points = buckets
         .iter()
         .map(|b| {
             let x = ((b.ts - from) as f64 / span as f64 * 240.0).clamp(0.0, 240.0);
-            let y = 38.0 - b.avg_ms / max * 36.0;
-            format!("{x:.1},{y:.1}")
+            format!("{x:.1},{:.1}", y(b.avg_ms))
         })
         .collect::<Vec<_>>()
-        .join(" ")
+        .join(" ");
+    (points, top)
+}
+
+/// How far ahead `ms` is, as the page says how long ago things were.
+fn ahead(ms: i64, now: i64) -> String {
+    let s = (ms - now).max(0) / 1000;
+    match s {
+        0..=59 => format!("in {s} s"),
+        60..=3599 => format!("in {} min", s / 60),
+        3600..=172_799 => format!("in {} h", s / 3600),
+        _ => format!("in {} days", s / 86400),
+    }
 }
 
 fn ago(ms: i64, now: i64) -> String {
@@ -142,6 +168,8 @@ struct BackupRow {
     seconds: String,
     drill: String,
     next: String,
+    /// When it runs next (RFC 3339), for the `<time>` element.
+    next_at: String,
     error: String,
 }
 
@@ -172,14 +200,15 @@ pub(crate) async fn status_page(
         let since_ms = chrono::DateTime::parse_from_rfc3339(&v.since)
             .map(|t| t.timestamp_millis())
             .unwrap_or(now);
-        let row = Row {
+        let mut row = Row {
             kind: v.kind.clone(),
             description: v.description.clone(),
             health: v.health.clone(),
             uptime24: pct(v.uptime.h24),
             uptime7: pct(v.uptime.d7),
             uptime30: pct(v.uptime.d30),
-            points: sparkline(buckets, now - day, day),
+            points: String::new(),
+            axis: String::new(),
             latency: v
                 .last
                 .as_ref()
@@ -194,6 +223,11 @@ pub(crate) async fn status_page(
                 .unwrap_or_default(),
             name: v.name,
         };
+        if !buckets.is_empty() {
+            let (points, top) = sparkline(buckets, now - day, day);
+            row.points = points;
+            row.axis = format!("{top} ms");
+        }
         groups
             .entry(v.group.unwrap_or_else(|| "checks".into()))
             .or_default()
@@ -265,7 +299,13 @@ pub(crate) async fn status_page(
                 ),
                 (None, false) => "never".into(),
             },
-            next: b.next_run.clone().unwrap_or_else(|| "by hand".into()),
+            next: b
+                .next_run
+                .as_deref()
+                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                .map(|t| ahead(t.timestamp_millis(), now))
+                .unwrap_or_else(|| "by hand".into()),
+            next_at: b.next_run.clone().unwrap_or_default(),
             name: b.name,
             source: b.source,
             state: b.state,
@@ -511,4 +551,53 @@ pub(crate) async fn js() -> impl IntoResponse {
         [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
         include_str!("../assets/status.js"),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bucket(ts: i64, avg_ms: f64) -> Bucket {
+        Bucket {
+            ts,
+            n: 1,
+            pass: 1,
+            warn: 0,
+            fail: 0,
+            avg_ms,
+            max_ms: avg_ms,
+        }
+    }
+
+    #[test]
+    fn the_axis_top_is_a_round_number_at_or_above_the_data() {
+        assert_eq!(nice_ceiling(0.3), 0.5);
+        assert_eq!(nice_ceiling(1.0), 1.0);
+        assert_eq!(nice_ceiling(12.0), 20.0);
+        assert_eq!(nice_ceiling(48.0), 50.0);
+        assert_eq!(nice_ceiling(51.0), 100.0);
+        assert_eq!(nice_ceiling(0.0), 1.0);
+    }
+
+    #[test]
+    fn a_steady_latency_is_drawn_at_its_level_not_at_the_top() {
+        // 12 ms all day on an axis to 20 ms: the line sits 60 % up the box.
+        let buckets: Vec<Bucket> = (0..24).map(|h| bucket(h * 3_600_000, 12.0)).collect();
+        let (points, top) = sparkline(&buckets, 0, 86_400_000);
+        assert_eq!(top, 20.0);
+        for p in points.split(' ') {
+            let y: f64 = p.split(',').nth(1).unwrap().parse().unwrap();
+            assert!((y - (39.0 - 12.0 / 20.0 * 38.0)).abs() < 0.06, "{p}");
+        }
+        let (one, _) = sparkline(&buckets[..1], 0, 86_400_000);
+        assert_eq!(one, "0,16.2 240,16.2");
+    }
+
+    #[test]
+    fn the_next_run_reads_like_the_rest_of_the_page() {
+        assert_eq!(ahead(90_000, 0), "in 1 min");
+        assert_eq!(ahead(5_000, 0), "in 5 s");
+        assert_eq!(ahead(7_200_000, 0), "in 2 h");
+        assert_eq!(ahead(0, 10), "in 0 s");
+    }
 }

@@ -292,23 +292,60 @@ fn internal(app: &App, e: impl std::fmt::Display) -> Response {
 }
 
 async fn create(State(app): State<Shared>, Json(new): Json<NewJob>) -> Response {
+    match enqueue(&app, new).await {
+        Ok(id) => (
+            StatusCode::CREATED,
+            [(header::LOCATION, format!("/fractals/{id}"))],
+            Json(serde_json::json!({"id": id, "status": "queued"})),
+        )
+            .into_response(),
+        Err(r) => r,
+    }
+}
+
+/// The gallery's form: one job of the kind chosen, then back to the gallery
+/// (which shows it queued, then running, then done).
+#[derive(Deserialize)]
+struct NewJobForm {
+    kind: String,
+}
+
+async fn create_from_form(
+    State(app): State<Shared>,
+    axum::Form(form): axum::Form<NewJobForm>,
+) -> Response {
+    let new = NewJob {
+        kind: form.kind,
+        width: default_size(),
+        height: default_size(),
+        iterations: default_iterations(),
+        c: None,
+    };
+    match enqueue(&app, new).await {
+        Ok(_) => (StatusCode::SEE_OTHER, [(header::LOCATION, "/")]).into_response(),
+        Err(r) => r,
+    }
+}
+
+/// Queues a job: its id, or the response that says why not.
+async fn enqueue(app: &Shared, new: NewJob) -> Result<String, Response> {
     app.requests.fetch_add(1, Ordering::Relaxed);
     if !matches!(new.kind.as_str(), "mandelbrot" | "julia") {
-        return (
+        return Err((
             StatusCode::BAD_REQUEST,
             "kind must be mandelbrot or julia\n",
         )
-            .into_response();
+            .into_response());
     }
     if !(8..=4096).contains(&new.width)
         || !(8..=4096).contains(&new.height)
         || !(1..=100_000).contains(&new.iterations)
     {
-        return (
+        return Err((
             StatusCode::BAD_REQUEST,
             "width and height are 8..4096, iterations 1..100000\n",
         )
-            .into_response();
+            .into_response());
     }
     let mut b = [0u8; 8];
     getrandom::fill(&mut b).expect("the OS random source");
@@ -326,7 +363,7 @@ async fn create(State(app): State<Shared>, Json(new): Json<NewJob>) -> Response 
         })
         .await;
     if let (Ok(Ok(_)), Some(uri)) = (&done, &app.amqp)
-        && let Err(e) = publish(&app, uri, &id).await
+        && let Err(e) = publish(app, uri, &id).await
     {
         // Not queued means not accepted: the job goes again.
         let data = app.data.clone();
@@ -336,21 +373,16 @@ async fn create(State(app): State<Shared>, Json(new): Json<NewJob>) -> Response 
         })
         .await;
         app.errors.fetch_add(1, Ordering::Relaxed);
-        return (
+        return Err((
             StatusCode::SERVICE_UNAVAILABLE,
             format!("job queue unavailable: {e}\n"),
         )
-            .into_response();
+            .into_response());
     }
     match done {
-        Ok(Ok(_)) => (
-            StatusCode::CREATED,
-            [(header::LOCATION, format!("/fractals/{id}"))],
-            Json(serde_json::json!({"id": id, "status": "queued"})),
-        )
-            .into_response(),
-        Ok(Err(e)) => internal(&app, e),
-        Err(e) => internal(&app, e),
+        Ok(Ok(_)) => Ok(id),
+        Ok(Err(e)) => Err(internal(app, e)),
+        Err(e) => Err(internal(app, e)),
     }
 }
 
@@ -439,7 +471,7 @@ async fn gallery(State(app): State<Shared>) -> Response {
     let jobs = tokio::task::spawn_blocking(move || -> rusqlite::Result<Vec<Job>> {
         let conn = open(&data)?;
         let mut stmt = conn.prepare(&format!(
-            "SELECT {JOB_COLS} FROM job WHERE status = 'done' ORDER BY created_ms DESC LIMIT 48"
+            "SELECT {JOB_COLS} FROM job ORDER BY created_ms DESC LIMIT 48"
         ))?;
         stmt.query_map([], job_row)?.collect()
     })
@@ -447,12 +479,47 @@ async fn gallery(State(app): State<Shared>) -> Response {
     let Ok(Ok(jobs)) = jobs else {
         return internal(&app, "job queue unavailable");
     };
-    let mut html = String::from(
-        "<!doctype html><meta charset=utf-8><title>fractals</title>\
-         <style>body{font-family:sans-serif;margin:2em}img{margin:4px;width:160px}</style>\
-         <h1>fractals</h1><p>POST /fractals {\"kind\":\"mandelbrot\"} to add one.</p>",
+    let busy = jobs
+        .iter()
+        .any(|j| j.status != "done" && j.status != "failed");
+    let now = now_ms();
+    let mut html = String::from("<!doctype html><meta charset=utf-8><title>fractals</title>");
+    if busy {
+        // Queued or running jobs: look again in a moment.
+        html.push_str("<meta http-equiv=refresh content=3>");
+    }
+    html.push_str(
+        "<style>body{font-family:sans-serif;margin:2em;max-width:60em}\
+         img{margin:4px;width:160px;vertical-align:top}\
+         table{border-collapse:collapse;margin:1em 0}td,th{padding:.2em .8em;text-align:left;border-bottom:1px solid #eee}\
+         .queued{color:#9a6700}.running{color:#0969da}.done{color:#1a7f37}.failed{color:#cf222e}</style>\
+         <h1>fractals</h1>\
+         <form method=post action=/new><label>New fractal: <select name=kind>\
+         <option value=mandelbrot>Mandelbrot</option><option value=julia>Julia</option></select></label> \
+         <button type=submit>Render</button></form>",
     );
-    for j in jobs {
+    if jobs.is_empty() {
+        html.push_str(
+            "<p>No jobs yet: render one above (or POST /fractals {\"kind\":\"julia\"}).</p>",
+        );
+    } else {
+        html.push_str(
+            "<table id=jobs><thead><tr><th>Job</th><th>Kind</th><th>Status</th><th>Worker</th><th>Rendered in</th><th>Submitted</th></tr></thead><tbody>",
+        );
+        for j in &jobs {
+            html.push_str(&format!(
+                "<tr data-job=\"{id}\"><td><a href=\"/fractals/{id}\">{id}</a></td><td>{kind}</td><td class={status}>{status}</td><td>{worker}</td><td>{took}</td><td>{age} s ago</td></tr>",
+                id = j.id,
+                kind = j.kind,
+                status = j.status,
+                worker = j.worker.as_deref().unwrap_or(""),
+                took = j.render_ms.map(|ms| format!("{ms} ms")).unwrap_or_default(),
+                age = (now - j.created_ms).max(0) / 1000,
+            ));
+        }
+        html.push_str("</tbody></table>");
+    }
+    for j in jobs.iter().filter(|j| j.status == "done") {
         html.push_str(&format!(
             "<a href=\"/fractals/{0}\"><img src=\"/fractals/{0}/image\" alt=\"{1} {0}\"></a>",
             j.id, j.kind
@@ -706,6 +773,7 @@ async fn main() {
             let router = axum::Router::new()
                 .route("/", get(gallery))
                 .route("/fractals", get(list).post(create))
+                .route("/new", axum::routing::post(create_from_form))
                 .route("/fractals/{id}", get(get_job))
                 .route("/fractals/{id}/image", get(image))
                 .route("/metrics", get(metrics))

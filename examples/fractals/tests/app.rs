@@ -85,6 +85,32 @@ async fn a_job_is_rendered_by_a_worker_and_served_by_the_api() {
         .await
         .unwrap();
     assert_eq!(bad.status(), 400);
+    // The gallery shows the job waiting, and has a form for another.
+    let gallery = get_text(&client, &format!("{api}/")).await;
+    assert!(
+        gallery.contains(&format!("<tr data-job=\"{id}\">"))
+            && gallery.contains("<td class=queued>queued</td>"),
+        "{gallery}"
+    );
+    assert!(
+        gallery.contains("<form method=post action=/new>"),
+        "{gallery}"
+    );
+    let no_redirects = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let posted = no_redirects
+        .post(format!("{api}/new"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("kind=mandelbrot")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(posted.status(), 303, "back to the gallery");
+    assert_eq!(posted.headers()["location"], "/");
+    let jobs: serde_json::Value = get_json(&client, &format!("{api}/fractals")).await;
+    assert_eq!(jobs.as_array().map(Vec::len), Some(2), "{jobs}");
 
     // Only now a worker: the job waited in the queue.
     let _worker = Kill(
@@ -116,9 +142,19 @@ async fn a_job_is_rendered_by_a_worker_and_served_by_the_api() {
     let bytes = png.bytes().await.unwrap();
     assert_eq!(&bytes[1..4], b"PNG");
     let gallery = get_text(&client, &format!("{api}/")).await;
-    assert!(gallery.contains(&id));
+    assert!(
+        gallery.contains(&format!("<img src=\"/fractals/{id}/image\"")),
+        "{gallery}"
+    );
+    assert!(gallery.contains("<td class=done>done</td>"), "{gallery}");
     let metrics = get_text(&client, &format!("http://127.0.0.1:{worker_port}/metrics")).await;
-    assert!(metrics.contains("fractals_rendered_total 1"), "{metrics}");
+    // This job and (perhaps already) the one from the form.
+    let rendered: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("fractals_rendered_total "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    assert!((1..=2).contains(&rendered), "{metrics}");
     let _ = std::fs::remove_dir_all(&data);
 }
 

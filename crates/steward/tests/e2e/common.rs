@@ -271,3 +271,127 @@ pub(crate) fn in_debian_root(lower: &Path, work: &Path, script: &str) -> (i32, S
         ),
     )
 }
+
+/// Loads `url` in headless Chromium at 1280×900 and returns the value of a
+/// JavaScript `expression` evaluated in the page once it has loaded: how
+/// the page is laid out for a person (element boxes, computed styles).
+/// Spoken over the DevTools protocol on a pipe (`--remote-debugging-pipe`:
+/// JSON messages ended by NUL on file descriptors 3 and 4), so no port and
+/// no WebSocket client are needed. Chromium is killed after 60 s at most.
+pub(crate) fn chromium_eval(url: &str, expression: &str) -> serde_json::Value {
+    use std::io::{BufRead, Write};
+    let chromium =
+        std::env::var("STEWARD_TEST_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    assert!(
+        Path::new(&chromium).exists(),
+        "Chromium is needed (Debian package chromium; scripts/testbed install)"
+    );
+    let profile = tempfile::tempdir().unwrap();
+    let mut child = Command::new("sh")
+        .args([
+            "-c",
+            // Our stdin becomes its fd 3 (commands), our stdout its fd 4 (answers).
+            r#"exec "$0" "$@" 3<&0 4>&1 0</dev/null 1>/dev/null"#,
+            &chromium,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--hide-scrollbars",
+            "--remote-debugging-pipe",
+            &format!("--user-data-dir={}", profile.path().display()),
+            "about:blank",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watchdog = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let until = Instant::now() + Duration::from_secs(60);
+            while Instant::now() < until {
+                if done.load(std::sync::atomic::Ordering::Relaxed) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+        })
+    };
+    let mut to = child.stdin.take().unwrap();
+    let mut from = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut id = 0u64;
+    let mut call = |method: &str, params: serde_json::Value, session: Option<&str>| {
+        id += 1;
+        let mut msg = serde_json::json!({ "id": id, "method": method, "params": params });
+        if let Some(s) = session {
+            msg["sessionId"] = s.into();
+        }
+        to.write_all(&serde_json::to_vec(&msg).unwrap()).unwrap();
+        to.write_all(b"\0").unwrap();
+        to.flush().unwrap();
+        loop {
+            let mut buf = Vec::new();
+            let n = from.read_until(0, &mut buf).unwrap();
+            assert!(n > 0, "Chromium went away during {method}");
+            buf.pop();
+            let answer: serde_json::Value = serde_json::from_slice(&buf).unwrap();
+            if answer["id"] == id {
+                assert!(answer["error"].is_null(), "{method}: {answer}");
+                return answer["result"].clone();
+            }
+        }
+    };
+    let target = call(
+        "Target.createTarget",
+        serde_json::json!({ "url": "about:blank" }),
+        None,
+    );
+    let session = call(
+        "Target.attachToTarget",
+        serde_json::json!({ "targetId": target["targetId"], "flatten": true }),
+        None,
+    )["sessionId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let session = Some(session.as_str());
+    call(
+        "Emulation.setDeviceMetricsOverride",
+        serde_json::json!({ "width": 1280, "height": 900, "deviceScaleFactor": 1, "mobile": false }),
+        session,
+    );
+    call("Page.navigate", serde_json::json!({ "url": url }), session);
+    let eval =
+        |call: &mut dyn FnMut(&str, serde_json::Value, Option<&str>) -> serde_json::Value,
+         expr: &str| {
+            call(
+                "Runtime.evaluate",
+                serde_json::json!({ "expression": expr, "returnByValue": true }),
+                session,
+            )["result"]["value"]
+                .clone()
+        };
+    let loaded = Instant::now();
+    while eval(&mut call, "document.readyState") != "complete" {
+        assert!(
+            loaded.elapsed() < Duration::from_secs(30),
+            "{url} never loaded"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let value = eval(&mut call, expression);
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = watchdog.join();
+    value
+}

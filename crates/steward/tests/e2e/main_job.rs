@@ -94,6 +94,15 @@ fn the_demo_backs_up_on_schedule_and_its_drill_passes_from_any_working_directory
         );
         std::thread::sleep(Duration::from_millis(250));
     }
+    // Both checks have results (the response-time charts need one).
+    for check in ["api", "gallery"] {
+        common::wait_for("the demo's checks to pass", || {
+            common::http_get(&up.addr, &format!("/api/v1/checks/{check}"))
+                .contains("\"health\":\"up\"")
+        });
+    }
+    dashboard_reads_well(&up.url("/"));
+    gallery_takes_a_job(&format!("http://127.0.0.1:{proxy}/"));
     assert_eq!(up.stop(), 0, "up stops cleanly on SIGTERM");
 
     // The CLI, from yet another directory, finds the same snapshot paths.
@@ -112,4 +121,91 @@ fn the_demo_backs_up_on_schedule_and_its_drill_passes_from_any_working_directory
     );
     let (code, out, err) = steward(&spec_path, &["down"], &[]);
     assert_eq!(code, 0, "{out}{err}");
+}
+
+/// The dashboard as a person sees it (Chromium at 1280×900), measured from
+/// the DOM: no cell's content spills into the next column, nothing is wider
+/// than the window, a successful deploy is not shown in red, each
+/// operational gap spans its panel, the response-time charts have a labelled
+/// axis and lines drawn inside their box, and the next backup run reads
+/// "in N min" like the rest of the page reads "N min ago".
+fn dashboard_reads_well(url: &str) {
+    let layout = common::chromium_eval(
+        url,
+        r#"JSON.stringify((() => {
+  const box = e => { const r = e.getBoundingClientRect(); return { x: r.x, y: r.y, w: r.width, h: r.height }; };
+  const red = e => getComputedStyle(e).color === 'rgb(207, 34, 46)';
+  const label = td => (td.closest('tr').dataset.service || td.closest('tr').dataset.check || td.closest('tr').dataset.backup || td.closest('tr').className) + ': ' + td.textContent.trim().slice(0, 50);
+  const spills = [...document.querySelectorAll('td')].flatMap(td => {
+    const c = box(td);
+    const out = td.scrollWidth > td.clientWidth + 1 ? [label(td) + ' (scrolls ' + td.scrollWidth + ' > ' + td.clientWidth + ')'] : [];
+    return out.concat([...td.querySelectorAll('*')].filter(e => { const b = box(e); return b.w > 0 && (b.x < c.x - 1 || b.x + b.w > c.x + c.w + 1); })
+      .map(e => label(td) + ' (' + e.tagName.toLowerCase() + '.' + (e.getAttribute('class') || '') + ' at ' + Math.round(box(e).x) + '+' + Math.round(box(e).w) + ', cell ' + Math.round(c.x) + '+' + Math.round(c.w) + ')'));
+  });
+  const succeededInRed = [...document.querySelectorAll('tr.deploy[data-result=succeeded] td')]
+    .filter(td => red(td) || [...td.querySelectorAll('*')].some(red)).map(label);
+  const deploys = document.querySelectorAll('tr.deploy[data-result=succeeded]').length;
+  const gaps = [...document.querySelectorAll('.gap')].map(g => box(g).w / box(g.closest('section')).w);
+  const charts = [...document.querySelectorAll('svg.spark')].map(s => {
+    const svg = box(s), line = box(s.querySelector('polyline'));
+    return { axis: (s.querySelector('text.axis') || {}).textContent || '',
+             inside: line.y >= svg.y - 0.5 && line.y + line.h <= svg.y + svg.h + 0.5,
+             belowTop: line.y > svg.y + 1 };
+  });
+  const next = [...document.querySelectorAll('tr.backup td.next')].map(t => t.textContent.trim());
+  return { spills, succeededInRed, deploys, gaps, charts, next,
+           wide: document.documentElement.scrollWidth, window: window.innerWidth };
+})())"#,
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(layout.as_str().expect("a JSON string")).unwrap();
+    assert_eq!(
+        v["spills"],
+        serde_json::json!([]),
+        "cells spilling over: {v}"
+    );
+    assert!(
+        v["wide"].as_f64() <= v["window"].as_f64(),
+        "wider than the window: {v}"
+    );
+    assert!(
+        v["deploys"].as_u64().unwrap() >= 2,
+        "the initial deploys of api and worker: {v}"
+    );
+    assert_eq!(v["succeededInRed"], serde_json::json!([]), "{v}");
+    let gaps = v["gaps"].as_array().unwrap();
+    assert!(
+        !gaps.is_empty(),
+        "the demo has gaps (no alert channel): {v}"
+    );
+    assert!(
+        gaps.iter().all(|g| g.as_f64().unwrap() > 0.9),
+        "a gap box spans its panel: {v}"
+    );
+    let charts = v["charts"].as_array().unwrap();
+    assert!(!charts.is_empty(), "response-time charts: {v}");
+    for c in charts {
+        assert!(
+            c["axis"].as_str().unwrap().ends_with(" ms"),
+            "a labelled axis: {v}"
+        );
+        assert_eq!(c["inside"], true, "{v}");
+    }
+    let next = v["next"].as_array().unwrap();
+    assert!(
+        !next.is_empty() && next.iter().all(|n| n.as_str().unwrap().starts_with("in ")),
+        "{v}"
+    );
+}
+
+/// The demo's gallery, in Chromium: a form to render a fractal and the
+/// status of each job.
+fn gallery_takes_a_job(url: &str) {
+    let v = common::chromium_eval(
+        url,
+        r#"JSON.stringify({ form: !!document.querySelector('form[action="/new"] select[name=kind]'),
+                            jobs: !!document.querySelector('table#jobs') || document.body.textContent.includes('No jobs yet') })"#,
+    );
+    let v: serde_json::Value = serde_json::from_str(v.as_str().unwrap()).unwrap();
+    assert_eq!(v, serde_json::json!({ "form": true, "jobs": true }));
 }
