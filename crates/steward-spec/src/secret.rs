@@ -141,28 +141,33 @@ fn generate(path: &Path) -> Result<(), String> {
     }
     // Written whole to a private temporary file, then published under its
     // name by a hard link, which fails if another process got there first:
-    // whoever reads the secret reads all of it, and two processes making it at
-    // once (serve and a CLI command) end up with one value.
+    // whoever reads the secret reads all of it, and two processes — or two
+    // threads of one, a backup and its drill starting at the same minute —
+    // making it at once end up with one value. The temporary name is this
+    // call's own (the random value is in it), so no one else's is touched.
     let tmp = path.with_file_name(format!(
-        ".{}.{}.tmp",
+        ".{}.{}.{}.tmp",
         path.file_name()
             .and_then(|n| n.to_str())
             .unwrap_or("secret"),
-        std::process::id()
+        std::process::id(),
+        &hex[..12]
     ));
-    let written = std::fs::OpenOptions::new()
+    let file = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
         .open(&tmp)
-        .and_then(|mut f| {
-            writeln!(f, "{hex}")?;
-            f.sync_all()
-        })
-        .and_then(|()| match std::fs::hard_link(&tmp, path) {
+        .map_err(|e| e.to_string())?;
+    let written = (|| {
+        let mut f = file;
+        writeln!(f, "{hex}")?;
+        f.sync_all()?;
+        match std::fs::hard_link(&tmp, path) {
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
             other => other,
-        });
+        }
+    })();
     let _ = std::fs::remove_file(&tmp);
     written.map_err(|e| e.to_string())
 }
@@ -422,6 +427,39 @@ mod tests {
         t.resolve(&OsResolver).unwrap();
         t.check(&OsResolver).unwrap();
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A backup and its drill scheduled for the same minute resolve the
+    /// password on two threads at once: both get the one value made.
+    #[cfg(unix)]
+    #[test]
+    fn a_generated_secret_made_by_many_threads_at_once_is_one_value() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state/pw");
+        let t = Text::new(format!("${{generated:{}}}", path.display()));
+        let barrier = std::sync::Barrier::new(16);
+        let values: Vec<String> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..16)
+                .map(|_| {
+                    s.spawn(|| {
+                        barrier.wait();
+                        t.resolve(&OsResolver).map(|v| v.expose().to_string())
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap().unwrap())
+                .collect()
+        });
+        assert!(
+            values.iter().all(|v| v == &values[0] && v.len() == 32),
+            "{values:?}"
+        );
+        let left: Vec<_> = std::fs::read_dir(dir.path().join("state"))
+            .unwrap()
+            .collect();
+        assert_eq!(left.len(), 1, "no temporary file is left behind");
     }
 
     #[cfg(unix)]
