@@ -12,7 +12,8 @@ mod backend;
 pub mod controller;
 mod progress;
 mod restore;
-pub mod retention;
+/// Retention is a pure policy over `Keep`, shared with server snapshots.
+pub use steward_spec::retention;
 mod sources;
 mod unreadable;
 

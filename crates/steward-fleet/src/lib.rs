@@ -17,6 +17,7 @@ pub mod provider;
 pub mod proxy;
 pub mod requests;
 pub mod sandbox;
+pub mod snapshot;
 pub mod status;
 
 /// A random instance id suffix: 6 hex digits.

@@ -17,9 +17,9 @@ pub struct Rendered {
 /// Where the backup password lives (made on first use, next to the spec).
 const PASSWORD: &str = "${generated:.steward/backup-password}";
 
-/// Writes the spec for `findings`, one block per component, newest
-/// knowledge first. `now` is the time stamped in its header.
-pub fn render(findings: &Findings, now: &str) -> Rendered {
+/// Writes the spec for `findings`, one block per component. `now` is the
+/// time stamped in its header, `listen` the address `serve` will take.
+pub fn render(findings: &Findings, now: &str, listen: &str) -> Rendered {
     let mut s = String::new();
     let mut todo = Vec::new();
     let app = findings
@@ -38,8 +38,9 @@ pub fn render(findings: &Findings, now: &str) -> Rendered {
     );
     let _ = writeln!(
         s,
-        "[steward]\nname = {}\nstate_dir = \".steward\"\nlisten = \"127.0.0.1:7070\"   # the dashboard and API of `steward serve`\n",
-        q(&app)
+        "[steward]\nname = {}\nstate_dir = \".steward\"\nlisten = {}   # the dashboard and API of `steward serve`\n",
+        q(&app),
+        q(listen)
     );
     for c in &findings.components {
         match c.protocol {

@@ -118,7 +118,7 @@ fn findings(data: &std::path::Path) -> Findings {
 #[test]
 fn the_spec_for_an_application_and_its_servers() {
     let data = PathBuf::from("/srv/shop/data");
-    let r = render(&findings(&data), "2026-11-29 01:00 UTC");
+    let r = render(&findings(&data), "2026-11-29 01:00 UTC", "127.0.0.1:7070");
     insta::assert_snapshot!(r.text);
     assert_eq!(r.todo.len(), 3, "{:?}", r.todo);
     assert!(r.todo[0].starts_with(
@@ -131,7 +131,11 @@ fn the_spec_for_an_application_and_its_servers() {
 #[test]
 fn steward_loads_the_spec_it_writes() {
     let dir = tempfile::tempdir().unwrap();
-    let r = render(&findings(dir.path()), "2026-11-29 01:00 UTC");
+    let r = render(
+        &findings(dir.path()),
+        "2026-11-29 01:00 UTC",
+        "127.0.0.1:7070",
+    );
     let spec = dir.path().join("steward.toml");
     std::fs::write(&spec, &r.text).unwrap();
     // The loader reads the process environment: a child process (this test

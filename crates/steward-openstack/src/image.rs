@@ -213,6 +213,51 @@ impl Images {
         }
     }
 
+    /// Adds a tag to the image (a tag it has already is fine).
+    pub async fn add_tag(&self, id: &str, tag: &str) -> Result<(), Error> {
+        let tag = percent_encoding::utf8_percent_encode(tag, percent_encoding::NON_ALPHANUMERIC);
+        self.session
+            .send(Call::new(
+                "image",
+                Method::PUT,
+                format!("/v2/images/{id}/tags/{tag}"),
+            ))
+            .await
+            .map(|_| ())
+    }
+
+    /// Polls the image until it is `active` (its data uploaded); an image
+    /// that is `killed` or `deleted`, or still not active after `limit`, is
+    /// an error.
+    pub async fn wait_active(&self, id: &str, limit: Duration) -> Result<ImageInfo, Error> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let Some(i) = self.get(id).await? else {
+                return Err(Error::NotFound(format!(
+                    "image {id} disappeared while its data was being uploaded"
+                )));
+            };
+            match i.status.as_str() {
+                "active" => return Ok(i),
+                "killed" | "deleted" | "pending_delete" => {
+                    return Err(Error::Invalid(format!(
+                        "image {id} is {} (its upload failed)",
+                        i.status
+                    )));
+                }
+                _ => {}
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Error::Timeout(format!(
+                    "image {id} was not active within {} s (status {})",
+                    limit.as_secs(),
+                    i.status
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
     /// Deletes the image (already gone is fine).
     pub async fn delete(&self, id: &str) -> Result<(), Error> {
         match self

@@ -172,6 +172,21 @@ impl Keep {
     }
 }
 
+impl From<RawKeep> for Keep {
+    fn from(keep: RawKeep) -> Keep {
+        Keep {
+            last: keep.last.unwrap_or(0),
+            hourly: keep.hourly.unwrap_or(0),
+            daily: keep.daily.unwrap_or(0),
+            weekly: keep.weekly.unwrap_or(0),
+            monthly: keep.monthly.unwrap_or(0),
+            yearly: keep.yearly.unwrap_or(0),
+            within: keep.within,
+            tags: keep.tags.unwrap_or_default(),
+        }
+    }
+}
+
 /// Restore drills: restore the newest snapshot somewhere harmless and verify it.
 #[derive(Debug, Clone)]
 pub struct Drill {
@@ -235,7 +250,7 @@ struct RawSource {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawKeep {
+pub(crate) struct RawKeep {
     last: Option<u32>,
     hourly: Option<u32>,
     daily: Option<u32>,
@@ -254,7 +269,7 @@ struct RawDrill {
     verify_command: Option<Vec<String>>,
 }
 
-fn cron(d: &mut Diagnostics, s: &Spanned<String>) -> Option<croner::Cron> {
+pub(crate) fn cron(d: &mut Diagnostics, s: &Spanned<String>) -> Option<croner::Cron> {
     match croner::parser::CronParser::new().parse(s.get_ref()) {
         Ok(c) => Some(c),
         Err(_) => {
@@ -594,17 +609,7 @@ pub(crate) fn backup(
         );
     }
     let schedule = raw.schedule.as_ref().and_then(|s| cron(d, s));
-    let keep = raw.keep.unwrap_or_default();
-    let keep = Keep {
-        last: keep.last.unwrap_or(0),
-        hourly: keep.hourly.unwrap_or(0),
-        daily: keep.daily.unwrap_or(0),
-        weekly: keep.weekly.unwrap_or(0),
-        monthly: keep.monthly.unwrap_or(0),
-        yearly: keep.yearly.unwrap_or(0),
-        within: keep.within,
-        tags: keep.tags.unwrap_or_default(),
-    };
+    let keep = Keep::from(raw.keep.unwrap_or_default());
     let drill = raw.drill.map(|dr| Drill {
         schedule: dr.schedule.as_ref().and_then(|s| cron(d, s)),
         verify_query: dr.verify_query,

@@ -21,10 +21,12 @@ mod image;
 mod model;
 mod raw;
 mod remote_write;
+pub mod retention;
 mod rule;
 mod scrape;
 mod secret;
 mod service;
+mod snapshot;
 mod validate;
 
 pub use autoscale::{
@@ -48,7 +50,8 @@ pub use remote_write::RemoteWrite;
 pub use rule::{RULE_INTERVAL, Rule};
 pub use scrape::{Scrape, ScrapeLimits, ServiceMetrics};
 pub use secret::{OsResolver, Reference, Resolver, Secret, SecretError, Text};
-pub use service::{PLACEHOLDERS, Replicas, Rollout, Service};
+pub use service::{PLACEHOLDERS, Replicas, Rollout, Service, aimed_at};
+pub use snapshot::{Snapshot, SnapshotDrill};
 
 use std::path::Path;
 

@@ -41,6 +41,8 @@ pub struct Spec {
     pub remote_writes: BTreeMap<String, crate::remote_write::RemoteWrite>,
     /// `[cloud.*]`, by name.
     pub clouds: BTreeMap<String, crate::cloud::Cloud>,
+    /// `[snapshot.*]`, by name.
+    pub snapshots: BTreeMap<String, crate::snapshot::Snapshot>,
 }
 
 /// `[steward]`: process-wide settings.

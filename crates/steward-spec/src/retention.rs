@@ -6,8 +6,8 @@
 //! stamped with (a snapshot taken at 23:30 in New York belongs to that day, not
 //! to the next day in UTC); order is by the instant.
 
+use crate::Keep;
 use chrono::{DateTime, Datelike, FixedOffset, Timelike};
-use steward_spec::Keep;
 
 /// A snapshot as retention sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]

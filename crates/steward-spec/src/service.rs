@@ -136,20 +136,25 @@ impl Service {
     /// The readiness check aimed at one instance: an HTTP check's URL keeps its
     /// path but points at `addr`; a TCP check connects to `addr`.
     pub fn readiness_for(&self, addr: SocketAddr) -> Option<Check> {
-        let check = self.readiness.as_deref()?;
-        let mut c = check.clone();
-        match &mut c.probe {
-            Probe::Http(p) => {
-                let written = p.url.as_written();
-                let (scheme, rest) = written.split_once("://").unwrap_or(("http", written));
-                let path = rest.find('/').map(|i| &rest[i..]).unwrap_or("/");
-                p.url = Text::new(format!("{scheme}://{addr}{path}"));
-            }
-            Probe::Tcp { address } => *address = addr.to_string(),
-            _ => {}
-        }
-        Some(c)
+        self.readiness.as_deref().map(|c| aimed_at(c, addr))
     }
+}
+
+/// `check` aimed at `addr`: an http check's URL with `addr` for its host and
+/// port (scheme and path kept), a tcp check's address; other kinds as they are.
+pub fn aimed_at(check: &Check, addr: SocketAddr) -> Check {
+    let mut c = check.clone();
+    match &mut c.probe {
+        Probe::Http(p) => {
+            let written = p.url.as_written();
+            let (scheme, rest) = written.split_once("://").unwrap_or(("http", written));
+            let path = rest.find('/').map(|i| &rest[i..]).unwrap_or("/");
+            p.url = Text::new(format!("{scheme}://{addr}{path}"));
+        }
+        Probe::Tcp { address } => *address = addr.to_string(),
+        _ => {}
+    }
+    c
 }
 
 #[derive(Debug, Deserialize)]

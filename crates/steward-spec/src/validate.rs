@@ -30,6 +30,7 @@ const SECTIONS: &[&str] = &[
     "rule",
     "remote_write",
     "cloud",
+    "snapshot",
 ];
 /// Sections that later capabilities add; named so the error can say so.
 const PLANNED: &[&str] = &["scale", "metrics"];
@@ -83,6 +84,7 @@ pub(crate) fn parse(
     let mut rules_raw: Vec<(String, Range<usize>, crate::rule::RawRule)> = Vec::new();
     let mut remote_raw: Vec<(String, crate::remote_write::RawRemoteWrite)> = Vec::new();
     let mut clouds_raw: Vec<(String, crate::cloud::RawCloud)> = Vec::new();
+    let mut snapshots_raw: Vec<(String, crate::snapshot::RawSnapshot)> = Vec::new();
 
     for (key, value) in root {
         let kspan = key.span();
@@ -95,7 +97,7 @@ pub(crate) fn parse(
                 }
             }
             "check" | "alert" | "maintenance" | "converge" | "store" | "backup" | "image"
-            | "service" | "scrape" | "rule" | "remote_write" | "cloud" => {
+            | "service" | "scrape" | "rule" | "remote_write" | "cloud" | "snapshot" => {
                 let vspan = value.span();
                 let DeValue::Table(entries) = value.into_inner() else {
                     d.error(
@@ -170,6 +172,11 @@ pub(crate) fn parse(
                         "cloud" => {
                             if let Some(c) = de::<crate::cloud::RawCloud>(&mut d, evalue) {
                                 clouds_raw.push((ename, c));
+                            }
+                        }
+                        "snapshot" => {
+                            if let Some(c) = de::<crate::snapshot::RawSnapshot>(&mut d, evalue) {
+                                snapshots_raw.push((ename, c));
                             }
                         }
                         "remote_write" => {
@@ -344,6 +351,12 @@ pub(crate) fn parse(
             services.insert(name, s);
         }
     }
+    let mut snapshots = BTreeMap::new();
+    for (name, raw) in snapshots_raw {
+        if let Some(sn) = crate::snapshot::snapshot(&mut d, &name, raw, &services, &check_names) {
+            snapshots.insert(name, sn);
+        }
+    }
     let mut scrapes = BTreeMap::new();
     for (name, span, raw) in &scrapes_raw {
         if let Some(s) = crate::scrape::scrape(&mut d, name, span.clone(), raw, resolver) {
@@ -379,6 +392,7 @@ pub(crate) fn parse(
         rules,
         remote_writes,
         clouds,
+        snapshots,
     })
 }
 

@@ -62,6 +62,11 @@ kinds! {
     ImageStale => "image.stale", "an audit found an image stale (in `serve`, once per change of verdict); what `auto_rebuild` acts on";
     ImageRebuilt => "image.rebuilt", "`auto_rebuild` rebuilt a stale image";
     ImageRebuildFailed => "image.rebuild_failed", "`auto_rebuild` could not rebuild a stale image";
+    SnapshotTaken => "snapshot.taken", "a server snapshot was taken and uploaded";
+    SnapshotFailed => "snapshot.failed", "a server snapshot could not be taken";
+    SnapshotForgot => "snapshot.forgot", "retention deleted server snapshots";
+    SnapshotDrillSucceeded => "snapshot.drill_succeeded", "the newest server snapshot booted and passed its check";
+    SnapshotDrillFailed => "snapshot.drill_failed", "a server snapshot drill failed (it did not boot, or its check failed)";
     DeployRequested => "deploy.requested", "a deploy, rollback or revert was asked for";
     DeployStarted => "deploy.started", "the fleet began a rollout";
     DeploySucceeded => "deploy.succeeded", "a rollout finished";

@@ -404,7 +404,11 @@ pub(crate) fn orphans(spec_path: &Path, delete: bool, json: bool) -> u8 {
             spec.settings.state_dir.join("fleet/openstack"),
             tag.clone(),
         );
-        let found = match rt.block_on(provider.orphans(&instances, &digests)) {
+        let found = match rt.block_on(provider.orphans(
+            &instances,
+            &digests,
+            &crate::snapshot::names(&spec),
+        )) {
             Ok(f) => f,
             Err(e) => {
                 eprintln!("error: cloud {}: {e}", cloud.name);

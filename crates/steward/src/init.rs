@@ -82,7 +82,8 @@ pub(crate) fn run(spec_path: &Path, o: Options) -> u8 {
         return exit::FAILED;
     }
     let now = chrono::Utc::now().format("%Y-%m-%d %H:%M UTC").to_string();
-    let rendered = steward_init::write::render(&findings, &now);
+    let listen = dashboard_address();
+    let rendered = steward_init::write::render(&findings, &now, &listen);
     if let Err(e) = write_spec(spec_path, &rendered.text) {
         eprintln!("error: cannot write {}: {e}", spec_path.display());
         return exit::FAILED;
@@ -139,6 +140,15 @@ pub(crate) fn run(spec_path: &Path, o: Options) -> u8 {
         step + 3
     );
     exit::OK
+}
+
+/// Where the new spec's `serve` listens: 127.0.0.1:7070, or the next free
+/// port after it when something (another steward, say) has it.
+fn dashboard_address() -> String {
+    (7070..7100)
+        .find(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
+        .map(|p| format!("127.0.0.1:{p}"))
+        .unwrap_or_else(|| "127.0.0.1:7070".into())
 }
 
 /// Writes the spec through a temporary file, keeping a spec it replaces as

@@ -10,6 +10,7 @@ mod fleet;
 mod image;
 mod init;
 mod serve;
+mod snapshot;
 mod table;
 mod token;
 mod top;
@@ -210,6 +211,12 @@ enum Command {
         #[command(subcommand)]
         action: AlertCommand,
     },
+    /// Snapshots of servers on OpenStack (`[snapshot.NAME]`): take, list,
+    /// restore, apply retention, drill.
+    Snapshot {
+        #[command(subcommand)]
+        action: SnapshotCommand,
+    },
     /// Print a shell completion script, e.g. `steward completions bash >
     /// /etc/bash_completion.d/steward`.
     Completions {
@@ -230,6 +237,52 @@ enum AlertCommand {
     Test {
         /// An `[alert.NAME]`.
         channel: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum SnapshotCommand {
+    /// Snapshot the service's server now (Nova createImage) and wait until
+    /// its image is uploaded.
+    Take {
+        /// A `[snapshot.NAME]`.
+        name: String,
+        /// This server (a Nova id) instead of the service's oldest ready one.
+        #[arg(long)]
+        server: Option<String>,
+    },
+    /// The snapshots taken, newest first.
+    List {
+        /// `[snapshot.NAME]`s (default: all).
+        names: Vec<String>,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Boot a server from a snapshot (default: the newest), with the
+    /// service's flavor and networks; it is yours afterwards.
+    Restore {
+        /// A `[snapshot.NAME]`.
+        name: String,
+        /// A snapshot id (or its start).
+        id: Option<String>,
+    },
+    /// Delete the snapshots the `keep` policy does not keep.
+    Forget {
+        /// `[snapshot.NAME]`s (default: all).
+        names: Vec<String>,
+        /// Only show what would be removed.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Boot the newest snapshot, run the drill's check against the server,
+    /// delete it; exit 1 when it fails.
+    Drill {
+        /// `[snapshot.NAME]`s (default: all).
+        names: Vec<String>,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -681,6 +734,18 @@ fn main() -> ExitCode {
         Command::Alert {
             action: AlertCommand::Test { channel },
         } => alert::test(&cli.spec, channel.as_deref()),
+        Command::Snapshot { action } => snapshot::run(
+            &cli.spec,
+            match action {
+                SnapshotCommand::Take { name, server } => snapshot::Action::Take { name, server },
+                SnapshotCommand::List { names, json } => snapshot::Action::List { names, json },
+                SnapshotCommand::Restore { name, id } => snapshot::Action::Restore { name, id },
+                SnapshotCommand::Forget { names, dry_run } => {
+                    snapshot::Action::Forget { names, dry_run }
+                }
+                SnapshotCommand::Drill { names, json } => snapshot::Action::Drill { names, json },
+            },
+        ),
         Command::Completions { shell } => {
             use clap::CommandFactory;
             let mut script = Vec::new();

@@ -141,6 +141,12 @@ pub(crate) async fn run(spec_path: &Path, listen: Option<SocketAddr>) -> u8 {
         metrics: backup_metrics,
     }
     .register(&mut sup);
+    steward_fleet::snapshot::SnapshotController {
+        spec: spec.clone(),
+        store: store.clone(),
+        resolver: resolver.clone(),
+    }
+    .register(&mut sup);
     for name in steward_image::controller::Audit::audited(&spec) {
         let (spec, store, resolver, metrics) = (
             spec.clone(),

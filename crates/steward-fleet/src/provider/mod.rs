@@ -34,7 +34,9 @@ use serde::{Deserialize, Serialize};
 use steward_spec::{Image, Placement, Resolver, Service, Spec};
 
 pub use local::{Local, expand, free_port};
-pub use openstack::{OpenStack, Orphan, cloud_config, digest_tag, fleet_tag, user_data};
+pub use openstack::{
+    OpenStack, Orphan, ServerSnapshot, cloud_config, digest_tag, fleet_tag, snapshot_tag, user_data,
+};
 
 /// Why a provider step failed.
 #[derive(Debug, thiserror::Error)]

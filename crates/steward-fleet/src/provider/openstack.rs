@@ -373,7 +373,7 @@ pub fn user_data(id: &str, service: &Service, port: u16, env: &[(String, String)
 pub struct Orphan {
     /// The `[cloud.NAME]`.
     pub cloud: String,
-    /// `server` or `image`.
+    /// `server`, `image` or `snapshot`.
     pub kind: &'static str,
     /// Nova's or Glance's id.
     pub id: String,
@@ -391,6 +391,7 @@ impl OpenStack {
         &self,
         instances: &std::collections::BTreeSet<String>,
         digests: &std::collections::BTreeSet<String>,
+        snapshots: &std::collections::BTreeSet<String>,
     ) -> Result<Vec<Orphan>, String> {
         let c = self.clients().await?;
         let servers = c
@@ -423,6 +424,18 @@ impl OpenStack {
             .await
             .map_err(|e| e.to_string())?
         {
+            if let Some(name) = i.properties.get("steward_snapshot") {
+                if !snapshots.contains(name) {
+                    out.push(Orphan {
+                        cloud: self.cloud.name.clone(),
+                        kind: "snapshot",
+                        id: i.id,
+                        name: i.name,
+                        why: format!("[snapshot.{name}] is not in the spec"),
+                    });
+                }
+                continue;
+            }
             let digest = i
                 .properties
                 .get("steward_digest")
@@ -453,6 +466,190 @@ impl OpenStack {
                 .map_err(|e| e.to_string()),
             _ => c.images.delete(&o.id).await.map_err(|e| e.to_string()),
         }
+    }
+}
+
+/// A snapshot of a server (a Glance image Nova's `createImage` made),
+/// tagged as one of a `[snapshot.NAME]`'s.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct ServerSnapshot {
+    /// The Glance image's id.
+    pub id: String,
+    /// Its name (`SNAPSHOT-YYYYmmddTHHMMSSZ`).
+    pub name: String,
+    /// The `[snapshot.NAME]`.
+    pub snapshot: String,
+    /// The server it was taken of.
+    pub server: String,
+    /// When it was taken.
+    pub created: chrono::DateTime<chrono::FixedOffset>,
+    /// Glance's status (`active` once its data is there).
+    pub status: String,
+    /// Its size in bytes.
+    pub size: Option<u64>,
+}
+
+/// The Glance tag that marks an image as a `[snapshot.NAME]`'s.
+pub fn snapshot_tag(name: &str) -> String {
+    format!("steward-snapshot:{name}")
+}
+
+impl ServerSnapshot {
+    fn of(i: steward_openstack::ImageInfo, name: &str) -> Option<ServerSnapshot> {
+        Some(ServerSnapshot {
+            created: chrono::DateTime::parse_from_rfc3339(&i.created_at).ok()?,
+            snapshot: name.to_string(),
+            server: i
+                .properties
+                .get("steward_server")
+                .cloned()
+                .unwrap_or_default(),
+            id: i.id,
+            name: i.name,
+            status: i.status,
+            size: i.size,
+        })
+    }
+}
+
+impl OpenStack {
+    /// A placement's flavor id, its networks, and the network whose fixed
+    /// address is a server's address.
+    async fn flavor_and_networks(
+        &self,
+        p: &OpenStackPlacement,
+    ) -> Result<(String, Networks, Option<String>), String> {
+        let flavor_id = self.id("flavor", &p.flavor).await?;
+        Ok(match &p.networks {
+            ServerNetworks::None => (flavor_id, Networks::None, None),
+            ServerNetworks::Named(names) => {
+                let mut ids = Vec::new();
+                for n in names {
+                    ids.push(self.id("network", n).await?);
+                }
+                (flavor_id, Networks::Ids(ids), names.first().cloned())
+            }
+        })
+    }
+
+    /// Snapshots `server` as one of `[snapshot.NAME]`'s: Nova's createImage,
+    /// the image tagged as this steward's, then waited for until its data is
+    /// uploaded (`active`) or `limit` passes (the image is deleted then).
+    pub async fn take_snapshot(
+        &self,
+        name: &str,
+        server: &str,
+        limit: Duration,
+    ) -> Result<ServerSnapshot, String> {
+        let c = self.clients().await?;
+        let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%SZ");
+        let metadata: BTreeMap<String, String> = [
+            ("steward_snapshot".to_string(), name.to_string()),
+            ("steward_server".to_string(), server.to_string()),
+        ]
+        .into();
+        let id = c
+            .compute
+            .create_image(server, &format!("{name}-{stamp}"), &metadata)
+            .await
+            .map_err(|e| e.to_string())?;
+        let tagged = async {
+            for tag in ["steward", self.fleet_tag.as_str(), &snapshot_tag(name)] {
+                c.images.add_tag(&id, tag).await?;
+            }
+            c.images.wait_active(&id, limit).await
+        }
+        .await;
+        match tagged {
+            Ok(i) => ServerSnapshot::of(i, name)
+                .ok_or_else(|| format!("image {id}: Glance gave no readable creation time")),
+            Err(e) => {
+                // A snapshot that never got its data is no snapshot.
+                let _ = c.images.delete(&id).await;
+                Err(format!("snapshot of server {server}: {e}"))
+            }
+        }
+    }
+
+    /// The snapshots of `[snapshot.NAME]` this steward took, newest first.
+    pub async fn snapshots(&self, name: &str) -> Result<Vec<ServerSnapshot>, String> {
+        let c = self.clients().await?;
+        let mut out: Vec<ServerSnapshot> = c
+            .images
+            .with_tag(&snapshot_tag(name))
+            .await
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .filter(|i| i.tags.contains(&self.fleet_tag))
+            .filter_map(|i| ServerSnapshot::of(i, name))
+            .collect();
+        out.sort_by(|a, b| b.created.cmp(&a.created).then_with(|| b.id.cmp(&a.id)));
+        Ok(out)
+    }
+
+    /// Deletes a snapshot's image.
+    pub async fn delete_snapshot(&self, id: &str) -> Result<(), String> {
+        let c = self.clients().await?;
+        c.images.delete(id).await.map_err(|e| e.to_string())
+    }
+
+    /// Boots a server from a snapshot with `service`'s flavor and networks
+    /// (no user data: the disk is as it was), tagged `tags`, and waits until
+    /// it is ACTIVE: its id and its address (the fixed IPv4 on the service's
+    /// first network, with the service's port). A server that fails to boot
+    /// is deleted.
+    pub async fn boot_snapshot(
+        &self,
+        service: &Service,
+        image: &str,
+        name: &str,
+        tags: Vec<String>,
+    ) -> Result<(String, Option<SocketAddr>), String> {
+        let p = self.placement(service)?;
+        let (flavor_id, networks, network) = self.flavor_and_networks(p).await?;
+        let c = self.clients().await?;
+        let id = c
+            .compute
+            .create(&NewServer {
+                metadata: [("steward_restored_from".to_string(), image.to_string())].into(),
+                tags,
+                security_groups: p.security_groups.clone(),
+                key_name: p.key_name.clone(),
+                availability_zone: p.availability_zone.clone(),
+                ..NewServer::new(name, image, &flavor_id, networks)
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        match c.compute.wait(&id, "ACTIVE", self.cloud.boot_timeout).await {
+            Ok(server) => {
+                let addr = server
+                    .fixed_ipv4(network.as_deref())
+                    .and_then(|ip| ip.parse::<IpAddr>().ok())
+                    .map(|ip| SocketAddr::new(ip, p.port));
+                Ok((id, addr))
+            }
+            Err(e) => {
+                let _ = c
+                    .compute
+                    .delete_and_wait(&id, Duration::from_secs(300))
+                    .await;
+                Err(e.to_string())
+            }
+        }
+    }
+
+    /// Deletes a server and waits until Nova no longer shows it.
+    pub async fn delete_server(&self, id: &str) -> Result<(), String> {
+        let c = self.clients().await?;
+        c.compute
+            .delete_and_wait(id, Duration::from_secs(300))
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    /// The `[cloud.NAME]` this provider talks to.
+    pub fn cloud_name(&self) -> &str {
+        &self.cloud.name
     }
 }
 
@@ -494,20 +691,10 @@ impl Provider for OpenStack {
                     id: id.to_string(),
                     reason: "the image was not published to this cloud".into(),
                 })?;
-            let flavor_id = self
-                .id("flavor", &p.flavor)
+            let (flavor_id, networks, network) = self
+                .flavor_and_networks(p)
                 .await
                 .map_err(|e| refused(id, e))?;
-            let (networks, network) = match &p.networks {
-                ServerNetworks::None => (Networks::None, None),
-                ServerNetworks::Named(names) => {
-                    let mut ids = Vec::new();
-                    for n in names {
-                        ids.push(self.id("network", n).await.map_err(|e| refused(id, e))?);
-                    }
-                    (Networks::Ids(ids), names.first().cloned())
-                }
-            };
             let c = self.clients().await.map_err(|e| refused(id, e))?;
             let server = c
                 .compute

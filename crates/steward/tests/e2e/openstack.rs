@@ -171,3 +171,292 @@ fn fleet_orphans_lists_and_deletes_what_no_record_knows() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("no [cloud.NAME]"), "{err}");
 }
+
+/// `[snapshot.NAME]` on the test bed's Nova (its fake driver with snapshots
+/// that carry data, scripts/nova/): snapshots taken of a server, listed,
+/// thinned by `keep`, drilled (the newest booted, the drill's check run
+/// against its address — a listener the test holds there, since a fake
+/// server runs nothing — and the server deleted, passed or not), restored as
+/// a server of the service's flavor and network, and counted as orphans
+/// once no `[snapshot.NAME]` claims them.
+#[test]
+fn snapshots_are_taken_kept_drilled_restored_and_orphaned() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = cloud_spec(dir.path());
+    let port = crate::common::free_port();
+    std::fs::write(dir.path().join("app"), "#!/bin/sh\n").unwrap();
+    let cloud = std::fs::read_to_string(&spec).unwrap();
+    let with = |name: &str| {
+        format!(
+            r#"{cloud}
+[image.app]
+base = "empty"
+artifacts = [{{ from = "app", to = "/app", mode = "0755" }}]
+
+[service.app]
+image = "app"
+command = ["/app"]
+provider = "openstack"
+cloud = "test"
+flavor = "steward.tiny"
+networks = ["steward-test"]
+port = {port}
+
+[check.app]
+type = "tcp"
+address = "127.0.0.1:1"
+timeout = "1s"
+
+[snapshot.{name}]
+service = "app"
+keep = {{ last = 1 }}
+drill = {{ check = "app" }}
+"#
+        )
+    };
+    std::fs::write(&spec, with("app")).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let s = session();
+    let (nova, glance) = (Compute::new(s.clone()), Images::new(s));
+    let name = format!("steward-snap-{}", std::process::id());
+    let server = rt.block_on(async {
+        let image = glance
+            .create(&NewImage {
+                name: name.clone(),
+                disk_format: "raw".into(),
+                container_format: "bare".into(),
+                tags: vec![],
+                properties: BTreeMap::new(),
+            })
+            .await
+            .unwrap();
+        let file = dir.path().join("disk.raw");
+        std::fs::write(&file, vec![7u8; 8192]).unwrap();
+        glance
+            .upload(&image, &file, Duration::from_secs(60))
+            .await
+            .unwrap();
+        let flavor = nova.flavor_id("steward.tiny").await.unwrap();
+        let id = nova
+            .create(&NewServer::new(&name, &image, &flavor, Networks::None))
+            .await
+            .unwrap();
+        nova.wait(&id, "ACTIVE", Duration::from_secs(120))
+            .await
+            .unwrap();
+        id
+    });
+
+    for _ in 0..2 {
+        let (code, out, err) = steward(
+            &spec,
+            &["snapshot", "take", "app", "--server", &server],
+            &[],
+        );
+        assert_eq!(code, 0, "{out}{err}");
+        assert!(out.starts_with("snapshot app: "), "{out}");
+    }
+    let (code, out, _) = steward(&spec, &["snapshot", "list", "app", "--json"], &[]);
+    assert_eq!(code, 0);
+    let taken: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let snaps = taken[0]["snapshots"].as_array().unwrap().clone();
+    assert_eq!(snaps.len(), 2, "{taken}");
+    for sn in &snaps {
+        assert_eq!(
+            sn["status"], "active",
+            "the snapshot's data is uploaded: {sn}"
+        );
+        assert_eq!(sn["server"], server.as_str());
+        assert_eq!(sn["size"], 8192, "a copy of the server's disk: {sn}");
+    }
+    let (newest, oldest) = (
+        snaps[0]["id"].as_str().unwrap().to_string(),
+        snaps[1]["id"].as_str().unwrap().to_string(),
+    );
+
+    // keep = { last = 1 }: the older one goes.
+    let (code, out, _) = steward(&spec, &["snapshot", "forget", "app", "--dry-run"], &[]);
+    assert_eq!(code, 0);
+    assert!(out.contains(&format!("would remove {oldest}")), "{out}");
+    assert!(out.contains(&format!("keep    {newest}")), "{out}");
+    let (code, out, _) = steward(&spec, &["snapshot", "forget", "app"], &[]);
+    assert_eq!(code, 0, "{out}");
+    rt.block_on(async {
+        assert_eq!(
+            glance.get(&oldest).await.unwrap(),
+            None,
+            "removed in Glance"
+        );
+        assert!(glance.get(&newest).await.unwrap().is_some());
+    });
+
+    // A drill: the newest booted on the service's network, its check passes
+    // against the address Neutron gave it, the server is deleted.
+    let listeners: Vec<std::net::TcpListener> = (1..=254)
+        .filter_map(|n| std::net::TcpListener::bind((format!("127.0.1.{n}").as_str(), port)).ok())
+        .collect();
+    assert!(listeners.len() > 200);
+    let (code, out, err) = steward(&spec, &["snapshot", "drill", "app", "--json"], &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let r = &report[0];
+    assert_eq!(r["passed"], true, "{r}");
+    assert_eq!(r["snapshot"]["id"], newest.as_str());
+    assert!(
+        r["address"].as_str().unwrap().starts_with("127.0.1."),
+        "{r}"
+    );
+    assert_eq!(r["check"][0], "app");
+    let drilled = r["server"].as_str().unwrap().to_string();
+    rt.block_on(async {
+        assert_eq!(
+            nova.get(&drilled).await.unwrap(),
+            None,
+            "the drill's server is gone"
+        );
+    });
+    // Nothing answers: the drill fails, and still leaves no server behind.
+    drop(listeners);
+    let (code, out, _) = steward(&spec, &["snapshot", "drill", "app", "--json"], &[]);
+    assert_eq!(code, 1, "{out}");
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report[0]["passed"], false);
+    assert!(
+        report[0]["error"].as_str().unwrap().contains("check `app`"),
+        "{out}"
+    );
+    let failed = report[0]["server"].as_str().unwrap().to_string();
+    rt.block_on(async {
+        assert_eq!(nova.get(&failed).await.unwrap(), None);
+    });
+
+    // Restore: a server of the service's flavor on its network, from the snapshot.
+    let (code, out, err) = steward(&spec, &["snapshot", "restore", "app"], &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    let restored = out
+        .split("as server ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap()
+        .to_string();
+    rt.block_on(async {
+        let srv = nova
+            .get(&restored)
+            .await
+            .unwrap()
+            .expect("the restored server");
+        assert_eq!(srv.status, "ACTIVE");
+        assert_eq!(srv.image_id.as_deref(), Some(newest.as_str()));
+        nova.delete_and_wait(&restored, Duration::from_secs(120))
+            .await
+            .unwrap();
+    });
+
+    // Once no [snapshot.NAME] claims it, the snapshot is an orphan.
+    std::fs::write(&spec, with("renamed")).unwrap();
+    assert_eq!(
+        listed(&spec, false),
+        [(
+            "snapshot".to_string(),
+            snaps[0]["name"].as_str().unwrap().to_string()
+        )]
+    );
+    assert_eq!(listed(&spec, true).len(), 1);
+    rt.block_on(async {
+        assert_eq!(glance.get(&newest).await.unwrap(), None);
+        nova.delete_and_wait(&server, Duration::from_secs(120))
+            .await
+            .unwrap();
+    });
+}
+
+/// `serve` on a schedule: the service's server (a Nova server the fleet
+/// booted) is snapshotted every few seconds, retention keeps the newest,
+/// and the drill boots it and checks it — each outcome an event.
+#[test]
+fn serve_takes_thins_and_drills_snapshots_on_their_schedules() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = cloud_spec(dir.path());
+    let port = crate::common::free_port();
+    std::fs::write(dir.path().join("app"), "#!/bin/sh\n").unwrap();
+    let cloud = std::fs::read_to_string(&spec).unwrap();
+    std::fs::write(
+        &spec,
+        format!(
+            r#"{cloud}
+[image.app]
+base = "empty"
+artifacts = [{{ from = "app", to = "/app", mode = "0755" }}]
+
+[service.app]
+image = "app"
+command = ["/app"]
+provider = "openstack"
+cloud = "test"
+flavor = "steward.tiny"
+networks = ["steward-test"]
+port = {port}
+replicas = {{ min = 1, max = 1 }}
+
+[check.app]
+type = "tcp"
+address = "127.0.0.1:1"
+timeout = "1s"
+
+[snapshot.app]
+service = "app"
+schedule = "*/3 * * * * *"
+keep = {{ last = 1 }}
+drill = {{ schedule = "*/5 * * * * *", check = "app" }}
+"#
+        ),
+    )
+    .unwrap();
+    // The fake servers run nothing: the test answers for them.
+    let _listeners: Vec<std::net::TcpListener> = (1..=254)
+        .filter_map(|n| std::net::TcpListener::bind((format!("127.0.1.{n}").as_str(), port)).ok())
+        .collect();
+    let serve = crate::common::serve(&spec, &[]);
+    let state = dir.path().join("state");
+    let count = |kind: &str| crate::common::events(&state, kind, Some("app")).len();
+    let deadline = std::time::Instant::now() + Duration::from_secs(240);
+    while count("snapshot.taken") < 2
+        || count("snapshot.forgot") < 1
+        || count("snapshot.drill_succeeded") < 1
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "taken {}, forgot {}, drilled {}, failed {:?} {:?}\n{}",
+            count("snapshot.taken"),
+            count("snapshot.forgot"),
+            count("snapshot.drill_succeeded"),
+            crate::common::events(&state, "snapshot.failed", Some("app"))
+                .iter()
+                .map(|e| e.event.message.clone())
+                .collect::<Vec<_>>(),
+            crate::common::events(&state, "snapshot.drill_failed", Some("app"))
+                .iter()
+                .map(|e| e.event.message.clone())
+                .collect::<Vec<_>>(),
+            serve.log.lock().unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert_eq!(serve.stop(), 0);
+    let (code, out, err) = steward(&spec, &["down"], &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    // What is left: the newest snapshot (retention kept it). Gone with the spec's claim.
+    std::fs::write(
+        &spec,
+        std::fs::read_to_string(&spec)
+            .unwrap()
+            .replace("[snapshot.app]", "[snapshot.gone]"),
+    )
+    .unwrap();
+    let left = listed(&spec, true);
+    assert!(
+        !left.is_empty() && left.iter().all(|(k, _)| k == "snapshot" || k == "image"),
+        "{left:?}"
+    );
+    assert!(listed(&spec, false).is_empty());
+}
