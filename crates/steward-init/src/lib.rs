@@ -96,11 +96,24 @@ pub async fn discover(ports: &[u16]) -> std::io::Result<Findings> {
     let mut skipped = Vec::new();
     for l in machine.listeners.iter().cloned() {
         let process = l.pid.and_then(|pid| machine.processes.get(&pid)).cloned();
-        if let Some(p) = &process
-            && (p.pid == me || (p.exe.is_some() && p.exe == my_exe))
-        {
-            skipped.push(format!("{}: steward itself (pid {})", l.addr, p.pid));
-            continue;
+        if let Some(p) = &process {
+            let a_steward = p.pid == me
+                || (p.exe.is_some() && p.exe == my_exe)
+                || p.exe
+                    .as_ref()
+                    .and_then(|e| e.file_name())
+                    .is_some_and(|n| n == "steward");
+            if a_steward {
+                skipped.push(format!("{}: steward (pid {})", l.addr, p.pid));
+                continue;
+            }
+            if p.steward_instance {
+                skipped.push(format!(
+                    "{}: {} (pid {}), an instance a steward already runs",
+                    l.addr, p.name, p.pid
+                ));
+                continue;
+            }
         }
         let name = process.as_ref().map(|p| p.name.clone()).unwrap_or_default();
         probes.spawn(async move {

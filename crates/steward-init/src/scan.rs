@@ -39,6 +39,8 @@ pub struct Process {
     /// (`RABBITMQ_NODENAME`); values kept.
     #[serde(skip)]
     pub hints: BTreeMap<String, String>,
+    /// An instance a steward runs (its environment has `STEWARD_INSTANCE`).
+    pub steward_instance: bool,
 }
 
 /// An environment variable holding a credential; only its name is kept.
@@ -173,11 +175,30 @@ fn process(p: &ProcProcess) -> Process {
             secrets.push(s);
             continue;
         }
-        if k.starts_with("RABBITMQ_") {
+        if k.starts_with("RABBITMQ_") || k == "STEWARD_INSTANCE" {
             hints.insert(k.clone(), v.clone());
         }
+        // Build tools' and the session's own directories are not the
+        // application's data.
+        let tooling = [
+            "CARGO",
+            "RUSTUP",
+            "XDG_",
+            "SYSTEMD_",
+            "DBUS_",
+            "INVOCATION_",
+        ]
+        .iter()
+        .any(|p| k.starts_with(p))
+            || [
+                "HOME", "PWD", "OLDPWD", "TMPDIR", "TMP", "TEMP", "SHELL", "OUT_DIR",
+            ]
+            .contains(&k.as_str());
+        if tooling {
+            continue;
+        }
         let path = Path::new(&v);
-        if path.is_absolute() && !is_system_path(path) && !k.ends_with("PATH") && k != "HOME" {
+        if path.is_absolute() && !is_system_path(path) && !k.ends_with("PATH") {
             let named = DataDir {
                 var: k.clone(),
                 path: path.to_path_buf(),
@@ -233,6 +254,7 @@ fn process(p: &ProcProcess) -> Process {
         logs,
         sqlite,
         data_dirs,
+        steward_instance: hints.contains_key("STEWARD_INSTANCE"),
         secrets,
         hints,
     }

@@ -166,7 +166,15 @@ fn http(s: &mut String, c: &Component) {
         backup_common(s, "17 * * * *", "47 4 * * *");
         let _ = writeln!(s);
     }
-    for dir in p.data_dirs.iter().map(|d| &d.path) {
+    for data in &p.data_dirs {
+        let dir = &data.path;
+        // One data directory is `NAME-data`; several are told apart by the
+        // variable that names each.
+        let backup = if p.data_dirs.len() == 1 {
+            format!("{}-data", c.name)
+        } else {
+            format!("{}-{}", c.name, crate::spec_name(&data.var))
+        };
         let mut exclude: Vec<String> = p
             .sqlite
             .iter()
@@ -184,13 +192,13 @@ fn http(s: &mut String, c: &Component) {
         exclude.sort();
         let _ = writeln!(
             s,
-            "# a data directory its environment names{}\n[backup.{}-data]\nsource = {{ paths = [{}]{} }}",
+            "# a data directory its environment names ({}){}\n[backup.{backup}]\nsource = {{ paths = [{}]{} }}",
+            data.var,
             if exclude.is_empty() {
                 ""
             } else {
                 " (its SQLite files are backed up above)"
             },
-            c.name,
             q(&dir.display().to_string()),
             if exclude.is_empty() {
                 String::new()
@@ -206,13 +214,11 @@ fn http(s: &mut String, c: &Component) {
     }
 }
 
-/// `${env:VAR}` for a server's credentials, with the step to set it.
-fn credentials(
-    c: &Component,
-    fallback: &str,
-    example: &str,
-    todo: &mut Vec<String>,
-) -> (String, String) {
+/// `${env:VAR}` for a server's credentials, with the step to set it. With
+/// no process holding its URL, the variable is named after the server
+/// (`POSTGRES_URL`, `RABBITMQ_25005_URL`), one per server.
+fn credentials(c: &Component, example: &str, todo: &mut Vec<String>) -> (String, String) {
+    let fallback = format!("{}_URL", c.name.to_ascii_uppercase().replace('-', "_"));
     match &c.credentials {
         Some(cr) => {
             todo.push(format!(
@@ -253,7 +259,6 @@ fn postgres(s: &mut String, c: &Component, todo: &mut Vec<String>) {
     }
     let (url, why) = credentials(
         c,
-        "POSTGRES_URL",
         &format!("postgres://USER:PASSWORD@{}/DATABASE", c.addr),
         todo,
     );
@@ -275,12 +280,7 @@ fn postgres(s: &mut String, c: &Component, todo: &mut Vec<String>) {
 fn redis(s: &mut String, c: &Component, todo: &mut Vec<String>) {
     origin(s, c, "Redis");
     if c.auth_required {
-        let (url, why) = credentials(
-            c,
-            "REDIS_URL",
-            &format!("redis://:PASSWORD@{}", c.addr),
-            todo,
-        );
+        let (url, why) = credentials(c, &format!("redis://:PASSWORD@{}", c.addr), todo);
         let _ = writeln!(
             s,
             "# it wants a password\n{why}\n[check.{}]\ntype = \"redis\"\nurl = {}\ninterval = \"30s\"\ngroup = \"data\"\n\n\
@@ -309,12 +309,7 @@ fn redis(s: &mut String, c: &Component, todo: &mut Vec<String>) {
 
 fn amqp(s: &mut String, c: &Component, todo: &mut Vec<String>) {
     origin(s, c, "AMQP");
-    let (url, why) = credentials(
-        c,
-        "AMQP_URL",
-        &format!("amqp://USER:PASSWORD@{}/%2f", c.addr),
-        todo,
-    );
+    let (url, why) = credentials(c, &format!("amqp://USER:PASSWORD@{}/%2f", c.addr), todo);
     let _ = writeln!(
         s,
         "{why}\n[check.{}]\ntype = \"amqp\"\nurl = {}\ninterval = \"30s\"\ngroup = \"data\"\n# queue = \"your-queue\"   # its depth and consumers become [MESSAGES] and [CONSUMERS]\n",

@@ -22,6 +22,7 @@ fn process(pid: i32, name: &str, cmdline: &[&str]) -> Process {
         data_dirs: Vec::new(),
         secrets: Vec::new(),
         hints: Default::default(),
+        steward_instance: false,
     }
 }
 
@@ -125,7 +126,7 @@ fn the_spec_for_an_application_and_its_servers() {
         "export DATABASE_URL=…   # the value is in the environment of pid 100 (shop)"
     ));
     assert!(r.todo[1].starts_with("export REDIS_URL=redis://:PASSWORD@127.0.0.1:6379"));
-    assert!(r.todo[2].starts_with("export AMQP_URL=amqp://USER:PASSWORD@127.0.0.1:5672/%2f"));
+    assert!(r.todo[2].starts_with("export RABBITMQ_URL=amqp://USER:PASSWORD@127.0.0.1:5672/%2f"));
 }
 
 #[test]
@@ -145,7 +146,7 @@ fn steward_loads_the_spec_it_writes() {
         .env("STEWARD_INIT_SPEC", &spec)
         .env("DATABASE_URL", "postgres://shop:pw@127.0.0.1:5432/shop")
         .env("REDIS_URL", "redis://:pw@127.0.0.1:6379")
-        .env("AMQP_URL", "amqp://shop:pw@127.0.0.1:5672/%2f")
+        .env("RABBITMQ_URL", "amqp://shop:pw@127.0.0.1:5672/%2f")
         .output()
         .unwrap();
     let text =
