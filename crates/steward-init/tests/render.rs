@@ -175,3 +175,26 @@ fn load_in_child() {
         Err(e) => panic!("{e:?}"),
     }
 }
+
+#[test]
+fn several_data_directories_get_a_backup_each() {
+    let mut f = findings(std::path::Path::new("/srv/shop/data"));
+    let app = f.components[0].process.as_mut().unwrap();
+    app.data_dirs.push(DataDir {
+        var: "UPLOADS_DIR".into(),
+        path: "/srv/shop/uploads".into(),
+    });
+    let r = render(&f, "2026-11-29 01:00 UTC", "127.0.0.1:7070");
+    assert!(
+        r.text
+            .contains("[backup.shop-shop-data]\nsource = { paths = [\"/srv/shop/data\"]"),
+        "{}",
+        r.text
+    );
+    assert!(
+        r.text
+            .contains("[backup.shop-uploads-dir]\nsource = { paths = [\"/srv/shop/uploads\"] }"),
+        "{}",
+        r.text
+    );
+}

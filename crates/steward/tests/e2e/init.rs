@@ -235,6 +235,36 @@ fn init_finds_the_servers_and_the_application_and_what_it_writes_checks_and_back
         !dir.path().join("none.toml").exists(),
         "--json writes nothing"
     );
+
+    // An instance a steward runs is not a finding: it is watched already.
+    let port = free_port();
+    let mut instance = Command::new(Path::new(BIN).with_file_name("fractals"))
+        .args(["api", "--listen", &format!("127.0.0.1:{port}")])
+        .env("FRACTALS_DATA", dir.path().join("instance-data"))
+        .env("STEWARD_INSTANCE", "api-0a1b2c")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for("the instance to answer", || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    let (code, out, _) = steward(
+        &dir.path().join("none.toml"),
+        &["init", "--json", "--port", &port.to_string()],
+        &[],
+    );
+    let _ = instance.kill();
+    let _ = instance.wait();
+    assert_eq!(code, 0);
+    let found: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(found["components"], serde_json::json!([]), "{found}");
+    assert!(
+        found["skipped"][0]
+            .as_str()
+            .unwrap()
+            .ends_with("an instance a steward already runs"),
+        "{found}"
+    );
 }
 
 #[test]
