@@ -10,6 +10,9 @@
 #    ready when ACTIVE; min_healthy_time 1 s), from `deploy.started` to
 #    `deploy.succeeded`, against the floor ceil(N / PARALLEL) × (one boot, the
 #    median create-until-ACTIVE of part 1, + min_healthy_time).
+# 3. A snapshot of a server until its image is active: `steward snapshot take`
+#    against `openstack server image create --wait`, ROUNDS times each (the
+#    test bed's driver uploads the server's 1 MiB disk, scripts/nova/).
 #
 #   benches/openstack.sh [N] [PARALLEL] [ROUNDS]   defaults: 4 2 3
 set -euo pipefail
@@ -77,6 +80,9 @@ image = "app"
 command = ["/app", "--listen", "{addr}"]
 replicas = $N
 rollout = { max_parallel = $P, min_healthy_time = "1s", healthy_deadline = "5m", progress_deadline = "30m" }
+
+[snapshot.api]
+service = "api"
 SPEC
 echo v1 >"$WORK/index.html"
 S() { "$STEWARD" -f "$WORK/steward.toml" "$@"; }
@@ -90,6 +96,22 @@ done
 [ "$r" = "$N succeeded" ] || { echo "the deploy did not finish: $r" >&2; tail "$WORK/serve.log" >&2; exit 1; }
 kill "${PIDS[-1]}"; wait "${PIDS[-1]}" 2>/dev/null || true
 S down >/dev/null
+
+# Part 3: snapshots of one server.
+SID=$(openstack server create --image "$IMAGE" --flavor steward.tiny --nic none --wait \
+  "steward-bench-snap-$$" -f value -c id | tr -d '[:space:]')
+: >"$WORK/snap"
+for r in $(seq 1 "$ROUNDS"); do
+  t0=$(now)
+  cli_image=$(openstack server image create --name "steward-bench-cli-snap-$$-$r" --wait "$SID" -f value -c id | tr -d '[:space:]')
+  t1=$(now)
+  ours_image=$(S snapshot take api --server "$SID" 2>/dev/null | sed -n 's/^snapshot api: \([^ ]*\).*/\1/p')
+  t2=$(now)
+  [ -n "$ours_image" ] || { echo "steward snapshot take failed" >&2; exit 1; }
+  openstack image delete "$cli_image" "$ours_image"
+  echo "$t0 $t1 $t2" | awk '{printf "%.3f %.3f\n", $2-$1, $3-$2}' >>"$WORK/snap"
+done
+openstack server delete --wait "$SID"
 
 python3 - "$WORK" "$N" "$P" <<'PY'
 import math, sqlite3, statistics, sys
@@ -110,4 +132,8 @@ floor = math.ceil(n / p) * (boot + 1.0)
 print(f"deploy of {n} servers, max_parallel {p}, min_healthy_time 1s:")
 print(f"  floor ceil(N/P) x (one boot {boot:.2f} s + 1 s): {floor:.2f} s")
 print(f"  measured (deploy started -> succeeded):      {took:.2f} s ({took/floor:.2f}x the floor)")
+snap = [list(map(float, l.split())) for l in open(f"{work}/snap")]
+c, s = med(snap, 0), med(snap, 1)
+print(f"snapshot of a server until its image is active, median of {len(snap)}:")
+print(f"  openstack server image create --wait {c:7.3f} s   steward snapshot take {s:7.3f} s   ({c/s:.2f}x)")
 PY
