@@ -184,6 +184,19 @@ pub(crate) fn free_port() -> u16 {
         .port()
 }
 
+/// How the tests run Chromium: headless, without a sandbox (root), and
+/// without reaching out to the network for itself.
+const CHROMIUM_FLAGS: [&str; 8] = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+];
+
 /// The DOM of `url` after Chromium (headless) loaded it and ran its scripts.
 pub(crate) fn chromium_dom(url: &str) -> String {
     let chromium =
@@ -194,17 +207,8 @@ pub(crate) fn chromium_dom(url: &str) -> String {
     );
     let profile = tempfile::tempdir().unwrap();
     let out = Command::new(&chromium)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--virtual-time-budget=3000",
-        ])
+        .args(CHROMIUM_FLAGS)
+        .arg("--virtual-time-budget=3000")
         .arg(format!("--user-data-dir={}", profile.path().display()))
         .arg("--dump-dom")
         .arg(url)
@@ -293,14 +297,9 @@ pub(crate) fn chromium_eval(url: &str, expression: &str) -> serde_json::Value {
             // Our stdin becomes its fd 3 (commands), our stdout its fd 4 (answers).
             r#"exec "$0" "$@" 3<&0 4>&1 0</dev/null 1>/dev/null"#,
             &chromium,
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
+        ])
+        .args(CHROMIUM_FLAGS)
+        .args([
             "--hide-scrollbars",
             "--remote-debugging-pipe",
             &format!("--user-data-dir={}", profile.path().display()),

@@ -172,23 +172,15 @@ fn fleet_orphans_lists_and_deletes_what_no_record_knows() {
     assert!(err.contains("no [cloud.NAME]"), "{err}");
 }
 
-/// `[snapshot.NAME]` on the test bed's Nova (its fake driver with snapshots
-/// that carry data, scripts/nova/): snapshots taken of a server, listed,
-/// thinned by `keep`, drilled (the newest booted, the drill's check run
-/// against its address — a listener the test holds there, since a fake
-/// server runs nothing — and the server deleted, passed or not), restored as
-/// a server of the service's flavor and network, and counted as orphans
-/// once no `[snapshot.NAME]` claims them.
-#[test]
-fn snapshots_are_taken_kept_drilled_restored_and_orphaned() {
-    let dir = tempfile::tempdir().unwrap();
-    let spec = cloud_spec(dir.path());
-    let port = crate::common::free_port();
-    std::fs::write(dir.path().join("app"), "#!/bin/sh\n").unwrap();
-    let cloud = std::fs::read_to_string(&spec).unwrap();
-    let with = |name: &str| {
-        format!(
-            r#"{cloud}
+/// A spec with the test cloud, a service `app` on it (its server on the
+/// test network, `port`), a tcp check `app` the drills aim at a server, and
+/// `snapshot` (the `[snapshot.NAME]` table, written out by the caller).
+fn snapshot_spec(dir: &Path, port: u16, service_extra: &str, snapshot: &str) -> String {
+    let spec = cloud_spec(dir);
+    std::fs::write(dir.join("app"), "#!/bin/sh\n").unwrap();
+    let cloud = std::fs::read_to_string(spec).unwrap();
+    format!(
+        r#"{cloud}
 [image.app]
 base = "empty"
 artifacts = [{{ from = "app", to = "/app", mode = "0755" }}]
@@ -201,17 +193,47 @@ cloud = "test"
 flavor = "steward.tiny"
 networks = ["steward-test"]
 port = {port}
-
+{service_extra}
 [check.app]
 type = "tcp"
 address = "127.0.0.1:1"
 timeout = "1s"
 
-[snapshot.{name}]
-service = "app"
-keep = {{ last = 1 }}
-drill = {{ check = "app" }}
+{snapshot}
 "#
+    )
+}
+
+/// Listeners on `port` at every address the test network hands out (the
+/// fake servers run nothing: the test answers for them).
+fn answer_for_servers(port: u16) -> Vec<std::net::TcpListener> {
+    let listeners: Vec<std::net::TcpListener> = (1..=254)
+        .filter_map(|n| std::net::TcpListener::bind((format!("127.0.1.{n}").as_str(), port)).ok())
+        .collect();
+    assert!(listeners.len() > 200);
+    listeners
+}
+
+/// `[snapshot.NAME]` on the test bed's Nova (its fake driver with snapshots
+/// that carry data, scripts/nova/): snapshots taken of a server, listed,
+/// thinned by `keep`, drilled (the newest booted, the drill's check run
+/// against its address — a listener the test holds there, since a fake
+/// server runs nothing — and the server deleted, passed or not), restored as
+/// a server of the service's flavor and network, and counted as orphans
+/// once no `[snapshot.NAME]` claims them.
+#[test]
+fn snapshots_are_taken_kept_drilled_restored_and_orphaned() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = crate::common::free_port();
+    let spec = dir.path().join("steward.toml");
+    let with = |name: &str| {
+        snapshot_spec(
+            dir.path(),
+            port,
+            "",
+            &format!(
+                "[snapshot.{name}]\nservice = \"app\"\nkeep = {{ last = 1 }}\ndrill = {{ check = \"app\" }}"
+            ),
         )
     };
     std::fs::write(&spec, with("app")).unwrap();
@@ -292,10 +314,7 @@ drill = {{ check = "app" }}
 
     // A drill: the newest booted on the service's network, its check passes
     // against the address Neutron gave it, the server is deleted.
-    let listeners: Vec<std::net::TcpListener> = (1..=254)
-        .filter_map(|n| std::net::TcpListener::bind((format!("127.0.1.{n}").as_str(), port)).ok())
-        .collect();
-    assert!(listeners.len() > 200);
+    let listeners = answer_for_servers(port);
     let (code, out, err) = steward(&spec, &["snapshot", "drill", "app", "--json"], &[]);
     assert_eq!(code, 0, "{out}{err}");
     let report: serde_json::Value = serde_json::from_str(&out).unwrap();
@@ -376,46 +395,23 @@ drill = {{ check = "app" }}
 #[test]
 fn serve_takes_thins_and_drills_snapshots_on_their_schedules() {
     let dir = tempfile::tempdir().unwrap();
-    let spec = cloud_spec(dir.path());
     let port = crate::common::free_port();
-    std::fs::write(dir.path().join("app"), "#!/bin/sh\n").unwrap();
-    let cloud = std::fs::read_to_string(&spec).unwrap();
+    let spec = dir.path().join("steward.toml");
     std::fs::write(
         &spec,
-        format!(
-            r#"{cloud}
-[image.app]
-base = "empty"
-artifacts = [{{ from = "app", to = "/app", mode = "0755" }}]
-
-[service.app]
-image = "app"
-command = ["/app"]
-provider = "openstack"
-cloud = "test"
-flavor = "steward.tiny"
-networks = ["steward-test"]
-port = {port}
-replicas = {{ min = 1, max = 1 }}
-
-[check.app]
-type = "tcp"
-address = "127.0.0.1:1"
-timeout = "1s"
-
-[snapshot.app]
+        snapshot_spec(
+            dir.path(),
+            port,
+            "replicas = { min = 1, max = 1 }\n",
+            r#"[snapshot.app]
 service = "app"
 schedule = "*/3 * * * * *"
-keep = {{ last = 1 }}
-drill = {{ schedule = "*/5 * * * * *", check = "app" }}
-"#
+keep = { last = 1 }
+drill = { schedule = "*/5 * * * * *", check = "app" }"#,
         ),
     )
     .unwrap();
-    // The fake servers run nothing: the test answers for them.
-    let _listeners: Vec<std::net::TcpListener> = (1..=254)
-        .filter_map(|n| std::net::TcpListener::bind((format!("127.0.1.{n}").as_str(), port)).ok())
-        .collect();
+    let _listeners = answer_for_servers(port);
     let serve = crate::common::serve(&spec, &[]);
     let state = dir.path().join("state");
     let count = |kind: &str| crate::common::events(&state, kind, Some("app")).len();
