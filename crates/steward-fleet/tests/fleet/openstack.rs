@@ -458,3 +458,70 @@ async fn a_full_quota_fails_each_start_with_nova_s_message_and_leaves_nothing() 
         images.delete(&i.id).await.unwrap();
     }
 }
+
+/// Scaling a service on Nova: out to three servers (each booted and ready
+/// through its readiness check), back in to one (the extra servers drained,
+/// stopped and deleted in Nova) — records and Nova agree at every step.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_on_nova_scales_out_and_in_and_nova_agrees() {
+    let p = Project::new();
+    let path = p.dir.path().join("steward.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.contains("replicas = 2\n"));
+    std::fs::write(
+        &path,
+        text.replace("replicas = 2\n", "replicas = { min = 1, max = 3 }\n"),
+    )
+    .unwrap();
+    let spec = p.spec();
+    let tag = fleet_tag(&spec.settings.state_dir);
+    let nova = nova(&spec);
+    let app = App::start(nova.clone(), tag.clone(), p.port);
+    let provider: Arc<dyn Provider> = Arc::new(Providers::for_spec(
+        &spec,
+        Arc::new(OsResolver),
+        Arc::new(Local::new(&spec.settings.state_dir)),
+    ));
+    let r = Running::with(spec.clone(), provider.clone(), Duration::from_secs(200)).await;
+    let ready = |r: &Running| {
+        r.states()
+            .iter()
+            .filter(|(_, s, _)| *s == InstanceState::Ready)
+            .count()
+    };
+    for n in [1usize, 3, 1] {
+        r.store
+            .fleet_set_replicas("api", n as u32, steward_state::now_ms())
+            .unwrap();
+        until(&r, &format!("{n} ready server(s)"), 300, |r| {
+            r.settled() && ready(r) == n && r.states().len() == n
+        })
+        .await;
+        let target = r.target().unwrap();
+        assert_eq!(
+            agrees(&r, &nova, &tag).await,
+            vec![target; n],
+            "{}",
+            story(&r)
+        );
+    }
+
+    r.stop().await;
+    let store = steward_state::Store::open(&spec.settings.state_dir).unwrap();
+    for row in store.fleet_instances(None).unwrap() {
+        provider
+            .destroy(&steward_fleet::controller::handle(&row))
+            .await
+            .unwrap();
+    }
+    assert!(
+        servers(&nova, &tag).await.is_empty(),
+        "{}",
+        story_of(&store)
+    );
+    let images = Images::new(nova.session().clone());
+    for i in images.with_tag(&tag).await.unwrap() {
+        images.delete(&i.id).await.unwrap();
+    }
+    drop(app);
+}
