@@ -295,25 +295,75 @@ async fn deploy(r: &Running, spec: &Spec, digest: &str, watch: impl Fn(&Running)
     }
 }
 
+/// A project's fleet running on the test cloud, with the test playing its
+/// servers' application.
+struct OnNova {
+    spec: Arc<Spec>,
+    tag: String,
+    nova: Compute,
+    provider: Arc<dyn Provider>,
+    r: Running,
+    app: App,
+}
+
+impl OnNova {
+    async fn start(p: &Project) -> OnNova {
+        let spec = p.spec();
+        let tag = fleet_tag(&spec.settings.state_dir);
+        let nova = nova(&spec);
+        let app = App::start(nova.clone(), tag.clone(), p.port);
+        let provider: Arc<dyn Provider> = Arc::new(Providers::for_spec(
+            &spec,
+            Arc::new(OsResolver),
+            Arc::new(Local::new(&spec.settings.state_dir)),
+        ));
+        let r = Running::with(spec.clone(), provider.clone(), Duration::from_secs(200)).await;
+        OnNova {
+            spec,
+            tag,
+            nova,
+            provider,
+            r,
+            app,
+        }
+    }
+
+    /// Everything goes, Nova's side included: the fleet stopped, every
+    /// recorded instance destroyed, then no server of the fleet may be left;
+    /// its images are deleted.
+    async fn tear_down(self) {
+        self.r.stop().await;
+        let store = steward_state::Store::open(&self.spec.settings.state_dir).unwrap();
+        for row in store.fleet_instances(None).unwrap() {
+            let h = steward_fleet::controller::handle(&row);
+            self.provider.destroy(&h).await.unwrap();
+        }
+        let left = servers(&self.nova, &self.tag).await;
+        assert!(
+            left.is_empty(),
+            "servers left after every record was destroyed: {left:?}\n{}",
+            story_of(&store)
+        );
+        let images = Images::new(self.nova.session().clone());
+        for i in images.with_tag(&self.tag).await.unwrap() {
+            images.delete(&i.id).await.unwrap();
+        }
+        drop(self.app);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn servers_roll_to_v2_a_broken_v3_is_reverted_and_parked_v1_comes_back() {
     let p = Project::new();
-    let spec = p.spec();
-    let tag = fleet_tag(&spec.settings.state_dir);
-    let nova = nova(&spec);
-    let app = App::start(nova.clone(), tag.clone(), p.port);
-    let provider: Arc<dyn Provider> = Arc::new(Providers::for_spec(
-        &spec,
-        Arc::new(OsResolver),
-        Arc::new(Local::new(&spec.settings.state_dir)),
-    ));
-    let r = Running::with(spec.clone(), provider.clone(), Duration::from_secs(200)).await;
+    let on = OnNova::start(&p).await;
+    let (spec, tag, nova, provider, r, app) =
+        (&on.spec, &on.tag, &on.nova, &on.provider, &on.r, &on.app);
 
     // Two servers of v1, ready through the readiness check on their addresses.
     r.store
         .fleet_set_replicas("api", 2, steward_state::now_ms())
         .unwrap();
-    until(&r, "two ready servers of v1", 300, |r| r.settled()).await;
+    until(r, "two ready servers of v1", 300, |r| r.settled()).await;
     let v1 = r.target().unwrap();
     let rows = r.store.fleet_instances(Some("api")).unwrap();
     for row in &rows {
@@ -330,7 +380,7 @@ async fn servers_roll_to_v2_a_broken_v3_is_reverted_and_parked_v1_comes_back() {
                 .contains("on cloud test")
         );
     }
-    assert_eq!(agrees(&r, &nova, &tag).await, [v1.clone(), v1.clone()]);
+    assert_eq!(agrees(r, nova, tag).await, [v1.clone(), v1.clone()]);
     let first: BTreeSet<String> = rows.iter().map(|r| r.id.clone()).collect();
     let images = Images::new(nova.session().clone());
     let v1_images = images.with_tag(&digest_tag(&v1)).await.unwrap();
@@ -339,7 +389,7 @@ async fn servers_roll_to_v2_a_broken_v3_is_reverted_and_parked_v1_comes_back() {
 
     // v2 replaces them one by one; two stay ready throughout.
     let v2 = p.new_version(2);
-    let result = deploy(&r, &spec, &v2, |r| {
+    let result = deploy(r, spec, &v2, |r| {
         let ready = r
             .states()
             .iter()
@@ -349,7 +399,7 @@ async fn servers_roll_to_v2_a_broken_v3_is_reverted_and_parked_v1_comes_back() {
     })
     .await;
     assert_eq!(result, "succeeded");
-    assert_eq!(agrees(&r, &nova, &tag).await, [v2.clone(), v2.clone()]);
+    assert_eq!(agrees(r, nova, tag).await, [v2.clone(), v2.clone()]);
     let ready_now: Vec<String> = r
         .states()
         .into_iter()
@@ -365,12 +415,12 @@ async fn servers_roll_to_v2_a_broken_v3_is_reverted_and_parked_v1_comes_back() {
     // is reverted, and no server of v3 is left in Nova.
     let v3 = p.new_version(3);
     app.broken.lock().unwrap().insert(v3.clone());
-    let result = deploy(&r, &spec, &v3, |_| {}).await;
+    let result = deploy(r, spec, &v3, |_| {}).await;
     assert_eq!(result, "reverted");
     assert_eq!(r.target().as_deref(), Some(v2.as_str()));
-    assert_eq!(agrees(&r, &nova, &tag).await, [v2.clone(), v2.clone()]);
+    assert_eq!(agrees(r, nova, tag).await, [v2.clone(), v2.clone()]);
     assert!(
-        servers(&nova, &tag).await.values().all(|(_, d)| *d != v3),
+        servers(nova, tag).await.values().all(|(_, d)| *d != v3),
         "no server of v3 is left"
     );
 
@@ -384,11 +434,11 @@ async fn servers_roll_to_v2_a_broken_v3_is_reverted_and_parked_v1_comes_back() {
         DeployKind::Rollback,
     )
     .unwrap();
-    until(&r, "the rollback to v1", 300, |r| {
+    until(r, "the rollback to v1", 300, |r| {
         r.settled() && r.target().as_deref() == Some(v1.as_str())
     })
     .await;
-    assert_eq!(agrees(&r, &nova, &tag).await, [v1.clone(), v1.clone()]);
+    assert_eq!(agrees(r, nova, tag).await, [v1.clone(), v1.clone()]);
     let revived: BTreeSet<String> = r
         .states()
         .into_iter()
@@ -397,25 +447,7 @@ async fn servers_roll_to_v2_a_broken_v3_is_reverted_and_parked_v1_comes_back() {
         .collect();
     assert_eq!(revived, first, "the first servers, started again");
 
-    // Everything goes, Nova's side included.
-    r.stop().await;
-    let store = steward_state::Store::open(&spec.settings.state_dir).unwrap();
-    for row in store.fleet_instances(None).unwrap() {
-        let h = steward_fleet::controller::handle(&row);
-        provider.destroy(&h).await.unwrap();
-    }
-    let left = servers(&nova, &tag).await;
-    assert!(
-        left.is_empty(),
-        "servers left after every record was destroyed: {left:?}\n{}",
-        story_of(&store)
-    );
-    for d in [&v1, &v2, &v3] {
-        for i in images.with_tag(&digest_tag(d)).await.unwrap() {
-            images.delete(&i.id).await.unwrap();
-        }
-    }
-    drop(app);
+    on.tear_down().await;
 }
 
 /// The project's quota allows no server: each try fails with Nova's message,
@@ -473,16 +505,8 @@ async fn a_service_on_nova_scales_out_and_in_and_nova_agrees() {
         text.replace("replicas = 2\n", "replicas = { min = 1, max = 3 }\n"),
     )
     .unwrap();
-    let spec = p.spec();
-    let tag = fleet_tag(&spec.settings.state_dir);
-    let nova = nova(&spec);
-    let app = App::start(nova.clone(), tag.clone(), p.port);
-    let provider: Arc<dyn Provider> = Arc::new(Providers::for_spec(
-        &spec,
-        Arc::new(OsResolver),
-        Arc::new(Local::new(&spec.settings.state_dir)),
-    ));
-    let r = Running::with(spec.clone(), provider.clone(), Duration::from_secs(200)).await;
+    let on = OnNova::start(&p).await;
+    let (tag, nova, r) = (&on.tag, &on.nova, &on.r);
     let ready = |r: &Running| {
         r.states()
             .iter()
@@ -493,35 +517,13 @@ async fn a_service_on_nova_scales_out_and_in_and_nova_agrees() {
         r.store
             .fleet_set_replicas("api", n as u32, steward_state::now_ms())
             .unwrap();
-        until(&r, &format!("{n} ready server(s)"), 300, |r| {
+        until(r, &format!("{n} ready server(s)"), 300, |r| {
             r.settled() && ready(r) == n && r.states().len() == n
         })
         .await;
         let target = r.target().unwrap();
-        assert_eq!(
-            agrees(&r, &nova, &tag).await,
-            vec![target; n],
-            "{}",
-            story(&r)
-        );
+        assert_eq!(agrees(r, nova, tag).await, vec![target; n], "{}", story(r));
     }
 
-    r.stop().await;
-    let store = steward_state::Store::open(&spec.settings.state_dir).unwrap();
-    for row in store.fleet_instances(None).unwrap() {
-        provider
-            .destroy(&steward_fleet::controller::handle(&row))
-            .await
-            .unwrap();
-    }
-    assert!(
-        servers(&nova, &tag).await.is_empty(),
-        "{}",
-        story_of(&store)
-    );
-    let images = Images::new(nova.session().clone());
-    for i in images.with_tag(&tag).await.unwrap() {
-        images.delete(&i.id).await.unwrap();
-    }
-    drop(app);
+    on.tear_down().await;
 }
