@@ -383,10 +383,9 @@ password = "${file:{dir}/pw}"
     psql(&format!("DROP TABLE {table}"));
 }
 
-/// Backup `files` of `p` (in repository `repos/files` of Swift container
-/// `container`) checks clean, restores the tree it read, and restic finds
-/// `snapshots` snapshots there and checks it too.
-fn restored_and_read_by_restic(p: &Project, container: &str, snapshots: usize) {
+/// Backup `files` of `p` checks clean (every pack read) and its newest
+/// snapshot restores (under `out`) the tree of `data` as it is.
+fn checked_and_restored_whole(p: &Project) {
     p.ok(&["backup", "check", "--read-data"]);
     p.ok(&[
         "backup",
@@ -399,6 +398,13 @@ fn restored_and_read_by_restic(p: &Project, container: &str, snapshots: usize) {
         .path("out")
         .join(p.path("data").strip_prefix("/").unwrap());
     assert_eq!(tree(&restored), tree(&p.path("data")));
+}
+
+/// Backup `files` of `p` (in repository `repos/files` of Swift container
+/// `container`) checks clean, restores the tree it read, and restic finds
+/// `snapshots` snapshots there and checks it too.
+fn restored_and_read_by_restic(p: &Project, container: &str, snapshots: usize) {
+    checked_and_restored_whole(p);
 
     let repo = format!("swift:{container}:/repos/files");
     let snaps: serde_json::Value =
@@ -1434,18 +1440,7 @@ keep = {{ last = 1 }}
     p.ok(&["backup", "run"]);
     p.ok(&["backup", "forget"]);
     p.ok(&["backup", "prune"]);
-    p.ok(&["backup", "check", "--read-data"]);
-    p.ok(&[
-        "backup",
-        "restore",
-        "files",
-        "--target",
-        p.path("out").to_str().unwrap(),
-    ]);
-    let restored = p
-        .path("out")
-        .join(p.path("data").strip_prefix("/").unwrap());
-    assert_eq!(tree(&restored), tree(&p.path("data")));
+    checked_and_restored_whole(&p);
     let listed = p.json(&["backup", "list", "--json"]);
     assert_eq!(listed[0]["snapshots"].as_array().unwrap().len(), 1);
     assert!(listed[0]["location"].as_str().unwrap().starts_with("s3:"));

@@ -197,14 +197,20 @@ const CHROMIUM_FLAGS: [&str; 8] = [
     "--disable-sync",
 ];
 
-/// The DOM of `url` after Chromium (headless) loaded it and ran its scripts.
-pub(crate) fn chromium_dom(url: &str) -> String {
+/// The test bed's Chromium (`STEWARD_TEST_CHROMIUM`, else Debian's).
+fn chromium() -> String {
     let chromium =
         std::env::var("STEWARD_TEST_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
     assert!(
         Path::new(&chromium).exists(),
         "Chromium is needed (Debian package chromium; scripts/testbed install)"
     );
+    chromium
+}
+
+/// The DOM of `url` after Chromium (headless) loaded it and ran its scripts.
+pub(crate) fn chromium_dom(url: &str) -> String {
+    let chromium = chromium();
     let profile = tempfile::tempdir().unwrap();
     let out = Command::new(&chromium)
         .args(CHROMIUM_FLAGS)
@@ -284,12 +290,7 @@ pub(crate) fn in_debian_root(lower: &Path, work: &Path, script: &str) -> (i32, S
 /// no WebSocket client are needed. Chromium is killed after 60 s at most.
 pub(crate) fn chromium_eval(url: &str, expression: &str) -> serde_json::Value {
     use std::io::{BufRead, Write};
-    let chromium =
-        std::env::var("STEWARD_TEST_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
-    assert!(
-        Path::new(&chromium).exists(),
-        "Chromium is needed (Debian package chromium; scripts/testbed install)"
-    );
+    let chromium = chromium();
     let profile = tempfile::tempdir().unwrap();
     let mut child = Command::new("sh")
         .args([

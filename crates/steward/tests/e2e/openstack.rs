@@ -43,6 +43,33 @@ fn session() -> Arc<Session> {
     Arc::new(Session::new(config).unwrap())
 }
 
+/// A raw Glance image holding `bytes` (written to `file` first): its id.
+async fn raw_image(
+    glance: &Images,
+    name: &str,
+    tags: Vec<String>,
+    properties: BTreeMap<String, String>,
+    file: &Path,
+    bytes: Vec<u8>,
+) -> String {
+    let image = glance
+        .create(&NewImage {
+            name: name.to_string(),
+            disk_format: "raw".into(),
+            container_format: "bare".into(),
+            tags,
+            properties,
+        })
+        .await
+        .unwrap();
+    std::fs::write(file, bytes).unwrap();
+    glance
+        .upload(&image, file, Duration::from_secs(60))
+        .await
+        .unwrap();
+    image
+}
+
 /// (kind, name) of each orphan `steward fleet orphans --json` lists.
 fn listed(spec: &Path, delete: bool) -> Vec<(String, String)> {
     let args: &[&str] = if delete {
@@ -87,25 +114,18 @@ fn fleet_orphans_lists_and_deletes_what_no_record_knows() {
     let (nova, glance) = (Compute::new(s.clone()), Images::new(s));
     let name = format!("steward-orphan-{}", std::process::id());
     let (image, server, other) = rt.block_on(async {
-        let image = glance
-            .create(&NewImage {
-                name: name.clone(),
-                disk_format: "raw".into(),
-                container_format: "bare".into(),
-                tags: vec!["steward".into(), ours.clone()],
-                properties: BTreeMap::from([(
-                    "steward_digest".to_string(),
-                    "sha256:00000000deadbeef".to_string(),
-                )]),
-            })
-            .await
-            .unwrap();
-        let file = dir.path().join("disk.raw");
-        std::fs::write(&file, vec![1u8; 4096]).unwrap();
-        glance
-            .upload(&image, &file, Duration::from_secs(60))
-            .await
-            .unwrap();
+        let image = raw_image(
+            &glance,
+            &name,
+            vec!["steward".into(), ours.clone()],
+            BTreeMap::from([(
+                "steward_digest".to_string(),
+                "sha256:00000000deadbeef".to_string(),
+            )]),
+            &dir.path().join("disk.raw"),
+            vec![1u8; 4096],
+        )
+        .await;
         let flavor = nova.flavor_id("steward.tiny").await.unwrap();
         let server = |tag: String, instance: &str| NewServer {
             metadata: BTreeMap::from([("steward_instance".to_string(), instance.to_string())]),
@@ -242,22 +262,15 @@ fn snapshots_are_taken_kept_drilled_restored_and_orphaned() {
     let (nova, glance) = (Compute::new(s.clone()), Images::new(s));
     let name = format!("steward-snap-{}", std::process::id());
     let server = rt.block_on(async {
-        let image = glance
-            .create(&NewImage {
-                name: name.clone(),
-                disk_format: "raw".into(),
-                container_format: "bare".into(),
-                tags: vec![],
-                properties: BTreeMap::new(),
-            })
-            .await
-            .unwrap();
-        let file = dir.path().join("disk.raw");
-        std::fs::write(&file, vec![7u8; 8192]).unwrap();
-        glance
-            .upload(&image, &file, Duration::from_secs(60))
-            .await
-            .unwrap();
+        let image = raw_image(
+            &glance,
+            &name,
+            vec![],
+            BTreeMap::new(),
+            &dir.path().join("disk.raw"),
+            vec![7u8; 8192],
+        )
+        .await;
         let flavor = nova.flavor_id("steward.tiny").await.unwrap();
         let id = nova
             .create(&NewServer::new(&name, &image, &flavor, Networks::None))
